@@ -1,0 +1,183 @@
+"""Canonical data contracts: every table's schema, declared once.
+
+Each table has a pyarrow schema (what is written to and read from Parquet) and
+the matching polars schema. Column names are module constants so that other
+modules never spell them as free strings.
+
+Landing layout (what a retailer drops):
+    <landing>/transactions/dt=YYYY-MM-DD/*.parquet   Hive partitions by order date
+    <landing>/catalog/*.parquet                      snapshots; the file whose name
+                                                     sorts last is the current one
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import polars as pl
+import pyarrow as pa
+
+# --- column names -----------------------------------------------------------
+ORDER_ID = "order_id"
+PRODUCT_ID = "product_id"
+QUANTITY = "quantity"
+UNIT_PRICE = "unit_price"
+CUSTOMER_ID = "customer_id"
+ORDERED_AT = "ordered_at"
+STORE_ID = "store_id"
+
+TITLE = "title"
+DESCRIPTION = "description"
+CATEGORY = "category"
+BRAND = "brand"
+
+ASSOCIATED_PRODUCT_ID = "associated_product_id"
+
+# Lineage columns added at ingestion; they travel with accepted and quarantined rows.
+SOURCE_FILE = "_source_file"
+SOURCE_ROW = "_source_row"
+PARTITION = "_partition"
+REASON = "_reason"
+
+TIMESTAMP = pa.timestamp("us")
+
+
+@dataclass(frozen=True)
+class TableContract:
+    """A named table: its Arrow schema, which columns may be null, and which are optional."""
+
+    name: str
+    schema: pa.Schema
+    optional: frozenset[str] = frozenset()
+
+    @property
+    def required(self) -> list[str]:
+        return [f.name for f in self.schema if f.name not in self.optional]
+
+    @property
+    def non_nullable(self) -> list[str]:
+        return [f.name for f in self.schema if not f.nullable]
+
+    @property
+    def polars_schema(self) -> pl.Schema:
+        return pl.Schema(pl.from_arrow(self.schema.empty_table()).schema)
+
+    def conform(self, table: pa.Table) -> pa.Table:
+        """Select and order the contract's columns (adding absent optional ones as nulls) and cast.
+
+        Raises ValueError naming the table and the missing columns.
+        """
+        missing = [c for c in self.required if c not in table.column_names]
+        if missing:
+            raise ValueError(f"{self.name}: missing required column(s) {missing}")
+        columns = []
+        for field in self.schema:
+            if field.name in table.column_names:
+                columns.append(table.column(field.name).cast(field.type))
+            else:
+                columns.append(pa.nulls(table.num_rows, field.type))
+        return pa.Table.from_arrays(columns, schema=self.schema)
+
+
+def _field(name: str, type_: pa.DataType, nullable: bool = True) -> pa.Field:
+    return pa.field(name, type_, nullable=nullable)
+
+
+TRANSACTIONS = TableContract(
+    name="transactions",
+    schema=pa.schema(
+        [
+            _field(ORDER_ID, pa.string(), nullable=False),
+            _field(PRODUCT_ID, pa.string(), nullable=False),
+            _field(QUANTITY, pa.int64(), nullable=False),
+            _field(UNIT_PRICE, pa.float64()),
+            _field(CUSTOMER_ID, pa.string()),
+            _field(ORDERED_AT, TIMESTAMP, nullable=False),
+            _field(STORE_ID, pa.string()),
+        ]
+    ),
+    optional=frozenset({STORE_ID}),
+)
+
+CATALOG = TableContract(
+    name="catalog",
+    schema=pa.schema(
+        [
+            _field(PRODUCT_ID, pa.string(), nullable=False),
+            _field(TITLE, pa.string(), nullable=False),
+            _field(DESCRIPTION, pa.string()),
+            _field(CATEGORY, pa.string()),
+            _field(BRAND, pa.string()),
+        ]
+    ),
+    optional=frozenset({DESCRIPTION, CATEGORY, BRAND}),
+)
+
+# --- ingestion bookkeeping -----------------------------------------------------
+LINEAGE_FIELDS = [
+    _field(SOURCE_FILE, pa.string(), nullable=False),
+    _field(SOURCE_ROW, pa.int64(), nullable=False),
+    _field(PARTITION, pa.string(), nullable=False),
+]
+
+MANIFEST = TableContract(
+    name="manifest",
+    schema=pa.schema(
+        [
+            _field("table", pa.string(), nullable=False),
+            _field("file", pa.string(), nullable=False),
+            _field("partition", pa.string(), nullable=False),
+            _field("sha256", pa.string(), nullable=False),
+            _field("rows_read", pa.int64(), nullable=False),
+            _field("rows_accepted", pa.int64(), nullable=False),
+            _field("rows_quarantined", pa.int64(), nullable=False),
+            _field("status", pa.string(), nullable=False),
+            _field("detail", pa.string()),
+            _field("run_as_of", pa.date32(), nullable=False),
+        ]
+    ),
+)
+
+# --- published tables --------------------------------------------------------
+_RULE_METRICS = [
+    _field("n_transactions", pa.int64(), nullable=False),
+    _field("n_antecedent", pa.int64(), nullable=False),
+    _field("n_consequent", pa.int64(), nullable=False),
+    _field("n_rule", pa.int64(), nullable=False),
+    _field("support", pa.float64(), nullable=False),
+    _field("confidence", pa.float64(), nullable=False),
+    _field("lift", pa.float64(), nullable=False),
+    _field("leverage", pa.float64(), nullable=False),
+    _field("conviction", pa.float64()),  # null where confidence == 1 (infinite)
+    _field("zhangs_metric", pa.float64()),  # null where undefined (0/0)
+    _field("jaccard", pa.float64(), nullable=False),
+]
+
+ASSOCIATION_RULES = TableContract(
+    name="association_rules",
+    schema=pa.schema(
+        [
+            _field("rule_id", pa.string(), nullable=False),
+            _field("antecedent", pa.list_(pa.string()), nullable=False),
+            _field("consequent", pa.string(), nullable=False),
+            _field("length", pa.int32(), nullable=False),
+            *_RULE_METRICS,
+        ]
+    ),
+)
+
+PRODUCT_ASSOCIATIONS = TableContract(
+    name="product_associations",
+    schema=pa.schema(
+        [
+            _field(PRODUCT_ID, pa.string(), nullable=False),
+            _field(ASSOCIATED_PRODUCT_ID, pa.string(), nullable=False),
+            _field("rank", pa.int32(), nullable=False),
+            _field("score", pa.float64(), nullable=False),
+            _field("method", pa.string(), nullable=False),
+            *_RULE_METRICS,
+        ]
+    ),
+)
+
+PUBLISHED_TABLES = {t.name: t for t in (ASSOCIATION_RULES, PRODUCT_ASSOCIATIONS)}
