@@ -17,8 +17,8 @@ import polars as pl
 import pyarrow.parquet as pq
 
 from prodassoc_core import associations, baskets, ingest, mining, warehouse
-from prodassoc_core.contracts import ASSOCIATION_RULES, PRODUCT_ASSOCIATIONS, PUBLISHED_TABLES
-from prodassoc_core.settings import Settings
+from prodassoc_core.contracts import ASSOCIATION_RULES, PRODUCT_ASSOCIATIONS, PUBLISHED_TABLES, TRANSACTIONS
+from prodassoc_core.settings import BasketConfig, Settings
 
 log = logging.getLogger("prodassoc.pipeline")
 
@@ -111,3 +111,18 @@ def refresh_views(settings: Settings) -> list[str]:
         "manifest": str(settings.manifest_path.resolve()),
     }
     return warehouse.refresh_views(settings.duckdb_path, sources)
+
+
+def load_baskets_file(path: Path, cfg: BasketConfig | None = None) -> list[list[str]]:
+    """Baskets from a basket CSV (one basket per line) or a canonical transactions Parquet.
+
+    Transactions go through the same basket rules as the nightly flow.
+    """
+    if not path.exists():
+        raise FileNotFoundError(f"no such input: {path}")
+    if path.suffix.lower() == ".parquet":
+        lines = pl.from_arrow(TRANSACTIONS.conform(pq.read_table(path))).lazy()
+        return baskets.baskets(lines, cfg or BasketConfig()).collect()[baskets.ITEMS].to_list()
+    from prodassoc_core.importers import read_basket_csv
+
+    return read_basket_csv(path)

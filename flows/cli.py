@@ -1,0 +1,170 @@
+"""`prodassoc` command line: import a source, run the nightly flow, mine rules ad hoc, show results.
+
+Heavy libraries (Prefect, Great Expectations) are imported only by the commands
+that need them, so `prodassoc rules` and `prodassoc top` start fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from datetime import date
+from pathlib import Path
+
+# Quiet, offline defaults for the libraries' telemetry; users can still override them.
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+os.environ.setdefault("DO_NOT_TRACK", "1")
+
+log = logging.getLogger("prodassoc")
+
+
+def _settings(args: argparse.Namespace):
+    from prodassoc_core.settings import Settings
+
+    return Settings(data_dir=args.data_dir) if args.data_dir else Settings()
+
+
+def _date(text: str) -> date:
+    try:
+        return date.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a date (YYYY-MM-DD): {text!r}") from None
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    from prodassoc_core import importers
+
+    settings = _settings(args)
+    summary = importers.import_source(
+        kind=args.kind,
+        inputs=[Path(p) for p in args.inputs],
+        landing_dir=settings.landing_dir,
+        catalog=Path(args.catalog) if args.catalog else None,
+        mapping=args.map,
+        catalog_mapping=args.catalog_map,
+        item_info=Path(args.item_info) if args.item_info else None,
+        start=args.date,
+    )
+    print(
+        f"imported {summary.rows:,} transaction lines in {summary.partitions} day partition(s) "
+        f"and {summary.products:,} catalog products into {settings.landing_dir}"
+    )
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from flows.nightly import nightly
+
+    settings = _settings(args)
+    result = nightly(as_of=args.as_of, settings=settings)
+    ing = result["ingest"]
+    print(
+        f"as_of {result['as_of']}: ingested {ing['files_ingested']} file(s), "
+        f"{ing['rows_read']:,} rows read = {ing['rows_accepted']:,} accepted + "
+        f"{ing['rows_quarantined']:,} quarantined"
+    )
+    for p in result["published"]:
+        print(f"published {p['table']}: {p['rows']:,} rows -> {p['path']}")
+    print(f"DuckDB views: {settings.duckdb_path}")
+    return 0
+
+
+def cmd_rules(args: argparse.Namespace) -> int:
+    import pyarrow.parquet as pq
+
+    from prodassoc_core import mining, pipeline
+    from prodassoc_core.settings import MiningConfig
+
+    cfg = MiningConfig(
+        min_support=args.min_support,
+        min_confidence=args.min_confidence,
+        min_len=args.min_len,
+        max_len=args.max_len,
+    )
+    baskets = pipeline.load_baskets_file(Path(args.input))
+    log.info("mining %d baskets from %s", len(baskets), args.input)
+    rules = mining.mine_rules(baskets, cfg)
+    out = Path(args.output)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(rules, out, compression="zstd")
+    print(f"{rules.num_rows:,} rules from {len(baskets):,} baskets -> {out}")
+    return 0
+
+
+def cmd_top(args: argparse.Namespace) -> int:
+    import duckdb
+
+    settings = _settings(args)
+    with duckdb.connect(str(settings.duckdb_path), read_only=True) as con:
+        rows = con.execute(
+            """
+            SELECT a.product_id, ct.title, a.associated_product_id, ca.title AS associated_title,
+                   a.n_rule, round(a.confidence, 3), round(a.lift, 2)
+            FROM latest_product_associations a
+            LEFT JOIN catalog ct ON ct.product_id = a.product_id
+            LEFT JOIN catalog ca ON ca.product_id = a.associated_product_id
+            WHERE a.rank = 1
+            ORDER BY a.n_rule DESC, a.product_id
+            LIMIT ?
+            """,
+            [args.limit],
+        ).fetchall()
+    print(f"top associations (rank 1, by co-purchase orders) from {settings.duckdb_path}:")
+    for pid, title, aid, atitle, n, conf, lift in rows:
+        print(f"  {title} [{pid}] -> {atitle} [{aid}]: {n} orders, confidence {conf}, lift {lift}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="prodassoc", description=__doc__)
+    parser.add_argument("--data-dir", help="data directory (default: $PRODASSOC_DATA_DIR or ./.prodassoc)")
+    parser.add_argument("-v", "--verbose", action="store_true")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("import", help="convert a source into the landing layout")
+    p.add_argument("kind", choices=["online-retail", "basket-csv", "canonical"])
+    p.add_argument("inputs", nargs="+", help="source file(s); for 'canonical' the transactions file")
+    p.add_argument("--catalog", help="'canonical': the catalog file")
+    p.add_argument("--map", help="'canonical': transactions column mapping, e.g. order_id=InvoiceNo,product_id=SKU")
+    p.add_argument("--catalog-map", help="'canonical': catalog column mapping, e.g. title=Name")
+    p.add_argument("--item-info", help="'basket-csv': CSV with labels,level2,level1 categories")
+    p.add_argument("--date", type=_date, default=date(2000, 1, 1), help="'basket-csv': date given to the baskets")
+    p.set_defaults(func=cmd_import)
+
+    p = sub.add_parser("run", help="run the nightly flow for one as_of date")
+    p.add_argument("--as-of", type=_date, required=True)
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("rules", help="mine association rules from a basket CSV or transactions Parquet")
+    p.add_argument("--input", required=True)
+    p.add_argument("--min-support", type=float, required=True)
+    p.add_argument("--min-confidence", type=float, required=True)
+    p.add_argument("--min-len", type=int, default=2)
+    p.add_argument("--max-len", type=int)
+    p.add_argument("--output", required=True)
+    p.set_defaults(func=cmd_rules)
+
+    p = sub.add_parser("top", help="print the strongest published associations")
+    p.add_argument("--limit", type=int, default=10)
+    p.set_defaults(func=cmd_top)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        return args.func(args)
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"prodassoc: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

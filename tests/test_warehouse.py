@@ -1,0 +1,39 @@
+from datetime import date
+
+import duckdb
+import pyarrow as pa
+import pytest
+
+from prodassoc_core.associations import product_associations
+from prodassoc_core.contracts import PRODUCT_ASSOCIATIONS
+from prodassoc_core.settings import AssociationConfig
+from prodassoc_core.warehouse import TMP_DIR, read_partition, refresh_views, warehouse_sources, write_partition
+
+
+def table(baskets):
+    return product_associations(baskets, AssociationConfig(min_pair_count=1))
+
+
+def test_rerun_replaces_its_own_partition_and_views_read_it(tmp_path):
+    wh = tmp_path / "wh"
+    write_partition(table([["a", "b"]]), PRODUCT_ASSOCIATIONS, wh, date(2024, 1, 1))
+    write_partition(table([["a", "b"], ["c", "d"]]), PRODUCT_ASSOCIATIONS, wh, date(2024, 1, 2))
+    write_partition(table([["x", "y"]]), PRODUCT_ASSOCIATIONS, wh, date(2024, 1, 2))  # rerun
+    assert read_partition(wh, PRODUCT_ASSOCIATIONS, date(2024, 1, 2)).num_rows == 2
+    assert list((wh / TMP_DIR).iterdir()) == []
+
+    db = tmp_path / "w.duckdb"
+    views = refresh_views(db, warehouse_sources(wh, ["product_associations", "association_rules"]))
+    assert views == ["latest_product_associations", "product_associations"] or set(views) == {
+        "product_associations", "latest_product_associations"
+    }
+    con = duckdb.connect(str(db), read_only=True)
+    assert con.execute("SELECT count(*) FROM product_associations").fetchone()[0] == 4
+    latest = con.execute("SELECT DISTINCT product_id FROM latest_product_associations ORDER BY 1").fetchall()
+    assert latest == [("x",), ("y",)]
+
+
+def test_write_rejects_table_off_contract(tmp_path):
+    bad = pa.table({"product_id": ["a"]})
+    with pytest.raises(ValueError, match="missing required column"):
+        write_partition(bad, PRODUCT_ASSOCIATIONS, tmp_path, date(2024, 1, 1))
