@@ -35,3 +35,21 @@ def nightly(as_of: date, settings: Settings | None = None) -> dict:
     for p in published:
         logger.info("published %s: %d rows at %s", p["table"], p["rows"], p["path"])
     return {"as_of": as_of.isoformat(), "ingest": ingest_report, "published": published}
+
+
+@flow(name="prodassoc-scheduled-nightly")
+def scheduled_nightly(
+    settings: Settings | None = None, as_of: date | None = None, timezone: str = "UTC"
+) -> dict:
+    """Entry point for schedules: ``as_of`` defaults to the run's scheduled date in ``timezone``.
+
+    The logical date comes from the scheduler, not from the wall clock, so a late or
+    retried run still processes the day it was scheduled for.
+    """
+    if as_of is None:
+        from zoneinfo import ZoneInfo
+
+        from prefect.runtime import flow_run
+
+        as_of = flow_run.scheduled_start_time.astimezone(ZoneInfo(timezone)).date()
+    return nightly(as_of=as_of, settings=settings)
