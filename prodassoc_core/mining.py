@@ -15,7 +15,7 @@ Semantics (as arules ``apriori(..., parameter = list(target = "rules"))``):
 - ``n_rule / n_antecedent >= min_confidence`` is tested as
   ``n_rule * den >= num * n_antecedent`` with ``num / den = Fraction(str(min_confidence))``,
   so a rule with confidence exactly 4/5 passes 0.8 (a float test drops some of them).
-Items are deduplicated within each basket; empty baskets count in N.
+An item listed twice in a basket counts once; empty baskets count in N.
 
 pyfim 6.28 does not report an item set whose support equals the number of transactions
 (with ``[["a", "b"], ["a", "b"]]`` it finds nothing at all). Every call here therefore
@@ -95,11 +95,25 @@ def _hash_key(key: str) -> str:
     return hashlib.blake2b(key.encode(), digest_size=8).hexdigest()
 
 
-def _transactions(baskets: Sequence[Sequence[str]]) -> list[list[str]]:
-    """Deduplicated baskets (first-seen order) plus the empty padding transaction (see module doc)."""
-    tracts = [list(dict.fromkeys(basket)) for basket in baskets]
-    tracts.append([])
-    return tracts
+def _transactions(baskets: Sequence[Sequence[str]]) -> list[Sequence[str]]:
+    """The baskets plus the empty padding transaction (see module doc).
+
+    Not deduplicated here: pyfim reduces each transaction to its set of items while
+    reading it (tests pin this), and doing it again in Python would cost ~40% of the run.
+    """
+    return [*baskets, ()]
+
+
+def _sorted_lists(groups: Sequence[Sequence[str]]) -> pa.ListArray:
+    """A list<string> array of each group's items, sorted.
+
+    Built from flat values and offsets: polars' row-by-row list construction and its
+    ``list.sort()`` on strings are each slower than the mining itself.
+    """
+    groups = [sorted(g) for g in groups]
+    sizes = np.fromiter(map(len, groups), dtype=np.int64, count=len(groups))
+    offsets = pa.array(np.concatenate([[0], np.cumsum(sizes)]), pa.int32())
+    return pa.ListArray.from_arrays(offsets, pa.array(list(chain.from_iterable(groups)), pa.string()))
 
 
 def _length_bounds(min_len: int, max_len: int | None) -> dict[str, int]:
@@ -135,11 +149,10 @@ def frequent_itemsets(
     counts = np.array(counts, dtype=np.int64)
     frame = pl.DataFrame(
         {
-            "itemset": [sorted(s) for s in itemsets],
+            "itemset": pl.Series(values=_sorted_lists(itemsets)),
             "count": counts,
-            "support": counts / n,  # numpy: correctly rounded (polars multiplies by 1/n)
-        },
-        schema={"itemset": pl.List(pl.String), "count": pl.Int64, "support": pl.Float64},
+            "support": counts / n,  # numpy divides exactly; polars' array / scalar multiplies by 1/n
+        }
     ).with_columns(length=pl.col("itemset").list.len().cast(pl.Int32))
     frame = frame.sort(["count", "length", "itemset"], descending=[True, False, False])
     return frame.select(FREQUENT_ITEMSETS_SCHEMA.names).to_arrow().cast(FREQUENT_ITEMSETS_SCHEMA)
@@ -202,14 +215,10 @@ def mine_rules(baskets: Sequence[Sequence[str]], cfg: MiningConfig) -> pa.Table:
     if not keep.any():
         return ASSOCIATION_RULES.schema.empty_table()
 
-    # Columnar from here on: building a list column from Python lists row by row is slow.
-    sizes = np.fromiter(map(len, bodies), dtype=np.int32, count=len(bodies))
-    offsets = np.concatenate([[0], np.cumsum(sizes, dtype=np.int32)]).astype(np.int32)
-    antecedent = pa.ListArray.from_arrays(pa.array(offsets), pa.array(list(chain.from_iterable(bodies)), pa.string()))
     counts = (
         pl.DataFrame(
             {
-                "antecedent": pl.Series(values=antecedent),
+                "antecedent": pl.Series(values=_sorted_lists(bodies)),
                 "consequent": pl.Series(values=heads, dtype=pl.String),
                 "n_transactions": np.full(len(heads), n, dtype=np.int64),
                 "n_antecedent": n_ante,
@@ -218,9 +227,9 @@ def mine_rules(baskets: Sequence[Sequence[str]], cfg: MiningConfig) -> pa.Table:
             }
         )
         .filter(pl.Series(values=keep))
-        .with_columns(pl.col("antecedent").list.sort())
     )
-    ids = [_hash_key(key) for key in counts.select(_rule_key(pl.col("antecedent"), pl.col("consequent"))).to_series()]
+    keys = counts.select(_rule_key(pl.col("antecedent"), pl.col("consequent"))).to_series()
+    ids = [_hash_key(key) for key in keys]
     rules = (
         rule_metrics(counts.with_columns(rule_id=pl.Series(values=ids, dtype=pl.String)).lazy())
         .with_columns(length=(pl.col("antecedent").list.len() + 1).cast(pl.Int32))

@@ -61,7 +61,8 @@ def test_groceries_parsing_reproduces_arules_summary(groceries):
     assert len(counts) == 169
     assert sum(counts.values()) == sum(len(set(b)) for b in groceries) == 43367
     assert Counter(counts).most_common(5) == [
-        ("whole milk", 2513), ("other vegetables", 1903), ("rolls/buns", 1809), ("soda", 1715), ("yogurt", 1372),
+        ("whole milk", 2513), ("other vegetables", 1903), ("rolls/buns", 1809),
+        ("soda", 1715), ("yogurt", 1372),
     ]
 
 
@@ -200,7 +201,11 @@ def test_support_threshold_is_an_exact_count():
 
 def test_lengths_count_every_item_of_the_rule():
     baskets = [["a", "b", "c"]] * 3 + [["a", "b"], ["c"]]
-    lengths = lambda **kw: Counter(mine_rules(baskets, cfg(min_support=0.2, min_confidence=0.0, **kw))["length"].to_pylist())
+
+    def lengths(**kw) -> Counter:
+        rules = mine_rules(baskets, cfg(min_support=0.2, min_confidence=0.0, **kw))
+        return Counter(rules["length"].to_pylist())
+
     assert lengths() == {2: 6, 3: 3}
     assert lengths(max_len=2) == {2: 6}
     assert lengths(min_len=3) == {3: 3}
@@ -249,10 +254,12 @@ def test_frequent_itemsets_table():
     assert table.schema == FREQUENT_ITEMSETS_SCHEMA
     # sorted by count desc, then length, then itemset
     assert [(r["itemset"], r["length"], r["count"]) for r in table.to_pylist()] == [
-        (["bread"], 1, 4), (["milk"], 1, 4), (["bread", "milk"], 2, 3), (["butter"], 1, 2), (["bread", "butter"], 2, 2),
+        (["bread"], 1, 4), (["milk"], 1, 4), (["bread", "milk"], 2, 3),
+        (["butter"], 1, 2), (["bread", "butter"], 2, 2),
     ]
     assert table["support"].to_pylist() == [0.8, 0.8, 0.6, 0.4, 0.4]
-    assert frequent_itemsets(SHOP, 0.4, min_len=2)["itemset"].to_pylist() == [["bread", "milk"], ["bread", "butter"]]
+    pairs = frequent_itemsets(SHOP, 0.4, min_len=2)
+    assert pairs["itemset"].to_pylist() == [["bread", "milk"], ["bread", "butter"]]
     assert frequent_itemsets([], 0.5).schema == FREQUENT_ITEMSETS_SCHEMA
 
 
@@ -266,6 +273,10 @@ def test_rule_id_is_stable_and_order_free():
     assert rule_id(["b", "a"], "c") == rule_id(["a", "b"], "c")
     assert rule_id(["a", "b"], "c") != rule_id(["a"], "b,c")
     assert rule_id(["a,b"], "c") != rule_id(["a", "b"], "c")
+    # the vectorised ids in mine_rules are the same function, whatever the characters
+    baskets = [["café", "日本茶", "a,b", "=>x"]] * 2 + [["café"]]
+    for r in mine_rules(baskets, cfg(min_support=0.5, min_confidence=0.0, min_len=1)).to_pylist():
+        assert r["rule_id"] == rule_id(r["antecedent"], r["consequent"])
     # pinned: ids must not change between runs, processes or releases
     assert rule_id([], "milk") == "d958be08ad38c009"
     assert rule_id(["soda", "Instant food products"], "hamburger meat") == "1fa04a54dc69e013"
@@ -321,6 +332,7 @@ def test_agrees_with_brute_force(baskets, c):
     got = {key: (r["n_antecedent"], r["n_consequent"], r["n_rule"]) for key, r in by_rule(rules).items()}
     assert got == brute_force_rules(baskets, c)
     assert rules.num_rows == len(got)  # no duplicate rules
+    assert all(r["rule_id"] == rule_id(r["antecedent"], r["consequent"]) for r in rules.to_pylist())
     sort_key = [(-r["lift"], -r["confidence"], r["rule_id"]) for r in rules.to_pylist()]
     assert sort_key == sorted(sort_key)
 
