@@ -24,6 +24,7 @@ from typing import Any
 import fim
 import polars as pl
 
+from prodassoc_core import baskets, importers
 from prodassoc_core.mining import min_count, mine_rules
 from prodassoc_core.settings import BasketConfig, MiningConfig
 
@@ -38,39 +39,14 @@ def default_data_dir() -> Path:
 
 
 def load_online_retail_baskets(data_dir: Path, cfg: BasketConfig) -> list[list[str]]:
-    """One basket (sorted, unique stock codes) per invoice of both Online Retail files.
+    """One basket per invoice of both Online Retail files, through the product's own path.
 
-    The files overlap from 2010-12-01 to 2010-12-09: Online Retail (2010-2011) is kept from
-    its first InvoiceDate on, Online Retail II before that. Cancellations ("C..."),
-    quantity <= 0, price <= 0 and non-product codes are dropped; codes are then stripped
-    and upper-cased ("85123a" and "85123A" are the same product).
-    (prodassoc_core.baskets builds baskets from canonical transaction lines; this loader
-    reads the raw UCI files directly so that the benchmark stands alone.)
+    The importer (one copy of the overlapping December 2010, codes upper-cased) and the
+    basket rules (cancellations, returns, price <= 0 and non-product codes dropped) are
+    the ones the nightly flow uses.
     """
-    columns = ["invoice", "StockCode", "Quantity", "InvoiceDate", "price"]
-    recent = pl.scan_parquet(data_dir / RETAIL_2010_2011).rename({"InvoiceNo": "invoice", "UnitPrice": "price"})
-    older = pl.scan_parquet(data_dir / RETAIL_II_2009_2010).rename({"Invoice": "invoice", "Price": "price"})
-    recent = recent.select(columns).with_columns(pl.col("InvoiceDate").cast(pl.Datetime("us")))
-    older = older.select(columns).with_columns(pl.col("InvoiceDate").cast(pl.Datetime("us")))
-    start = recent.select(pl.col("InvoiceDate").min()).collect().item()
-    lines = pl.concat([older.filter(pl.col("InvoiceDate") < start), recent])
-
-    code = pl.col("StockCode")
-    non_product = code.is_in(list(cfg.non_product_codes))
-    if cfg.non_product_pattern:
-        non_product = non_product | code.str.contains(cfg.non_product_pattern)
-    keep = (pl.col("Quantity") > 0) & (pl.col("price") > 0) & ~non_product
-    if cfg.drop_cancellations:
-        keep = keep & ~pl.col("invoice").str.starts_with(cfg.cancellation_prefix)
-    baskets = (
-        lines.filter(keep)
-        .with_columns(code.str.strip_chars().str.to_uppercase())
-        .group_by("invoice")
-        .agg(code.unique().sort().alias("items"))
-        .sort("invoice")
-        .collect()
-    )
-    return baskets["items"].to_list()
+    lines = importers.online_retail_transactions([data_dir / RETAIL_II_2009_2010, data_dir / RETAIL_2010_2011])
+    return baskets.baskets(lines, cfg).collect()[baskets.ITEMS].to_list()
 
 
 def best_of(fn: Callable[[], Any], repeats: int) -> tuple[float, Any]:

@@ -372,7 +372,8 @@ def online_retail_lines(paths: Sequence[Path] | Path) -> pl.LazyFrame:
     """Online Retail Parquet file(s) as canonical transactions plus a ``description`` column.
 
     Values: order_id is the invoice number as-is (cancellations keep their 'C' prefix),
-    product_id the stock code stripped of surrounding whitespace (case kept), quantity
+    product_id the stock code stripped and upper-cased (the source spells some codes
+    both ways, e.g. 85123a and 85123A, for one product), quantity
     int64 (negative for returns), unit_price float64, customer_id the customer number as
     text ("17850", null stays null), ordered_at the invoice timestamp in microseconds.
 
@@ -391,7 +392,9 @@ def online_retail_lines(paths: Sequence[Path] | Path) -> pl.LazyFrame:
         fmt = detect_online_retail_format(path)
         lf = _conform(pl.scan_parquet(path), fmt.transactions, str(path), extra={DESCRIPTION: fmt.description})
         # Parquet copies store CustomerID as float; a text copy may read "17850.0".
-        lf = lf.with_columns(pl.col(CUSTOMER_ID).str.replace(r"^(\d+)\.0+$", "${1}"))
+        lf = lf.with_columns(
+            pl.col(CUSTOMER_ID).str.replace(r"^(\d+)\.0+$", "${1}"), pl.col(PRODUCT_ID).str.to_uppercase()
+        )
         first = lf.select(pl.col(ORDERED_AT).min()).collect().item()
         log.info("%s: %s, first line at %s", path, fmt.name, first)
         if first is not None:  # an empty file owns nothing

@@ -224,7 +224,7 @@ def read_manifest(manifest_path: Path) -> pl.DataFrame:
 
 
 def _write_manifest(manifest_path: Path, rows: dict[tuple[str, str], dict]) -> None:
-    frame = pl.DataFrame(list(rows.values()), schema=c.MANIFEST.polars_schema, orient="row")
+    frame = pl.DataFrame(list(rows.values()), schema=c.MANIFEST.polars_schema)
     table = c.MANIFEST.conform(frame.sort("table", "file").to_arrow())
     _write_table(Path(manifest_path), table)
 
@@ -265,9 +265,8 @@ def _scan(path: Path) -> pl.LazyFrame:
     return pl.scan_parquet(path, hive_partitioning=False)
 
 
-def _load(file: _Landed, contract: TableContract) -> _Loaded:
-    """Read one landed file: contract columns only (projection), cast, with lineage."""
-    sha = _sha256(file.path)
+def _load(file: _Landed, contract: TableContract, sha: str) -> _Loaded:
+    """Read one landed file (sha256 ``sha``): contract columns only (projection), cast, with lineage."""
     try:
         lf = _scan(file.path)
         schema = lf.collect_schema()
@@ -392,7 +391,7 @@ class _Run:
             logger.info("catalog: %s unchanged (sha %s); reusing staged catalog", file.rel, sha[:8])
             return read_staged_catalog(self.staging)[c.PRODUCT_ID]
 
-        loaded = _load(file, c.CATALOG)
+        loaded = _load(file, c.CATALOG, sha)
         quarantine_path = _output_dir(self.quarantine, file) / _output_name(file, loaded.sha)
         if loaded.status == UNREADABLE:
             self.record(loaded, 0, 0, UNREADABLE, loaded.detail)
@@ -459,6 +458,7 @@ class _Run:
             n_files += len(files)
             pending[day.isoformat()] = [self.landed(p, c.TRANSACTIONS.name, day.isoformat()) for p in files]
         self.report.files_seen += n_files
+        before = (self.report.files_ingested, self.report.files_skipped, self.report.files_failed)
         logger.info(
             "transactions: %d files in %d partitions before %s (%d files on/after it deferred)",
             n_files, len(pending), self.as_of, self.report.files_deferred,
@@ -472,7 +472,7 @@ class _Run:
                 if self.already_ingested(file, sha):
                     self.report.files_skipped += 1
                     continue
-                loaded = _load(file, c.TRANSACTIONS)
+                loaded = _load(file, c.TRANSACTIONS, sha)
                 batch.append(loaded)
                 batch_rows += loaded.rows
             if batch_rows >= self.batch_rows:  # whole partitions per batch: the share needs them all
@@ -480,19 +480,10 @@ class _Run:
                 batch, batch_rows = [], 0
         if batch:
             self.flush(batch, catalog_ids)
+        r = self.report
         logger.info(
             "transactions: %d files ingested, %d skipped (unchanged), %d failed",
-            self.report.files_ingested - (self.report.catalog_file is not None and self._catalog_ingested()),
-            self.report.files_skipped - (1 if self._catalog_skipped() else 0),
-            self.report.files_failed,
-        )
-
-    def _catalog_ingested(self) -> bool:
-        return any(p.table == c.CATALOG.name and p.status == INGESTED for p in self.report.partitions)
-
-    def _catalog_skipped(self) -> bool:
-        return self.report.catalog_file is not None and not any(
-            p.table == c.CATALOG.name for p in self.report.partitions
+            r.files_ingested - before[0], r.files_skipped - before[1], r.files_failed - before[2],
         )
 
     def flush(self, batch: list[_Loaded], catalog_ids: pl.Series) -> None:

@@ -19,7 +19,7 @@ DEFAULT_NON_PRODUCT_CODES = (
     "AMAZONFEE", "ADJUST", "ADJUST2", "TEST001", "TEST002",
 )
 # Codes matching this are not products either (gift vouchers, DCGS carriage lines, ...).
-DEFAULT_NON_PRODUCT_PATTERN = r"^(gift_\d+_\d+|DCGS.*|SP1002)$"
+DEFAULT_NON_PRODUCT_PATTERN = r"(?i)^(gift_\d+_\d+|DCGS.*|SP1002)$"
 
 
 class ValidationConfig(BaseModel):

@@ -311,6 +311,9 @@ class GxSuites:
     """
 
     def __init__(self, gx_dir: Path | None = None) -> None:
+        ge_logger = logging.getLogger("great_expectations")
+        if ge_logger.level == logging.NOTSET:  # its INFO lines (from import on) would drown a run log
+            ge_logger.setLevel(logging.WARNING)
         import great_expectations as gx
         import great_expectations.expectations as gxe
         from great_expectations.checkpoint import UpdateDataDocsAction
@@ -358,6 +361,11 @@ class GxSuites:
                     result_format={"result_format": "COMPLETE"},
                 )
             )
+
+    @property
+    def context(self) -> Any:
+        """The underlying GE data context."""
+        return self._ctx
 
     @property
     def data_docs(self) -> Path | None:

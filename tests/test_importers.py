@@ -102,7 +102,7 @@ def test_online_retail_values(tmp_path):
         ("536366", "85123a", "heart", 1, at(1), 2.55, None),
     ])
     tx = im.online_retail_transactions(path).collect()
-    assert tx["product_id"].to_list() == ["85123A", "85123a"]  # stripped, case kept
+    assert tx["product_id"].to_list() == ["85123A", "85123A"]  # stripped and upper-cased: one product
     assert tx["customer_id"].to_list() == ["17850", None]
     assert tx["ordered_at"].dtype == pl.Datetime("us")
 
@@ -119,7 +119,7 @@ def test_online_retail_sample_imports(tmp_path):
     raw = pl.read_parquet(SAMPLE)
     assert summary.rows == raw.height
     assert summary.partitions == raw["InvoiceDate"].dt.date().n_unique()
-    assert summary.products == raw["StockCode"].str.strip_chars().n_unique()
+    assert summary.products == raw["StockCode"].str.strip_chars().str.to_uppercase().n_unique()
     landed = pl.read_parquet(tmp_path / "transactions" / "*" / "*.parquet", hive_partitioning=False)
     assert landed.height == raw.height
     assert landed["quantity"].sum() == raw["Quantity"].sum()
