@@ -61,11 +61,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     settings = _settings(args)
     result = nightly(as_of=args.as_of, settings=settings)
     ing = result["ingest"]
-    print(
-        f"as_of {result['as_of']}: ingested {ing['files_ingested']} file(s), "
-        f"{ing['rows_read']:,} rows read = {ing['rows_accepted']:,} accepted + "
-        f"{ing['rows_quarantined']:,} quarantined"
-    )
+    print(f"as_of {result['as_of']}: ingested {ing['files_ingested']} file(s), skipped {ing['files_skipped']} already ingested")
+    for table in ("catalog", "transactions"):
+        parts = [p for p in ing["partitions"] if p["table"] == table]
+        read, accepted, quarantined = (sum(p[k] for p in parts) for k in ("rows_read", "rows_accepted", "rows_quarantined"))
+        print(f"  {table}: {read:,} rows read = {accepted:,} accepted + {quarantined:,} quarantined")
     for p in result["published"]:
         print(f"published {p['table']}: {p['rows']:,} rows -> {p['path']}")
     print(f"DuckDB views: {settings.duckdb_path}")
@@ -159,8 +159,14 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per Prefect API call otherwise
+    from prodassoc_core.ingest import IngestError
+
     try:
         return args.func(args)
+    except IngestError as exc:  # bad input: files and partitions are named in the message
+        print(f"prodassoc: ingestion failed: {exc}", file=sys.stderr)
+        return 1
     except (ValueError, FileNotFoundError) as exc:
         print(f"prodassoc: error: {exc}", file=sys.stderr)
         return 2

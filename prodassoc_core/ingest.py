@@ -391,6 +391,7 @@ class _Run:
             logger.info("catalog: %s unchanged (sha %s); reusing staged catalog", file.rel, sha[:8])
             return read_staged_catalog(self.staging)[c.PRODUCT_ID]
 
+        self.remove_stale(file, sha)
         loaded = _load(file, c.CATALOG, sha)
         quarantine_path = _output_dir(self.quarantine, file) / _output_name(file, loaded.sha)
         if loaded.status == UNREADABLE:
@@ -578,9 +579,12 @@ class _Run:
                 else:
                     staged_path.unlink(missing_ok=True)
                 self.record(b, n_acc, q.height, status, detail)
-            status = FAILED if over or any(b.status == "missing" for b in loads) else INGESTED
-            if loads and all(b.status == UNREADABLE for b in loads):
+            if all(b.status == UNREADABLE for b in loads):
                 status = UNREADABLE
+            elif over or any(b.status != "ok" for b in loads):
+                status = FAILED  # good files of a partition with a broken one are still staged
+            else:
+                status = INGESTED
             self.report.partitions.append(
                 PartitionStats(
                     c.TRANSACTIONS.name, partition, len(rels), read, read - n_q, n_q, status, rules

@@ -39,10 +39,15 @@ class BasketConfig(BaseModel):
 
 
 class MiningConfig(BaseModel):
-    min_support: float = Field(0.003, gt=0, le=1)
+    """Rule thresholds. The nightly defaults are conservative on purpose: on catalogs with
+    design series (Online Retail) the number of frequent itemsets explodes combinatorially
+    at low support without a length cap (measured: the shipped sample's 2,555 baskets at
+    support 0.003 give 1.2M rules at max_len 3 and 15M at max_len 4)."""
+
+    min_support: float = Field(0.01, gt=0, le=1)
     min_confidence: float = Field(0.5, ge=0, le=1)
     min_len: int = Field(2, ge=1, description="items in antecedent + consequent")
-    max_len: int | None = Field(None, ge=1)
+    max_len: int | None = Field(4, ge=1, description="None: no limit")
 
     @model_validator(mode="after")
     def _lengths(self) -> "MiningConfig":

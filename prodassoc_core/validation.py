@@ -238,11 +238,13 @@ def stringify_mismatched(frame: F, contract: TableContract) -> F:
 # --- GE context, suites and checkpoints ----------------------------------------------------
 
 
-def _transactions_expectations(gxe: Any) -> list[Any]:
-    def rule(expectation: Any, name: str) -> Any:
-        expectation.meta = {"rule": name}
-        return expectation
+def rule(expectation: Any, name: str) -> Any:
+    """Tag an expectation with the rule name that goes into ``_reason``."""
+    expectation.meta = {"rule": name}
+    return expectation
 
+
+def _transactions_expectations(gxe: Any) -> list[Any]:
     out = [
         rule(gxe.ExpectColumnToExist(column=col), f"missing_column:{col}")
         for col in c.TRANSACTIONS.required
@@ -282,10 +284,6 @@ def _transactions_expectations(gxe: Any) -> list[Any]:
 
 
 def _catalog_expectations(gxe: Any) -> list[Any]:
-    def rule(expectation: Any, name: str) -> Any:
-        expectation.meta = {"rule": name}
-        return expectation
-
     out = [
         rule(gxe.ExpectColumnToExist(column=col), f"missing_column:{col}") for col in c.CATALOG.required
     ]
@@ -335,7 +333,7 @@ class GxSuites:
         except KeyError:
             source = ctx.data_sources.add_pandas(_DATASOURCE)
         self._ctx = ctx
-        self._gx = gx
+        self._lock = threading.Lock()  # one checkpoint run at a time on this context
         self._checkpoints: dict[str, Any] = {}
         for table, build in _SUITES.items():
             try:
@@ -382,11 +380,12 @@ class GxSuites:
         """
         from great_expectations.core.run_identifier import RunIdentifier
 
-        result = self._checkpoints[table].run(
-            batch_parameters={"dataframe": frame},
-            expectation_parameters=parameters,
-            run_id=RunIdentifier(run_name=run_name) if run_name else None,
-        )
+        with self._lock:
+            result = self._checkpoints[table].run(
+                batch_parameters={"dataframe": frame},
+                expectation_parameters=parameters,
+                run_id=RunIdentifier(run_name=run_name) if run_name else None,
+            )
         failures: dict[str, list[int]] = {}
         for suite_result in result.run_results.values():
             for r in suite_result.results:

@@ -217,9 +217,13 @@ def test_unreadable_file_is_recorded_and_named(zone):
     bad = zone.landing / "transactions" / "dt=2024-01-02" / "corrupt.parquet"
     bad.parent.mkdir(parents=True)
     bad.write_bytes(b"PAR1 this is not parquet")
+    zone.day("2024-01-02", good("2024-01-02"), name="fine.parquet")
     zone.day("2024-01-03", good("2024-01-03"))
-    with pytest.raises(IngestError, match="transactions/dt=2024-01-02/corrupt.parquet.*unreadable"):
+    with pytest.raises(IngestError, match="transactions/dt=2024-01-02/corrupt.parquet.*unreadable") as err:
         zone.ingest()
+    part = {p.partition: p for p in err.value.report.partitions}["2024-01-02"]
+    assert (part.status, part.files, part.rows_read) == ("failed", 2, 5)
+    assert len(zone.staged("2024-01-02")) == 1  # the readable file of that day is not lost
     rows = zone.manifest_rows()
     row = rows["transactions/dt=2024-01-02/corrupt.parquet"]
     assert (row["status"], row["rows_read"], row["rows_accepted"], row["rows_quarantined"]) == (
@@ -294,6 +298,18 @@ def test_failed_share_raises_after_writing_quarantine_and_manifest(zone):
     assert zone.manifest_rows()["transactions/dt=2024-01-02/part-0.parquet"]["status"] == "ingested"
     assert zone.quarantined("2024-01-02").is_empty()  # the old version's quarantine is gone
     assert len(zone.staged("2024-01-02")) == 1
+
+
+def test_failing_catalog_stops_the_run_before_transactions(zone):
+    zone.catalog(["A", "A", "B"], name="catalog-2024-01-02.parquet")  # sorts last: current
+    zone.day("2024-01-02", good("2024-01-02"))
+    with pytest.raises(IngestError, match=r"catalog/catalog-2024-01-02.parquet: 2 of 3 rows .*66.7%"):
+        zone.ingest(cfg=STRICT)
+    rows = zone.manifest_rows()
+    assert rows["catalog/catalog-2024-01-02.parquet"]["status"] == "failed"
+    assert "transactions/dt=2024-01-02/part-0.parquet" not in rows
+    assert not (zone.staging / "catalog" / "catalog.parquet").exists()
+    assert pl.read_parquet(next((zone.quarantine / "catalog").glob("*.parquet"))).height == 2
 
 
 def test_catalog_reused_when_unchanged_and_required(tmp_path, gx_dir):
