@@ -100,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=5, help="runs of the fast engines; best is reported")
     parser.add_argument("--skip-mlxtend", action="store_true")
     args = parser.parse_args(argv)
-    cfg = MiningConfig(min_support=args.min_support, min_confidence=args.min_confidence)
+    cfg = MiningConfig(min_support=args.min_support, min_confidence=args.min_confidence, max_len=None)
 
     start = time.perf_counter()
     baskets = load_online_retail_baskets(args.data_dir, BasketConfig())

@@ -20,7 +20,8 @@ from prodassoc_core.settings import MiningConfig
 
 
 def cfg(**kw) -> MiningConfig:
-    return MiningConfig(**kw)
+    """Mining settings with arules' apriori defaults (maxlen 10) unless given."""
+    return MiningConfig(**{"max_len": 10, **kw})
 
 
 def by_rule(table: pa.Table) -> dict[tuple[tuple[str, ...], str], dict]:
