@@ -14,6 +14,7 @@ from datetime import date, timedelta
 from pathlib import Path
 
 import polars as pl
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from prodassoc_core import associations, baskets, ingest, mining, warehouse
@@ -71,22 +72,24 @@ def read_baskets(path: Path) -> list[list[str]]:
     return pl.read_parquet(path, columns=[baskets.ITEMS])[baskets.ITEMS].to_list()
 
 
+def _stage(table: pa.Table, name: str, baskets_path: Path) -> Path:
+    """Write a finished table next to the run's baskets, ready for publish."""
+    out = baskets_path.parent / f"{name}.parquet"
+    warehouse.atomic_write_parquet(table, out, out.parent / warehouse.TMP_DIR)
+    log.info("%s: %d rows", name, table.num_rows)
+    return out
+
+
 def mine(settings: Settings, baskets_path: Path, as_of: date) -> Path:
     """Association rules of the training window's baskets."""
     rules = mining.mine_rules(read_baskets(baskets_path), settings.mining)
-    out = baskets_path.parent / f"{ASSOCIATION_RULES.name}.parquet"
-    warehouse.atomic_write_parquet(rules, out, out.parent / warehouse.TMP_DIR)
-    log.info("mining: %d rules", rules.num_rows)
-    return out
+    return _stage(rules, ASSOCIATION_RULES.name, baskets_path)
 
 
 def associate(settings: Settings, baskets_path: Path, as_of: date) -> Path:
     """Top-K associated products per product from co-purchase statistics."""
     table = associations.product_associations(read_baskets(baskets_path), settings.associations)
-    out = baskets_path.parent / f"{PRODUCT_ASSOCIATIONS.name}.parquet"
-    warehouse.atomic_write_parquet(table, out, out.parent / warehouse.TMP_DIR)
-    log.info("associations: %d rows", table.num_rows)
-    return out
+    return _stage(table, PRODUCT_ASSOCIATIONS.name, baskets_path)
 
 
 def publish(settings: Settings, as_of: date, staged: dict[str, Path]) -> list[warehouse.WriteResult]:
