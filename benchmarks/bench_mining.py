@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import Any
 
 import fim
-import polars as pl
 
 from prodassoc_core import baskets, importers
 from prodassoc_core.mining import min_count, mine_rules

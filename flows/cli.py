@@ -72,6 +72,25 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from flows.evaluate import evaluate
+    from prodassoc_core.report import markdown_table
+
+    settings = _settings(args)
+    if args.methods:
+        methods = tuple(m.strip() for m in args.methods.split(",") if m.strip())
+        settings = settings.model_copy(
+            update={"evaluation": settings.evaluation.model_validate({**settings.evaluation.model_dump(), "methods": methods})}
+        )
+    out = evaluate(as_of=args.as_of, settings=settings, end=args.end)
+    results = out["results"]
+    print(f"scored products: {results['n_all'][0]:,} ({results['n_warm'][0]:,} warm, {results['n_cold'][0]:,} cold)")
+    print(markdown_table(results))
+    print(f"report: {out['report_md']} and {out['report_html']}")
+    print(f"MLflow: {settings.tracking_uri} (experiment {settings.evaluation.experiment!r}, {len(out['mlflow_runs'])} runs)")
+    return 0
+
+
 def cmd_rules(args: argparse.Namespace) -> int:
     import pyarrow.parquet as pq
 
@@ -137,6 +156,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run", help="run the nightly flow for one as_of date")
     p.add_argument("--as-of", type=_date, required=True)
     p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("evaluate", help="score every association method on a temporal holdout")
+    p.add_argument("--as-of", type=_date, required=True, help="train before it, test from it on")
+    p.add_argument("--end", type=_date, help="end of the test window (default: the end of the landed data)")
+    p.add_argument("--methods", help="comma-separated subset of the association methods (default: all)")
+    p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("rules", help="mine association rules from a basket CSV or transactions Parquet")
     p.add_argument("--input", required=True)

@@ -1,4 +1,8 @@
-"""The nightly flow: ingest -> validate -> baskets -> mine -> publish, for one as_of date."""
+"""The nightly flow: ingest -> validate -> baskets -> mine -> publish, for one as_of date.
+
+``backfill`` runs ``nightly`` once per date of a range, in order. Both are rerun-safe:
+see ``prodassoc_core.pipeline`` for what a rerun skips and replaces.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +10,7 @@ from datetime import date
 
 from prefect import flow, get_run_logger
 
+from prodassoc_core import locks, pipeline
 from prodassoc_core.contracts import ASSOCIATION_RULES, PRODUCT_ASSOCIATIONS
 from prodassoc_core.settings import Settings
 from tasks import nightly as t
@@ -15,26 +20,51 @@ from tasks import nightly as t
 def nightly(as_of: date, settings: Settings | None = None) -> dict:
     """Run the nightly chain for ``as_of``; the training window is everything before it.
 
+    Holds the run lock for ``as_of`` throughout: a second run for the same date fails at
+    once with RunLockedError naming the holder (or waits ``settings.run_lock_timeout_s``).
     Returns a summary: ingestion counts and the published partitions.
     """
     settings = settings or Settings()
     logger = get_run_logger()
-    ingest_report = t.ingest_landing(settings, as_of)
-    logger.info(
-        "ingested %d file(s): %d rows read, %d accepted, %d quarantined",
-        ingest_report["files_ingested"],
-        ingest_report["rows_read"],
-        ingest_report["rows_accepted"],
-        ingest_report["rows_quarantined"],
-    )
-    baskets_path = t.build_baskets(settings, as_of)
-    rules = t.mine_rules.submit(settings, baskets_path, as_of)
-    pairs = t.product_associations.submit(settings, baskets_path, as_of)
-    staged = {ASSOCIATION_RULES.name: rules.result(), PRODUCT_ASSOCIATIONS.name: pairs.result()}
-    published = t.publish(settings, as_of, staged)
+    with locks.run_lock(settings.locks_dir, as_of, timeout=settings.run_lock_timeout_s):
+        ingest_report = t.ingest_landing(settings, as_of)
+        logger.info(
+            "ingested %d file(s): %d rows read, %d accepted, %d quarantined",
+            ingest_report["files_ingested"],
+            ingest_report["rows_read"],
+            ingest_report["rows_accepted"],
+            ingest_report["rows_quarantined"],
+        )
+        baskets_path = t.build_baskets(settings, as_of)
+        rules = t.mine_rules.submit(settings, baskets_path, as_of)
+        pairs = t.product_associations.submit(settings, baskets_path, as_of)
+        staged = {ASSOCIATION_RULES.name: rules.result(), PRODUCT_ASSOCIATIONS.name: pairs.result()}
+        published = t.publish(settings, as_of, staged)
     for p in published:
         logger.info("published %s: %d rows at %s", p["table"], p["rows"], p["path"])
     return {"as_of": as_of.isoformat(), "ingest": ingest_report, "published": published}
+
+
+@flow(name="prodassoc-backfill")
+def backfill(start: date, end: date, settings: Settings | None = None, force: bool = False) -> dict:
+    """Run ``nightly`` for every date in [start, end] (both included), oldest first.
+
+    Dates whose tables are already published are skipped unless ``force``. Stops at the
+    first failing date; rerunning the backfill resumes there.
+    """
+    settings = settings or Settings()
+    logger = get_run_logger()
+    to_run, skipped = pipeline.backfill_dates(settings, start, end, force)
+    logger.info(
+        "backfill %s..%s: %d date(s) to run, %d already published and skipped%s",
+        start, end, len(to_run), len(skipped), f" ({', '.join(map(str, skipped))})" if skipped else "",
+    )
+    runs = [nightly(as_of=d, settings=settings) for d in to_run]
+    return {
+        "ran": [d.isoformat() for d in to_run],
+        "skipped": [d.isoformat() for d in skipped],
+        "runs": runs,
+    }
 
 
 @flow(name="prodassoc-scheduled-nightly")

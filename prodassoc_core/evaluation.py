@@ -20,8 +20,8 @@ basket and ranks candidates from the rest of the basket.
 
 Methods (``method_associations``): the baselines ``popularity``, ``count`` (=
 confidence ranking), ``jaccard`` and ``lift`` from ``associations.rank_associations``,
-and ``decayed_cosine``, a time-decayed, popularity-damped co-occurrence score
-(``decayed_associations``).
+and ``decayed_damped``, a time-decayed, basket-size-weighted co-purchase score damped
+by the partner's popularity (``decayed_associations``).
 
 Pure: frames and lists in, frames and dicts out; nothing here reads files, logs runs
 or calls ``now()``.
@@ -32,17 +32,12 @@ from __future__ import annotations
 import math
 import random
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
 from datetime import datetime
 
-import numpy as np
 import polars as pl
-import scipy.sparse as sp
 
-from prodassoc_core.associations import pair_counts, rank_associations
-from prodassoc_core.baskets import ITEMS
+from prodassoc_core.associations import pair_counts
 from prodassoc_core.contracts import ASSOCIATED_PRODUCT_ID, ORDERED_AT, PRODUCT_ID
-from prodassoc_core.settings import AssociationConfig
 
 RANK = "rank"
 FILLED = "filled"  # True for rows added by fill_with_popular
@@ -63,19 +58,6 @@ def split_baskets(baskets: pl.DataFrame, as_of: datetime) -> tuple[pl.DataFrame,
     """
     before = pl.col(ORDERED_AT) < as_of
     return baskets.filter(before), baskets.filter(~before)
-
-
-def popular_products(baskets: Iterable[Sequence[str]], n: int | None = None) -> list[str]:
-    """Products by number of baskets containing them, most first; ties by product id.
-
-    An item repeated within one basket counts once. ``n`` cuts the list.
-    """
-    counts: dict[str, int] = {}
-    for basket in baskets:
-        for item in set(basket):
-            counts[item] = counts.get(item, 0) + 1
-    ranked = sorted(counts, key=lambda item: (-counts[item], item))
-    return ranked if n is None else ranked[:n]
 
 
 # --- relevance and metrics ----------------------------------------------------------------------
@@ -105,7 +87,7 @@ def relevant_sets(
     return {p: set(qs) for p, qs in grouped.iter_rows()}
 
 
-def rank_metrics(predicted: Sequence[str], relevant: set[str], k: int = 10) -> tuple[float, float, float]:
+def rank_metrics(predicted: Sequence[str | None], relevant: set[str], k: int = 10) -> tuple[float, float, float]:
     """(HR@k, Recall@k, NDCG@k) of one ranked list against a non-empty relevant set.
 
     Only the first k positions count. HR@k is 1.0 when any of them is relevant; Recall@k
@@ -113,7 +95,7 @@ def rank_metrics(predicted: Sequence[str], relevant: set[str], k: int = 10) -> t
     1 / log2(position + 1) (position 1-based) and the ideal DCG of min(|relevant|, k)
     hits. A product repeated in the list earns its gain once, at its first position;
     its later copies occupy their positions as misses. Fewer than k predictions are
-    scored as they are (the missing positions are misses).
+    scored as they are (the missing positions are misses); None marks an empty position.
     """
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k}")
@@ -131,20 +113,39 @@ def rank_metrics(predicted: Sequence[str], relevant: set[str], k: int = 10) -> t
     return float(hits > 0), hits / ideal, dcg / idcg
 
 
-def _ranked_lists(associations: pl.DataFrame, k: int | None = None) -> dict[str, list[str]]:
-    """``{product_id: associated ids in rank order}``; ValueError on a repeated (product, rank)."""
+def _ranked_lists(associations: pl.DataFrame) -> dict[str, list[tuple[int, str]]]:
+    """``{product_id: [(rank, associated id), ...] by rank}``.
+
+    ValueError on missing columns, a null, a rank below 1 or a repeated (product, rank).
+    """
     missing = [c for c in (PRODUCT_ID, ASSOCIATED_PRODUCT_ID, RANK) if c not in associations.columns]
     if missing:
         raise ValueError(f"associations: missing column(s) {missing}")
-    frame = associations.select(PRODUCT_ID, ASSOCIATED_PRODUCT_ID, RANK)
+    frame = associations.select(PRODUCT_ID, ASSOCIATED_PRODUCT_ID, pl.col(RANK).cast(pl.Int64))
+    nulls = {c: n for c, n in frame.null_count().row(0, named=True).items() if n}
+    if nulls:
+        raise ValueError(f"associations: null values in {nulls}")
+    if frame.height and frame[RANK].min() < 1:
+        raise ValueError("associations: ranks start at 1")
     dup = frame.filter(pl.struct(PRODUCT_ID, RANK).is_duplicated())
     if dup.height:
         row = dup.row(0, named=True)
         raise ValueError(f"associations: rank {row[RANK]} given twice for product {row[PRODUCT_ID]!r}")
-    if k is not None:
-        frame = frame.filter(pl.col(RANK) <= k)  # ranks start at 1
-    grouped = frame.sort(PRODUCT_ID, RANK).group_by(PRODUCT_ID, maintain_order=True).agg(ASSOCIATED_PRODUCT_ID)
-    return dict(grouped.iter_rows())
+    grouped = (
+        frame.sort(PRODUCT_ID, RANK)
+        .group_by(PRODUCT_ID, maintain_order=True)
+        .agg(pl.struct(RANK, ASSOCIATED_PRODUCT_ID).alias("ranked"))
+    )
+    return {p: [(r[RANK], r[ASSOCIATED_PRODUCT_ID]) for r in ranked] for p, ranked in grouped.iter_rows()}
+
+
+def _prediction(ranked: list[tuple[int, str]], k: int) -> list[str | None]:
+    """The list at positions 1..k: position = rank, a rank missing from the table is an empty slot."""
+    top = [(r, q) for r, q in ranked if r <= k]
+    slots: list[str | None] = [None] * (top[-1][0] if top else 0)
+    for r, q in top:
+        slots[r - 1] = q
+    return slots
 
 
 def per_product_metrics(
@@ -152,15 +153,15 @@ def per_product_metrics(
 ) -> pl.DataFrame:
     """One row per scored product: product_id, warm, hr, recall, ndcg; sorted by product_id.
 
-    ``associations`` needs product_id, associated_product_id and rank (1-based); the
-    top k by rank are the prediction. A scored product without rows scores zero, so
-    fill lists first (``fill_with_popular``) to give every method the same fallback.
+    ``associations`` needs product_id, associated_product_id and rank; the rows with
+    rank <= k are the prediction, each at position = rank (a rank the table skips is a
+    miss). A scored product without rows scores zero, so fill lists first
+    (``fill_with_popular``) to give every method the same fallback.
     """
     lists = _ranked_lists(associations)
     rows = []
     for p in sorted(relevant):
-        predicted = lists.get(p, [])[:k]
-        hr, recall, ndcg = rank_metrics(predicted, relevant[p], k)
+        hr, recall, ndcg = rank_metrics(_prediction(lists.get(p, []), k), relevant[p], k)
         rows.append((p, p in warm_products, hr, recall, ndcg))
     return pl.DataFrame(
         rows,
@@ -181,11 +182,9 @@ def score_associations(
     """
     table = per_product_metrics(associations, relevant, warm_products, k)
     out: dict[str, float | int] = {}
-    for group, frame in (
-        ("all", table),
-        ("warm", table.filter(pl.col("warm"))),
-        ("cold", table.filter(~pl.col("warm"))),
-    ):
+    frames = {"all": table, "warm": table.filter(pl.col("warm")), "cold": table.filter(~pl.col("warm"))}
+    for group in GROUPS:
+        frame = frames[group]
         out[f"n_{group}"] = frame.height
         for metric in METRICS:
             out[f"{metric}_{group}"] = float(frame[metric].mean()) if frame.height else math.nan
@@ -213,7 +212,7 @@ def fill_with_popular(
     pool = list(dict.fromkeys(popular))
     rows: list[tuple[str, str, int, bool]] = []
     for p in sorted(set(products)):
-        chosen = [q for q in dict.fromkeys(lists.get(p, [])) if q != p][:k]
+        chosen = [q for q in dict.fromkeys(q for _, q in lists.get(p, [])) if q != p][:k]
         taken = set(chosen)
         rows.extend((p, q, r, False) for r, q in enumerate(chosen, start=1))
         rank = len(chosen)
@@ -241,7 +240,7 @@ def basket_completion(
     Every basket with >= 2 distinct items takes part, in the order given; one
     ``random.Random(seed)`` draws the hidden item of each from its sorted distinct items,
     so a seed fixes the task. A candidate c scores the sum, over the remaining items r,
-    of 1 / rank(c in r's list) from ``associations`` (reciprocal rank rather than the
+    of 1 / rank of c in r's list in ``associations`` (reciprocal rank rather than the
     method's own score, so that methods with scores on different scales - counts,
     lifts - combine a basket's items the same way). Items still in the basket are
     excluded; candidates rank by score, then popularity, then id, and the list is padded
@@ -264,7 +263,7 @@ def basket_completion(
         in_basket = set(rest)
         scores: dict[str, float] = {}
         for r in rest:
-            for rank, c in enumerate(lists.get(r, ()), start=1):
+            for rank, c in lists.get(r, ()):
                 if c not in in_basket:
                     scores[c] = scores.get(c, 0.0) + 1.0 / rank
         top = sorted(scores, key=lambda c: (-scores[c], popularity.get(c, len(pool)), c))[:k]

@@ -36,8 +36,17 @@ Rules of the run:
   (``missing_column:<c>``) and marked ``failed``. An unreadable Parquet file is marked
   ``unreadable`` with 0 rows. Quarantine, staging and the manifest are written before
   the run raises one ``IngestError`` listing every problem.
+* A transactions file with the same bytes (sha256) as a file already staged under another
+  name (a re-drop under a new name) is not ingested again: the manifest records it as
+  ``duplicate`` with 0 rows and names the original, so no row is counted twice.
+* Data outside a partition (a directory under ``<landing>/transactions`` not named exactly
+  ``dt=YYYY-MM-DD``, a Parquet file directly under it) is not ingested and fails the run
+  with a message naming it; hidden and ``_``-prefixed names are ignored.
+* A catalog snapshot with no rows, or none that passes validation, fails the run naming
+  the file; the staged catalog is left as it was.
 * Every write is atomic (temporary file + ``os.replace`` in the same directory), and for
-  every file ``rows_read == rows_accepted + rows_quarantined``.
+  every file ``rows_read == rows_accepted + rows_quarantined``. Temporary files of killed
+  writers (``.<name>.<pid>.tmp``, pid no longer running) are removed at the next run.
 
 Transactions already staged are not re-validated when a new catalog snapshot arrives.
 """
@@ -47,6 +56,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import re
 from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import date
@@ -59,6 +69,7 @@ import pyarrow.parquet as pq
 from prodassoc_core import contracts as c
 from prodassoc_core.contracts import TableContract
 from prodassoc_core.settings import ValidationConfig
+from prodassoc_core.warehouse import remove_stale_temp
 from prodassoc_core.validation import (
     GxSuites,
     conform,
@@ -72,11 +83,12 @@ from prodassoc_core.validation import (
 
 logger = logging.getLogger("prodassoc.ingest")
 
-INGESTED, FAILED, UNREADABLE = "ingested", "failed", "unreadable"
+INGESTED, FAILED, UNREADABLE, DUPLICATE = "ingested", "failed", "unreadable", "duplicate"
 CATALOG_FILE = "catalog.parquet"
 DEFAULT_BATCH_ROWS = 1_000_000
 _META_SOURCE = b"prodassoc.source_file"
 _META_SHA = b"prodassoc.sha256"
+_PARTITION_NAME = re.compile(r"dt=\d{4}-\d{2}-\d{2}")
 
 
 class IngestError(RuntimeError):
@@ -114,6 +126,7 @@ class IngestReport:
     files_ingested: int = 0
     files_skipped: int = 0  # already ingested with the same sha256
     files_failed: int = 0  # failed or unreadable
+    files_duplicate: int = 0  # same bytes as a file already staged under another name
     files_deferred: int = 0  # transaction files dated on/after as_of
     rows_read: int = 0
     rows_accepted: int = 0
@@ -163,19 +176,61 @@ def _visible_parquet(directory: Path) -> list[Path]:
     )
 
 
+def _partition_date(name: str) -> date | None:
+    """The date of a ``dt=YYYY-MM-DD`` directory name, exactly that form; None otherwise."""
+    if not _PARTITION_NAME.fullmatch(name):
+        return None
+    try:
+        return date.fromisoformat(name[3:])
+    except ValueError:
+        return None
+
+
 def _partition_dirs(root: Path) -> list[tuple[date, Path]]:
-    """``dt=YYYY-MM-DD`` directories under ``root``, by date; malformed names are logged and skipped."""
+    """``dt=YYYY-MM-DD`` directories under ``root``, by date; other names are skipped (see ``_misplaced``)."""
     out = []
     if not root.is_dir():
         return out
     for d in sorted(root.glob("dt=*")):
-        if not d.is_dir():
-            continue
-        try:
-            out.append((date.fromisoformat(d.name[3:]), d))
-        except ValueError:
-            logger.warning("skipping %s: partition directory is not dt=YYYY-MM-DD", d)
+        day = _partition_date(d.name)
+        if d.is_dir() and day is not None:
+            out.append((day, d))
     return out
+
+
+def _misplaced(root: Path) -> list[Path]:
+    """Entries of a landing table directory that look like data but are outside a partition.
+
+    Directories not named ``dt=YYYY-MM-DD`` and Parquet files directly under ``root``;
+    hidden and temporary names (``.x``, ``_x``) and other files are not data.
+    """
+    if not root.is_dir():
+        return []
+    out = []
+    for p in sorted(root.iterdir()):
+        if p.name.startswith((".", "_")):
+            continue
+        if p.is_dir() and _partition_date(p.name) is None:
+            out.append(p)
+        elif p.is_file() and p.suffix == ".parquet":
+            out.append(p)
+    return out
+
+
+def _tmp_pid(name: str) -> int | None:
+    """Writer pid of a ``_write_atomic`` temporary file (``.<name>.<pid>.tmp``)."""
+    parts = name.split(".")
+    return int(parts[-2]) if len(parts) >= 3 and parts[-2].isdigit() else None
+
+
+def remove_stale_temp_files(*roots: Path) -> int:
+    """Remove temporary files left under ``roots`` by killed writers; returns how many."""
+    n = 0
+    for root in roots:
+        if Path(root).is_dir():
+            for directory in {p.parent for p in Path(root).rglob(".*.tmp")}:
+                n += len(remove_stale_temp(directory, ".*.tmp", _tmp_pid))
+    return n
 
 
 def _write_atomic(path: Path, write) -> None:
@@ -410,7 +465,14 @@ class _Run:
             self.fail_now(f"catalog snapshot {file.rel}: {loaded.detail} ({_format_rules(rules)}); "
                           f"quarantine: {quarantine_path}")
 
-        outcome = validate_catalog(loaded.frame, gx=self.gx, run_name=self.run_name)
+        if loaded.rows == 0:
+            self.record(loaded, 0, 0, FAILED, "no rows")
+            self.report.partitions.append(PartitionStats(c.CATALOG.name, file.partition, 1, 0, 0, 0, FAILED))
+            self.fail_now(
+                f"catalog snapshot {file.rel} has no rows; a snapshot must list every product. "
+                f"Staged catalog left unchanged"
+            )
+        outcome = validate_catalog(loaded.frame, cfg=self.cfg, gx=self.gx, run_name=self.run_name)
         n_acc, n_q = outcome.accepted.height, outcome.quarantined.height
         rules = _top_rules(outcome.quarantined[c.REASON])
         if n_q:
@@ -428,6 +490,16 @@ class _Run:
                 f"catalog snapshot {file.rel}: {n_q} of {loaded.rows} rows quarantined ({share:.1%}) > "
                 f"max_failed_share {self.cfg.max_failed_share:.1%}; top rules: {_format_rules(rules)}; "
                 f"staged catalog left unchanged; quarantine: {quarantine_path}"
+            )
+        if n_acc == 0:
+            detail = "no row passed validation; not staged"
+            self.record(loaded, n_acc, n_q, FAILED, detail)
+            self.report.partitions.append(
+                PartitionStats(c.CATALOG.name, file.partition, 1, loaded.rows, n_acc, n_q, FAILED, rules)
+            )
+            self.fail_now(
+                f"catalog snapshot {file.rel}: none of its {loaded.rows} rows passed validation "
+                f"(top rules: {_format_rules(rules)}); staged catalog left unchanged; quarantine: {quarantine_path}"
             )
         accepted = outcome.accepted.sort(c.PRODUCT_ID)
         _write_table(staged, _contract_table(accepted, c.CATALOG, file, loaded.sha))
@@ -451,7 +523,13 @@ class _Run:
     def transactions(self, catalog_ids: pl.Series) -> None:
         pending: dict[str, list[_Landed]] = {}
         n_files = 0
-        for day, directory in _partition_dirs(self.landing / c.TRANSACTIONS.name):
+        root = self.landing / c.TRANSACTIONS.name
+        for path in _misplaced(root):
+            self.report.errors.append(
+                f"{path.relative_to(self.landing).as_posix()}: not in a dt=YYYY-MM-DD partition directory of "
+                f"{root}; its files are not ingested (move them to dt=<order date>/)"
+            )
+        for day, directory in _partition_dirs(root):
             files = _visible_parquet(directory)
             if day >= self.as_of:
                 self.report.files_deferred += len(files)
@@ -465,13 +543,26 @@ class _Run:
             n_files, len(pending), self.as_of, self.report.files_deferred,
         )
 
+        shas = {file.rel: _sha256(file.path) for files in pending.values() for file in files}
+        # Content already staged under another name: a landed file whose content is still
+        # what the manifest recorded (or that has left landing; its staged rows remain).
+        staged_content = {
+            r["sha256"]: r["file"]
+            for r in sorted(self.rows.values(), key=lambda r: r["file"], reverse=True)
+            if r["table"] == c.TRANSACTIONS.name and r["status"] == INGESTED
+            and shas.get(r["file"], r["sha256"]) == r["sha256"]
+        }
         batch: list[_Loaded] = []
         batch_rows = 0
         for partition, files in pending.items():
             for file in files:
-                sha = _sha256(file.path)
+                sha = shas[file.rel]
                 if self.already_ingested(file, sha):
                     self.report.files_skipped += 1
+                    continue
+                original = staged_content.setdefault(sha, file.rel)
+                if original != file.rel:
+                    self.duplicate(file, sha, original)
                     continue
                 loaded = _load(file, c.TRANSACTIONS, sha)
                 batch.append(loaded)
@@ -481,11 +572,24 @@ class _Run:
                 batch, batch_rows = [], 0
         if batch:
             self.flush(batch, catalog_ids)
+        elif self.report.files_duplicate:  # recorded without a flush: persist them
+            self.write_manifest()
         r = self.report
         logger.info(
             "transactions: %d files ingested, %d skipped (unchanged), %d failed",
             r.files_ingested - before[0], r.files_skipped - before[1], r.files_failed - before[2],
         )
+
+    def duplicate(self, file: _Landed, sha: str, original: str) -> None:
+        """Record a landed file with the same bytes as one already staged: not ingested again."""
+        self.remove_stale(file, sha)
+        for root in (self.staging, self.quarantine):
+            (_output_dir(root, file) / _output_name(file, sha)).unlink(missing_ok=True)
+        detail = f"same content (sha256 {sha[:8]}) as {original}; not ingested again"
+        loaded = _Loaded(file, sha, DUPLICATE)
+        self.rows[(file.table, file.rel)] = _manifest_row(loaded, 0, 0, DUPLICATE, detail, self.as_of)
+        self.report.files_duplicate += 1
+        logger.warning("%s: %s", file.rel, detail)
 
     def flush(self, batch: list[_Loaded], catalog_ids: pl.Series) -> None:
         """Validate a batch of files (one GE run), then write quarantine, staging and manifest."""
@@ -494,7 +598,12 @@ class _Run:
         logger.info("validate: %d rows from %d files", n_rows, len(batch))
         if frames:
             outcome = validate_transactions(
-                pl.concat(frames, how="vertical"), catalog_ids, self.cfg, gx=self.gx, run_name=self.run_name
+                pl.concat(frames, how="vertical"),
+                catalog_ids,
+                self.cfg,
+                as_of=self.as_of,
+                gx=self.gx,
+                run_name=self.run_name,
             )
             if outcome.accepted.height + outcome.quarantined.height != n_rows:
                 raise AssertionError(f"validation returned {outcome.rows_read} rows for {n_rows} read")
@@ -622,11 +731,20 @@ def ingest(
     """Validate new landed files into staging and quarantine; record them in the manifest.
 
     Transactions partitions dated before ``as_of`` only. Rerun-safe: files already
-    ingested with the same sha256 are skipped. Raises IngestError (with ``.report``) after
-    all writes when a partition exceeds ``cfg.max_failed_share``, a file misses a required
-    column, a file is unreadable, or the catalog snapshot fails.
+    ingested with the same sha256 are skipped, and a file with the same bytes as one
+    already staged is recorded as ``duplicate``, not ingested again. Raises IngestError
+    (with ``.report``) after all writes when a partition exceeds ``cfg.max_failed_share``,
+    a file misses a required column, a file is unreadable, landed data lies outside a
+    ``dt=YYYY-MM-DD`` partition, or the catalog snapshot fails (unreadable, a missing
+    column, no rows, no valid row, or too many quarantined). Not safe to call from two
+    processes on one data directory at once: ``pipeline.ingest_landing`` holds the ingest lock.
     """
     run = _Run(landing_dir, staging_dir, quarantine_dir, manifest_path, gx_dir, cfg, as_of, batch_rows)
+    stale = remove_stale_temp_files(run.staging, run.quarantine) + len(
+        remove_stale_temp(run.manifest_path.parent, f".{run.manifest_path.name}.*.tmp", _tmp_pid)
+    )
+    if stale:
+        logger.info("removed %d temporary file(s) left by interrupted runs", stale)
     logger.info("ingest as_of %s: landing %s, manifest has %d files", as_of, run.landing, len(run.rows))
     catalog_ids = run.catalog()
     run.transactions(catalog_ids)

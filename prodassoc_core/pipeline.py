@@ -3,27 +3,38 @@
 Each stage reads what the previous one wrote under the run's work directory
 ``<data>/runs/as_of=YYYY-MM-DD/`` and writes its own output there; ``publish``
 moves the finished tables into the warehouse. Prefect tasks wrap these one to one
-(tasks/nightly.py), and the CLI's ad-hoc commands call them directly.
+(tasks/nightly.py), and the CLI's ad-hoc commands call them directly. ``run_nightly``
+and ``backfill`` chain the stages without an orchestrator.
+
+Rerun safety: ingestion is incremental (the manifest), every stage output and every
+published partition is replaced atomically, and the same inputs give byte-identical
+outputs. Concurrency (``prodassoc_core.locks``): a whole run for one ``as_of`` holds that
+date's run lock (taken by ``run_nightly`` and by the Prefect flow), ingestion holds the
+data-dir-wide ingest lock, and the DuckDB view refresh holds the views lock.
+
+Fault points (``warehouse.fault_point``, for tests and drills): ``run.locked`` (run lock
+taken), ``ingest``, ``baskets``, ``mine``, ``associate``, ``publish`` (each stage's start).
 """
 
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from datetime import date, timedelta
+from datetime import date, datetime, time, timedelta
 from pathlib import Path
 
 import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from prodassoc_core import associations, baskets, ingest, mining, warehouse
+from prodassoc_core import baskets, ingest, locks, methods, mining, warehouse
 from prodassoc_core.contracts import ASSOCIATION_RULES, PRODUCT_ASSOCIATIONS, PUBLISHED_TABLES, TRANSACTIONS
 from prodassoc_core.settings import BasketConfig, Settings
 
 log = logging.getLogger("prodassoc.pipeline")
 
 BASKETS_FILE = "baskets.parquet"
+VIEWS_LOCK_TIMEOUT_S = 600.0  # a refresh takes well under a second; waiting longer means something hangs
 
 
 @dataclass(frozen=True)
@@ -45,20 +56,27 @@ def run_dir(settings: Settings, as_of: date) -> Path:
 
 
 def ingest_landing(settings: Settings, as_of: date) -> ingest.IngestReport:
-    """Validate and stage every landed file not yet ingested (partitions before as_of)."""
-    return ingest.ingest(
-        landing_dir=settings.landing_dir,
-        staging_dir=settings.staging_dir,
-        quarantine_dir=settings.quarantine_dir,
-        manifest_path=settings.manifest_path,
-        gx_dir=settings.gx_dir,
-        cfg=settings.validation,
-        as_of=as_of,
-    )
+    """Validate and stage every landed file not yet ingested (partitions before as_of).
+
+    Holds the data-dir-wide ingest lock: the manifest, staging and the GE context are
+    shared by the runs of all dates.
+    """
+    warehouse.fault_point("ingest")
+    with locks.ingest_lock(settings.locks_dir, timeout=settings.ingest_lock_timeout_s):
+        return ingest.ingest(
+            landing_dir=settings.landing_dir,
+            staging_dir=settings.staging_dir,
+            quarantine_dir=settings.quarantine_dir,
+            manifest_path=settings.manifest_path,
+            gx_dir=settings.gx_dir,
+            cfg=settings.validation,
+            as_of=as_of,
+        )
 
 
 def build_baskets(settings: Settings, as_of: date) -> Path:
     """Baskets of the training window, written to the run directory."""
+    warehouse.fault_point("baskets")
     window = Window.before(as_of, settings.lookback_days)
     lines = ingest.read_staged_transactions(settings.staging_dir, window.start, window.end)
     out = run_dir(settings, as_of) / BASKETS_FILE
@@ -82,18 +100,29 @@ def _stage(table: pa.Table, name: str, baskets_path: Path) -> Path:
 
 def mine(settings: Settings, baskets_path: Path, as_of: date) -> Path:
     """Association rules of the training window's baskets."""
+    warehouse.fault_point("mine")
     rules = mining.mine_rules(read_baskets(baskets_path), settings.mining)
     return _stage(rules, ASSOCIATION_RULES.name, baskets_path)
 
 
 def associate(settings: Settings, baskets_path: Path, as_of: date) -> Path:
-    """Top-K associated products per product from co-purchase statistics."""
-    table = associations.product_associations(read_baskets(baskets_path), settings.associations)
+    """Top-K associated products per product, ranked by the configured method."""
+    warehouse.fault_point("associate")
+    train = pl.read_parquet(baskets_path)
+    as_of_start = datetime.combine(as_of, time())
+    ranking = methods.config_associations(train, as_of_start, settings.associations)
+    table = methods.publishable(ranking, train[baskets.ITEMS].to_list())
     return _stage(table, PRODUCT_ASSOCIATIONS.name, baskets_path)
 
 
 def publish(settings: Settings, as_of: date, staged: dict[str, Path]) -> list[warehouse.WriteResult]:
-    """Move finished tables into the warehouse partition for as_of and refresh the DuckDB views."""
+    """Move finished tables into the warehouse partition for as_of and refresh the DuckDB views.
+
+    Each table's partition is replaced atomically (the previous complete file or the new
+    complete one); the tables are replaced one after the other, so a crash between them
+    leaves one table new and the other old until the rerun.
+    """
+    warehouse.fault_point("publish")
     results = [
         warehouse.write_partition(pq.read_table(path), PUBLISHED_TABLES[name], settings.warehouse_dir, as_of)
         for name, path in sorted(staged.items())
@@ -103,7 +132,10 @@ def publish(settings: Settings, as_of: date, staged: dict[str, Path]) -> list[wa
 
 
 def refresh_views(settings: Settings) -> list[str]:
-    """DuckDB views over the published tables and the staged, quarantined and manifest data."""
+    """DuckDB views over the published tables and the staged, quarantined and manifest data.
+
+    Holds the views lock: DuckDB allows one writing process per database file.
+    """
     sources = warehouse.warehouse_sources(settings.warehouse_dir, sorted(PUBLISHED_TABLES))
     staging, quarantine = settings.staging_dir.resolve(), settings.quarantine_dir.resolve()
     sources |= {
@@ -113,7 +145,73 @@ def refresh_views(settings: Settings) -> list[str]:
         "quarantine_catalog": str(quarantine / "catalog" / "*.parquet"),
         "manifest": str(settings.manifest_path.resolve()),
     }
-    return warehouse.refresh_views(settings.duckdb_path, sources)
+    with locks.views_lock(settings.locks_dir, timeout=VIEWS_LOCK_TIMEOUT_S):
+        return warehouse.refresh_views(settings.duckdb_path, sources)
+
+
+# --- whole runs ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class NightlyResult:
+    as_of: date
+    ingest: ingest.IngestReport
+    published: list[warehouse.WriteResult]
+
+
+def is_published(settings: Settings, as_of: date) -> bool:
+    """Whether every published table has its ``as_of`` partition."""
+    return all(warehouse.is_published(settings.warehouse_dir, name, as_of) for name in PUBLISHED_TABLES)
+
+
+def run_nightly(settings: Settings, as_of: date) -> NightlyResult:
+    """The nightly chain for ``as_of`` in this process, under that date's run lock.
+
+    Raises locks.RunLockedError (having done nothing) when another run for ``as_of`` holds
+    the lock beyond ``settings.run_lock_timeout_s``. A run that failed part way resumes on
+    rerun: ingested files are skipped, later stages are recomputed and replaced.
+    """
+    with locks.run_lock(settings.locks_dir, as_of, timeout=settings.run_lock_timeout_s):
+        warehouse.fault_point("run.locked")
+        report = ingest_landing(settings, as_of)
+        baskets_path = build_baskets(settings, as_of)
+        staged = {
+            ASSOCIATION_RULES.name: mine(settings, baskets_path, as_of),
+            PRODUCT_ASSOCIATIONS.name: associate(settings, baskets_path, as_of),
+        }
+        published = publish(settings, as_of, staged)
+    log.info("nightly as_of %s: published %s", as_of, ", ".join(f"{p.table} ({p.rows} rows)" for p in published))
+    return NightlyResult(as_of, report, published)
+
+
+def backfill_dates(settings: Settings, start: date, end: date, force: bool = False) -> tuple[list[date], list[date]]:
+    """(dates to run, dates skipped) for a backfill over [start, end], both ends included.
+
+    A date whose tables are all published is skipped unless ``force``.
+    """
+    if end < start:
+        raise ValueError(f"backfill: end {end} is before start {start}")
+    days = [start + timedelta(days=i) for i in range((end - start).days + 1)]
+    skipped = [] if force else [d for d in days if is_published(settings, d)]
+    return [d for d in days if d not in skipped], skipped
+
+
+@dataclass(frozen=True)
+class BackfillResult:
+    ran: list[NightlyResult]
+    skipped: list[date]
+
+
+def backfill(settings: Settings, start: date, end: date, *, force: bool = False) -> BackfillResult:
+    """Run the nightly chain for each date in [start, end] in order, oldest first.
+
+    Dates already published are skipped unless ``force`` (a forced rerun replaces their
+    partitions with identical bytes when the inputs are unchanged). Stops at the first
+    failing date: the dates before it stay published, rerunning the backfill resumes there.
+    """
+    to_run, skipped = backfill_dates(settings, start, end, force)
+    log.info("backfill %s..%s: %d date(s) to run, %d already published", start, end, len(to_run), len(skipped))
+    return BackfillResult([run_nightly(settings, d) for d in to_run], skipped)
 
 
 def load_baskets_file(path: Path, cfg: BasketConfig | None = None) -> list[list[str]]:

@@ -9,6 +9,7 @@ nested ones with a double underscore: ``PRODASSOC_MINING__MIN_SUPPORT=0.002``.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -27,6 +28,9 @@ class ValidationConfig(BaseModel):
     max_unit_price: float = Field(100_000.0, gt=0)
     max_failed_share: float = Field(
         0.2, ge=0, le=1, description="a partition with a larger share of quarantined rows fails the run"
+    )
+    max_text_length: int = Field(
+        1000, gt=0, description="ids and catalog text longer than this (characters) are quarantined"
     )
 
 
@@ -56,10 +60,34 @@ class MiningConfig(BaseModel):
         return self
 
 
+ASSOCIATION_METHODS = ("popularity", "count", "confidence", "jaccard", "lift", "decayed_damped")
+
+
 class AssociationConfig(BaseModel):
-    method: str = Field("confidence", description="ranking statistic for product_associations")
+    """How product_associations are ranked; prodassoc_core/methods.py has each method.
+
+    The default, ``decayed_damped``, scored best on the evaluation harness (README);
+    its three parameters were chosen on validation folds of the training window.
+    """
+
+    method: Literal[ASSOCIATION_METHODS] = "decayed_damped"  # type: ignore[valid-type]
     min_pair_count: int = Field(2, ge=1, description="co-purchase orders needed to publish a pair")
     top_k: int = Field(20, ge=1)
+    half_life_days: float | None = Field(120.0, gt=0, description="decayed_damped: basket weight halves every N days")
+    size_exponent: float = Field(0.5, ge=0, description="decayed_damped: weight / (basket size - 1) ** e")
+    popularity_exponent: float = Field(0.25, ge=0, description="decayed_damped: score / weight(b) ** e")
+
+
+class EvaluationConfig(BaseModel):
+    """The evaluation harness's protocol (../shared/EVAL.md): relevance thresholds and k."""
+
+    methods: tuple[Literal[ASSOCIATION_METHODS], ...] = ASSOCIATION_METHODS  # type: ignore[valid-type]
+    k: int = Field(10, ge=1)
+    min_test_baskets: int = Field(10, ge=1, description="a product is scored when in this many test baskets")
+    min_pair_baskets: int = Field(3, ge=1, description="relevant q: test baskets holding both p and q")
+    min_lift: float = Field(3.0, gt=0, description="relevant q: test-window lift of p, q")
+    seed: int = Field(0, description="basket completion: which item is hidden")
+    experiment: str = "prodassoc-evaluation"
 
 
 class Settings(BaseSettings):
@@ -71,6 +99,14 @@ class Settings(BaseSettings):
     baskets: BasketConfig = BasketConfig()
     mining: MiningConfig = MiningConfig()
     associations: AssociationConfig = AssociationConfig()
+    evaluation: EvaluationConfig = EvaluationConfig()
+    mlflow_tracking_uri: str | None = Field(None, description="default: sqlite database under data_dir")
+    run_lock_timeout_s: float = Field(
+        0, ge=0, description="seconds a run waits while another run of the same as_of holds its lock; 0: fail at once"
+    )
+    ingest_lock_timeout_s: float = Field(
+        3600, ge=0, description="seconds a run waits for another run's ingestion (data-dir-wide lock)"
+    )
 
     @property
     def landing_dir(self) -> Path:
@@ -100,3 +136,15 @@ class Settings(BaseSettings):
     @property
     def manifest_path(self) -> Path:
         return self.data_dir / "manifest.parquet"
+
+    @property
+    def locks_dir(self) -> Path:
+        return self.data_dir / "locks"
+
+    @property
+    def tracking_uri(self) -> str:
+        return self.mlflow_tracking_uri or f"sqlite:///{(self.data_dir / 'mlflow.db').resolve()}"
+
+    @property
+    def reports_dir(self) -> Path:
+        return self.data_dir / "reports"

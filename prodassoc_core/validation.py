@@ -25,21 +25,42 @@ How a table is checked:
 
 Rules (the names that appear in ``_reason``)::
 
-    transactions                                   catalog
-    missing_column:<c>  (whole file; see ingest)   missing_column:<c>
-    type:<c>                                       type:<c>
-    not_null:{order_id,product_id,ordered_at,quantity}   not_null:{product_id,title}
-    not_empty:{order_id,product_id}  (has a non-blank character)   not_empty:{product_id,title}
-    nonzero:quantity                               unique:product_id
+    transactions
+    missing_column:<c>  (whole file; see ingest)
+    type:<c>
+    not_null:{order_id,product_id,ordered_at,quantity}
+    not_empty:{order_id,product_id}  (has a non-blank character)
+    nonzero:quantity
     range:quantity      (|quantity| <= cfg.max_quantity)
     range:unit_price    (0 <= price <= cfg.max_unit_price; null price passes)
     in_partition:ordered_at  (order date == partition date)
+    not_future:ordered_at    (ordered_at < midnight of as_of)
     in_catalog:product_id    (id of an accepted catalog row)
+    max_length:{order_id,product_id,customer_id,store_id}  (<= cfg.max_text_length characters)
+
+    catalog
+    missing_column:<c>, type:<c>
+    not_null:{product_id,title}
+    not_empty:{product_id,title}
+    printable:title     (no control characters)
+    unique:product_id
+    max_length:{product_id,title,description,category,brand}
 
 Column-value expectations skip nulls, so a null key reports only ``not_null``; an empty
 string fails ``not_empty`` and ``in_catalog``. ``unique:product_id`` flags every row of
 a duplicated id: with two different rows for one id it is ambiguous which one is right,
 so none is accepted, and transactions of that id then fail ``in_catalog``.
+
+``not_future:ordered_at`` is checked only when ``as_of`` is given (ingestion always gives
+it). Partitions dated on or after ``as_of`` are deferred whole, so a future timestamp
+only occurs inside an earlier partition, where it also fails ``in_partition``: both rules
+are reported. ``printable:title`` rejects C0/C1 control characters and DEL (a tab or a
+newline in a title breaks CSV exports and reports): such rows are quarantined, not
+cleaned, so the retailer sees and fixes the source. Text longer than
+``cfg.max_text_length`` fails ``max_length:<c>``. Text arrives as Parquet strings, which
+are UTF-8 by specification: a file whose string column holds invalid UTF-8 cannot be
+read and is rejected whole as unreadable; a binary column where the contract has a
+string is decoded value by value, and a value that is not UTF-8 fails ``type:<c>``.
 
 The suites are defined here in code and written into the context on start-up; the limits
 and the catalog ids are passed per run as expectation parameters, so the stored suites
@@ -51,6 +72,7 @@ from __future__ import annotations
 import logging
 import threading
 from dataclasses import dataclass, field
+from datetime import date, datetime, time, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, TypeVar
 
@@ -71,6 +93,11 @@ DEFAULT_CHUNK_ROWS = 1_000_000
 _DATASOURCE = "prodassoc"
 _BATCH_DEFINITION = "whole_frame"
 _ORDER_DATE = "_order_date"  # derived: ordered_at as YYYY-MM-DD, compared with _partition
+_ORDERED_AT_US = "_ordered_at_us"  # derived: ordered_at as epoch microseconds, compared with as_of
+_NO_AS_OF_US = 2**62  # "no as_of": a bound no timestamp reaches
+_CONTROL_CHARS = r"[\x00-\x1f\x7f-\x9f]"
+_TRANSACTION_TEXT = (c.ORDER_ID, c.PRODUCT_ID, c.CUSTOMER_ID, c.STORE_ID)
+_CATALOG_TEXT = (c.PRODUCT_ID, c.TITLE, c.DESCRIPTION, c.CATEGORY, c.BRAND)
 _ROW = "__row"
 _ISO_FORMATS = (
     "%Y-%m-%d %H:%M:%S%.f",
@@ -151,7 +178,9 @@ def _cast(name: str, src: pl.DataType, dst: pl.DataType) -> tuple[pl.Expr, pl.Ex
     null = pl.lit(None, dtype=dst)
 
     if dst == pl.String:
-        if src.is_float():  # ids stored as floats (NaN-able columns): only integral ones
+        if src == pl.Binary:  # polars' cast raises on the first invalid byte; decode per value
+            out = col.map_batches(_decode_utf8, return_dtype=pl.String)
+        elif src.is_float():  # ids stored as floats (NaN-able columns): only integral ones
             out = pl.when(col == col.floor()).then(col.cast(pl.Int64, strict=False).cast(pl.String))
         else:
             out = col.cast(pl.String, strict=False)
@@ -179,6 +208,27 @@ def _cast(name: str, src: pl.DataType, dst: pl.DataType) -> tuple[pl.Expr, pl.Ex
     else:
         out = col.cast(dst, strict=False)
     return out.cast(dst), present
+
+
+def _decode_utf8(values: pl.Series) -> pl.Series:
+    """Binary values as UTF-8 strings; null where the bytes are not UTF-8."""
+
+    def decode(b: bytes | None) -> str | None:
+        try:
+            return None if b is None else b.decode("utf-8")
+        except UnicodeDecodeError:
+            return None
+
+    return pl.Series(values.name, [decode(b) for b in values.to_list()], dtype=pl.String)
+
+
+def _escape_utf8(values: pl.Series) -> pl.Series:
+    """Binary values as strings, bytes that are not UTF-8 as ``\\xNN`` (for quarantine files)."""
+    return pl.Series(
+        values.name,
+        [None if b is None else b.decode("utf-8", errors="backslashreplace") for b in values.to_list()],
+        dtype=pl.String,
+    )
 
 
 F = TypeVar("F", pl.DataFrame, pl.LazyFrame)
@@ -224,11 +274,14 @@ def stringify_mismatched(frame: F, contract: TableContract) -> F:
 
     Used for quarantine files: they keep the landed values, readable even where the
     type was wrong; columns of the right type and non-contract columns are kept as-is.
+    Binary values that are not UTF-8 keep their bytes as ``\\xNN`` escapes.
     """
     schema = frame.lazy().collect_schema()
     target = contract.polars_schema
     exprs = [
-        pl.col(n).cast(pl.String, strict=False)
+        pl.col(n).map_batches(_escape_utf8, return_dtype=pl.String)
+        if dtype == pl.Binary
+        else pl.col(n).cast(pl.String, strict=False)
         for n, dtype in schema.items()
         if n in target and dtype != target[n] and dtype != pl.String
     ]
@@ -276,11 +329,28 @@ def _transactions_expectations(gxe: Any) -> list[Any]:
             f"in_partition:{c.ORDERED_AT}",
         ),
         rule(
+            gxe.ExpectColumnValuesToBeBetween(
+                column=_ORDERED_AT_US, max_value={"$PARAMETER": "as_of_us"}, strict_max=True
+            ),
+            f"not_future:{c.ORDERED_AT}",
+        ),
+        rule(
             gxe.ExpectColumnValuesToBeInSet(column=c.PRODUCT_ID, value_set={"$PARAMETER": "catalog_ids"}),
             f"in_catalog:{c.PRODUCT_ID}",
         ),
     ]
+    out += _max_length(gxe, _TRANSACTION_TEXT)
     return out
+
+
+def _max_length(gxe: Any, columns: Iterable[str]) -> list[Any]:
+    return [
+        rule(
+            gxe.ExpectColumnValueLengthsToBeBetween(column=col, max_value={"$PARAMETER": "max_text_length"}),
+            f"max_length:{col}",
+        )
+        for col in columns
+    ]
 
 
 def _catalog_expectations(gxe: Any) -> list[Any]:
@@ -291,7 +361,11 @@ def _catalog_expectations(gxe: Any) -> list[Any]:
         out.append(rule(gxe.ExpectColumnValuesToNotBeNull(column=col), f"not_null:{col}"))
     for col in (c.PRODUCT_ID, c.TITLE):
         out.append(rule(gxe.ExpectColumnValuesToMatchRegex(column=col, regex=r"\S"), f"not_empty:{col}"))
+    out.append(
+        rule(gxe.ExpectColumnValuesToNotMatchRegex(column=c.TITLE, regex=_CONTROL_CHARS), f"printable:{c.TITLE}")
+    )
     out.append(rule(gxe.ExpectColumnValuesToBeUnique(column=c.PRODUCT_ID), f"unique:{c.PRODUCT_ID}"))
+    out += _max_length(gxe, _CATALOG_TEXT)
     return out
 
 
@@ -324,6 +398,8 @@ class GxSuites:
             self.gx_dir.mkdir(parents=True, exist_ok=True)
             ctx = gx.get_context(mode="file", context_root_dir=str(self.gx_dir))
         pb = ctx.variables.progress_bars
+        if isinstance(pb, dict):  # as read back from great_expectations.yml by a later process
+            pb = ProgressBarsConfig(**pb)
         if pb is None or pb.globally or pb.metric_calculations:  # tqdm bars on every run otherwise
             ctx.variables.progress_bars = ProgressBarsConfig(globally=False, metric_calculations=False)
             if self.gx_dir is not None:
@@ -503,6 +579,7 @@ def validate_transactions(
     catalog_ids: pl.Series | Iterable[str],
     cfg: ValidationConfig,
     *,
+    as_of: date | None = None,
     gx: GxSuites | None = None,
     run_name: str | None = None,
     chunk_rows: int = DEFAULT_CHUNK_ROWS,
@@ -513,6 +590,8 @@ def validate_transactions(
         columns; ``_partition`` is the partition date ``YYYY-MM-DD``. May carry a
         ``_reason`` column with rules found earlier (e.g. by a per-file ``conform``).
     catalog_ids: product ids of the accepted catalog.
+    as_of: the run's date; rows ordered at or after its midnight fail ``not_future``
+        (not checked when None).
     gx: the context to run in; default: an in-memory one (no Data Docs).
     """
     _check_lineage(df, c.TRANSACTIONS.name)
@@ -520,6 +599,7 @@ def validate_transactions(
     typed = typed.with_columns(
         pl.col(c.PARTITION).cast(pl.String),
         pl.col(c.ORDERED_AT).dt.strftime("%Y-%m-%d").alias(_ORDER_DATE),
+        pl.col(c.ORDERED_AT).dt.epoch("us").alias(_ORDERED_AT_US),
     )
     ids_series = catalog_ids if isinstance(catalog_ids, pl.Series) else pl.Series(list(catalog_ids))
     ids = sorted(set(ids_series.cast(pl.String).drop_nulls().to_list()))
@@ -528,8 +608,10 @@ def validate_transactions(
         "min_quantity": -cfg.max_quantity,
         "max_quantity": cfg.max_quantity,
         "max_unit_price": cfg.max_unit_price,
+        "max_text_length": cfg.max_text_length,
+        "as_of_us": _NO_AS_OF_US if as_of is None else _epoch_us(as_of),
     }
-    ge_columns = [*c.TRANSACTIONS.polars_schema.names(), _ORDER_DATE, c.PARTITION]
+    ge_columns = [*c.TRANSACTIONS.polars_schema.names(), _ORDER_DATE, _ORDERED_AT_US, c.PARTITION]
     success, failures = _validate(typed, c.TRANSACTIONS.name, ge_columns, parameters, gx, run_name, chunk_rows)
     accepted, quarantined, stats, counts = _split(typed, failures, c.TRANSACTIONS)
     logger.info(
@@ -541,18 +623,28 @@ def validate_transactions(
     return ValidationOutcome(accepted, quarantined, stats, counts, success and quarantined.is_empty())
 
 
+def _epoch_us(day: date) -> int:
+    return (datetime.combine(day, time()) - datetime(1970, 1, 1)) // timedelta(microseconds=1)
+
+
 def validate_catalog(
-    df: pl.DataFrame, *, gx: GxSuites | None = None, run_name: str | None = None
+    df: pl.DataFrame,
+    *,
+    cfg: ValidationConfig | None = None,
+    gx: GxSuites | None = None,
+    run_name: str | None = None,
 ) -> ValidationOutcome:
     """Validate a catalog snapshot (one GE run: uniqueness needs the whole table).
 
     df: catalog columns plus the lineage columns.
+    cfg: limits (``max_text_length``); default: ValidationConfig().
     """
     _check_lineage(df, c.CATALOG.name)
+    cfg = cfg or ValidationConfig()
     typed = conform(df, c.CATALOG).with_row_index(_ROW)
-    ge_columns = [c.PRODUCT_ID, c.TITLE]
+    parameters = {"max_text_length": cfg.max_text_length}
     success, failures = _validate(
-        typed, c.CATALOG.name, ge_columns, {}, gx, run_name, max(typed.height, 1)
+        typed, c.CATALOG.name, list(_CATALOG_TEXT), parameters, gx, run_name, max(typed.height, 1)
     )
     accepted, quarantined, stats, counts = _split(typed, failures, c.CATALOG)
     logger.info(

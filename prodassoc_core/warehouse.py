@@ -4,14 +4,35 @@ Layout: ``<warehouse>/<table>/run_date=YYYY-MM-DD/data.parquet``. A partition is
 file, written to ``<warehouse>/_tmp`` and moved into place with ``os.replace``: a
 reader sees either the previous complete file or the new complete one, never a
 half-written file, and a rerun of the same run date replaces its own partition.
+Temporary files are named ``<pid>-<random>.parquet``; one left behind by a killed
+process (its pid no longer runs) is removed by the next write into the same ``_tmp``.
+The view globs (``<table>/run_date=*/data.parquet``) never match ``_tmp``.
+
+Nothing from data becomes SQL text: table and view names must be plain identifiers
+(``[A-Za-z_][A-Za-z0-9_]*``), run dates must be dates, and file globs go into SQL only
+as quoted string literals.
+
+Fault injection (tests and drills only): ``$PRODASSOC_FAULT`` holds comma-separated
+``<point>[@<n>]=<action>`` items. At the n-th time (default: every time) the process
+reaches ``fault_point(<point>)`` it writes ``prodassoc fault point <point> reached (pid N)``
+to stderr and then: ``raise`` (InjectedFault), ``kill`` (SIGKILL itself), ``block``
+(sleeps until killed), ``sleep:<seconds>``, or ``wait:<file>`` (continues once the file
+exists). Points: ``write.before_tmp``, ``write.after_tmp``, ``write.before_replace``,
+``write.after_replace`` (every ``atomic_write_parquet``), and the pipeline's stage points
+(``prodassoc_core.pipeline``). Unset, the hook does nothing.
 """
 
 from __future__ import annotations
 
 import os
+import re
+import signal
+import sys
+import threading
+import time
 import uuid
 from dataclasses import dataclass
-from datetime import date
+from datetime import date, datetime
 from pathlib import Path
 
 import pyarrow as pa
@@ -21,6 +42,8 @@ from prodassoc_core.contracts import TableContract
 
 DATA_FILE = "data.parquet"
 TMP_DIR = "_tmp"
+FAULT_ENV = "PRODASSOC_FAULT"
+_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
 @dataclass(frozen=True)
@@ -31,22 +54,122 @@ class WriteResult:
     rows: int
 
 
-def partition_dir(warehouse_dir: Path, table: str, run_date: date) -> Path:
-    return warehouse_dir / table / f"run_date={run_date.isoformat()}"
+# --- fault injection ---------------------------------------------------------------------------
+
+
+class InjectedFault(RuntimeError):
+    """Raised at a fault point whose action is ``raise``."""
+
+
+_fault_hits: dict[str, int] = {}
+_fault_lock = threading.Lock()
+
+
+def fault_point(name: str) -> None:
+    """Act as ``$PRODASSOC_FAULT`` says when the process reaches point ``name`` (see module doc)."""
+    spec = os.environ.get(FAULT_ENV)
+    if not spec:
+        return
+    with _fault_lock:
+        hit = _fault_hits[name] = _fault_hits.get(name, 0) + 1
+    for item in spec.split(","):
+        point, _, action = item.strip().partition("=")
+        point, _, nth = point.partition("@")
+        if point != name or (nth and int(nth) != hit):
+            continue
+        print(f"prodassoc fault point {name} reached (pid {os.getpid()})", file=sys.stderr, flush=True)
+        kind, _, arg = action.partition(":")
+        if kind == "raise":
+            raise InjectedFault(f"injected fault at {name}")
+        if kind == "kill":
+            os.kill(os.getpid(), signal.SIGKILL)
+        elif kind == "block":
+            while True:
+                time.sleep(3600)
+        elif kind == "sleep":
+            time.sleep(float(arg))
+        elif kind == "wait":
+            while not Path(arg).exists():
+                time.sleep(0.02)
+        else:
+            raise ValueError(f"{FAULT_ENV}: unknown action {action!r} for point {name}")
+
+
+# --- atomic writes ----------------------------------------------------------------------------
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this pid runs on this machine."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
+
+
+def remove_stale_temp(directory: Path, pattern: str, pid_of) -> list[Path]:
+    """Remove temporary files in ``directory`` matching ``pattern`` whose writer is gone.
+
+    ``pid_of(name)`` gives the writing process's pid from a file name (None: unknown,
+    left alone). Files of running processes are kept: they may be mid-write.
+    """
+    removed = []
+    if not Path(directory).is_dir():
+        return removed
+    for path in Path(directory).glob(pattern):
+        pid = pid_of(path.name)
+        if pid is not None and pid != os.getpid() and not pid_alive(pid):
+            path.unlink(missing_ok=True)
+            removed.append(path)
+    return removed
+
+
+def _tmp_pid(name: str) -> int | None:
+    head = name.split("-", 1)[0]
+    return int(head) if head.isdigit() else None
 
 
 def atomic_write_parquet(table: pa.Table, path: Path, tmp_dir: Path) -> None:
-    """Write ``table`` to ``path`` so that readers never see a partial file."""
+    """Write ``table`` to ``path`` so that readers never see a partial file.
+
+    The temporary file lives in ``tmp_dir`` (same file system as ``path``); stale ones
+    of killed writers are removed first. Deterministic: the same table gives the same bytes.
+    """
     tmp_dir.mkdir(parents=True, exist_ok=True)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = tmp_dir / f"{uuid.uuid4().hex}.parquet"
+    remove_stale_temp(tmp_dir, "*.parquet", _tmp_pid)
+    tmp = tmp_dir / f"{os.getpid()}-{uuid.uuid4().hex}.parquet"
     try:
+        fault_point("write.before_tmp")
         pq.write_table(table, tmp, compression="zstd")
+        fault_point("write.after_tmp")
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
+        fault_point("write.before_replace")
         os.replace(tmp, path)
+        fault_point("write.after_replace")
     finally:
         tmp.unlink(missing_ok=True)
+
+
+# --- partitions -------------------------------------------------------------------------------
+
+
+def check_identifier(name: str, what: str = "table") -> str:
+    """``name`` if it is a plain identifier; ValueError otherwise (no paths, no SQL)."""
+    if not isinstance(name, str) or not _IDENTIFIER.fullmatch(name):
+        raise ValueError(f"not a valid {what} name: {name!r} (expected [A-Za-z_][A-Za-z0-9_]*)")
+    return name
+
+
+def partition_dir(warehouse_dir: Path, table: str, run_date: date) -> Path:
+    """``<warehouse>/<table>/run_date=YYYY-MM-DD``; rejects names and dates that could leave it."""
+    check_identifier(table)
+    if not isinstance(run_date, date) or isinstance(run_date, datetime):
+        raise ValueError(f"run_date must be a date, got {run_date!r}")
+    return Path(warehouse_dir) / table / f"run_date={run_date.isoformat()}"
 
 
 def write_partition(
@@ -56,8 +179,12 @@ def write_partition(
     if table.schema != contract.schema:
         table = contract.conform(table)
     path = partition_dir(warehouse_dir, contract.name, run_date) / DATA_FILE
-    atomic_write_parquet(table, path, warehouse_dir / TMP_DIR)
+    atomic_write_parquet(table, path, Path(warehouse_dir) / TMP_DIR)
     return WriteResult(contract.name, run_date, path, table.num_rows)
+
+
+def is_published(warehouse_dir: Path, table: str, run_date: date) -> bool:
+    return (partition_dir(warehouse_dir, table, run_date) / DATA_FILE).is_file()
 
 
 def read_partition(warehouse_dir: Path, contract: TableContract, run_date: date) -> pa.Table:
@@ -71,34 +198,45 @@ def read_partition(warehouse_dir: Path, contract: TableContract, run_date: date)
     return table
 
 
+# --- DuckDB views -----------------------------------------------------------------------------
+
+
 def _quote_literal(value: str) -> str:
     return "'" + value.replace("'", "''") + "'"
+
+
+def _quote_identifier(name: str) -> str:
+    return '"' + check_identifier(name, "view") + '"'
 
 
 def refresh_views(duckdb_path: Path, sources: dict[str, str]) -> list[str]:
     """(Re)create one DuckDB view per source glob that matches files; returns the views made.
 
     ``sources`` maps view name -> Parquet glob. Published tables get a view over all
-    run dates plus ``latest_<name>`` restricted to the newest run date.
+    run dates plus ``latest_<name>`` restricted to the newest run date. View names must
+    be identifiers; globs enter the SQL as escaped string literals only.
     """
     import duckdb
 
+    for name in sources:
+        check_identifier(name, "view")
     made = []
     duckdb_path.parent.mkdir(parents=True, exist_ok=True)
     with duckdb.connect(str(duckdb_path)) as con:
         for name, glob in sorted(sources.items()):
-            if not name.isidentifier():
-                raise ValueError(f"not a valid view name: {name!r}")
+            view, latest = _quote_identifier(name), _quote_identifier(f"latest_{name}")
             if not list(Path("/").glob(glob.lstrip("/"))):
-                con.execute(f"DROP VIEW IF EXISTS {name}")
+                if "run_date=" in glob:
+                    con.execute(f"DROP VIEW IF EXISTS {latest}")
+                con.execute(f"DROP VIEW IF EXISTS {view}")
                 continue
             scan = f"read_parquet({_quote_literal(glob)}, hive_partitioning = true, union_by_name = true)"
-            con.execute(f"CREATE OR REPLACE VIEW {name} AS SELECT * FROM {scan}")
+            con.execute(f"CREATE OR REPLACE VIEW {view} AS SELECT * FROM {scan}")
             made.append(name)
             if "run_date=" in glob:
                 con.execute(
-                    f"CREATE OR REPLACE VIEW latest_{name} AS SELECT * FROM {name} "
-                    f"WHERE run_date = (SELECT max(run_date) FROM {name})"
+                    f"CREATE OR REPLACE VIEW {latest} AS SELECT * FROM {view} "
+                    f"WHERE run_date = (SELECT max(run_date) FROM {view})"
                 )
                 made.append(f"latest_{name}")
     return made
@@ -107,4 +245,4 @@ def refresh_views(duckdb_path: Path, sources: dict[str, str]) -> list[str]:
 def warehouse_sources(warehouse_dir: Path, table_names: list[str]) -> dict[str, str]:
     """View name -> glob for the published tables."""
     root = warehouse_dir.resolve()
-    return {name: str(root / name / "run_date=*" / DATA_FILE) for name in table_names}
+    return {check_identifier(name): str(root / name / "run_date=*" / DATA_FILE) for name in table_names}

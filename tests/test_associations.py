@@ -20,7 +20,7 @@ def test_pair_counts_by_hand():
 
 
 def test_metrics_and_ranking_by_hand():
-    table = pl.from_arrow(product_associations(BASKETS, AssociationConfig(min_pair_count=1, top_k=2)))
+    table = pl.from_arrow(product_associations(BASKETS, AssociationConfig(method="confidence", min_pair_count=1, top_k=2)))
     d = table.filter(pl.col("product_id") == "d")
     # d is in 2 baskets, both with b: confidence 1, lift 1 * 5/4, conviction infinite -> null
     top = d.row(0, named=True)
@@ -37,14 +37,14 @@ def test_metrics_and_ranking_by_hand():
 
 
 def test_min_pair_count_and_unknown_method():
-    table = product_associations(BASKETS, AssociationConfig(min_pair_count=3))
+    table = product_associations(BASKETS, AssociationConfig(method="confidence", min_pair_count=3))
     assert sorted(zip(table["product_id"].to_pylist(), table["associated_product_id"].to_pylist())) == [
         ("a", "b"), ("b", "a")
     ]
-    with pytest.raises(ValueError, match="unknown association method"):
+    with pytest.raises(ValueError, match="method"):
         product_associations(BASKETS, AssociationConfig(method="magic"))
 
 
 def test_no_baskets_gives_empty_table():
-    table = product_associations([], AssociationConfig())
+    table = product_associations([], AssociationConfig(method="confidence"))
     assert table.num_rows == 0 and table.schema == PRODUCT_ASSOCIATIONS.schema

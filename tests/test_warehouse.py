@@ -11,7 +11,7 @@ from prodassoc_core.warehouse import TMP_DIR, read_partition, refresh_views, war
 
 
 def table(baskets):
-    return product_associations(baskets, AssociationConfig(min_pair_count=1))
+    return product_associations(baskets, AssociationConfig(method="confidence", min_pair_count=1))
 
 
 def test_rerun_replaces_its_own_partition_and_views_read_it(tmp_path):

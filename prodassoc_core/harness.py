@@ -1,0 +1,157 @@
+"""The evaluation harness: run the nightly chain on the training window, score it on the test window.
+
+For ``as_of`` and every selected method: the landing zone is ingested up to its last
+partition, the nightly stages build the training-window baskets (before ``as_of``) and
+publish each method's ``product_associations`` into the evaluation area
+(``<data>/evaluation/as_of=D/product_associations/method=M/data.parquet``), and each
+published table is scored against the test baskets (``as_of`` up to the end of the
+data) with prodassoc_core.evaluation: the product-level metrics of ../shared/EVAL.md and
+basket completion. Results go to MLflow (one run per method) and to a Markdown + HTML
+report under ``<data>/reports``.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import date, timedelta
+from pathlib import Path
+
+import polars as pl
+import pyarrow.parquet as pq
+
+from prodassoc_core import baskets, evaluation, ingest, pipeline, report, tracking, warehouse
+from prodassoc_core.contracts import PRODUCT_ASSOCIATIONS
+from prodassoc_core.methods import popular_products
+from prodassoc_core.settings import Settings
+
+log = logging.getLogger("prodassoc.harness")
+
+PARTITION_PREFIX = "dt="
+
+
+@dataclass(frozen=True)
+class Split:
+    """Training baskets before as_of (within the lookback), test baskets in [as_of, end)."""
+
+    as_of: date
+    end: date
+    train_path: Path
+    test_items: list[list[str]]
+    train_items: list[list[str]]
+
+
+def landing_end(landing_dir: Path) -> date:
+    """The day after the newest landed transactions partition (the end of the data, not the clock)."""
+    days = [
+        date.fromisoformat(p.name.removeprefix(PARTITION_PREFIX))
+        for p in (landing_dir / "transactions").glob(f"{PARTITION_PREFIX}*")
+        if p.is_dir()
+    ]
+    if not days:
+        raise ValueError(f"{landing_dir / 'transactions'}: no dt=YYYY-MM-DD partitions landed")
+    return max(days) + timedelta(days=1)
+
+
+def prepare(settings: Settings, as_of: date, end: date | None = None) -> Split:
+    """Ingest everything landed, then build training and test baskets around as_of."""
+    end = end or landing_end(settings.landing_dir)
+    if end <= as_of:
+        raise ValueError(f"no test window: the data ends {end}, not after as_of {as_of}")
+    pipeline.ingest_landing(settings, end)
+    train_path = pipeline.build_baskets(settings, as_of)
+    test = baskets.baskets(ingest.read_staged_transactions(settings.staging_dir, as_of, end), settings.baskets)
+    return Split(
+        as_of=as_of,
+        end=end,
+        train_path=train_path,
+        test_items=test.collect()[baskets.ITEMS].to_list(),
+        train_items=pipeline.read_baskets(train_path),
+    )
+
+
+def method_dir(settings: Settings, as_of: date, method: str) -> Path:
+    return settings.data_dir / "evaluation" / f"as_of={as_of.isoformat()}" / PRODUCT_ASSOCIATIONS.name / f"method={method}"
+
+
+def publish_method(settings: Settings, split: Split, method: str) -> Path:
+    """Run the nightly association stage with ``method`` and publish its table for scoring."""
+    chosen = settings.model_copy(
+        update={"associations": settings.associations.model_copy(update={"method": method})}
+    )
+    staged = pipeline.associate(chosen, split.train_path, split.as_of)
+    out = method_dir(settings, split.as_of, method) / warehouse.DATA_FILE
+    warehouse.atomic_write_parquet(pq.read_table(staged), out, settings.data_dir / "evaluation" / warehouse.TMP_DIR)
+    return out
+
+
+def score_method(settings: Settings, split: Split, method: str, published: Path) -> dict:
+    """Product-level and basket-completion metrics of one published table."""
+    cfg = settings.evaluation
+    table = pl.read_parquet(published, columns=["product_id", "associated_product_id", "rank"])
+    relevant = evaluation.relevant_sets(split.test_items, cfg.min_test_baskets, cfg.min_pair_baskets, cfg.min_lift)
+    warm = {i for b in split.train_items for i in b}
+    popular = popular_products(split.train_items)
+    filled = evaluation.fill_with_popular(table, relevant, popular, cfg.k)
+    scores = evaluation.score_associations(filled, relevant, warm, cfg.k)
+    completion = evaluation.basket_completion(split.test_items, table, popular, cfg.seed, cfg.k)
+    return {"method": method, **scores, **{f"bc_{k}": v for k, v in completion.items()}}
+
+
+def write_report(settings: Settings, split: Split, results: pl.DataFrame) -> tuple[Path, Path]:
+    cfg = settings.evaluation
+    context = {
+        "data": str(settings.landing_dir.resolve()),
+        "train": f"baskets before {split.as_of} (lookback {settings.lookback_days} days): {len(split.train_items):,}",
+        "test": f"baskets from {split.as_of} to {split.end - timedelta(days=1)}: {len(split.test_items):,}",
+        "scored products": f"{results['n_all'][0]:,} ({results['n_warm'][0]:,} warm, {results['n_cold'][0]:,} cold)",
+        "relevance": f">= {cfg.min_pair_baskets} test baskets together and test lift >= {cfg.min_lift}; "
+        f"products in >= {cfg.min_test_baskets} test baskets",
+        "basket completion": f"{results['bc_n'][0]:,} test baskets, one item hidden (seed {cfg.seed})",
+    }
+    md, page = report.render(results, context)
+    settings.reports_dir.mkdir(parents=True, exist_ok=True)
+    stem = settings.reports_dir / f"evaluation_as_of={split.as_of.isoformat()}"
+    md_path, html_path = stem.with_suffix(".md"), stem.with_suffix(".html")
+    md_path.write_text(md)
+    html_path.write_text(page)
+    return md_path, html_path
+
+
+def log_results(settings: Settings, split: Split, results: pl.DataFrame, artifacts: list[Path]) -> list[str]:
+    """One MLflow run per method; the report files are attached to each."""
+    cfg = settings.evaluation
+    ids = []
+    for row in results.iter_rows(named=True):
+        params = {
+            "method": row["method"],
+            "as_of": split.as_of.isoformat(),
+            "test_end": split.end.isoformat(),
+            "lookback_days": settings.lookback_days,
+            "k": cfg.k,
+            "seed": cfg.seed,
+            "min_test_baskets": cfg.min_test_baskets,
+            "min_pair_baskets": cfg.min_pair_baskets,
+            "min_lift": cfg.min_lift,
+            "min_pair_count": settings.associations.min_pair_count,
+            "top_k": settings.associations.top_k,
+        }
+        if row["method"] == "decayed_damped":
+            a = settings.associations
+            params |= {"half_life_days": a.half_life_days, "size_exponent": a.size_exponent,
+                       "popularity_exponent": a.popularity_exponent}
+        metrics = {k: v for k, v in row.items() if k != "method"}
+        ids.append(
+            tracking.log_run(
+                settings.tracking_uri,
+                cfg.experiment,
+                settings.data_dir / "mlartifacts",
+                run_name=f"{row['method']} as_of={split.as_of.isoformat()}",
+                params=params,
+                metrics=metrics,
+                tags={"prodassoc.kind": "evaluation", "prodassoc.dataset": str(settings.landing_dir.resolve())},
+                artifacts=artifacts,
+            )
+        )
+    return ids
+

@@ -1,0 +1,93 @@
+"""The evaluation report: a Markdown table and a self-contained HTML page with a plot.
+
+Input is the results frame of the harness, one row per method, with columns
+``method`` and the metric columns named in ``COLUMNS``. The plot (NDCG@k per method,
+all / warm / cold) is embedded in the HTML as a base64 PNG, so the page is one file.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import math
+
+import polars as pl
+
+# (column, header) in table order
+COLUMNS = [
+    ("ndcg_all", "NDCG@10 all"),
+    ("ndcg_warm", "warm"),
+    ("ndcg_cold", "cold"),
+    ("hr_all", "HR@10 all"),
+    ("recall_all", "Recall@10 all"),
+    ("bc_hr", "completion HR@10"),
+    ("bc_ndcg", "completion NDCG@10"),
+]
+
+
+def _fmt(value: float | int | None) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "–"
+    return f"{value:.3f}" if isinstance(value, float) else f"{value:,}"
+
+
+def markdown_table(results: pl.DataFrame) -> str:
+    """One row per method, metrics to three decimals."""
+    headers = ["method", *(h for _, h in COLUMNS)]
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    for row in results.iter_rows(named=True):
+        cells = [row["method"], *(_fmt(row.get(c)) for c, _ in COLUMNS)]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def ndcg_plot_png(results: pl.DataFrame) -> bytes:
+    """Grouped bars: NDCG@10 for all, warm and cold products, per method."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    methods = results["method"].to_list()
+    groups = [("ndcg_all", "all"), ("ndcg_warm", "warm"), ("ndcg_cold", "cold")]
+    width = 0.8 / len(groups)
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.3 * len(methods)), 3.8), dpi=110)
+    for i, (column, label) in enumerate(groups):
+        values = [v if v is not None else float("nan") for v in results[column].to_list()]
+        ax.bar([m + (i - 1) * width for m in range(len(methods))], values, width, label=label)
+    ax.set_xticks(range(len(methods)), methods, rotation=20, ha="right")
+    ax.set_ylabel("NDCG@10")
+    ax.set_ylim(0, 1)
+    ax.set_title("Product associations vs. the test window")
+    ax.legend(ncols=3, loc="upper left")
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", metadata={"Software": None})
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def render(results: pl.DataFrame, context: dict[str, str | int | float]) -> tuple[str, str]:
+    """(markdown, html) of the evaluation report; ``context`` lists the run's facts (split, counts)."""
+    facts = "\n".join(f"- {k}: {v}" for k, v in context.items())
+    table = markdown_table(results)
+    md = f"# prodassoc evaluation\n\n{facts}\n\n{table}\n"
+    png = base64.b64encode(ndcg_plot_png(results)).decode()
+    rows = "".join(
+        "<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in [r["method"], *(_fmt(r.get(k)) for k, _ in COLUMNS)]) + "</tr>"
+        for r in results.iter_rows(named=True)
+    )
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in ["method", *(h for _, h in COLUMNS)])
+    facts_html = "".join(f"<li>{html.escape(str(k))}: {html.escape(str(v))}</li>" for k, v in context.items())
+    page = f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>prodassoc evaluation</title>
+<style>body{{font-family:sans-serif;margin:2em;max-width:70em}}table{{border-collapse:collapse}}
+td,th{{border:1px solid #ccc;padding:4px 8px;text-align:right}}td:first-child{{text-align:left}}</style>
+</head><body><h1>prodassoc evaluation</h1><ul>{facts_html}</ul>
+<table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>
+<p><img alt="NDCG@10 per method, all, warm and cold products" src="data:image/png;base64,{png}"></p>
+</body></html>
+"""
+    return md, page
