@@ -72,6 +72,19 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_backfill(args: argparse.Namespace) -> int:
+    from flows.nightly import backfill
+
+    settings = _settings(args)
+    result = backfill(start=args.start, end=args.end, settings=settings, force=args.force)
+    for run in result["runs"]:
+        rows = ", ".join(f"{p['table']} {p['rows']:,}" for p in run["published"])
+        print(f"as_of {run['as_of']}: published {rows}")
+    if result["skipped"]:
+        print(f"skipped (already published): {', '.join(result['skipped'])}")
+    return 0
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from flows.evaluate import evaluate
     from prodassoc_core.report import markdown_table
@@ -157,6 +170,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--as-of", type=_date, required=True)
     p.set_defaults(func=cmd_run)
 
+    p = sub.add_parser("backfill", help="run the nightly flow for every date in a range, oldest first")
+    p.add_argument("--start", type=_date, required=True)
+    p.add_argument("--end", type=_date, required=True, help="included")
+    p.add_argument("--force", action="store_true", help="rerun dates that are already published")
+    p.set_defaults(func=cmd_backfill)
+
     p = sub.add_parser("evaluate", help="score every association method on a temporal holdout")
     p.add_argument("--as-of", type=_date, required=True, help="train before it, test from it on")
     p.add_argument("--end", type=_date, help="end of the test window (default: the end of the landed data)")
@@ -186,12 +205,16 @@ def main(argv: list[str] | None = None) -> int:
     )
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per Prefect API call otherwise
     from prodassoc_core.ingest import IngestError
+    from prodassoc_core.locks import LockBusyError
 
     try:
         return args.func(args)
     except IngestError as exc:  # bad input: files and partitions are named in the message
         print(f"prodassoc: ingestion failed: {exc}", file=sys.stderr)
         return 1
+    except LockBusyError as exc:  # another run holds this date (or the ingestion) right now
+        print(f"prodassoc: {exc}", file=sys.stderr)
+        return 3
     except (ValueError, FileNotFoundError) as exc:
         print(f"prodassoc: error: {exc}", file=sys.stderr)
         return 2

@@ -210,7 +210,9 @@ def _quote_identifier(name: str) -> str:
 
 
 def refresh_views(duckdb_path: Path, sources: dict[str, str]) -> list[str]:
-    """(Re)create one DuckDB view per source glob that matches files; returns the views made.
+    """Rebuild the DuckDB file with one view per source glob that matches files; returns the views made.
+
+    The file holds only these views and is replaced whole on every refresh.
 
     ``sources`` maps view name -> Parquet glob. Published tables get a view over all
     run dates plus ``latest_<name>`` restricted to the newest run date. View names must
@@ -222,7 +224,12 @@ def refresh_views(duckdb_path: Path, sources: dict[str, str]) -> list[str]:
         check_identifier(name, "view")
     made = []
     duckdb_path.parent.mkdir(parents=True, exist_ok=True)
-    with duckdb.connect(str(duckdb_path)) as con:
+    # Built in a fresh file and moved into place: an analyst's open connection (which holds
+    # DuckDB's file lock) keeps reading the old file and never blocks the nightly run.
+    tmp = duckdb_path.with_name(f".{duckdb_path.name}.{os.getpid()}.tmp")
+    for leftover in (tmp, tmp.with_name(tmp.name + ".wal")):
+        leftover.unlink(missing_ok=True)
+    with duckdb.connect(str(tmp)) as con:
         for name, glob in sorted(sources.items()):
             view, latest = _quote_identifier(name), _quote_identifier(f"latest_{name}")
             if not list(Path("/").glob(glob.lstrip("/"))):
@@ -239,6 +246,8 @@ def refresh_views(duckdb_path: Path, sources: dict[str, str]) -> list[str]:
                     f"WHERE run_date = (SELECT max(run_date) FROM {view})"
                 )
                 made.append(f"latest_{name}")
+        con.execute("CHECKPOINT")
+    os.replace(tmp, duckdb_path)
     return made
 
 

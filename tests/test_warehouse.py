@@ -37,3 +37,18 @@ def test_write_rejects_table_off_contract(tmp_path):
     bad = pa.table({"product_id": ["a"]})
     with pytest.raises(ValueError, match="missing required column"):
         write_partition(bad, PRODUCT_ASSOCIATIONS, tmp_path, date(2024, 1, 1))
+
+
+def test_refresh_while_an_analyst_holds_the_duckdb_file_open(tmp_path):
+    wh, db = tmp_path / "wh", tmp_path / "w.duckdb"
+    write_partition(table([["a", "b"]]), PRODUCT_ASSOCIATIONS, wh, date(2024, 1, 1))
+    refresh_views(db, warehouse_sources(wh, ["product_associations"]))
+    analyst = duckdb.connect(str(db), read_only=True)  # holds DuckDB's lock on the file
+    write_partition(table([["c", "d"], ["e", "f"]]), PRODUCT_ASSOCIATIONS, wh, date(2024, 1, 2))
+    refresh_views(db, warehouse_sources(wh, ["product_associations"]))
+    # the open session keeps working; a new one sees the new partition
+    assert analyst.execute("SELECT count(*) FROM product_associations").fetchone()[0] == 6
+    analyst.close()
+    fresh = duckdb.connect(str(db), read_only=True)
+    assert fresh.execute("SELECT max(run_date) FROM latest_product_associations").fetchone()[0] == date(2024, 1, 2)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["w.duckdb", "wh"]
