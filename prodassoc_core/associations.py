@@ -29,6 +29,20 @@ SCORES: dict[str, pl.Expr] = {
 }
 
 
+def basket_matrix(baskets: Sequence[Sequence[str]]) -> tuple[sp.csr_matrix, list[str]]:
+    """(X, items): X[i, j] = 1 when basket i holds items[j] (int32, baskets x items); items sorted.
+
+    A product repeated in one basket counts once.
+    """
+    items = sorted({i for b in baskets for i in b})
+    index = {item: k for k, item in enumerate(items)}
+    rows = np.repeat(np.arange(len(baskets)), [len(b) for b in baskets])
+    cols = np.fromiter((index[i] for b in baskets for i in b), dtype=np.int64, count=len(rows))
+    x = sp.csr_matrix((np.ones(len(rows), dtype=np.int32), (rows, cols)), shape=(len(baskets), len(items)))
+    x.data[:] = 1
+    return x, items
+
+
 def pair_counts(baskets: Sequence[Sequence[str]], min_pair_count: int) -> pl.DataFrame:
     """Co-purchase counts for ordered pairs.
 
@@ -36,14 +50,7 @@ def pair_counts(baskets: Sequence[Sequence[str]], min_pair_count: int) -> pl.Dat
     n_antecedent (baskets with product_id), n_consequent (baskets with the other)
     and n_transactions, for pairs with n_rule >= min_pair_count, in both directions.
     """
-    items = sorted({i for b in baskets for i in b})
-    index = {item: k for k, item in enumerate(items)}
-    rows = np.repeat(np.arange(len(baskets)), [len(b) for b in baskets])
-    cols = np.fromiter((index[i] for b in baskets for i in b), dtype=np.int64, count=len(rows))
-    x = sp.csr_matrix(
-        (np.ones(len(rows), dtype=np.int32), (rows, cols)), shape=(len(baskets), len(items))
-    )
-    x.data[:] = 1  # a product repeated in one basket counts once
+    x, items = basket_matrix(baskets)
     co = (x.T @ x).tocoo()
     item_counts = np.asarray(x.sum(axis=0)).ravel()
     keep = (co.row != co.col) & (co.data >= min_pair_count)

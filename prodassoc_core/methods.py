@@ -23,7 +23,7 @@ import polars as pl
 import pyarrow as pa
 import scipy.sparse as sp
 
-from prodassoc_core.associations import pair_counts, rank_associations
+from prodassoc_core.associations import basket_matrix, pair_counts, rank_associations
 from prodassoc_core.baskets import ITEMS
 from prodassoc_core.contracts import ASSOCIATED_PRODUCT_ID, ORDERED_AT, PRODUCT_ASSOCIATIONS, PRODUCT_ID
 from prodassoc_core.metrics import rule_metrics
@@ -97,13 +97,9 @@ def decayed_associations(baskets: pl.DataFrame, as_of: datetime, cfg: DecayedCon
     if latest >= as_of:
         raise ValueError(f"decayed_associations: a training basket at {latest} is not before as_of {as_of}")
     item_lists = baskets[ITEMS].to_list()
-    items = sorted({i for b in item_lists for i in b})
-    index = {item: k for k, item in enumerate(items)}
     sizes = np.array([len(set(b)) for b in item_lists], dtype=np.float64)
-    rows = np.repeat(np.arange(len(item_lists)), [len(b) for b in item_lists])
-    cols = np.fromiter((index[i] for b in item_lists for i in b), dtype=np.int64, count=len(rows))
-    x = sp.csr_matrix((np.ones(len(rows)), (rows, cols)), shape=(len(item_lists), len(items)))
-    x.data[:] = 1.0  # an item repeated in one basket counts once
+    x, items = basket_matrix(item_lists)
+    x = x.astype(np.float64)
 
     age_days = (
         baskets.select((pl.lit(as_of) - pl.col(ORDERED_AT)).dt.total_microseconds() / 86_400e6)
@@ -220,12 +216,8 @@ def publishable(ranking: pl.DataFrame, item_lists: Sequence[Sequence[str]]) -> p
     Counts come from the same baskets the ranking was built from; a pair never bought
     together (a popularity pick) has n_rule 0.
     """
-    items = sorted({i for b in item_lists for i in b})
+    x, items = basket_matrix(item_lists)
     index = {item: k for k, item in enumerate(items)}
-    rows = np.repeat(np.arange(len(item_lists)), [len(b) for b in item_lists])
-    cols = np.fromiter((index[i] for b in item_lists for i in b), dtype=np.int64, count=len(rows))
-    x = sp.csr_matrix((np.ones(len(rows), dtype=np.int32), (rows, cols)), shape=(len(item_lists), len(items)))
-    x.data[:] = 1
     item_counts = np.asarray(x.sum(axis=0)).ravel().astype(np.int64)
     a = np.array([index[p] for p in ranking[PRODUCT_ID].to_list()], dtype=np.int64)
     b = np.array([index[q] for q in ranking[ASSOCIATED_PRODUCT_ID].to_list()], dtype=np.int64)
