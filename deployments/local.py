@@ -4,8 +4,8 @@
 
 `flow.serve` registers the deployment with the Prefect API that ``PREFECT_API_URL``
 points to (start one with ``prefect server start``) and runs scheduled and manually
-triggered runs in this process. Production work pools, backfills and the GPU pool
-are not set up here yet.
+triggered runs in this process. For work pools, workers, the backfill deployment and
+the GPU pool see deployments/production.py (`prodassoc deploy`).
 """
 
 from __future__ import annotations

@@ -104,6 +104,27 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_deploy(args: argparse.Namespace) -> int:
+    from deployments import production
+    from deployments.commands import prefect_worker
+
+    overrides = {k: v for k, v in (("cron", args.cron), ("timezone", args.timezone)) if v is not None}
+    cfg = production.DeployConfig(**overrides)
+    try:
+        api = production.api_url()
+    except production.MissingApiUrl as exc:
+        print(f"prodassoc: {exc}", file=sys.stderr)
+        return 2
+    data_dir = _settings(args).data_dir.resolve()
+    ids = production.register(cfg, data_dir)
+    print(f"registered with {api} (data directory {data_dir}):")
+    for name, deployment_id in ids.items():
+        print(f"  {name}  {deployment_id}")
+    print(f"nightly: cron {cfg.cron!r} in {cfg.timezone}; nightly and backfill share queue {cfg.queue!r} (one run at a time)")
+    print(f"start a worker: {' '.join(prefect_worker(cfg.cpu_pool))}")
+    return 0
+
+
 def cmd_rules(args: argparse.Namespace) -> int:
     import pyarrow.parquet as pq
 
@@ -181,6 +202,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--end", type=_date, help="end of the test window (default: the end of the landed data)")
     p.add_argument("--methods", help="comma-separated subset of the association methods (default: all)")
     p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("deploy", help="register the production deployments with the Prefect API at $PREFECT_API_URL")
+    p.add_argument("--cron", help="nightly schedule (default: $PRODASSOC_DEPLOY_CRON or '0 2 * * *')")
+    p.add_argument("--timezone", help="IANA time zone of the schedule (default: $PRODASSOC_DEPLOY_TIMEZONE or UTC)")
+    p.set_defaults(func=cmd_deploy)
 
     p = sub.add_parser("rules", help="mine association rules from a basket CSV or transactions Parquet")
     p.add_argument("--input", required=True)

@@ -6,7 +6,9 @@ from datetime import date
 
 import polars as pl
 from prefect import flow, get_run_logger
+from prefect.artifacts import create_markdown_artifact
 
+from prodassoc_core.report import markdown_table
 from prodassoc_core.settings import Settings
 from tasks import evaluate as t
 
@@ -32,4 +34,12 @@ def evaluate(as_of: date, settings: Settings | None = None, end: date | None = N
     results = pl.DataFrame(rows)
     md, html = t.report(settings, split, results)
     run_ids = t.log_results(settings, split, results, [md, html])
+    create_markdown_artifact(
+        f"# prodassoc evaluation, as_of {as_of.isoformat()}\n\n"
+        f"Test window {as_of} to {split.end}; {len(split.test_items):,} test baskets. "
+        f"Report: `{md}`; MLflow experiment `{settings.evaluation.experiment}` ({len(run_ids)} runs).\n\n"
+        + markdown_table(results),
+        key=f"evaluation-{as_of.isoformat()}",
+        description="prodassoc evaluation: one row per method",
+    )
     return {"results": results, "report_md": md, "report_html": html, "mlflow_runs": run_ids}

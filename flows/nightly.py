@@ -6,6 +6,8 @@ see ``prodassoc_core.pipeline`` for what a rerun skips and replaces.
 
 from __future__ import annotations
 
+import time
+from contextlib import contextmanager
 from datetime import date
 
 from prefect import flow, get_run_logger
@@ -22,12 +24,17 @@ def nightly(as_of: date, settings: Settings | None = None) -> dict:
 
     Holds the run lock for ``as_of`` throughout: a second run for the same date fails at
     once with RunLockedError naming the holder (or waits ``settings.run_lock_timeout_s``).
-    Returns a summary: ingestion counts and the published partitions.
+    Returns a summary: ingestion counts, the published partitions and the MLflow run id.
+    After publishing, the run's counts and stage timings are recorded as the Prefect Markdown
+    artifact ``nightly-<as_of>`` and as an MLflow run in experiment ``prodassoc-nightly``.
     """
     settings = settings or Settings()
     logger = get_run_logger()
+    timings: dict[str, float] = {}  # stage -> wall seconds, recorded with the run's counts
+    start = time.perf_counter()
     with locks.run_lock(settings.locks_dir, as_of, timeout=settings.run_lock_timeout_s):
-        ingest_report = t.ingest_landing(settings, as_of)
+        with _timed(timings, "ingest"):
+            ingest_report = t.ingest_landing(settings, as_of)
         logger.info(
             "ingested %d file(s): %d rows read, %d accepted, %d quarantined",
             ingest_report["files_ingested"],
@@ -35,14 +42,30 @@ def nightly(as_of: date, settings: Settings | None = None) -> dict:
             ingest_report["rows_accepted"],
             ingest_report["rows_quarantined"],
         )
-        baskets_path = t.build_baskets(settings, as_of)
+        with _timed(timings, "baskets"):
+            baskets_path = t.build_baskets(settings, as_of)
+        submitted = time.perf_counter()
         rules = t.mine_rules.submit(settings, baskets_path, as_of)
         pairs = t.product_associations.submit(settings, baskets_path, as_of)
+        for name, future in (("mine_rules", rules), ("product_associations", pairs)):  # they run side by side
+            future.add_done_callback(lambda _, name=name: timings.setdefault(name, time.perf_counter() - submitted))
         staged = {ASSOCIATION_RULES.name: rules.result(), PRODUCT_ASSOCIATIONS.name: pairs.result()}
-        published = t.publish(settings, as_of, staged)
+        with _timed(timings, "publish"):
+            published = t.publish(settings, as_of, staged)
+    timings["total"] = time.perf_counter() - start
     for p in published:
         logger.info("published %s: %d rows at %s", p["table"], p["rows"], p["path"])
-    return {"as_of": as_of.isoformat(), "ingest": ingest_report, "published": published}
+    mlflow_run = t.record_run(settings, as_of, ingest_report, published, baskets_path, timings)
+    return {"as_of": as_of.isoformat(), "ingest": ingest_report, "published": published, "mlflow_run": mlflow_run}
+
+
+@contextmanager
+def _timed(timings: dict[str, float], stage: str):
+    start = time.perf_counter()
+    try:
+        yield
+    finally:
+        timings[stage] = time.perf_counter() - start
 
 
 @flow(name="prodassoc-backfill")

@@ -41,3 +41,50 @@ def product_associations(settings: Settings, baskets_path: Path, as_of: date) ->
 @task(name="publish", cache_policy=NO_CACHE)
 def publish(settings: Settings, as_of: date, staged: dict[str, Path]) -> list[dict]:
     return [asdict(r) for r in pipeline.publish(settings, as_of, staged)]
+
+
+@task(name="record-run", cache_policy=NO_CACHE)
+def record_run(
+    settings: Settings, as_of: date, ingest_report: dict, published: list[dict], baskets_path: Path,
+    timings: dict[str, float],
+) -> str:
+    """The run's counts and timings as one MLflow run (experiment prodassoc-nightly) and as the
+    Markdown artifact ``nightly-<as_of>``; returns the MLflow run id.
+
+    The artifact is written even when MLflow is unreachable (saying so), then the error is raised.
+    """
+    import pyarrow.parquet as pq
+    from prefect.artifacts import create_markdown_artifact
+    from prefect.runtime import flow_run
+
+    from prodassoc_core import run_summary, tracking
+
+    model = run_summary.classic_model(settings.associations.method)
+    metrics = run_summary.nightly_metrics(ingest_report, published, pq.read_metadata(baskets_path).num_rows, timings)
+    params = run_summary.nightly_params(as_of, model, settings.lookback_days, settings.mining, settings.associations)
+    key = run_summary.artifact_key(as_of)
+    uri = run_summary.redact_uri(settings.tracking_uri)
+    where = f"`{uri}`, experiment `{run_summary.NIGHTLY_EXPERIMENT}`"
+    try:
+        run_id = tracking.log_run(
+            settings.tracking_uri,
+            run_summary.NIGHTLY_EXPERIMENT,
+            settings.data_dir / "mlartifacts",
+            run_name=f"nightly as_of={as_of.isoformat()}",
+            params=params,
+            metrics=metrics,
+            tags={"model": model, "prefect_flow_run_id": str(flow_run.id or ""), "prefect_artifact": key},
+        )
+    except Exception as exc:
+        reason = str(exc).replace(settings.tracking_uri, uri)
+        error = f"{where}: **logging failed** ({type(exc).__name__}: {reason})"
+        create_markdown_artifact(
+            run_summary.nightly_markdown(as_of, model, metrics, ingest_report, published, error),
+            key=key, description=f"prodassoc nightly {as_of.isoformat()} (MLflow logging failed)",
+        )
+        raise
+    create_markdown_artifact(
+        run_summary.nightly_markdown(as_of, model, metrics, ingest_report, published, f"{where}, run `{run_id}`"),
+        key=key, description=f"prodassoc nightly {as_of.isoformat()}: counts, quarantine, timings",
+    )
+    return run_id

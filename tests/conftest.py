@@ -43,3 +43,91 @@ def prefect_harness():
 
     with prefect_test_harness(server_startup_timeout=120):
         yield
+
+
+# --- production tests (tests/test_production_*.py): real servers on loopback ------------------------
+# Run when $CI is set or PRODASSOC_PRODUCTION_TESTS=1, skipped otherwise. Every process started
+# here is stopped by its pid (terminate, wait, kill); every wait is bounded.
+
+import socket  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+
+
+def production_tests_enabled() -> bool:
+    ci = os.environ.get("CI", "").strip().lower()
+    return ci not in ("", "0", "false", "no") or os.environ.get("PRODASSOC_PRODUCTION_TESTS") == "1"
+
+
+production = [
+    pytest.mark.production,
+    pytest.mark.skipif(
+        not production_tests_enabled(), reason="starts real servers: set PRODASSOC_PRODUCTION_TESTS=1 (CI runs them)"
+    ),
+]
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def venv_command(cmd: list[str]) -> list[str]:
+    """``cmd`` with its program taken from this interpreter's bin directory (prefect, mlflow, prodassoc)."""
+    program = Path(sys.executable).with_name(cmd[0])
+    return [str(program) if program.exists() else cmd[0], *cmd[1:]]
+
+
+def start_process(cmd: list[str], env: dict[str, str], log: Path, cwd: Path | None = None) -> subprocess.Popen:
+    """Start ``cmd`` in its own process group, output to ``log``."""
+    with open(log, "ab") as out:
+        return subprocess.Popen(
+            venv_command(cmd), env=env, cwd=cwd, stdout=out, stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL, start_new_session=True,
+        )
+
+
+def stop_process(proc: subprocess.Popen, grace_s: float = 20) -> None:
+    """Terminate ``proc`` and what it started (its process group), wait, then kill."""
+    import signal
+
+    if proc.poll() is None:
+        try:
+            os.killpg(proc.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+        try:
+            proc.wait(timeout=grace_s)
+        except subprocess.TimeoutExpired:
+            pass
+    try:  # children (flow-run processes, server workers) may outlive the leader
+        os.killpg(proc.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+    proc.wait(timeout=grace_s)
+
+
+def log_tail(log: Path, chars: int = 4000) -> str:
+    return log.read_text(errors="replace")[-chars:] if log.exists() else "(no log)"
+
+
+def wait_http(url: str, proc: subprocess.Popen, log: Path, timeout_s: float = 90) -> None:
+    """Poll ``url`` until it answers 200; fail with the log tail if ``proc`` exits or time runs out."""
+    import urllib.error
+    import urllib.request
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            pytest.fail(f"{proc.args[0]} exited with {proc.returncode} before {url} answered:\n{log_tail(log)}")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                if response.status == 200:
+                    return
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            pass
+        time.sleep(0.5)
+    pytest.fail(f"{url} did not answer within {timeout_s:.0f} s:\n{log_tail(log)}")

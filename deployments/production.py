@@ -1,0 +1,197 @@
+"""Production deployments: work pools, a queue, and the `nightly` and `backfill` deployments.
+
+``prodassoc deploy`` calls :func:`register`, which creates (or updates) everything on the
+Prefect API that ``PREFECT_API_URL`` points to. Workers then run the flows:
+
+    prefect worker start --pool cpu --type process      # any host with the project installed
+    prefect worker start --pool gpu --type process      # a GPU host (the training flow, later)
+
+The entrypoints are module paths (``flows.nightly.scheduled_nightly``): a process worker
+imports them from the installed ``prodassoc`` package, so no code is copied and no path of
+the deploying machine is baked into the deployment. See deployments/README.md for why these
+are Python calls rather than a ``prefect.yaml``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+from uuid import UUID
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from deployments.commands import CPU_POOL, GPU_POOL
+
+NIGHTLY = "prodassoc-scheduled-nightly/nightly"
+BACKFILL = "prodassoc-backfill/backfill"
+
+
+class MissingApiUrl(RuntimeError):
+    """``PREFECT_API_URL`` is not set: there is no server to register with."""
+
+
+class DeployConfig(BaseSettings):
+    """Where and when the deployments run; every field from ``PRODASSOC_DEPLOY_<FIELD>``."""
+
+    model_config = SettingsConfigDict(env_prefix="PRODASSOC_DEPLOY_")
+
+    cron: str = Field("0 2 * * *", description="nightly schedule (cron, in `timezone`)")
+    timezone: str = Field("UTC", description="IANA zone of the schedule; as_of is the scheduled date there")
+    cpu_pool: str = CPU_POOL
+    gpu_pool: str = GPU_POOL
+    queue: str = Field(
+        "dated-runs",
+        description="queue of the cpu pool shared by nightly and backfill, concurrency 1: "
+        "no two runs that publish dates are ever in flight together",
+    )
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown time zone {value!r} (use an IANA name such as Europe/London)") from None
+        return value
+
+    @field_validator("cron")
+    @classmethod
+    def _valid_cron(cls, value: str) -> str:
+        from prefect.client.schemas.schedules import CronSchedule
+        from pydantic import ValidationError
+
+        try:  # fail before any API call, naming the setting
+            CronSchedule(cron=value)
+        except ValidationError:
+            raise ValueError(f"not a cron expression: {value!r}") from None
+        return value
+
+
+def _job_env(data_dir: Path) -> dict[str, Any]:
+    # Only the data directory travels in the deployment (visible in the UI); secrets such as
+    # database passwords and S3 keys stay in the worker's environment, which flow runs inherit.
+    return {"env": {"PRODASSOC_DATA_DIR": str(data_dir)}}
+
+
+def _one_at_a_time():
+    from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy
+
+    # ENQUEUE: a run that finds the slot taken waits its turn instead of being cancelled.
+    return ConcurrencyLimitConfig(limit=1, collision_strategy=ConcurrencyLimitStrategy.ENQUEUE)
+
+
+def nightly_deployment(cfg: DeployConfig, data_dir: Path):
+    """`nightly` on the cpu pool: the cron schedule in cfg.timezone, as_of = the scheduled date.
+
+    A manual run may pass ``as_of`` to process another date.
+    """
+    from prefect.deployments.runner import EntrypointType
+    from prefect.schedules import Cron
+
+    from flows.nightly import scheduled_nightly
+
+    return scheduled_nightly.to_deployment(
+        name="nightly",
+        schedule=Cron(cfg.cron, timezone=cfg.timezone),
+        parameters={"timezone": cfg.timezone},
+        concurrency_limit=_one_at_a_time(),
+        tags=["prodassoc", "nightly"],
+        work_pool_name=cfg.cpu_pool,
+        work_queue_name=cfg.queue,
+        job_variables=_job_env(data_dir),
+        entrypoint_type=EntrypointType.MODULE_PATH,
+    )
+
+
+def backfill_deployment(cfg: DeployConfig, data_dir: Path):
+    """`backfill` on the cpu pool, run on demand with ``start`` and ``end`` (and ``force``)."""
+    from prefect.deployments.runner import EntrypointType
+
+    from flows.nightly import backfill
+
+    return backfill.to_deployment(
+        name="backfill",
+        concurrency_limit=_one_at_a_time(),
+        tags=["prodassoc", "backfill"],
+        work_pool_name=cfg.cpu_pool,
+        work_queue_name=cfg.queue,
+        job_variables=_job_env(data_dir),
+        entrypoint_type=EntrypointType.MODULE_PATH,
+    )
+
+
+# The training flow (a later issue) registers here as `train` on cfg.gpu_pool, with the same
+# module-path entrypoint and job variables; until it exists the gpu pool has no deployment.
+def deployments(cfg: DeployConfig, data_dir: Path) -> list:
+    return [nightly_deployment(cfg, data_dir), backfill_deployment(cfg, data_dir)]
+
+
+def api_url() -> str:
+    """The Prefect API to register with; a missing URL is an error, never the ephemeral API."""
+    from prefect.settings import PREFECT_API_URL
+
+    url = PREFECT_API_URL.value()
+    if not url:
+        raise MissingApiUrl(
+            "PREFECT_API_URL is not set: point it at the Prefect server to deploy to, "
+            "e.g. PREFECT_API_URL=http://127.0.0.1:4200/api (start one with `prefect server start`)"
+        )
+    return url
+
+
+def ensure_pools(cfg: DeployConfig) -> dict[str, str]:
+    """Create the cpu and gpu process pools and the shared queue (concurrency 1) if missing.
+
+    An existing pool is left as it is (an operator may have made `gpu` a Kubernetes pool with
+    infra/k8s-gpu-base-job-template.json); the queue's concurrency limit is always reset to 1.
+    Returns {pool: "created" | "exists"}.
+    """
+    from prefect import get_client
+    from prefect.client.schemas.actions import WorkPoolCreate
+    from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
+    from prefect.workers.process import ProcessWorker
+
+    done = {}
+    with get_client(sync_client=True) as client:
+        for pool, description in (
+            (cfg.cpu_pool, "prodassoc nightly and backfill: process workers on CPU hosts"),
+            (cfg.gpu_pool, "prodassoc training: process workers on GPU hosts"),
+        ):
+            try:
+                client.create_work_pool(
+                    WorkPoolCreate(
+                        name=pool,
+                        type=ProcessWorker.type,
+                        description=description,
+                        base_job_template=ProcessWorker.get_default_base_job_template(),
+                    )
+                )
+                done[pool] = "created"
+            except ObjectAlreadyExists:
+                done[pool] = "exists"
+        try:
+            queue = client.read_work_queue_by_name(cfg.queue, work_pool_name=cfg.cpu_pool)
+            if queue.concurrency_limit != 1:
+                client.update_work_queue(queue.id, concurrency_limit=1)
+        except ObjectNotFound:
+            client.create_work_queue(
+                cfg.queue,
+                work_pool_name=cfg.cpu_pool,
+                concurrency_limit=1,
+                description="nightly and backfill runs, one at a time",
+            )
+    return done
+
+
+def register(cfg: DeployConfig, data_dir: Path) -> dict[str, UUID]:
+    """Register pools, queue and deployments with the API at PREFECT_API_URL; idempotent.
+
+    ``data_dir`` is made absolute: flow runs start in a temporary working directory.
+    Returns {deployment full name: id}.
+    """
+    api_url()
+    data_dir = Path(data_dir).resolve()
+    ensure_pools(cfg)
+    return {d.full_name: d.apply() for d in deployments(cfg, data_dir)}
