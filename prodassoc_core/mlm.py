@@ -38,11 +38,11 @@ import torch.nn.functional as F
 from prodassoc_core.contracts import BRAND, CATEGORY, DESCRIPTION, PRODUCT_ID, TITLE
 from prodassoc_core.encoders import load_encoder_for_mlm
 from prodassoc_core.settings import EncoderSpec, MlmConfig
+from prodassoc_core.tracking import RegisteredRun, log_model_run
 from prodassoc_core.training import (
     MODEL_SUBDIR,
     Device,
     LoopConfig,
-    RegisteredRun,
     TrainState,
     adamw,
     derive_seed,
@@ -50,7 +50,6 @@ from prodassoc_core.training import (
     latest_checkpoint,
     linear_schedule,
     load_checkpoint,
-    log_model_run,
     quiet_transformers,
     read_run_config,
     save_checkpoint,

@@ -7,12 +7,18 @@ directory). Any ``tracking_uri`` MLflow accepts works, e.g. an ``http://`` serve
 
 from __future__ import annotations
 
+import logging
 import math
 import os
-from collections.abc import Mapping
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+
+logger = logging.getLogger("prodassoc.tracking")
 
 
 def _client(tracking_uri: str):
@@ -69,3 +75,96 @@ def runs(tracking_uri: str, experiment: str) -> list:
     if found is None:
         return []
     return client.search_runs([found.experiment_id], order_by=["attributes.start_time DESC"])
+
+
+# --- model stages: a run holding a model directory, registered ----------------------------------
+
+
+@dataclass(frozen=True)
+class RegisteredRun:
+    run_id: str
+    model_name: str
+    model_version: str
+    model_uri: str  # models:/<name>/<version>
+
+
+def _flat_params(params: Mapping[str, Any], prefix: str = "") -> Iterator[tuple[str, str]]:
+    for key, value in params.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            yield from _flat_params(value, f"{name}.")
+        else:
+            yield name, str(value)
+
+
+def log_model_run(
+    tracking_uri: str,
+    experiment: str,
+    artifact_root: Path,
+    *,
+    run_name: str,
+    params: Mapping[str, Any],
+    metrics: Mapping[str, float],
+    model_dir: Path,
+    registered_model: str,
+    series: Mapping[str, list[float]] | None = None,
+    tags: Mapping[str, str] | None = None,
+    files: list[Path] | None = None,
+) -> RegisteredRun:
+    """One finished MLflow run holding ``model_dir`` (as artifact path ``model``), registered.
+
+    ``params`` may nest (flattened with dots); ``series`` are per-step metrics (index = step - 1,
+    thinned to at most 1000 points). The model version's source is the run's ``model``
+    artifact directory, so ``registered_model_dir`` gets back what ``save_pretrained`` wrote.
+    """
+    from mlflow.entities import Metric, Param
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=tracking_uri)
+    run = client.create_run(
+        experiment_id(tracking_uri, experiment, artifact_root), run_name=run_name, tags=dict(tags or {})
+    )
+    run_id = run.info.run_id
+    now = int(time.time() * 1000)
+    finite = {k: float(v) for k, v in metrics.items() if v is not None and math.isfinite(float(v))}
+    entries = [Metric(k, v, now, 0) for k, v in sorted(finite.items())]
+    for key, values in (series or {}).items():
+        stride = max(1, math.ceil(len(values) / 1000))
+        entries += [
+            Metric(key, float(v), now, i + 1) for i, v in enumerate(values) if (i + 1) % stride == 0 and math.isfinite(v)
+        ]
+    flat = [Param(k, v[:6000]) for k, v in sorted(_flat_params(params))]
+    for start in range(0, len(flat), 100):  # MLflow's per-call limits: 100 params, 1000 metrics
+        client.log_batch(run_id, params=flat[start : start + 100])
+    for start in range(0, len(entries), 1000):
+        client.log_batch(run_id, metrics=entries[start : start + 1000])
+    client.log_artifacts(run_id, str(model_dir), artifact_path="model")
+    for path in files or []:
+        client.log_artifact(run_id, str(path))
+    client.set_terminated(run_id)
+
+    try:
+        client.create_registered_model(registered_model)
+    except MlflowException as exc:
+        if "RESOURCE_ALREADY_EXISTS" not in str(exc.error_code):
+            raise
+    version = client.create_model_version(
+        registered_model, source=f"{run.info.artifact_uri}/model", run_id=run_id, tags=dict(tags or {})
+    )
+    logger.info("MLflow run %s registered as %s version %s", run_id, registered_model, version.version)
+    return RegisteredRun(run_id, registered_model, str(version.version), f"models:/{registered_model}/{version.version}")
+
+
+def registered_model_dir(tracking_uri: str, model_uri: str, dst: Path) -> Path:
+    """Download a registered model version (``models:/name/version`` or ``models:/name@alias``)
+    into ``dst``; returns the directory to hand to ``from_pretrained``."""
+    import mlflow
+
+    dst.mkdir(parents=True, exist_ok=True)
+    previous = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(tracking_uri)
+    try:
+        return Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=str(dst)))
+    finally:
+        mlflow.set_tracking_uri(previous)

@@ -18,7 +18,7 @@ import polars as pl
 import pytest
 import torch
 
-from prodassoc_core import encoders, importers, mlm, training
+from prodassoc_core import encoders, importers, mlm, tracking, training
 from prodassoc_core.settings import EncoderSpec, MlmConfig
 from tests.conftest import REPO, SAMPLE
 
@@ -264,7 +264,7 @@ def test_mlflow_run_and_registered_model(uninterrupted, tmp_path):
     again = mlm.log_mlm_run(uninterrupted, cfg, tracking_uri=uri, artifact_root=tmp_path / "artifacts")
     assert int(again.model_version) == int(reg.model_version) + 1
 
-    local = training.registered_model_dir(uri, reg.model_uri, tmp_path / "download")
+    local = tracking.registered_model_dir(uri, reg.model_uri, tmp_path / "download")
     model = AutoModelForMaskedLM.from_pretrained(local)
     tok = AutoTokenizer.from_pretrained(local)
     reference = _state(uninterrupted.model_dir)
