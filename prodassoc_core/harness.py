@@ -39,6 +39,9 @@ class Split:
     train_path: Path
     test_items: list[list[str]]
     train_items: list[list[str]]
+    relevant: dict[str, set[str]]  # scored products of the test window -> their relevant sets
+    warm: set[str]  # products sold in the training window
+    popular: list[str]  # training products, most popular first (the fill for every method)
 
 
 def landing_end(landing_dir: Path) -> date:
@@ -61,12 +64,18 @@ def prepare(settings: Settings, as_of: date, end: date | None = None) -> Split:
     pipeline.ingest_landing(settings, end)
     train_path = pipeline.build_baskets(settings, as_of)
     test = baskets.baskets(ingest.read_staged_transactions(settings.staging_dir, as_of, end), settings.baskets)
+    test_items = test.collect()[baskets.ITEMS].to_list()
+    train_items = pipeline.read_baskets(train_path)
+    cfg = settings.evaluation
     return Split(
         as_of=as_of,
         end=end,
         train_path=train_path,
-        test_items=test.collect()[baskets.ITEMS].to_list(),
-        train_items=pipeline.read_baskets(train_path),
+        test_items=test_items,
+        train_items=train_items,
+        relevant=evaluation.relevant_sets(test_items, cfg.min_test_baskets, cfg.min_pair_baskets, cfg.min_lift),
+        warm={i for b in train_items for i in b},
+        popular=popular_products(train_items),
     )
 
 
@@ -89,12 +98,9 @@ def score_method(settings: Settings, split: Split, method: str, published: Path)
     """Product-level and basket-completion metrics of one published table."""
     cfg = settings.evaluation
     table = pl.read_parquet(published, columns=["product_id", "associated_product_id", "rank"])
-    relevant = evaluation.relevant_sets(split.test_items, cfg.min_test_baskets, cfg.min_pair_baskets, cfg.min_lift)
-    warm = {i for b in split.train_items for i in b}
-    popular = popular_products(split.train_items)
-    filled = evaluation.fill_with_popular(table, relevant, popular, cfg.k)
-    scores = evaluation.score_associations(filled, relevant, warm, cfg.k)
-    completion = evaluation.basket_completion(split.test_items, table, popular, cfg.seed, cfg.k)
+    filled = evaluation.fill_with_popular(table, split.relevant, split.popular, cfg.k)
+    scores = evaluation.score_associations(filled, split.relevant, split.warm, cfg.k)
+    completion = evaluation.basket_completion(split.test_items, table, split.popular, cfg.seed, cfg.k)
     return {"method": method, **scores, **{f"bc_{k}": v for k, v in completion.items()}}
 
 
