@@ -26,9 +26,12 @@ def evaluate(as_of: date, settings: Settings | None = None, end: date | None = N
         "split at %s: %d training baskets, %d test baskets up to %s",
         as_of, len(split.train_items), len(split.test_items), split.end,
     )
-    rows = []
+    rows, skipped = [], []
     for method in settings.evaluation.methods:  # one at a time: each holds the pair matrix in memory
         published = t.publish_method(settings, split, method)
+        if published is None:  # a language-model stage with no usable model (the log says why)
+            skipped.append(method)
+            continue
         rows.append(t.score_method(settings, split, method, published))
         logger.info("%s: NDCG@%d all %.3f", method, settings.evaluation.k, rows[-1]["ndcg_all"])
     results = pl.DataFrame(rows)
@@ -38,8 +41,9 @@ def evaluate(as_of: date, settings: Settings | None = None, end: date | None = N
         f"# prodassoc evaluation, as_of {as_of.isoformat()}\n\n"
         f"Test window {as_of} to {split.end}; {len(split.test_items):,} test baskets. "
         f"Report: `{md}`; MLflow experiment `{settings.evaluation.experiment}` ({len(run_ids)} runs).\n\n"
-        + markdown_table(results),
+        + markdown_table(results)
+        + (f"\n\nNot evaluated (no usable model, see the log): {', '.join(skipped)}" if skipped else ""),
         key=f"evaluation-{as_of.isoformat()}",
         description="prodassoc evaluation: one row per method",
     )
-    return {"results": results, "report_md": md, "report_html": html, "mlflow_runs": run_ids}
+    return {"results": results, "report_md": md, "report_html": html, "mlflow_runs": run_ids, "skipped": skipped}

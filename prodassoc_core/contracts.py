@@ -180,4 +180,23 @@ PRODUCT_ASSOCIATIONS = TableContract(
     ),
 )
 
+# One unit vector per catalog product (sold or not) from the champion student encoder;
+# cosine similarity = dot product. model_uri names the registered model version used.
+PRODUCT_EMBEDDINGS = TableContract(
+    name="product_embeddings",
+    schema=pa.schema(
+        [
+            _field(PRODUCT_ID, pa.string(), nullable=False),
+            _field("embedding", pa.list_(pa.float32()), nullable=False),
+            _field("dim", pa.int32(), nullable=False),
+            _field("model_uri", pa.string(), nullable=False),
+        ]
+    ),
+)
+
 PUBLISHED_TABLES = {t.name: t for t in (ASSOCIATION_RULES, PRODUCT_ASSOCIATIONS)}
+
+# Published only while a student holds the champion alias; a run date counts as published
+# (pipeline.is_published, backfills) when every table of PUBLISHED_TABLES is there.
+OPTIONAL_TABLES = {t.name: t for t in (PRODUCT_EMBEDDINGS,)}
+ALL_TABLES = PUBLISHED_TABLES | OPTIONAL_TABLES  # what publish accepts and the views cover

@@ -13,6 +13,7 @@ report under ``<data>/reports``.
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass
 from datetime import date, timedelta
 from pathlib import Path
@@ -23,7 +24,7 @@ import pyarrow.parquet as pq
 from prodassoc_core import baskets, evaluation, ingest, pipeline, report, tracking, warehouse
 from prodassoc_core.contracts import PRODUCT_ASSOCIATIONS
 from prodassoc_core.methods import popular_products
-from prodassoc_core.settings import Settings
+from prodassoc_core.settings import MODEL_METHODS, Settings
 
 log = logging.getLogger("prodassoc.harness")
 
@@ -42,6 +43,7 @@ class Split:
     relevant: dict[str, set[str]]  # scored products of the test window -> their relevant sets
     warm: set[str]  # products sold in the training window
     popular: list[str]  # training products, most popular first (the fill for every method)
+    catalog: pl.DataFrame | None = None  # the staged catalog (text methods)
 
 
 def landing_end(landing_dir: Path) -> date:
@@ -76,6 +78,7 @@ def prepare(settings: Settings, as_of: date, end: date | None = None) -> Split:
         relevant=evaluation.relevant_sets(test_items, cfg.min_test_baskets, cfg.min_pair_baskets, cfg.min_lift),
         warm={i for b in train_items for i in b},
         popular=popular_products(train_items),
+        catalog=ingest.read_staged_catalog(settings.staging_dir),
     )
 
 
@@ -83,8 +86,18 @@ def method_dir(settings: Settings, as_of: date, method: str) -> Path:
     return settings.data_dir / "evaluation" / f"as_of={as_of.isoformat()}" / PRODUCT_ASSOCIATIONS.name / f"method={method}"
 
 
-def publish_method(settings: Settings, split: Split, method: str) -> Path:
-    """Run the nightly association stage with ``method`` and publish its table for scoring."""
+def publish_method(settings: Settings, split: Split, method: str) -> Path | None:
+    """Run the nightly association stage with ``method`` and publish its table for scoring.
+
+    Language-model methods (``MODEL_METHODS``) rank by their encoder instead; None when the
+    method's model is not available (see ``model_dir``)."""
+    if method in MODEL_METHODS:
+        table = model_associations(settings, split, method)
+        if table is None:
+            return None
+        out = method_dir(settings, split.as_of, method) / warehouse.DATA_FILE
+        warehouse.atomic_write_parquet(table.to_arrow(), out, settings.data_dir / "evaluation" / warehouse.TMP_DIR)
+        return out
     chosen = settings.model_copy(
         update={"associations": settings.associations.model_copy(update={"method": method})}
     )
@@ -95,13 +108,78 @@ def publish_method(settings: Settings, split: Split, method: str) -> Path:
 
 
 def score_method(settings: Settings, split: Split, method: str, published: Path) -> dict:
-    """Product-level and basket-completion metrics of one published table."""
+    """Product-level and basket-completion metrics of one published table.
+
+    The teacher reranks the scored products' shortlists only, so its basket completion
+    (which needs every product's list) is not computed (NaN)."""
     cfg = settings.evaluation
     table = pl.read_parquet(published, columns=["product_id", "associated_product_id", "rank"])
     filled = evaluation.fill_with_popular(table, split.relevant, split.popular, cfg.k)
     scores = evaluation.score_associations(filled, split.relevant, split.warm, cfg.k)
-    completion = evaluation.basket_completion(split.test_items, table, split.popular, cfg.seed, cfg.k)
+    if method == "teacher":
+        completion = {"hr": math.nan, "ndcg": math.nan, "n": len(split.test_items)}
+    else:
+        completion = evaluation.basket_completion(split.test_items, table, split.popular, cfg.seed, cfg.k)
     return {"method": method, **scores, **{f"bc_{k}": v for k, v in completion.items()}}
+
+
+# --- language-model methods -------------------------------------------------------------------
+
+
+def model_dir(settings: Settings, split: Split, stage: str) -> tuple[Path | str, str] | str:
+    """``(directory, source)`` of a language-model stage for this split, or the reason it is skipped.
+
+    ``pretrained``: the configured base encoder (the packaged all-MiniLM-L6-v2 by default).
+    ``mlm``, ``teacher``, ``student``: the ``@champion`` version of the registered model, which
+    must have been trained on data before the split's as_of (its ``prodassoc.as_of`` tag);
+    a model that has seen the test window is never scored."""
+    from prodassoc_core.encoders import resolve_pretrained
+    from prodassoc_core.retrain import AS_OF_TAG
+
+    cfg = settings.training
+    if stage == "pretrained":
+        if cfg.encoder.kind != "pretrained":
+            return "the configured encoder is trained from scratch: no pretrained model"
+        source = resolve_pretrained(cfg.encoder)
+        return source, source
+    name = {"mlm": "prodassoc-mlm", "teacher": cfg.teacher.registered_model, "student": cfg.student.registered_model}[stage]
+    version = tracking.aliased_version(settings.tracking_uri, name, cfg.champion_alias)
+    if version is None:
+        return f"no {name}@{cfg.champion_alias} registered (run `prodassoc train`)"
+    trained = version.tags.get(AS_OF_TAG)
+    if trained is None or date.fromisoformat(trained) > split.as_of:
+        return f"{version.uri} was trained with data up to {trained}, after as_of {split.as_of}: it has seen the test window"
+    work = settings.data_dir / "evaluation" / "models" / f"{name}-v{version.version}"
+    return tracking.registered_model_dir(settings.tracking_uri, version.uri, work), version.uri
+
+
+def model_associations(settings: Settings, split: Split, method: str) -> pl.DataFrame | None:
+    """A language-model method's ranking: cosine of the encoder's embeddings (pretrained, mlm,
+    student; every catalog product), or the teacher reordering the student's top
+    ``rerank_depth`` (scored products only: the cross-encoder reads every pair)."""
+    from prodassoc_core import chain
+    from prodassoc_core.retrain import device_of
+
+    cfg, top_k = settings.training, settings.associations.top_k
+    device = device_of(cfg)
+    found = model_dir(settings, split, "student" if method == "teacher" else method)
+    if isinstance(found, str):
+        log.warning("evaluation: %s skipped: %s", method, found)
+        return None
+    if method != "teacher":
+        length = cfg.student.max_length if method == "student" else cfg.encoder.max_length
+        return chain.text_associations(found[0], split.catalog, top_k, device=device, method=method, max_length=length)
+    teacher = model_dir(settings, split, "teacher")
+    if isinstance(teacher, str):
+        log.warning("evaluation: teacher skipped: %s", teacher)
+        return None
+    shortlist = chain.text_associations(
+        found[0], split.catalog, settings.evaluation.rerank_depth, device=device, method="student",
+        queries=sorted(set(split.relevant) & set(split.catalog["product_id"].to_list())),
+        max_length=cfg.student.max_length,
+    )
+    return chain.teacher_reranked(teacher[0], split.catalog, shortlist, device=device, seed=cfg.seed or 0,
+                                  max_length=cfg.teacher.max_length)
 
 
 def write_report(settings: Settings, split: Split, results: pl.DataFrame) -> tuple[Path, Path]:

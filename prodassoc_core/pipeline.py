@@ -12,13 +12,18 @@ outputs. Concurrency (``prodassoc_core.locks``): a whole run for one ``as_of`` h
 date's run lock (taken by ``run_nightly`` and by the Prefect flow), ingestion holds the
 data-dir-wide ingest lock, and the DuckDB view refresh holds the views lock.
 
+Language models: when a student holds the champion alias in the MLflow registry, ``embed``
+stages its ``product_embeddings`` of the catalog and ``publish`` publishes them with the other
+tables; without a champion nothing is embedded and the run is the classic one.
+
 Fault points (``warehouse.fault_point``, for tests and drills): ``run.locked`` (run lock
-taken), ``ingest``, ``baskets``, ``mine``, ``associate``, ``publish`` (each stage's start).
+taken), ``ingest``, ``baskets``, ``mine``, ``associate``, ``embed``, ``publish`` (each stage's start).
 """
 
 from __future__ import annotations
 
 import logging
+import tempfile
 from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta
 from pathlib import Path
@@ -27,8 +32,10 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from prodassoc_core import baskets, ingest, locks, methods, mining, warehouse
-from prodassoc_core.contracts import ASSOCIATION_RULES, PRODUCT_ASSOCIATIONS, PUBLISHED_TABLES, TRANSACTIONS
+from prodassoc_core import baskets, ingest, locks, methods, mining, storage, tracking, warehouse
+from prodassoc_core.contracts import (
+    ALL_TABLES, ASSOCIATION_RULES, PRODUCT_ASSOCIATIONS, PRODUCT_EMBEDDINGS, PRODUCT_ID, PUBLISHED_TABLES, TRANSACTIONS,
+)
 from prodassoc_core.settings import BasketConfig, Settings
 
 log = logging.getLogger("prodassoc.pipeline")
@@ -63,6 +70,8 @@ def ingest_landing(settings: Settings, as_of: date) -> ingest.IngestReport:
     """
     warehouse.fault_point("ingest")
     with locks.ingest_lock(settings.locks_dir, timeout=settings.ingest_lock_timeout_s):
+        # an s3:// landing (storage.object_store_locations) is first copied into the local landing dir
+        storage.sync_configured_landing(settings.landing_dir, settings.landing_url)
         return ingest.ingest(
             landing_dir=settings.landing_dir,
             staging_dir=settings.staging_dir,
@@ -115,16 +124,56 @@ def associate(settings: Settings, baskets_path: Path, as_of: date) -> Path:
     return _stage(table, PRODUCT_ASSOCIATIONS.name, baskets_path)
 
 
+def embed(settings: Settings, as_of: date) -> Path | None:
+    """The champion student's ``product_embeddings`` of the staged catalog (every product, sold
+    or not, by product_id), written to the run directory; None when no student is champion.
+
+    Runs after ingestion (it reads the staged catalog). The champion is downloaded from the
+    registry into a temporary directory under the run directory, removed afterwards.
+    """
+    warehouse.fault_point("embed")
+    cfg = settings.training
+    # looked up before anything else so that a run without a champion never loads torch
+    if tracking.aliased_version(settings.tracking_uri, cfg.student.registered_model, cfg.champion_alias) is None:
+        log.info("embed: no %s@%s, product_embeddings not published", cfg.student.registered_model, cfg.champion_alias)
+        return None
+    from prodassoc_core import chain, retrain
+
+    catalog = ingest.read_staged_catalog(settings.staging_dir).sort(PRODUCT_ID)
+    out_dir = run_dir(settings, as_of)
+    with tempfile.TemporaryDirectory(prefix=".champion-", dir=out_dir) as work:
+        found = retrain.champion_embeddings(settings, catalog, Path(work))
+    if found is None:  # the alias was removed since the look-up above
+        return None
+    vectors, model_uri = found
+    out = out_dir / f"{PRODUCT_EMBEDDINGS.name}.parquet"
+    table = chain.embeddings_table(catalog, vectors, model_uri)
+    warehouse.atomic_write_parquet(table, out, out_dir / warehouse.TMP_DIR)
+    log.info("%s: %d products, dim %d, from %s", PRODUCT_EMBEDDINGS.name, table.num_rows, vectors.shape[1], model_uri)
+    return out
+
+
+def embedding_model(path: Path) -> str:
+    """The model URI of a staged or published ``product_embeddings`` file (one per file)."""
+    uris = pq.read_table(path, columns=["model_uri"]).column("model_uri").unique().to_pylist()
+    if len(uris) != 1:
+        raise ValueError(f"{path}: expected one model_uri, found {uris}")
+    return uris[0]
+
+
 def publish(settings: Settings, as_of: date, staged: dict[str, Path]) -> list[warehouse.WriteResult]:
     """Move finished tables into the warehouse partition for as_of and refresh the DuckDB views.
 
-    Each table's partition is replaced atomically (the previous complete file or the new
+    ``staged``: table name (contracts.ALL_TABLES) -> staged Parquet file. Each table's partition is replaced atomically (the previous complete file or the new
     complete one); the tables are replaced one after the other, so a crash between them
     leaves one table new and the other old until the rerun.
     """
     warehouse.fault_point("publish")
+    # an s3:// warehouse (storage.object_store_locations) gets the tables first: the local
+    # partition, written last, is what marks the date published (is_published, backfill)
+    storage.publish_configured(staged, as_of, settings.warehouse_url)
     results = [
-        warehouse.write_partition(pq.read_table(path), PUBLISHED_TABLES[name], settings.warehouse_dir, as_of)
+        warehouse.write_partition(pq.read_table(path), ALL_TABLES[name], settings.warehouse_dir, as_of)
         for name, path in sorted(staged.items())
     ]
     refresh_views(settings)
@@ -136,7 +185,7 @@ def refresh_views(settings: Settings) -> list[str]:
 
     Holds the views lock: DuckDB allows one writing process per database file.
     """
-    sources = warehouse.warehouse_sources(settings.warehouse_dir, sorted(PUBLISHED_TABLES))
+    sources = warehouse.warehouse_sources(settings.warehouse_dir, sorted(ALL_TABLES))
     staging, quarantine = settings.staging_dir.resolve(), settings.quarantine_dir.resolve()
     sources |= {
         "transactions": str(staging / "transactions" / "dt=*" / "*.parquet"),
@@ -179,6 +228,9 @@ def run_nightly(settings: Settings, as_of: date) -> NightlyResult:
             ASSOCIATION_RULES.name: mine(settings, baskets_path, as_of),
             PRODUCT_ASSOCIATIONS.name: associate(settings, baskets_path, as_of),
         }
+        embeddings = embed(settings, as_of)
+        if embeddings is not None:
+            staged[PRODUCT_EMBEDDINGS.name] = embeddings
         published = publish(settings, as_of, staged)
     log.info("nightly as_of %s: published %s", as_of, ", ".join(f"{p.table} ({p.rows} rows)" for p in published))
     return NightlyResult(as_of, report, published)

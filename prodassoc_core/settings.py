@@ -61,6 +61,10 @@ class MiningConfig(BaseModel):
 
 
 ASSOCIATION_METHODS = ("popularity", "count", "confidence", "jaccard", "lift", "decayed_damped")
+# Language-model stages the harness can score (prodassoc_core/harness.py): the pretrained encoder,
+# and the champions of the MLM encoder, the cross-encoder teacher (reranking) and the student.
+MODEL_METHODS = ("pretrained", "mlm", "teacher", "student")
+EVALUATION_METHODS = ASSOCIATION_METHODS + MODEL_METHODS
 
 
 class AssociationConfig(BaseModel):
@@ -81,73 +85,14 @@ class AssociationConfig(BaseModel):
 class EvaluationConfig(BaseModel):
     """The evaluation harness's protocol (../shared/EVAL.md): relevance thresholds and k."""
 
-    methods: tuple[Literal[ASSOCIATION_METHODS], ...] = ASSOCIATION_METHODS  # type: ignore[valid-type]
+    methods: tuple[Literal[EVALUATION_METHODS], ...] = EVALUATION_METHODS  # type: ignore[valid-type]
+    rerank_depth: int = Field(30, ge=1, description="teacher: how many of the student's nearest products it reorders")
     k: int = Field(10, ge=1)
     min_test_baskets: int = Field(10, ge=1, description="a product is scored when in this many test baskets")
     min_pair_baskets: int = Field(3, ge=1, description="relevant q: test baskets holding both p and q")
     min_lift: float = Field(3.0, gt=0, description="relevant q: test-window lift of p, q")
     seed: int = Field(0, description="basket completion: which item is hidden")
     experiment: str = "prodassoc-evaluation"
-
-
-class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="PRODASSOC_", env_nested_delimiter="__")
-
-    data_dir: Path = Path(".prodassoc")
-    lookback_days: int = Field(730, ge=1, description="training window: [as_of - lookback, as_of)")
-    validation: ValidationConfig = ValidationConfig()
-    baskets: BasketConfig = BasketConfig()
-    mining: MiningConfig = MiningConfig()
-    associations: AssociationConfig = AssociationConfig()
-    evaluation: EvaluationConfig = EvaluationConfig()
-    mlflow_tracking_uri: str | None = Field(None, description="default: sqlite database under data_dir")
-    run_lock_timeout_s: float = Field(
-        0, ge=0, description="seconds a run waits while another run of the same as_of holds its lock; 0: fail at once"
-    )
-    ingest_lock_timeout_s: float = Field(
-        3600, ge=0, description="seconds a run waits for another run's ingestion (data-dir-wide lock)"
-    )
-
-    @property
-    def landing_dir(self) -> Path:
-        return self.data_dir / "landing"
-
-    @property
-    def staging_dir(self) -> Path:
-        """Validated, accepted rows in the canonical schema (the clean zone)."""
-        return self.data_dir / "staging"
-
-    @property
-    def quarantine_dir(self) -> Path:
-        return self.data_dir / "quarantine"
-
-    @property
-    def warehouse_dir(self) -> Path:
-        return self.data_dir / "warehouse"
-
-    @property
-    def gx_dir(self) -> Path:
-        return self.data_dir / "gx"
-
-    @property
-    def duckdb_path(self) -> Path:
-        return self.data_dir / "prodassoc.duckdb"
-
-    @property
-    def manifest_path(self) -> Path:
-        return self.data_dir / "manifest.parquet"
-
-    @property
-    def locks_dir(self) -> Path:
-        return self.data_dir / "locks"
-
-    @property
-    def tracking_uri(self) -> str:
-        return self.mlflow_tracking_uri or f"sqlite:///{(self.data_dir / 'mlflow.db').resolve()}"
-
-    @property
-    def reports_dir(self) -> Path:
-        return self.data_dir / "reports"
 
 
 # --- language-model chain ------------------------------------------------------------------
@@ -205,3 +150,170 @@ class MlmConfig(BaseModel):
     keep_checkpoints: int = Field(2, ge=1)
     experiment: str = "prodassoc-mlm"
     registered_model: str = "prodassoc-mlm"
+
+
+class PairConfig(BaseModel):
+    """Which product pairs the association models learn from (prodassoc_core/pairs.py).
+
+    Positives: pairs bought together in >= ``min_count`` baskets of the fit window with lift
+    >= ``min_lift`` (the evaluation protocol's relevance rule, applied to training data).
+    The last ``validation_days`` of the training window are held out: models train on the
+    pairs of the baskets before them and are validated on the pairs inside them.
+    Negatives per positive, drawn afresh every epoch: ``hard_negatives`` (same category, or
+    where the catalog has no categories a shared title word, never bought together),
+    ``popular_negatives`` (among the ``popular_pool`` most bought products, never bought
+    with the anchor) and ``random_negatives`` (any catalog product, never bought with it).
+    """
+
+    min_count: int = Field(3, ge=1, description="positive: baskets holding both")
+    min_lift: float = Field(3.0, gt=0, description="positive: lift of the pair in the fit window")
+    min_product_baskets: int = Field(1, ge=1, description="anchors: products in at least this many baskets")
+    validation_days: int = Field(30, ge=1, description="held-out tail of the training window")
+    validation_min_baskets: int = Field(5, ge=1, description="validation anchors: products in this many held-out baskets")
+    hard_negatives: int = Field(1, ge=0)
+    popular_negatives: int = Field(1, ge=0)
+    random_negatives: int = Field(1, ge=0)
+    popular_pool: int = Field(200, ge=1)
+
+
+class TeacherConfig(BaseModel):
+    """Cross-encoder fine-tuning on product pairs (prodassoc_core/teacher.py)."""
+
+    max_length: int = Field(64, ge=8, le=512, description="tokens of the pair, both texts and specials")
+    batch_size: int = Field(32, ge=2, description="examples (positives and their negatives) per step")
+    eval_batch_size: int = Field(128, ge=1)
+    learning_rate: float = Field(5e-5, gt=0)
+    weight_decay: float = Field(0.01, ge=0)
+    warmup_fraction: float = Field(0.06, ge=0, lt=1)
+    grad_clip: float | None = Field(1.0, gt=0)
+    epochs: float = Field(1.0, gt=0, description="used when max_steps is None")
+    max_steps: int | None = Field(
+        1200, ge=1, description="length of the schedule (warm-up, decay); Online Retail's 1.8M positive pairs "
+        "make an epoch ~228k steps, too long for a CPU: 1200 steps take ~8 min on 2 cores"
+    )
+    max_minutes: float | None = Field(None, gt=0, description="safety stop (with a checkpoint); the schedule spans max_steps")
+    checkpoint_every: int = Field(500, ge=1)
+    keep_checkpoints: int = Field(2, ge=1)
+    max_validation_pairs: int = Field(1000, ge=10, description="cap on held-out positives scored for validation")
+    registered_model: str = "prodassoc-teacher"
+
+
+class StudentConfig(BaseModel):
+    """Distillation of the teacher into a bi-encoder (prodassoc_core/student.py).
+
+    The student is the first ``layers`` transformer layers of the MLM encoder (hidden size
+    kept), mean-pooled. For each anchor the teacher scores a list of candidates (its
+    positive and ``PairConfig``'s negatives); the loss is
+    ``kl_weight * T^2 * KL(softmax(teacher / T) || softmax(student / T))`` plus the hard-label
+    cross-entropy of the positive against the list and every other candidate in the batch,
+    with student scores = cosine * ``scale``.
+    """
+
+    layers: int = Field(3, ge=1, description="transformer layers kept from the MLM encoder")
+    init: Literal["mlm", "base"] = Field("mlm", description="copy layers from the MLM model or the base encoder")
+    max_length: int = Field(32, ge=8, le=512)
+    batch_size: int = Field(32, ge=2, description="anchors per step")
+    learning_rate: float = Field(1e-4, gt=0)
+    weight_decay: float = Field(0.01, ge=0)
+    warmup_fraction: float = Field(0.06, ge=0, lt=1)
+    grad_clip: float | None = Field(1.0, gt=0)
+    epochs: float = Field(1.0, gt=0, description="over the scored lists; used when max_steps is None")
+    max_steps: int | None = Field(600, ge=1, description="length of the schedule (warm-up, decay)")
+    max_minutes: float | None = Field(None, gt=0, description="safety stop (with a checkpoint)")
+    teacher_minutes: float | None = Field(None, gt=0, description="budget for scoring the lists with the teacher")
+    max_lists: int | None = Field(20000, ge=1, description="cap on anchor lists scored by the teacher")
+    temperature: float = Field(2.0, gt=0, description="distillation temperature T")
+    kl_weight: float = Field(1.0, ge=0)
+    scale: float = Field(20.0, gt=0, description="student logits = cosine * scale")
+    checkpoint_every: int = Field(500, ge=1)
+    keep_checkpoints: int = Field(2, ge=1)
+    embed_batch_size: int = Field(256, ge=1)
+    registered_model: str = "prodassoc-student"
+
+
+class TrainingConfig(BaseModel):
+    """The language-model chain (prodassoc_core/chain.py): MLM -> teacher -> student.
+
+    ``seed`` is required when the chain runs; the stages derive their seeds from it.
+    ``schedule`` is the retraining cron of the ``train`` deployment (timezone: the nightly's).
+    """
+
+    seed: int | None = Field(None, description="required to train: every stage derives its seeds from it")
+    encoder: EncoderSpec = EncoderSpec()
+    mlm_minutes: float | None = Field(None, gt=0, description="time budget of the MLM stage")
+    mlm_epochs: float = Field(3.0, gt=0)
+    mlm_learning_rate: float = Field(3e-4, gt=0)
+    pairs: PairConfig = PairConfig()
+    teacher: TeacherConfig = TeacherConfig()
+    student: StudentConfig = StudentConfig()
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    experiment: str = "prodassoc-training"
+    schedule: str = Field("0 3 * * 0", description="cron of the train deployment (Sundays 03:00)")
+    champion_alias: str = "champion"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="PRODASSOC_", env_nested_delimiter="__")
+
+    data_dir: Path = Path(".prodassoc")
+    warehouse_url: str | None = Field(
+        None, description="s3://bucket/prefix: tables are also published there (docs/object_store.md)"
+    )
+    landing_url: str | None = Field(
+        None, description="s3://bucket/prefix: new/changed landed files are synced from there before ingesting"
+    )
+    lookback_days: int = Field(730, ge=1, description="training window: [as_of - lookback, as_of)")
+    validation: ValidationConfig = ValidationConfig()
+    baskets: BasketConfig = BasketConfig()
+    mining: MiningConfig = MiningConfig()
+    associations: AssociationConfig = AssociationConfig()
+    evaluation: EvaluationConfig = EvaluationConfig()
+    training: TrainingConfig = TrainingConfig()
+    mlflow_tracking_uri: str | None = Field(None, description="default: sqlite database under data_dir")
+    run_lock_timeout_s: float = Field(
+        0, ge=0, description="seconds a run waits while another run of the same as_of holds its lock; 0: fail at once"
+    )
+    ingest_lock_timeout_s: float = Field(
+        3600, ge=0, description="seconds a run waits for another run's ingestion (data-dir-wide lock)"
+    )
+
+    @property
+    def landing_dir(self) -> Path:
+        return self.data_dir / "landing"
+
+    @property
+    def staging_dir(self) -> Path:
+        """Validated, accepted rows in the canonical schema (the clean zone)."""
+        return self.data_dir / "staging"
+
+    @property
+    def quarantine_dir(self) -> Path:
+        return self.data_dir / "quarantine"
+
+    @property
+    def warehouse_dir(self) -> Path:
+        return self.data_dir / "warehouse"
+
+    @property
+    def gx_dir(self) -> Path:
+        return self.data_dir / "gx"
+
+    @property
+    def duckdb_path(self) -> Path:
+        return self.data_dir / "prodassoc.duckdb"
+
+    @property
+    def manifest_path(self) -> Path:
+        return self.data_dir / "manifest.parquet"
+
+    @property
+    def locks_dir(self) -> Path:
+        return self.data_dir / "locks"
+
+    @property
+    def tracking_uri(self) -> str:
+        return self.mlflow_tracking_uri or f"sqlite:///{(self.data_dir / 'mlflow.db').resolve()}"
+
+    @property
+    def reports_dir(self) -> Path:
+        return self.data_dir / "reports"

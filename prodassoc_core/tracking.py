@@ -168,3 +168,54 @@ def registered_model_dir(tracking_uri: str, model_uri: str, dst: Path) -> Path:
         return Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=str(dst)))
     finally:
         mlflow.set_tracking_uri(previous)
+
+
+# --- aliases: the champion gate's state ---------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ModelVersion:
+    name: str
+    version: str
+    run_id: str
+    tags: dict[str, str]
+
+    @property
+    def uri(self) -> str:
+        return f"models:/{self.name}/{self.version}"
+
+
+def aliased_version(tracking_uri: str, name: str, alias: str) -> ModelVersion | None:
+    """The version of ``name`` that ``alias`` points to, or None (no model, or no such alias)."""
+    if _sqlite_missing(tracking_uri):
+        # nothing can be registered in a database that does not exist, and opening it would
+        # create it (MLflow's migrations: seconds, paid by every nightly of a fresh data dir)
+        return None
+    from mlflow.exceptions import MlflowException
+
+    client = _client(tracking_uri)
+    try:
+        mv = client.get_model_version_by_alias(name, alias)
+    except MlflowException as exc:
+        if exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "NOT_FOUND"):
+            return None
+        raise
+    return ModelVersion(mv.name, str(mv.version), mv.run_id, dict(mv.tags or {}))
+
+
+def set_alias(tracking_uri: str, name: str, version: str, alias: str) -> None:
+    _client(tracking_uri).set_registered_model_alias(name, alias, version)
+
+
+def tag_version(tracking_uri: str, name: str, version: str, tags: Mapping[str, Any]) -> None:
+    client = _client(tracking_uri)
+    for key, value in tags.items():
+        client.set_model_version_tag(name, version, key, str(value))
+
+
+def _sqlite_missing(tracking_uri: str) -> bool:
+    """Whether ``tracking_uri`` is ``sqlite:///<file>`` and the file does not exist yet."""
+    if not tracking_uri.startswith("sqlite:///"):
+        return False
+    path = tracking_uri.removeprefix("sqlite:///").split("?", 1)[0]
+    return path not in ("", ":memory:") and not Path(path).exists()

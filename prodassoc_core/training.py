@@ -406,3 +406,126 @@ def train_loop(
 
 def throughput(examples: int, seconds: float) -> float:
     return examples / seconds if seconds > 0 else 0.0
+
+
+def _flatten(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in config.items():
+        if isinstance(value, Mapping):
+            out |= _flatten(value, f"{prefix}{key}.")
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def check_resumable(saved: Mapping[str, Any], current: Mapping[str, Any], checkpoint: Path, may_differ: set[str]) -> None:
+    """Raise when a checkpoint's run config differs from this run's outside ``may_differ``
+    (dotted keys of settings a resume may change, such as the time budget)."""
+    a, b = _flatten(saved), _flatten(current)
+    diff = sorted(k for k in set(a) | set(b) if k not in may_differ and a.get(k) != b.get(k))
+    if diff:
+        raise ValueError(
+            f"{checkpoint} was written by a different run ({', '.join(diff)} differ); "
+            "use a new output directory or remove the checkpoints"
+        )
+
+
+def write_json(path: Path, payload: Mapping[str, Any]) -> None:
+    """Write JSON atomically (temporary file, then rename)."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(payload, indent=2, sort_keys=True, default=str))
+    os.replace(tmp, path)
+
+
+@dataclass
+class StageResult:
+    """What a fine-tuning stage (teacher, student) reports: validation metrics before and
+    after, the loop's progress and where the model was saved."""
+
+    stage: str
+    before: dict[str, float]
+    after: dict[str, float]
+    steps: int
+    total_steps: int
+    stop_reason: str
+    examples_per_s: float  # this call's training steps only
+    train_seconds: float  # all calls, resumed ones included
+    model_dir: Path
+    resumed_from: int | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+    train_losses: list[float] = field(default_factory=list, repr=False)
+
+    def summary(self) -> dict[str, Any]:
+        out = {k: v for k, v in asdict(self).items() if k != "train_losses"}
+        return json.loads(json.dumps(out, default=str))
+
+
+def run_stage(
+    model: torch.nn.Module,
+    tokenizer: Any,
+    *,
+    stage: str,
+    out_dir: Path,
+    run_config: Mapping[str, Any],
+    may_differ: set[str],
+    total: int,
+    learning_rate: float,
+    weight_decay: float,
+    warmup_fraction: float,
+    loop: LoopConfig,
+    batch_at: Callable[[int], Batch],
+    loss_fn: Callable[[torch.nn.Module, Batch], torch.Tensor],
+    evaluate: Callable[[], dict[str, float]],
+    device: Device,
+    seed: int,
+    on_step: Callable[[TrainState], None] | None = None,
+) -> StageResult:
+    """Train ``model`` with AdamW + linear schedule through ``train_loop``, resuming from the
+    newest checkpoint in ``out_dir/checkpoints``; ``evaluate()`` runs before (first start
+    only, kept in the checkpoint) and after. Saves ``out_dir/model`` and
+    ``out_dir/<stage>_results.json``."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    ckpt_root = out_dir / "checkpoints"
+    model.to(device.torch_device)
+    optimizer = adamw(model, learning_rate, weight_decay)
+    scheduler = linear_schedule(optimizer, total, warmup_fraction)
+    latest = latest_checkpoint(ckpt_root)
+    if latest is not None:
+        check_resumable(read_run_config(latest), run_config, latest, may_differ)
+        state = load_checkpoint(latest, model=model, optimizer=optimizer, scheduler=scheduler)
+        model.to(device.torch_device)
+        resumed_from: int | None = state.step
+        logger.info("%s: resuming from %s (step %d/%d)", stage, latest, state.step, total)
+    else:
+        state = TrainState(total_steps=total, extra={"before": evaluate()})
+        resumed_from = None
+        set_seed(derive_seed(seed, stage, "train"))
+        logger.info("%s: before training %s", stage, state.extra["before"])
+    examples_before, seconds_before = state.examples, state.train_seconds
+
+    def save(s: TrainState) -> Path:
+        return save_checkpoint(
+            ckpt_root, model=model, tokenizer=tokenizer, optimizer=optimizer, scheduler=scheduler,
+            state=s, run_config=run_config, keep=2,
+        )
+
+    state = train_loop(
+        model, optimizer, scheduler, batch_at, device=device, cfg=loop, state=state, save=save,
+        loss_fn=loss_fn, on_step=on_step, desc=stage,
+    )
+    after = evaluate()
+    model_dir = out_dir / MODEL_SUBDIR
+    with quiet_transformers():
+        model.save_pretrained(model_dir)
+        tokenizer.save_pretrained(model_dir)
+    result = StageResult(
+        stage=stage, before=state.extra["before"], after=after, steps=state.step, total_steps=total,
+        stop_reason=state.stop_reason or "completed",
+        examples_per_s=throughput(state.examples - examples_before, state.train_seconds - seconds_before),
+        train_seconds=state.train_seconds, model_dir=model_dir, resumed_from=resumed_from,
+        train_losses=list(state.losses),
+    )
+    write_json(out_dir / f"{stage}_results.json", result.summary())
+    logger.info("%s: %s -> %s, %d/%d steps (%s), %.1f examples/s", stage, result.before, after, state.step, total,
+                result.stop_reason, result.examples_per_s)
+    return result

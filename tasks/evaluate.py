@@ -19,7 +19,7 @@ def prepare(settings: Settings, as_of: date, end: date | None) -> harness.Split:
 
 
 @task(name="publish-method", cache_policy=NO_CACHE)
-def publish_method(settings: Settings, split: harness.Split, method: str) -> Path:
+def publish_method(settings: Settings, split: harness.Split, method: str) -> Path | None:
     return harness.publish_method(settings, split, method)
 
 

@@ -20,7 +20,7 @@ import torch
 
 from prodassoc_core import encoders, importers, mlm, tracking, training
 from prodassoc_core.settings import EncoderSpec, MlmConfig
-from tests.conftest import REPO, SAMPLE
+from conftest import REPO, SAMPLE
 
 CPU = training.choose_device("cpu")
 SEED = 7

@@ -1,0 +1,198 @@
+"""The language-model chain end to end, and what uses its models.
+
+    catalog --run_mlm (mlm.py)--> domain-adapted encoder            out_dir/mlm/model
+    catalog + training baskets --build_task (pairs.py)--> pairs
+    pairs + MLM encoder --train_teacher (teacher.py)--> cross-encoder out_dir/teacher/model
+    pairs + teacher --train_student (student.py)--> bi-encoder      out_dir/student/model
+
+Every stage resumes from its own checkpoints under ``out_dir``, so rerunning ``train_chain``
+after a crash continues where it stopped (a finished stage is not retrained: its model
+directory and results file are reused).
+
+``text_associations`` ranks products by the cosine of an encoder's embeddings (any stage, or
+the pretrained base); ``teacher_reranked`` reorders a shortlist with the teacher;
+``embeddings_table`` is the published ``product_embeddings`` table.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+import pyarrow as pa
+
+from prodassoc_core import embeddings, mlm, pairs, student, teacher
+from prodassoc_core.contracts import PRODUCT_EMBEDDINGS, PRODUCT_ID
+from prodassoc_core.encoders import resolve_pretrained
+from prodassoc_core.settings import MlmConfig, TrainingConfig
+from prodassoc_core.training import MODEL_SUBDIR, Device, StageResult
+
+logger = logging.getLogger("prodassoc.chain")
+
+STAGES = ("mlm", "teacher", "student")
+
+
+@dataclass
+class ChainResult:
+    mlm: mlm.MlmResult
+    teacher: StageResult
+    student: StageResult
+    task: pairs.PairTask
+    seconds: dict[str, float] = field(default_factory=dict)  # wall time per stage (this call)
+
+    def model_dir(self, stage: str) -> Path:
+        return getattr(self, stage).model_dir
+
+
+def mlm_config(cfg: TrainingConfig) -> MlmConfig:
+    """The MLM stage's configuration inside the chain."""
+    return MlmConfig(
+        seed=_seed(cfg), encoder=cfg.encoder, epochs=cfg.mlm_epochs, learning_rate=cfg.mlm_learning_rate,
+        max_minutes=cfg.mlm_minutes, registered_model="prodassoc-mlm",
+    )
+
+
+def _seed(cfg: TrainingConfig) -> int:
+    if cfg.seed is None:
+        raise ValueError("training.seed is required to train (set PRODASSOC_TRAINING__SEED or --seed)")
+    return cfg.seed
+
+
+def student_source(cfg: TrainingConfig, mlm_dir: Path) -> Path | str:
+    """Where the student's layers come from: the MLM model, or the untouched base encoder."""
+    if cfg.student.init == "mlm":
+        return mlm_dir
+    if cfg.encoder.kind != "pretrained":
+        raise ValueError("student.init='base' needs a pretrained encoder")
+    return resolve_pretrained(cfg.encoder)
+
+
+def train_chain(
+    catalog: pl.DataFrame, train: pl.DataFrame, as_of: datetime, cfg: TrainingConfig, *, device: Device,
+    out_dir: Path, progress: bool = True, mlm_cfg: MlmConfig | None = None,
+) -> ChainResult:
+    """Train MLM -> teacher -> student on ``catalog`` and the training baskets ``train``
+    (order_id, ordered_at, items; all before ``as_of``)."""
+    seconds: dict[str, float] = {}
+    t0 = time.monotonic()
+    mlm_result = _finished_mlm(out_dir / "mlm") or mlm.run_mlm(
+        catalog, mlm_cfg or mlm_config(cfg), device=device, out_dir=out_dir / "mlm", progress=progress
+    )
+    seconds["mlm"] = time.monotonic() - t0
+
+    t0 = time.monotonic()
+    task = pairs.build_task(catalog, mlm.catalog_texts(catalog), train, as_of, cfg.pairs)
+    seconds["pairs"] = time.monotonic() - t0
+    logger.info("chain: %s", task.summary())
+
+    t0 = time.monotonic()
+    teacher_result = _finished(out_dir / "teacher", "teacher") or teacher.train_teacher(
+        task, mlm_result.model_dir, cfg, device=device, out_dir=out_dir / "teacher", progress=progress
+    )
+    seconds["teacher"] = time.monotonic() - t0
+
+    t0 = time.monotonic()
+    student_result = _finished(out_dir / "student", "student") or student.train_student(
+        task, Path(student_source(cfg, mlm_result.model_dir)), teacher_result.model_dir, cfg, device=device,
+        out_dir=out_dir / "student", progress=progress,
+    )
+    seconds["student"] = time.monotonic() - t0
+    return ChainResult(mlm_result, teacher_result, student_result, task, seconds)
+
+
+def _finished(out_dir: Path, stage: str) -> StageResult | None:
+    """A stage finished by an earlier call (its results file and model exist), else None."""
+    path = out_dir / f"{stage}_results.json"
+    if not path.is_file() or not (out_dir / MODEL_SUBDIR).is_dir():
+        return None
+    data = json.loads(path.read_text())
+    data["model_dir"] = Path(data["model_dir"])
+    logger.info("chain: %s already trained (%s), reused", stage, path)
+    return StageResult(**data)
+
+
+def _finished_mlm(out_dir: Path) -> mlm.MlmResult | None:
+    path = out_dir / mlm.RESULTS_FILE
+    if not path.is_file() or not (out_dir / MODEL_SUBDIR).is_dir():
+        return None
+    data = json.loads(path.read_text())
+    data["model_dir"], data["checkpoint_dir"] = Path(data["model_dir"]), Path(data["checkpoint_dir"])
+    logger.info("chain: mlm already trained (%s), reused", path)
+    return mlm.MlmResult(**data)
+
+
+# --- using the models ------------------------------------------------------------------------
+
+
+def catalog_vectors(model_dir: str | Path, catalog: pl.DataFrame, *, device: Device, batch_size: int = 256,
+                    max_length: int = 64) -> np.ndarray:
+    """Unit embeddings of every catalog product's text with the encoder in ``model_dir``."""
+    model, tokenizer = embeddings.load_encoder(model_dir)
+    return embeddings.embed_texts(model, tokenizer, mlm.catalog_texts(catalog), device=device,
+                                  batch_size=batch_size, max_length=max_length)
+
+
+def text_associations(
+    model_dir: str | Path, catalog: pl.DataFrame, top_k: int, *, device: Device, method: str,
+    queries: Sequence[str] | None = None, max_length: int = 64,
+) -> pl.DataFrame:
+    """Each product's (or each query's) ``top_k`` nearest catalog products by embedding cosine."""
+    vectors = catalog_vectors(model_dir, catalog, device=device, max_length=max_length)
+    return embeddings.top_k_similar(catalog[PRODUCT_ID].to_list(), vectors, top_k, queries=queries, method=method)
+
+
+def teacher_reranked(
+    teacher_dir: str | Path, catalog: pl.DataFrame, shortlist: pl.DataFrame, *, device: Device, seed: int,
+    max_length: int = 64,
+) -> pl.DataFrame:
+    """``shortlist`` (product_id, associated_product_id) reordered by the teacher's logits."""
+    model, tokenizer = teacher.load_teacher(teacher_dir, seed=seed)
+    return teacher.rerank(model, tokenizer, mlm.catalog_texts(catalog), catalog[PRODUCT_ID].to_list(), shortlist,
+                          device=device, max_length=max_length)
+
+
+def embeddings_table(catalog: pl.DataFrame, vectors: np.ndarray, model_uri: str) -> pa.Table:
+    """The ``product_embeddings`` table: one unit vector per catalog product and the model it came from."""
+    dim = vectors.shape[1]
+    flat = pa.array(vectors.astype(np.float32).ravel(), type=pa.float32())
+    return PRODUCT_EMBEDDINGS.conform(pa.table({
+        PRODUCT_ID: pa.array(catalog[PRODUCT_ID].to_list(), type=pa.string()),
+        "embedding": pa.FixedSizeListArray.from_arrays(flat, dim).cast(pa.list_(pa.float32())),
+        "dim": pa.array(np.full(len(vectors), dim, dtype=np.int32)),
+        "model_uri": pa.array([model_uri] * len(vectors), type=pa.string()),
+    }))
+
+
+def summary(result: ChainResult) -> dict[str, Any]:
+    return {
+        "task": result.task.summary(),
+        "seconds": result.seconds,
+        "mlm": result.mlm.summary(),
+        "teacher": result.teacher.summary(),
+        "student": result.student.summary(),
+    }
+
+
+def tiny_training_config(seed: int, **overrides: Any) -> TrainingConfig:
+    """The tests' chain: the 2-layer hidden-64 scratch BERT (mlm.TINY_ENCODER), a few dozen
+    steps per stage, a 7-day held-out tail (the shipped sample spans 32 days)."""
+    base = TrainingConfig(seed=seed)
+    values: dict[str, Any] = dict(
+        encoder=mlm.TINY_ENCODER, mlm_epochs=1.0, mlm_learning_rate=5e-3,
+        pairs=base.pairs.model_copy(update={"validation_days": 7, "validation_min_baskets": 3}),
+        teacher=base.teacher.model_copy(update={"max_steps": 30, "max_length": 32, "learning_rate": 1e-3,
+                                                "max_validation_pairs": 200, "checkpoint_every": 10}),
+        student=base.student.model_copy(update={"max_steps": 30, "layers": 1, "max_lists": 300, "learning_rate": 1e-3,
+                                                "checkpoint_every": 10}),
+        device="cpu",
+    )
+    values.update(overrides)
+    return base.model_copy(update=values)
