@@ -166,6 +166,10 @@ ASSOCIATION_RULES = TableContract(
     ),
 )
 
+# Pair counts are always there (0 where the pair or product was never bought in the window);
+# ratios are null where undefined (a cold-start product, never sold: n_antecedent = 0).
+# The hybrid method adds is_cold_start, its component scores and an explanation per row.
+_HYBRID_COLUMNS = ("is_cold_start", "cooc_score", "text_score", "gnn_score", "explanation")
 PRODUCT_ASSOCIATIONS = TableContract(
     name="product_associations",
     schema=pa.schema(
@@ -175,7 +179,30 @@ PRODUCT_ASSOCIATIONS = TableContract(
             _field("rank", pa.int32(), nullable=False),
             _field("score", pa.float64(), nullable=False),
             _field("method", pa.string(), nullable=False),
-            *_RULE_METRICS,
+            *[f if f.name.startswith("n_") else f.with_nullable(True) for f in _RULE_METRICS],
+            _field("is_cold_start", pa.bool_()),
+            _field("cooc_score", pa.float64()),
+            _field("text_score", pa.float64()),
+            _field("gnn_score", pa.float64()),
+            _field("explanation", pa.string()),
+        ]
+    ),
+    optional=frozenset(_HYBRID_COLUMNS),
+)
+
+# Promotion bundles: small groups of mutually associated products (prodassoc_core/hybrid.py).
+BUNDLES = TableContract(
+    name="bundles",
+    schema=pa.schema(
+        [
+            _field("bundle_id", pa.string(), nullable=False),  # sha256 of the sorted product ids (16 hex)
+            _field("bundle_rank", pa.int32(), nullable=False),
+            _field("products", pa.list_(pa.string()), nullable=False),
+            _field("titles", pa.list_(pa.string()), nullable=False),
+            _field("size", pa.int32(), nullable=False),
+            _field("n_baskets", pa.int64(), nullable=False),
+            _field("support", pa.float64(), nullable=False),
+            _field("lift", pa.float64(), nullable=False),
         ]
     ),
 )
@@ -198,5 +225,5 @@ PUBLISHED_TABLES = {t.name: t for t in (ASSOCIATION_RULES, PRODUCT_ASSOCIATIONS)
 
 # Published only while a student holds the champion alias; a run date counts as published
 # (pipeline.is_published, backfills) when every table of PUBLISHED_TABLES is there.
-OPTIONAL_TABLES = {t.name: t for t in (PRODUCT_EMBEDDINGS,)}
+OPTIONAL_TABLES = {t.name: t for t in (PRODUCT_EMBEDDINGS, BUNDLES)}
 ALL_TABLES = PUBLISHED_TABLES | OPTIONAL_TABLES  # what publish accepts and the views cover

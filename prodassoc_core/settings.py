@@ -63,7 +63,7 @@ class MiningConfig(BaseModel):
 ASSOCIATION_METHODS = ("popularity", "count", "confidence", "jaccard", "lift", "decayed_damped")
 # Language-model stages the harness can score (prodassoc_core/harness.py): the pretrained encoder,
 # and the champions of the MLM encoder, the cross-encoder teacher (reranking) and the student.
-MODEL_METHODS = ("pretrained", "mlm", "teacher", "student")
+MODEL_METHODS = ("pretrained", "mlm", "teacher", "student", "gnn", "hybrid")
 EVALUATION_METHODS = ASSOCIATION_METHODS + MODEL_METHODS
 
 
@@ -80,6 +80,23 @@ class AssociationConfig(BaseModel):
     half_life_days: float | None = Field(120.0, gt=0, description="decayed_damped: basket weight halves every N days")
     size_exponent: float = Field(0.5, ge=0, description="decayed_damped: weight / (basket size - 1) ** e")
     popularity_exponent: float = Field(0.25, ge=0, description="decayed_damped: score / weight(b) ** e")
+
+
+class HybridConfig(BaseModel):
+    """The hybrid ranking (prodassoc_core/hybrid.py) and the bundles published with it.
+
+    With a champion student (and GNN) registered, the nightly run publishes the hybrid's
+    ``product_associations`` for every catalog product; without one it publishes
+    ``associations.method`` as before."""
+
+    enabled: bool = Field(True, description="publish the hybrid when champion models exist")
+    candidates_k: int = Field(50, ge=1, description="each signal's top-k per product, pooled as candidates")
+    weight_step: float = Field(0.1, gt=0, le=0.5, description="grid step of the weights tuned on the held-out tail")
+    explain_min_similarity: float = Field(0.5, ge=-1, le=1, description="cite similar titles from this cosine on")
+    bundle_min_support: float = Field(0.005, gt=0, le=1)
+    bundle_min_size: int = Field(2, ge=2)
+    bundle_max_size: int = Field(4, ge=2)
+    bundle_top_n: int = Field(200, ge=1)
 
 
 class EvaluationConfig(BaseModel):
@@ -269,6 +286,7 @@ class Settings(BaseSettings):
     associations: AssociationConfig = AssociationConfig()
     evaluation: EvaluationConfig = EvaluationConfig()
     training: TrainingConfig = TrainingConfig()
+    hybrid: HybridConfig = HybridConfig()
     mlflow_tracking_uri: str | None = Field(None, description="default: sqlite database under data_dir")
     run_lock_timeout_s: float = Field(
         0, ge=0, description="seconds a run waits while another run of the same as_of holds its lock; 0: fail at once"
