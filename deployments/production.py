@@ -1,10 +1,10 @@
-"""Production deployments: work pools, a queue, and the `nightly` and `backfill` deployments.
+"""Production deployments: work pools, a queue, and the `nightly`, `backfill` and `train` deployments.
 
 ``prodassoc deploy`` calls :func:`register`, which creates (or updates) everything on the
 Prefect API that ``PREFECT_API_URL`` points to. Workers then run the flows:
 
     prefect worker start --pool cpu --type process      # any host with the project installed
-    prefect worker start --pool gpu --type process      # a GPU host (the training flow, later)
+    prefect worker start --pool gpu --type process      # a GPU host (the training flow)
 
 The entrypoints are module paths (``flows.nightly.scheduled_nightly``): a process worker
 imports them from the installed ``prodassoc`` package, so no code is copied and no path of
@@ -23,9 +23,11 @@ from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from deployments.commands import CPU_POOL, GPU_POOL
+from prodassoc_core.settings import TrainingConfig
 
 NIGHTLY = "prodassoc-scheduled-nightly/nightly"
 BACKFILL = "prodassoc-backfill/backfill"
+TRAIN = "prodassoc-train/train"
 
 
 class MissingApiUrl(RuntimeError):
@@ -59,14 +61,19 @@ class DeployConfig(BaseSettings):
     @field_validator("cron")
     @classmethod
     def _valid_cron(cls, value: str) -> str:
-        from prefect.client.schemas.schedules import CronSchedule
-        from pydantic import ValidationError
+        return check_cron(value)
 
-        try:  # fail before any API call, naming the setting
-            CronSchedule(cron=value)
-        except ValidationError:
-            raise ValueError(f"not a cron expression: {value!r}") from None
-        return value
+
+def check_cron(value: str, setting: str = "") -> str:
+    """``value`` if it is a cron expression Prefect accepts; ValueError naming ``setting`` otherwise."""
+    from prefect.client.schemas.schedules import CronSchedule
+    from pydantic import ValidationError
+
+    try:  # fail before any API call, naming the setting
+        CronSchedule(cron=value)
+    except ValidationError:
+        raise ValueError(f"not a cron expression: {value!r}" + (f" ({setting})" if setting else "")) from None
+    return value
 
 
 def _job_env(data_dir: Path) -> dict[str, Any]:
@@ -122,10 +129,40 @@ def backfill_deployment(cfg: DeployConfig, data_dir: Path):
     )
 
 
-# The training flow (a later issue) registers here as `train` on cfg.gpu_pool, with the same
-# module-path entrypoint and job variables; until it exists the gpu pool has no deployment.
-def deployments(cfg: DeployConfig, data_dir: Path) -> list:
-    return [nightly_deployment(cfg, data_dir), backfill_deployment(cfg, data_dir)]
+def train_deployment(cfg: DeployConfig, data_dir: Path, training: TrainingConfig):
+    """`train` on the gpu pool: cron ``training.schedule`` in cfg.timezone (the nightly's zone),
+    as_of = the scheduled date. One run at a time (ENQUEUE); no queue shared with the dated runs:
+    training writes models and the registry, not published partitions.
+
+    ``training.seed``, when set where `prodassoc deploy` runs, is stored as the ``seed`` parameter
+    (visible in the UI); otherwise the gpu worker's PRODASSOC_TRAINING__SEED must supply it. A
+    manual run may pass ``as_of`` and ``seed``.
+    """
+    from prefect.deployments.runner import EntrypointType
+    from prefect.schedules import Cron
+
+    from flows.train import train
+
+    schedule = check_cron(training.schedule, "training.schedule, PRODASSOC_TRAINING__SCHEDULE")
+    parameters: dict[str, Any] = {"timezone": cfg.timezone}
+    if training.seed is not None:
+        parameters["seed"] = training.seed
+    return train.to_deployment(
+        name="train",
+        schedule=Cron(schedule, timezone=cfg.timezone),
+        parameters=parameters,
+        concurrency_limit=_one_at_a_time(),
+        tags=["prodassoc", "train"],
+        work_pool_name=cfg.gpu_pool,
+        job_variables=_job_env(data_dir),
+        entrypoint_type=EntrypointType.MODULE_PATH,
+    )
+
+
+def deployments(cfg: DeployConfig, data_dir: Path, training: TrainingConfig) -> list:
+    """nightly and backfill on the cpu pool, train on the gpu pool."""
+    return [nightly_deployment(cfg, data_dir), backfill_deployment(cfg, data_dir),
+            train_deployment(cfg, data_dir, training)]
 
 
 def api_url() -> str:
@@ -185,13 +222,14 @@ def ensure_pools(cfg: DeployConfig) -> dict[str, str]:
     return done
 
 
-def register(cfg: DeployConfig, data_dir: Path) -> dict[str, UUID]:
+def register(cfg: DeployConfig, data_dir: Path, training: TrainingConfig) -> dict[str, UUID]:
     """Register pools, queue and deployments with the API at PREFECT_API_URL; idempotent.
 
     ``data_dir`` is made absolute: flow runs start in a temporary working directory.
-    Returns {deployment full name: id}.
+    ``training``: the train deployment's schedule and seed. Returns {deployment full name: id}.
     """
     api_url()
     data_dir = Path(data_dir).resolve()
+    built = deployments(cfg, data_dir, training)  # a bad schedule fails here, before any API call
     ensure_pools(cfg)
-    return {d.full_name: d.apply() for d in deployments(cfg, data_dir)}
+    return {d.full_name: d.apply() for d in built}

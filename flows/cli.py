@@ -1,4 +1,5 @@
-"""`prodassoc` command line: import a source, run the nightly flow, mine rules ad hoc, show results.
+"""`prodassoc` command line: import a source, run the nightly flow, train the language models, mine rules
+ad hoc, show results.
 
 Heavy libraries (Prefect, Great Expectations) are imported only by the commands
 that need them, so `prodassoc rules` and `prodassoc top` start fast.
@@ -104,6 +105,36 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_train(args: argparse.Namespace) -> int:
+    from flows.train import train
+
+    settings = _settings(args)
+    training = settings.training.model_dump()
+    for key, value in (("device", args.device), ("mlm_minutes", args.mlm_minutes)):
+        if value is not None:
+            training[key] = value
+    for stage, minutes in (("teacher", args.teacher_minutes), ("student", args.student_minutes)):
+        if minutes is not None:
+            training[stage] = {**training[stage], "max_minutes": minutes}
+    # validated together before any data loads (time budgets > 0, a known device)
+    settings = settings.model_copy(update={"training": settings.training.model_validate(training)})
+    if settings.training.device == "cuda":
+        from prodassoc_core.training import choose_device
+
+        try:
+            choose_device("cuda")
+        except RuntimeError as exc:
+            print(f"prodassoc: error: --device cuda: {exc}", file=sys.stderr)
+            return 2
+    out = train(as_of=args.as_of, seed=args.seed, settings=settings, progress=sys.stderr.isatty())
+    print(f"as_of {out['as_of']}: trained in {out['total_seconds']:.0f} s, registered:")
+    for stage, uri in out["model_uris"].items():
+        print(f"  {stage}: {uri}")
+    print(f"gate: {out['verdict']}")
+    print(f"MLflow: {settings.tracking_uri} (experiment {settings.training.experiment!r})")
+    return 0
+
+
 def cmd_deploy(args: argparse.Namespace) -> int:
     from deployments import production
     from deployments.commands import prefect_worker
@@ -115,13 +146,17 @@ def cmd_deploy(args: argparse.Namespace) -> int:
     except production.MissingApiUrl as exc:
         print(f"prodassoc: {exc}", file=sys.stderr)
         return 2
-    data_dir = _settings(args).data_dir.resolve()
-    ids = production.register(cfg, data_dir)
+    settings = _settings(args)
+    data_dir = settings.data_dir.resolve()
+    ids = production.register(cfg, data_dir, settings.training)
     print(f"registered with {api} (data directory {data_dir}):")
     for name, deployment_id in ids.items():
         print(f"  {name}  {deployment_id}")
     print(f"nightly: cron {cfg.cron!r} in {cfg.timezone}; nightly and backfill share queue {cfg.queue!r} (one run at a time)")
+    seed = "" if settings.training.seed is not None else " (no seed: set PRODASSOC_TRAINING__SEED on the gpu worker)"
+    print(f"train: cron {settings.training.schedule!r} in {cfg.timezone} on pool {cfg.gpu_pool!r}{seed}")
     print(f"start a worker: {' '.join(prefect_worker(cfg.cpu_pool))}")
+    print(f"on a GPU host: {' '.join(prefect_worker(cfg.gpu_pool))}")
     return 0
 
 
@@ -202,6 +237,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--end", type=_date, help="end of the test window (default: the end of the landed data)")
     p.add_argument("--methods", help="comma-separated subset of the association methods (default: all)")
     p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("train", help="train the language-model chain for one as_of date and apply the champion gate")
+    p.add_argument("--as-of", type=_date, required=True, help="train on everything landed before it")
+    p.add_argument("--seed", type=int, help="required unless $PRODASSOC_TRAINING__SEED is set")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], help="default: training.device (auto: CUDA if present)")
+    p.add_argument("--mlm-minutes", type=float, help="time budget of the MLM stage")
+    p.add_argument("--teacher-minutes", type=float, help="time budget of the teacher's training")
+    p.add_argument("--student-minutes", type=float, help="time budget of the student's training")
+    p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("deploy", help="register the production deployments with the Prefect API at $PREFECT_API_URL")
     p.add_argument("--cron", help="nightly schedule (default: $PRODASSOC_DEPLOY_CRON or '0 2 * * *')")

@@ -1,4 +1,4 @@
-"""The nightly flow: ingest -> validate -> baskets -> mine -> publish, for one as_of date.
+"""The nightly flow: ingest -> validate -> baskets -> mine (and embed) -> publish, for one as_of date.
 
 ``backfill`` runs ``nightly`` once per date of a range, in order. Both are rerun-safe:
 see ``prodassoc_core.pipeline`` for what a rerun skips and replaces.
@@ -13,7 +13,7 @@ from datetime import date
 from prefect import flow, get_run_logger
 
 from prodassoc_core import locks, pipeline
-from prodassoc_core.contracts import ASSOCIATION_RULES, PRODUCT_ASSOCIATIONS
+from prodassoc_core.contracts import ASSOCIATION_RULES, PRODUCT_ASSOCIATIONS, PRODUCT_EMBEDDINGS
 from prodassoc_core.settings import Settings
 from tasks import nightly as t
 
@@ -25,8 +25,9 @@ def nightly(as_of: date, settings: Settings | None = None) -> dict:
     Holds the run lock for ``as_of`` throughout: a second run for the same date fails at
     once with RunLockedError naming the holder (or waits ``settings.run_lock_timeout_s``).
     Returns a summary: ingestion counts, the published partitions and the MLflow run id.
-    After publishing, the run's counts and stage timings are recorded as the Prefect Markdown
-    artifact ``nightly-<as_of>`` and as an MLflow run in experiment ``prodassoc-nightly``.
+    When a student holds the champion alias, its ``product_embeddings`` are published too.
+    After publishing, the run's counts, stage timings and models are recorded as the Prefect
+    Markdown artifact ``nightly-<as_of>`` and as an MLflow run in experiment ``prodassoc-nightly``.
     """
     settings = settings or Settings()
     logger = get_run_logger()
@@ -47,9 +48,15 @@ def nightly(as_of: date, settings: Settings | None = None) -> dict:
         submitted = time.perf_counter()
         rules = t.mine_rules.submit(settings, baskets_path, as_of)
         pairs = t.product_associations.submit(settings, baskets_path, as_of)
-        for name, future in (("mine_rules", rules), ("product_associations", pairs)):  # they run side by side
+        embedded = t.embed.submit(settings, as_of)  # None without a champion student
+        for name, future in (("mine_rules", rules), ("product_associations", pairs), ("embed", embedded)):
+            # they run side by side
             future.add_done_callback(lambda _, name=name: timings.setdefault(name, time.perf_counter() - submitted))
         staged = {ASSOCIATION_RULES.name: rules.result(), PRODUCT_ASSOCIATIONS.name: pairs.result()}
+        if (embeddings := embedded.result()) is not None:
+            staged[PRODUCT_EMBEDDINGS.name] = embeddings
+        else:
+            logger.info("no champion student in the registry: product_embeddings not published")
         with _timed(timings, "publish"):
             published = t.publish(settings, as_of, staged)
     timings["total"] = time.perf_counter() - start
@@ -99,10 +106,13 @@ def scheduled_nightly(
     The logical date comes from the scheduler, not from the wall clock, so a late or
     retried run still processes the day it was scheduled for.
     """
-    if as_of is None:
-        from zoneinfo import ZoneInfo
+    return nightly(as_of=as_of or scheduled_date(timezone), settings=settings)
 
-        from prefect.runtime import flow_run
 
-        as_of = flow_run.scheduled_start_time.astimezone(ZoneInfo(timezone)).date()
-    return nightly(as_of=as_of, settings=settings)
+def scheduled_date(timezone: str) -> date:
+    """The current flow run's scheduled date in ``timezone`` (a deployment run's logical date)."""
+    from zoneinfo import ZoneInfo
+
+    from prefect.runtime import flow_run
+
+    return flow_run.scheduled_start_time.astimezone(ZoneInfo(timezone)).date()

@@ -81,6 +81,8 @@ def train_chain(
 ) -> ChainResult:
     """Train MLM -> teacher -> student on ``catalog`` and the training baskets ``train``
     (order_id, ordered_at, items; all before ``as_of``)."""
+    _seed(cfg)
+    _claim(out_dir, cfg, catalog, train, as_of)
     seconds: dict[str, float] = {}
     t0 = time.monotonic()
     mlm_result = _finished_mlm(out_dir / "mlm") or mlm.run_mlm(
@@ -106,6 +108,39 @@ def train_chain(
     )
     seconds["student"] = time.monotonic() - t0
     return ChainResult(mlm_result, teacher_result, student_result, task, seconds)
+
+
+CHAIN_CONFIG = "chain_config.json"
+# Settings a rerun into the same directory may change: time budgets and bookkeeping.
+RESUMABLE = {
+    "training.mlm_minutes", "training.teacher.max_minutes", "training.student.max_minutes",
+    "training.student.teacher_minutes", "training.teacher.checkpoint_every", "training.student.checkpoint_every",
+    "training.teacher.eval_batch_size", "training.student.embed_batch_size", "training.schedule",
+    "training.experiment", "training.device",
+}
+
+
+def chain_key(cfg: TrainingConfig, catalog: pl.DataFrame, train: pl.DataFrame, as_of: datetime) -> dict[str, Any]:
+    """What a chain directory is trained from: the settings and the data's shape and window."""
+    return {
+        "training": cfg.model_dump(mode="json"),
+        "as_of": as_of.isoformat(),
+        "catalog_products": catalog.height,
+        "training_baskets": train.height,
+    }
+
+
+def _claim(out_dir: Path, cfg: TrainingConfig, catalog: pl.DataFrame, train: pl.DataFrame, as_of: datetime) -> None:
+    """Record what ``out_dir`` is trained from, or refuse a directory trained from something else
+    (finished stages are reused, so a silent mismatch would mix two runs)."""
+    from prodassoc_core.training import check_resumable, write_json
+
+    key = chain_key(cfg, catalog, train, as_of)
+    path = out_dir / CHAIN_CONFIG
+    if path.is_file():
+        check_resumable(json.loads(path.read_text()), key, out_dir, RESUMABLE)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_json(path, key)
 
 
 def _finished(out_dir: Path, stage: str) -> StageResult | None:

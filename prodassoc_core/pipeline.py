@@ -164,9 +164,10 @@ def embedding_model(path: Path) -> str:
 def publish(settings: Settings, as_of: date, staged: dict[str, Path]) -> list[warehouse.WriteResult]:
     """Move finished tables into the warehouse partition for as_of and refresh the DuckDB views.
 
-    ``staged``: table name (contracts.ALL_TABLES) -> staged Parquet file. Each table's partition is replaced atomically (the previous complete file or the new
-    complete one); the tables are replaced one after the other, so a crash between them
-    leaves one table new and the other old until the rerun.
+    ``staged``: table name (contracts.ALL_TABLES) -> staged Parquet file. Each table's
+    partition is replaced atomically (the previous complete file or the new complete one); the
+    tables are replaced one after the other, so a crash between them leaves one table new and
+    the other old until the rerun.
     """
     warehouse.fault_point("publish")
     # an s3:// warehouse (storage.object_store_locations) gets the tables first: the local

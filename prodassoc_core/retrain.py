@@ -73,7 +73,17 @@ def training_data(settings: Settings, as_of: date) -> tuple[pl.DataFrame, pl.Dat
 
 
 def models_dir(settings: Settings, as_of: date) -> Path:
-    return settings.data_dir / "models" / f"as_of={as_of.isoformat()}"
+    """``<data>/models/as_of=D/cfg-<hash>``: a rerun with the same settings resumes (and reuses
+    finished stages); different settings (other than time budgets) train in a new directory."""
+    import hashlib
+    import json
+
+    from prodassoc_core.training import flatten
+
+    flat = {k: v for k, v in flatten({"training": settings.training.model_dump(mode="json")}).items()
+            if k not in chain.RESUMABLE}
+    digest = hashlib.sha256(json.dumps(flat, sort_keys=True).encode()).hexdigest()[:10]
+    return settings.data_dir / "models" / f"as_of={as_of.isoformat()}" / f"cfg-{digest}"
 
 
 def device_of(cfg: TrainingConfig) -> Device:

@@ -3,6 +3,8 @@
 The nightly flow records both: the Markdown as a Prefect artifact (``nightly-<as_of>``), the
 metrics as one MLflow run in experiment ``prodassoc-nightly``. Counts come from the ingestion
 report and the published partitions the flow already returns; timings are wall seconds per stage.
+The models used: ``classic:<method>`` for the associations, and the champion student's registered
+version (``models:/prodassoc-student/<n>``) when the run published ``product_embeddings``.
 """
 
 from __future__ import annotations
@@ -47,10 +49,12 @@ def redact_uri(uri: str) -> str:
 
 
 def nightly_params(
-    as_of: date, model: str, lookback_days: int, mining: MiningConfig, associations: AssociationConfig
+    as_of: date, model: str, lookback_days: int, mining: MiningConfig, associations: AssociationConfig,
+    embedding_model: str | None = None,
 ) -> dict[str, object]:
-    """The settings that decide a run's output, as MLflow params."""
-    return {
+    """The settings that decide a run's output, as MLflow params (``embedding_model``: the
+    registered model version behind product_embeddings, only when the run published them)."""
+    params: dict[str, object] = {
         "as_of": as_of.isoformat(),
         "model": model,
         "lookback_days": lookback_days,
@@ -62,6 +66,9 @@ def nightly_params(
         "min_pair_count": associations.min_pair_count,
         "top_k": associations.top_k,
     }
+    if embedding_model:
+        params["embedding_model"] = embedding_model
+    return params
 
 
 def nightly_metrics(
@@ -105,13 +112,16 @@ def nightly_markdown(
     ingest: Mapping,
     published: Sequence[Mapping],
     tracking: str,
+    embedding_model: str | None = None,
 ) -> str:
-    """The run's page: counts, quarantine, published partitions, timings, and where MLflow has it."""
+    """The run's page: models used, counts, quarantine, published partitions, timings, and where
+    MLflow has it. ``embedding_model``: the model version behind product_embeddings, if published."""
     m = metrics
+    embeddings = f"`{embedding_model}` (the champion student)" if embedding_model else "none (no champion student)"
     lines = [
         f"# prodassoc nightly, as_of {as_of.isoformat()}",
         "",
-        f"Model: `{model}`. MLflow: {tracking}.",
+        f"Model: `{model}`; product embeddings: {embeddings}. MLflow: {tracking}.",
         "",
         "## Ingestion",
         "",

@@ -408,11 +408,11 @@ def throughput(examples: int, seconds: float) -> float:
     return examples / seconds if seconds > 0 else 0.0
 
 
-def _flatten(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+def flatten(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key, value in config.items():
         if isinstance(value, Mapping):
-            out |= _flatten(value, f"{prefix}{key}.")
+            out |= flatten(value, f"{prefix}{key}.")
         else:
             out[f"{prefix}{key}"] = value
     return out
@@ -421,7 +421,7 @@ def _flatten(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
 def check_resumable(saved: Mapping[str, Any], current: Mapping[str, Any], checkpoint: Path, may_differ: set[str]) -> None:
     """Raise when a checkpoint's run config differs from this run's outside ``may_differ``
     (dotted keys of settings a resume may change, such as the time budget)."""
-    a, b = _flatten(saved), _flatten(current)
+    a, b = flatten(saved), flatten(current)
     diff = sorted(k for k in set(a) | set(b) if k not in may_differ and a.get(k) != b.get(k))
     if diff:
         raise ValueError(

@@ -38,6 +38,11 @@ def product_associations(settings: Settings, baskets_path: Path, as_of: date) ->
     return pipeline.associate(settings, baskets_path, as_of)
 
 
+@task(name="embed", cache_policy=NO_CACHE)
+def embed(settings: Settings, as_of: date) -> Path | None:
+    return pipeline.embed(settings, as_of)
+
+
 @task(name="publish", cache_policy=NO_CACHE)
 def publish(settings: Settings, as_of: date, staged: dict[str, Path]) -> list[dict]:
     return [asdict(r) for r in pipeline.publish(settings, as_of, staged)]
@@ -48,8 +53,8 @@ def record_run(
     settings: Settings, as_of: date, ingest_report: dict, published: list[dict], baskets_path: Path,
     timings: dict[str, float],
 ) -> str:
-    """The run's counts and timings as one MLflow run (experiment prodassoc-nightly) and as the
-    Markdown artifact ``nightly-<as_of>``; returns the MLflow run id.
+    """The run's counts, timings and model versions as one MLflow run (experiment prodassoc-nightly)
+    and as the Markdown artifact ``nightly-<as_of>``; returns the MLflow run id.
 
     The artifact is written even when MLflow is unreachable (saying so), then the error is raised.
     """
@@ -58,11 +63,19 @@ def record_run(
     from prefect.runtime import flow_run
 
     from prodassoc_core import run_summary, tracking
+    from prodassoc_core.contracts import PRODUCT_EMBEDDINGS
 
     model = run_summary.classic_model(settings.associations.method)
+    embedded = [p["path"] for p in published if p["table"] == PRODUCT_EMBEDDINGS.name]
+    embedding_model = pipeline.embedding_model(embedded[0]) if embedded else None
     metrics = run_summary.nightly_metrics(ingest_report, published, pq.read_metadata(baskets_path).num_rows, timings)
-    params = run_summary.nightly_params(as_of, model, settings.lookback_days, settings.mining, settings.associations)
+    params = run_summary.nightly_params(
+        as_of, model, settings.lookback_days, settings.mining, settings.associations, embedding_model
+    )
     key = run_summary.artifact_key(as_of)
+    tags = {"model": model, "prefect_flow_run_id": str(flow_run.id or ""), "prefect_artifact": key}
+    if embedding_model:
+        tags["embedding_model"] = embedding_model
     uri = run_summary.redact_uri(settings.tracking_uri)
     where = f"`{uri}`, experiment `{run_summary.NIGHTLY_EXPERIMENT}`"
     try:
@@ -73,18 +86,20 @@ def record_run(
             run_name=f"nightly as_of={as_of.isoformat()}",
             params=params,
             metrics=metrics,
-            tags={"model": model, "prefect_flow_run_id": str(flow_run.id or ""), "prefect_artifact": key},
+            tags=tags,
         )
     except Exception as exc:
         reason = str(exc).replace(settings.tracking_uri, uri)
         error = f"{where}: **logging failed** ({type(exc).__name__}: {reason})"
         create_markdown_artifact(
-            run_summary.nightly_markdown(as_of, model, metrics, ingest_report, published, error),
+            run_summary.nightly_markdown(as_of, model, metrics, ingest_report, published, error, embedding_model),
             key=key, description=f"prodassoc nightly {as_of.isoformat()} (MLflow logging failed)",
         )
         raise
     create_markdown_artifact(
-        run_summary.nightly_markdown(as_of, model, metrics, ingest_report, published, f"{where}, run `{run_id}`"),
+        run_summary.nightly_markdown(
+            as_of, model, metrics, ingest_report, published, f"{where}, run `{run_id}`", embedding_model
+        ),
         key=key, description=f"prodassoc nightly {as_of.isoformat()}: counts, quarantine, timings",
     )
     return run_id

@@ -161,6 +161,11 @@ def test_rerunning_the_chain_reuses_finished_stages(trained, data, cfg):
     again = chain.train_chain(catalog, frame, AS_OF, cfg, device=CPU, out_dir=out, progress=False)
     assert again.student.after == result.student.after and again.teacher.steps == result.teacher.steps
     assert again.seconds["teacher"] < 5 and again.seconds["student"] < 5
+    # other settings (not just a new time budget) must not reuse these stages
+    with pytest.raises(ValueError, match="different run.*training.seed"):
+        chain.train_chain(catalog, frame, AS_OF, cfg.model_copy(update={"seed": 8}), device=CPU, out_dir=out)
+    budget = cfg.model_copy(update={"mlm_minutes": 5.0})
+    assert chain.train_chain(catalog, frame, AS_OF, budget, device=CPU, out_dir=out, progress=False).student.steps == 30
 
 
 def _weights(model_dir: Path) -> dict[str, torch.Tensor]:

@@ -78,6 +78,8 @@ def associations(n: int, tag: str) -> pa.Table:
     for f in PRODUCT_ASSOCIATIONS.schema:
         if f.name in given:
             cols[f.name] = given[f.name]
+        elif f.name in PRODUCT_ASSOCIATIONS.optional:
+            cols[f.name] = [None] * n
         elif pa.types.is_integer(f.type):
             cols[f.name] = [1] * n
         else:

@@ -145,21 +145,42 @@ def test_deployments_run_module_entrypoints_on_the_cpu_pool_one_at_a_time(tmp_pa
     from prefect.client.schemas.objects import ConcurrencyLimitStrategy
 
     from deployments.production import DeployConfig, deployments
+    from prodassoc_core.settings import TrainingConfig
 
-    nightly, backfill = deployments(DeployConfig(cron="30 1 * * *", timezone="Europe/London"), tmp_path)
-    assert (nightly.name, backfill.name) == ("nightly", "backfill")
+    training = TrainingConfig(schedule="0 4 * * 6", seed=3)
+    nightly, backfill, train = deployments(DeployConfig(cron="30 1 * * *", timezone="Europe/London"), tmp_path, training)
+    assert (nightly.name, backfill.name, train.name) == ("nightly", "backfill", "train")
     assert nightly.entrypoint == "flows.nightly.scheduled_nightly"
     assert backfill.entrypoint == "flows.nightly.backfill"
+    assert train.entrypoint == "flows.train.train"
     (schedule,) = nightly.schedules
     assert (schedule.schedule.cron, schedule.schedule.timezone) == ("30 1 * * *", "Europe/London")
     assert nightly.parameters == {"timezone": "Europe/London"}
     assert not backfill.schedules
     for d in (nightly, backfill):
         assert (d.work_pool_name, d.work_queue_name) == ("cpu", "dated-runs")
+    # training: the training schedule in the nightly's zone, on the gpu pool, seed from the settings
+    (schedule,) = train.schedules
+    assert (schedule.schedule.cron, schedule.schedule.timezone) == ("0 4 * * 6", "Europe/London")
+    assert train.parameters == {"timezone": "Europe/London", "seed": 3}
+    assert (train.work_pool_name, train.work_queue_name) == ("gpu", None)
+    for d in (nightly, backfill, train):
         assert d.concurrency_limit == 1
         assert d.concurrency_options.collision_strategy == ConcurrencyLimitStrategy.ENQUEUE
         assert d.job_variables == {"env": {"PRODASSOC_DATA_DIR": str(tmp_path)}}
         assert d.storage is None  # imported from the installed package, nothing pulled
+
+
+def test_train_deployment_checks_its_schedule_and_may_leave_the_seed_to_the_worker(tmp_path):
+    from deployments.production import DeployConfig, train_deployment
+    from prodassoc_core.settings import TrainingConfig
+
+    train = train_deployment(DeployConfig(), tmp_path, TrainingConfig())  # defaults: Sundays 03:00 UTC, no seed
+    (schedule,) = train.schedules
+    assert (schedule.schedule.cron, schedule.schedule.timezone) == ("0 3 * * 0", "UTC")
+    assert train.parameters == {"timezone": "UTC"}  # the gpu worker's PRODASSOC_TRAINING__SEED then decides
+    with pytest.raises(ValueError, match=r"not a cron expression: 'weekly' \(training.schedule"):
+        train_deployment(DeployConfig(), tmp_path, TrainingConfig(schedule="weekly"))
 
 
 def test_deploy_without_prefect_api_url_is_an_error(tmp_path):

@@ -1,5 +1,6 @@
 """A real `mlflow server` on loopback (SQLite backend, local artifact destination) used by the
-evaluation and nightly flows; the runs are then read back through the server's REST API.
+evaluation, nightly and training flows; the runs, registered models and aliases are then read back
+through the server's REST API.
 
 Marked `production`: runs when $CI is set or PRODASSOC_PRODUCTION_TESTS=1 (about a minute).
 """
@@ -85,3 +86,25 @@ def test_nightly_run_is_on_the_server(flows_logged, mlflow_server):
     assert run.data.metrics["rules"] == published["association_rules"] > 0
     assert run.data.metrics["rows_read"] == out["ingest"]["rows_read"]  # 0: the evaluation ingested it all
     assert run.data.metrics["baskets"] > 1000
+
+
+def test_training_registers_on_the_server_and_the_nightly_embeds_with_its_champion(mlflow_server, tmp_path,
+                                                                                   prefect_harness):
+    from mlflow.tracking import MlflowClient
+
+    from flows.train import train
+    from prodassoc_core import chain, pipeline
+
+    settings = Settings(data_dir=tmp_path, mlflow_tracking_uri=mlflow_server, training=chain.tiny_training_config(3))
+    importers.import_source(kind="online-retail", inputs=[SAMPLE], landing_dir=settings.landing_dir)
+    trained = date(2011, 11, 8)
+    out = train(as_of=trained, settings=settings)
+    assert out["promoted"]
+    client = MlflowClient(tracking_uri=mlflow_server)
+    for name in ("prodassoc-mlm", "prodassoc-teacher", "prodassoc-student"):
+        version = client.get_model_version_by_alias(name, "champion")
+        assert version.version == out["versions"][name.removeprefix("prodassoc-")]
+        assert client.get_run(version.run_id).info.status == "FINISHED"
+    # the nightly's embed stage downloads the champion through the server
+    staged = pipeline.embed(settings, trained)
+    assert pipeline.embedding_model(staged) == out["model_uris"]["student"]

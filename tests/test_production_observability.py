@@ -53,7 +53,7 @@ def test_mlflow_run_has_the_counts_timings_and_model(observed):
     assert m["published_rows_association_rules"] == m["rules"] == published["association_rules"] > 0
     assert m["published_rows_product_associations"] == published["product_associations"] > 0
     assert m["baskets"] > 1000
-    stages = {"ingest", "baskets", "mine_rules", "product_associations", "publish", "total"}
+    stages = {"ingest", "baskets", "mine_rules", "product_associations", "embed", "publish", "total"}
     assert {k.removeprefix("seconds_") for k in m if k.startswith("seconds_")} == stages
     assert all(m[f"seconds_{s}"] >= 0 for s in stages) and m["seconds_total"] >= m["seconds_ingest"]
     assert run.data.params["model"] == run.data.tags["model"] == "classic:decayed_damped"
@@ -69,12 +69,13 @@ def test_markdown_artifact_names_the_counts(observed):
     assert artifact.type == "markdown"
     text = artifact.data
     assert "as_of 2011-11-01" in text and "`classic:decayed_damped`" in text
+    assert "product embeddings: none (no champion student)" in text
     ing = out["ingest"]
     assert f"| **all** | {ing['rows_read']:,} | {ing['rows_accepted']:,} | {ing['rows_quarantined']:,} |" in text
     for p in out["published"]:
         assert f"| {p['table']} | {p['rows']:,} |" in text
     assert out["mlflow_run"] in text and run_summary.NIGHTLY_EXPERIMENT in text
-    for stage in ("ingest", "baskets", "mine_rules", "product_associations", "publish", "total"):
+    for stage in ("ingest", "baskets", "mine_rules", "product_associations", "embed", "publish", "total"):
         assert f"| {stage} |" in text
 
 

@@ -107,7 +107,7 @@ def _wait_final(api: str, run_ids: list, worker, log) -> list:
 
 def test_deploy_registers_pools_queue_and_deployments(deployed):
     api, data, stdout, _, _ = deployed
-    assert prod.NIGHTLY in stdout and prod.BACKFILL in stdout
+    assert prod.NIGHTLY in stdout and prod.BACKFILL in stdout and prod.TRAIN in stdout
     with _client(api) as client:
         pools = {p.name: p for p in client.read_work_pools()}
         assert pools[commands.CPU_POOL].type == pools[commands.GPU_POOL].type == "process"
@@ -115,6 +115,13 @@ def test_deploy_registers_pools_queue_and_deployments(deployed):
         assert queue.concurrency_limit == 1
         nightly = client.read_deployment_by_name(prod.NIGHTLY)
         backfill = client.read_deployment_by_name(prod.BACKFILL)
+        train = client.read_deployment_by_name(prod.TRAIN)
+    # training: on the gpu pool, the default training schedule in the nightly's zone
+    assert (train.entrypoint, train.work_pool_name) == ("flows.train.train", commands.GPU_POOL)
+    (schedule,) = train.schedules
+    assert (schedule.schedule.cron, schedule.schedule.timezone) == ("0 3 * * 0", "Europe/London")
+    assert train.global_concurrency_limit.limit == 1 and not train.pull_steps
+    assert train.job_variables == {"env": {"PRODASSOC_DATA_DIR": str(data.resolve())}}
     (schedule,) = nightly.schedules
     assert (schedule.schedule.cron, schedule.schedule.timezone) == ("30 1 * * *", "Europe/London")
     assert nightly.parameters == {"timezone": "Europe/London"}

@@ -1,0 +1,54 @@
+"""The training flow: the language-model chain for one as_of, registered, behind the champion gate.
+
+    train(as_of) --train_models--> MLM, teacher, student registered in MLflow
+                                   (prodassoc-mlm, -teacher, -student); the student becomes
+                                   @champion only if it beats the current one
+                 --record_training--> Prefect Markdown artifact train-<as_of>
+
+The `train` deployment (deployments/production.py) runs it on the gpu work pool on the cron
+``training.schedule``; the nightly flow then publishes the champion's product_embeddings.
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import date
+
+from prefect import flow, get_run_logger
+
+from flows.nightly import scheduled_date
+from prodassoc_core import train_summary
+from prodassoc_core.settings import Settings
+from tasks import train as t
+
+
+@flow(name="prodassoc-train")
+def train(
+    as_of: date | None = None,
+    seed: int | None = None,
+    settings: Settings | None = None,
+    timezone: str = "UTC",
+    progress: bool = False,
+) -> dict:
+    """Train the chain on everything landed before ``as_of`` and apply the champion gate.
+
+    ``as_of`` None: the run's scheduled date in ``timezone`` (scheduled deployment runs), as
+    ``scheduled_nightly`` does. ``seed`` overrides ``settings.training.seed``; one of them is
+    required. Returns ``train_summary.summary``: versions, gate scores and verdict, stage timings.
+    """
+    settings = settings or Settings()
+    if seed is not None:
+        settings = settings.model_copy(update={"training": settings.training.model_copy(update={"seed": seed})})
+    as_of = as_of or scheduled_date(timezone)
+    logger = get_run_logger()
+    start = time.perf_counter()
+    report = t.train_models(settings, as_of, progress=progress)
+    total = time.perf_counter() - start
+    names = train_summary.registered_names(settings.training)
+    logger.info(
+        "as_of %s: registered %s in %.0f s",
+        as_of, ", ".join(f"{names[s]} v{v}" for s, v in report.versions.items()), total,
+    )
+    logger.info("gate: %s", train_summary.verdict(report, settings.training))
+    t.record_training(settings, report, total)
+    return train_summary.summary(report, settings.training) | {"total_seconds": total}

@@ -1,0 +1,176 @@
+"""The training flow and `prodassoc train` on the shipped sample with the tiny chain, then the nightly
+flow publishing the champion student's product_embeddings (and not publishing them without one).
+
+Real Prefect (the test harness's ephemeral API), real MLflow (sqlite under the data dir), real
+training (chain.tiny_training_config: scratch 2-layer BERT, a few dozen steps per stage). One
+trained data directory is shared by the module's tests; about a minute on 2 CPU cores.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import date
+
+import duckdb
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from conftest import SAMPLE
+from flows.cli import main
+from prodassoc_core import chain, importers, ingest, pipeline, run_summary, tracking
+from prodassoc_core.contracts import PRODUCT_EMBEDDINGS, PRODUCT_ID, PUBLISHED_TABLES
+from prodassoc_core.settings import Settings
+
+AS_OF = date(2011, 11, 8)  # the sample's last landed day is 2011-11-07
+SEED = 7
+STAGE_MODELS = {"mlm": "prodassoc-mlm", "teacher": "prodassoc-teacher", "student": "prodassoc-student"}
+
+
+def _artifacts(key: str, flow_run_id) -> list:
+    from prefect import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, ArtifactFilterKey
+
+    only = ArtifactFilter(key=ArtifactFilterKey(any_=[key]), flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id]))
+    with get_client(sync_client=True) as client:
+        return client.read_artifacts(artifact_filter=only)
+
+
+def _champion(settings: Settings, name: str = "prodassoc-student"):
+    return tracking.aliased_version(settings.tracking_uri, name, settings.training.champion_alias)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, prefect_harness):
+    """The sample imported and the train flow run once: (settings, flow run id, the flow's summary)."""
+    from flows.train import train
+
+    settings = Settings(data_dir=tmp_path_factory.mktemp("trained"), training=chain.tiny_training_config(SEED))
+    importers.import_source(kind="online-retail", inputs=[SAMPLE], landing_dir=settings.landing_dir)
+    state = train(as_of=AS_OF, settings=settings, return_state=True)
+    assert state.is_completed(), state
+    return settings, state.state_details.flow_run_id, state.result()
+
+
+@pytest.fixture(scope="module")
+def nightly_with_champion(trained):
+    """The nightly flow for the training date, in the trained data directory."""
+    from flows.nightly import nightly
+
+    settings, _, _ = trained
+    return nightly(as_of=AS_OF, settings=settings)
+
+
+def test_train_registers_three_versions_and_promotes_the_first_student(trained):
+    settings, _, out = trained
+    assert out["as_of"] == AS_OF.isoformat()
+    assert out["versions"] == {"mlm": "1", "teacher": "1", "student": "1"}
+    assert out["promoted"] and out["champion_score"] is None and 0 <= out["candidate_score"] <= 1
+    assert out["verdict"].startswith("new champion: prodassoc-student v1 is now @champion")
+    for stage, name in STAGE_MODELS.items():
+        champion = _champion(settings, name)
+        assert champion is not None and champion.version == "1", f"{name}@champion"
+        assert out["model_uris"][stage] == f"models:/{name}/1"
+    assert set(out["seconds"]) >= {"mlm", "teacher", "student"}
+    assert json.loads(json.dumps(out))  # plain values only: the flow's result is readable anywhere
+
+
+def test_train_writes_the_markdown_artifact(trained):
+    _, flow_run_id, out = trained
+    (artifact,) = _artifacts(f"train-{AS_OF.isoformat()}", flow_run_id)
+    text = artifact.data
+    assert f"as_of {AS_OF.isoformat()}" in text and out["verdict"] in text
+    for name in STAGE_MODELS.values():
+        assert f"`models:/{name}/1`" in text
+    assert f"| candidate v1 | {out['candidate_score']:.4f} |" in text and "none (first champion)" in text
+    for stage in ("mlm", "teacher", "student"):
+        s = out["chain"][stage]
+        row = [line for line in text.splitlines() if line.startswith(f"| {stage} |")][-1]  # the stages table
+        assert f"| {out['seconds'][stage]:.2f} |" in row  # wall seconds
+        assert f"{s['examples_per_s']:,.1f}" in row and f"{s['steps']:,}/{s['total_steps']:,}" in row
+        assert s["stop_reason"] in row
+    assert "val_ndcg" in text and "ppl" in text  # validation before / after
+
+
+def test_cli_train_prints_versions_and_the_gate(trained, capsys, monkeypatch):
+    settings, _, _ = trained
+    # the tiny chain through the environment, as an operator would set any training option
+    monkeypatch.setenv("PRODASSOC_TRAINING", settings.training.model_dump_json(exclude={"seed"}))
+    args = ["--data-dir", str(settings.data_dir), "train", "--as-of", AS_OF.isoformat(), "--seed", str(SEED),
+            "--device", "cpu", "--student-minutes", "5"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    for name in STAGE_MODELS.values():
+        assert f"models:/{name}/2" in out
+    # same date, same data: the chain reuses its finished stages, so the new student ties with
+    # the champion and a tie is not a win
+    assert "gate: kept as a candidate: prodassoc-student v2 is registered, @champion stays on v1" in out
+    assert _champion(settings).version == "1"
+
+
+def test_cli_train_refuses_bad_options_and_a_missing_seed(tmp_path, capsys, prefect_harness, monkeypatch):
+    monkeypatch.delenv("PRODASSOC_TRAINING__SEED", raising=False)
+    data = ["--data-dir", str(tmp_path)]
+    assert main([*data, "train", "--as-of", "2011-11-08", "--seed", "1", "--teacher-minutes", "0"]) == 2
+    assert "max_minutes" in capsys.readouterr().err
+    assert main([*data, "train", "--as-of", "2011-11-08"]) == 2
+    assert "training.seed is required" in capsys.readouterr().err
+
+
+def test_nightly_publishes_the_champions_embeddings(trained, nightly_with_champion):
+    settings, _, _ = trained
+    published = {p["table"]: p for p in nightly_with_champion["published"]}
+    assert set(published) == set(PUBLISHED_TABLES) | {PRODUCT_EMBEDDINGS.name}
+    champion = _champion(settings)
+    table = pq.read_table(published[PRODUCT_EMBEDDINGS.name]["path"])
+    assert table.schema == PRODUCT_EMBEDDINGS.schema
+    catalog = ingest.read_staged_catalog(settings.staging_dir)
+    assert table.column(PRODUCT_ID).to_pylist() == sorted(catalog[PRODUCT_ID].to_list())  # one row per product
+    vectors = np.array(table.column("embedding").to_pylist(), dtype=np.float32)
+    assert vectors.shape == (catalog.height, table.column("dim")[0].as_py())
+    np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-4)
+    assert set(table.column("model_uri").to_pylist()) == {champion.uri} == {"models:/prodassoc-student/1"}
+
+    with duckdb.connect(str(settings.duckdb_path), read_only=True) as con:
+        rows, dims, run_date = con.execute(
+            "SELECT count(*), min(dim), max(run_date) FROM latest_product_embeddings e JOIN catalog c USING (product_id)"
+        ).fetchone()
+    assert (rows, dims, str(run_date)) == (catalog.height, vectors.shape[1], AS_OF.isoformat())
+
+
+def test_nightly_records_the_champion_as_a_model_used(trained, nightly_with_champion):
+    settings, _, _ = trained
+    uri = _champion(settings).uri
+    (run,) = [r for r in tracking.runs(settings.tracking_uri, run_summary.NIGHTLY_EXPERIMENT)
+              if r.info.run_id == nightly_with_champion["mlflow_run"]]
+    assert run.data.params["embedding_model"] == run.data.tags["embedding_model"] == uri
+    assert run.data.metrics["published_rows_product_embeddings"] > 0
+    (artifact,) = _artifacts(f"nightly-{AS_OF.isoformat()}", run.data.tags["prefect_flow_run_id"])
+    assert f"product embeddings: `{uri}` (the champion student)" in artifact.data
+    assert "| product_embeddings |" in artifact.data
+
+
+def test_run_nightly_without_prefect_publishes_the_same_embeddings(trained, nightly_with_champion):
+    settings, _, _ = trained
+    path = settings.warehouse_dir / PRODUCT_EMBEDDINGS.name / f"run_date={AS_OF.isoformat()}" / "data.parquet"
+    before = path.read_bytes()
+    result = pipeline.run_nightly(settings, AS_OF)
+    assert {p.table for p in result.published} == set(PUBLISHED_TABLES) | {PRODUCT_EMBEDDINGS.name}
+    assert path.read_bytes() == before  # a rerun replaces the partition with identical bytes
+    assert not list(pipeline.run_dir(settings, AS_OF).glob(".champion-*"))  # the downloaded model is removed
+
+
+def test_nightly_without_a_champion_publishes_no_embeddings(tmp_path, prefect_harness):
+    from flows.nightly import nightly
+
+    settings = Settings(data_dir=tmp_path)
+    importers.import_source(kind="online-retail", inputs=[SAMPLE], landing_dir=settings.landing_dir)
+    out = nightly(as_of=date(2011, 10, 8), settings=settings)  # a week of data: quick
+    assert {p["table"] for p in out["published"]} == set(PUBLISHED_TABLES)
+    assert not (settings.warehouse_dir / PRODUCT_EMBEDDINGS.name).exists()
+    assert pipeline.is_published(settings, date(2011, 10, 8))
+    with duckdb.connect(str(settings.duckdb_path), read_only=True) as con:
+        views = {r[0] for r in con.execute("SELECT view_name FROM duckdb_views() WHERE NOT internal").fetchall()}
+    assert "latest_association_rules" in views and "product_embeddings" not in views
+    (run,) = tracking.runs(settings.tracking_uri, run_summary.NIGHTLY_EXPERIMENT)
+    assert "embedding_model" not in run.data.params
