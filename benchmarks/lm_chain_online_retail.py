@@ -51,7 +51,7 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--lists-minutes", type=float, default=4.0, help="teacher scoring of the distillation lists")
     ap.add_argument("--student-minutes", type=float, default=8.0)
     ap.add_argument("--student-layers", type=int, default=3)
-    ap.add_argument("--student-init", choices=("mlm", "base"), default="mlm")
+    ap.add_argument("--student-init", choices=("mlm", "base"), default="base")
     ap.add_argument("--teacher-steps", type=int, default=1200, help="the schedule's length (warm-up, decay)")
     ap.add_argument("--student-steps", type=int, default=600)
     ap.add_argument("--seed", type=int, default=0)

@@ -41,6 +41,17 @@ def associated(item_lists: Sequence[Sequence[str]], cfg: PairConfig, min_product
     return relevant_sets(item_lists, min_product_baskets, cfg.min_count, cfg.min_lift)
 
 
+def fit_positives(fit: pl.DataFrame, cut: datetime, cfg: PairConfig) -> dict[str, set[str]]:
+    """``{p: its positive partners}`` in the fit baskets (all before ``cut``), by ``cfg.positives``."""
+    if cfg.positives == "lift":
+        return associated(items_of(fit), cfg, cfg.min_product_baskets)
+    from prodassoc_core.methods import DecayedConfig, decayed_associations
+
+    top = decayed_associations(fit, cut, DecayedConfig(min_pair_count=cfg.min_count, top_k=cfg.positive_top_k))
+    grouped = top.group_by(PRODUCT_ID).agg(pl.col("associated_product_id")).sort(PRODUCT_ID)
+    return {p: set(qs) for p, qs in grouped.iter_rows()}
+
+
 def positive_pairs(assoc: dict[str, set[str]], index: dict[str, int]) -> np.ndarray:
     """Unordered positive pairs ``[n, 2]`` (int64 product indices, smaller first), sorted.
 
@@ -181,7 +192,7 @@ def build_task(catalog: pl.DataFrame, texts: Sequence[str], train: pl.DataFrame,
     fit, held = split_fit_validation(train, as_of, cfg.validation_days)
     fit_items, held_items = items_of(fit), items_of(held)
     space = PairSpace.build(catalog, fit_items, cfg)
-    positives = positive_pairs(associated(fit_items, cfg, cfg.min_product_baskets), space.index)
+    positives = positive_pairs(fit_positives(fit, as_of - timedelta(days=cfg.validation_days), cfg), space.index)
     if not len(positives):
         raise ValueError(
             f"no positive pairs in the fit window ({len(fit_items)} baskets before "
