@@ -67,11 +67,10 @@ def _seed(cfg: TrainingConfig) -> int:
 
 
 def student_source(cfg: TrainingConfig, mlm_dir: Path) -> Path | str:
-    """Where the student's layers come from: the MLM model, or the untouched base encoder."""
-    if cfg.student.init == "mlm":
+    """Where the student's layers come from: the base encoder (default) or the MLM model. A
+    scratch encoder has no base worth keeping (it is random before MLM): the MLM model then."""
+    if cfg.student.init == "mlm" or cfg.encoder.kind != "pretrained":
         return mlm_dir
-    if cfg.encoder.kind != "pretrained":
-        raise ValueError("student.init='base' needs a pretrained encoder")
     return resolve_pretrained(cfg.encoder)
 
 
