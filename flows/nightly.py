@@ -13,7 +13,7 @@ from datetime import date
 from prefect import flow, get_run_logger
 
 from prodassoc_core import locks, pipeline
-from prodassoc_core.contracts import ASSOCIATION_RULES, PRODUCT_ASSOCIATIONS, PRODUCT_EMBEDDINGS
+from prodassoc_core.contracts import ASSOCIATION_RULES, BUNDLES, PRODUCT_ASSOCIATIONS, PRODUCT_EMBEDDINGS
 from prodassoc_core.settings import Settings
 from tasks import nightly as t
 
@@ -53,6 +53,8 @@ def nightly(as_of: date, settings: Settings | None = None) -> dict:
             # they run side by side
             future.add_done_callback(lambda _, name=name: timings.setdefault(name, time.perf_counter() - submitted))
         staged = {ASSOCIATION_RULES.name: rules.result(), PRODUCT_ASSOCIATIONS.name: pairs.result()}
+        with _timed(timings, "bundles"):
+            staged[BUNDLES.name] = t.bundles(settings, baskets_path, staged[PRODUCT_ASSOCIATIONS.name])
         if (embeddings := embedded.result()) is not None:
             staged[PRODUCT_EMBEDDINGS.name] = embeddings
         else:

@@ -32,12 +32,12 @@ import pyarrow as pa
 from prodassoc_core import embeddings, mlm, pairs, student, teacher
 from prodassoc_core.contracts import PRODUCT_EMBEDDINGS, PRODUCT_ID
 from prodassoc_core.encoders import resolve_pretrained
-from prodassoc_core.settings import MlmConfig, TrainingConfig
+from prodassoc_core.settings import HybridConfig, MlmConfig, TrainingConfig
 from prodassoc_core.training import MODEL_SUBDIR, Device, StageResult
 
 logger = logging.getLogger("prodassoc.chain")
 
-STAGES = ("mlm", "teacher", "student")
+STAGES = ("mlm", "teacher", "student", "gnn")
 
 
 @dataclass
@@ -46,6 +46,8 @@ class ChainResult:
     teacher: StageResult
     student: StageResult
     task: pairs.PairTask
+    gnn: Any = None  # gnn.GnnResult
+    weights: dict[str, dict[str, float]] = field(default_factory=dict)  # hybrid weights: warm, cold
     seconds: dict[str, float] = field(default_factory=dict)  # wall time per stage (this call)
 
     def model_dir(self, stage: str) -> Path:
@@ -76,7 +78,7 @@ def student_source(cfg: TrainingConfig, mlm_dir: Path) -> Path | str:
 
 def train_chain(
     catalog: pl.DataFrame, train: pl.DataFrame, as_of: datetime, cfg: TrainingConfig, *, device: Device,
-    out_dir: Path, progress: bool = True, mlm_cfg: MlmConfig | None = None,
+    out_dir: Path, progress: bool = True, mlm_cfg: MlmConfig | None = None, hybrid_cfg: HybridConfig | None = None,
 ) -> ChainResult:
     """Train MLM -> teacher -> student on ``catalog`` and the training baskets ``train``
     (order_id, ordered_at, items; all before ``as_of``)."""
@@ -106,7 +108,46 @@ def train_chain(
         out_dir=out_dir / "student", progress=progress,
     )
     seconds["student"] = time.monotonic() - t0
-    return ChainResult(mlm_result, teacher_result, student_result, task, seconds)
+
+    t0 = time.monotonic()
+    gnn_result, warm, cold = train_graph_stage(
+        catalog, train, as_of, cfg, task, student_result.model_dir, device=device, out_dir=out_dir / "gnn",
+        hybrid_cfg=hybrid_cfg or HybridConfig(),
+    )
+    seconds["gnn"] = time.monotonic() - t0
+    return ChainResult(mlm_result, teacher_result, student_result, task, gnn_result,
+                       {"warm": warm.as_dict(), "cold": cold.as_dict()}, seconds)
+
+
+def train_graph_stage(
+    catalog: pl.DataFrame, train: pl.DataFrame, as_of: datetime, cfg: TrainingConfig, task: pairs.PairTask,
+    student_dir: Path, *, device: Device, out_dir: Path, hybrid_cfg: HybridConfig,
+):
+    """Stage 4: the GNN over the fit window's graph (student embeddings as node features and
+    text edges), then the hybrid weights tuned on the held-out tail; the weights are saved
+    with the GNN model (champions.WEIGHTS_FILE). Returns (GnnResult, warm, cold weights)."""
+    from prodassoc_core import champions, gnn, graph, hybrid
+    from prodassoc_core.methods import DecayedConfig
+
+    text = catalog_vectors(student_dir, catalog, device=device, max_length=cfg.student.max_length)
+    fit_graph = graph.fit_window_graph(catalog[PRODUCT_ID].to_list(), train, as_of, cfg.pairs.validation_days, text,
+                                       cfg.graph)
+    logger.info("chain: graph %s", fit_graph.summary())
+    result = gnn.train_gnn(fit_graph, task, cfg.gnn.model_copy(update={"seed": _seed(cfg)}), device=device,
+                           out_dir=out_dir)
+    saved = champions.read_weights(result.model_dir)
+    if saved is not None:
+        return result, *saved
+    model, _ = gnn.load_gnn(result.model_dir)
+    node_vectors = gnn.node_embeddings(model, fit_graph, device)
+    warm, cold, grid = hybrid.tune_weights(
+        catalog, train, as_of, hybrid.HybridModel(text, node_vectors, hybrid.Weights(), hybrid.Weights()), cfg.pairs,
+        candidates_k=hybrid_cfg.candidates_k, decayed=DecayedConfig(), step=hybrid_cfg.weight_step,
+    )
+    grid.write_parquet(out_dir / "hybrid_weight_grid.parquet")
+    champions.write_weights(result.model_dir, warm, cold)
+    logger.info("chain: hybrid weights warm %s cold %s", warm, cold)
+    return result, warm, cold
 
 
 CHAIN_CONFIG = "chain_config.json"
@@ -212,6 +253,8 @@ def summary(result: ChainResult) -> dict[str, Any]:
         "mlm": result.mlm.summary(),
         "teacher": result.teacher.summary(),
         "student": result.student.summary(),
+        "gnn": result.gnn.summary() if result.gnn is not None else None,
+        "hybrid_weights": result.weights,
     }
 
 
@@ -226,6 +269,8 @@ def tiny_training_config(seed: int, **overrides: Any) -> TrainingConfig:
                                                 "max_validation_pairs": 200, "checkpoint_every": 10}),
         student=base.student.model_copy(update={"max_steps": 30, "layers": 1, "max_lists": 300, "learning_rate": 1e-3,
                                                 "checkpoint_every": 10}),
+        gnn=base.gnn.model_copy(update={"max_epochs": 6, "steps_per_epoch": 4, "batch_size": 256, "hidden_dim": 32,
+                                        "out_dim": 32, "eval_every": 2, "checkpoint_every": 2}),
         device="cpu",
     )
     values.update(overrides)

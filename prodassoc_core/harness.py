@@ -153,6 +153,31 @@ def model_dir(settings: Settings, split: Split, stage: str) -> tuple[Path | str,
     return tracking.registered_model_dir(settings.tracking_uri, version.uri, work), version.uri
 
 
+def graph_associations(settings: Settings, split: Split, method: str, device) -> pl.DataFrame | None:
+    """``gnn``: nearest products by the champion GNN's embeddings over the training window's
+    graph; ``hybrid``: the nightly hybrid ranking (hybrid.py) with the champions' weights."""
+    from datetime import datetime, time
+
+    from prodassoc_core import champions, embeddings, hybrid
+    from prodassoc_core.methods import DecayedConfig
+
+    found = champions.resolve(settings, settings.data_dir / "evaluation" / "models", not_after=split.as_of)
+    if isinstance(found, str) or (method == "gnn" and found.gnn_dir is None):
+        log.warning("evaluation: %s skipped: %s", method, found if isinstance(found, str) else "no champion GNN")
+        return None
+    train = pl.read_parquet(split.train_path)
+    model = champions.hybrid_model(settings, found, split.catalog, train, device)
+    top_k = settings.associations.top_k
+    if method == "gnn":
+        return embeddings.top_k_similar(split.catalog["product_id"].to_list(), model.gnn, top_k, method="gnn")
+    a = settings.associations
+    decayed = DecayedConfig(a.half_life_days, a.size_exponent, a.popularity_exponent, a.min_pair_count)
+    return hybrid.hybrid_associations(
+        split.catalog, train, datetime.combine(split.as_of, time()), model, top_k=top_k,
+        candidates_k=settings.hybrid.candidates_k, decayed=decayed,
+    ).select("product_id", "associated_product_id", "rank", "score", "method")
+
+
 def model_associations(settings: Settings, split: Split, method: str) -> pl.DataFrame | None:
     """A language-model method's ranking: cosine of the encoder's embeddings (pretrained, mlm,
     student; every catalog product), or the teacher reordering the student's top
@@ -162,6 +187,8 @@ def model_associations(settings: Settings, split: Split, method: str) -> pl.Data
 
     cfg, top_k = settings.training, settings.associations.top_k
     device = device_of(cfg)
+    if method in ("gnn", "hybrid"):
+        return graph_associations(settings, split, method, device)
     found = model_dir(settings, split, "student" if method == "teacher" else method)
     if isinstance(found, str):
         log.warning("evaluation: %s skipped: %s", method, found)

@@ -17,7 +17,7 @@ stages its ``product_embeddings`` of the catalog and ``publish`` publishes them 
 tables; without a champion nothing is embedded and the run is the classic one.
 
 Fault points (``warehouse.fault_point``, for tests and drills): ``run.locked`` (run lock
-taken), ``ingest``, ``baskets``, ``mine``, ``associate``, ``embed``, ``publish`` (each stage's start).
+taken), ``ingest``, ``baskets``, ``mine``, ``associate``, ``bundle``, ``embed``, ``publish`` (each stage's start).
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ import pyarrow.parquet as pq
 
 from prodassoc_core import baskets, ingest, locks, methods, mining, storage, tracking, warehouse
 from prodassoc_core.contracts import (
-    ALL_TABLES, ASSOCIATION_RULES, PRODUCT_ASSOCIATIONS, PRODUCT_EMBEDDINGS, PRODUCT_ID, PUBLISHED_TABLES, TRANSACTIONS,
+    ALL_TABLES, ASSOCIATION_RULES, BUNDLES, PRODUCT_ASSOCIATIONS, PRODUCT_EMBEDDINGS, PRODUCT_ID, PUBLISHED_TABLES, TRANSACTIONS,
 )
 from prodassoc_core.settings import BasketConfig, Settings
 
@@ -115,13 +115,60 @@ def mine(settings: Settings, baskets_path: Path, as_of: date) -> Path:
 
 
 def associate(settings: Settings, baskets_path: Path, as_of: date) -> Path:
-    """Top-K associated products per product, ranked by the configured method."""
+    """Top-K associated products per product.
+
+    With a champion student in the registry (and ``hybrid.enabled``): the hybrid ranking of
+    every catalog product, sold or not (prodassoc_core/hybrid.py, champions.py), with its
+    component scores and explanations. Otherwise: ranked by ``associations.method``.
+    """
     warehouse.fault_point("associate")
     train = pl.read_parquet(baskets_path)
     as_of_start = datetime.combine(as_of, time())
-    ranking = methods.config_associations(train, as_of_start, settings.associations)
-    table = methods.publishable(ranking, train[baskets.ITEMS].to_list())
+    table = _hybrid_table(settings, train, as_of, baskets_path) if settings.hybrid.enabled else None
+    if table is None:
+        ranking = methods.config_associations(train, as_of_start, settings.associations)
+        table = methods.publishable(ranking, train[baskets.ITEMS].to_list())
     return _stage(table, PRODUCT_ASSOCIATIONS.name, baskets_path)
+
+
+def _hybrid_table(settings: Settings, train: pl.DataFrame, as_of: date, baskets_path: Path) -> pa.Table | None:
+    cfg = settings.training
+    # looked up before anything else so that a run without a champion never loads torch
+    if tracking.aliased_version(settings.tracking_uri, cfg.student.registered_model, cfg.champion_alias) is None:
+        return None
+    from prodassoc_core import champions, hybrid, retrain
+
+    catalog = ingest.read_staged_catalog(settings.staging_dir).sort(PRODUCT_ID)
+    with tempfile.TemporaryDirectory(prefix=".champions-", dir=baskets_path.parent) as work:
+        found = champions.resolve(settings, Path(work))
+        if isinstance(found, str):
+            return None
+        model = champions.hybrid_model(settings, found, catalog, train, retrain.device_of(cfg))
+    a = settings.associations
+    decayed = methods.DecayedConfig(a.half_life_days, a.size_exponent, a.popularity_exponent, a.min_pair_count)
+    ranked = hybrid.hybrid_associations(catalog, train, datetime.combine(as_of, time()), model, top_k=a.top_k,
+                                        candidates_k=settings.hybrid.candidates_k, decayed=decayed)
+    log.info("associate: hybrid of %s (weights warm %s, cold %s)", found.uris, found.warm, found.cold)
+    return hybrid.publishable_hybrid(ranked, train, catalog)
+
+
+def bundle(settings: Settings, baskets_path: Path, associations_path: Path) -> Path:
+    """Promotion bundles: frequent item sets of the window whose products are all associated
+    with each other in the staged ``product_associations`` (hybrid.bundles)."""
+    from prodassoc_core import hybrid
+
+    warehouse.fault_point("bundle")
+    h = settings.hybrid
+    items = read_baskets(baskets_path)
+    associated = pl.read_parquet(associations_path, columns=[PRODUCT_ID, "associated_product_id"])
+    found = hybrid.bundles(items, associated, min_support=h.bundle_min_support, min_size=h.bundle_min_size,
+                           max_size=h.bundle_max_size, top_n=h.bundle_top_n)
+    catalog = ingest.read_staged_catalog(settings.staging_dir)
+    titles = dict(zip(catalog[PRODUCT_ID].to_list(), catalog["title"].to_list()))
+    found = found.with_columns(
+        titles=pl.col("products").map_elements(lambda ps: [titles.get(p, p) for p in ps], return_dtype=pl.List(pl.String))
+    )
+    return _stage(BUNDLES.conform(found.to_arrow()), BUNDLES.name, baskets_path)
 
 
 def embed(settings: Settings, as_of: date) -> Path | None:
@@ -229,6 +276,7 @@ def run_nightly(settings: Settings, as_of: date) -> NightlyResult:
             ASSOCIATION_RULES.name: mine(settings, baskets_path, as_of),
             PRODUCT_ASSOCIATIONS.name: associate(settings, baskets_path, as_of),
         }
+        staged[BUNDLES.name] = bundle(settings, baskets_path, staged[PRODUCT_ASSOCIATIONS.name])
         embeddings = embed(settings, as_of)
         if embeddings is not None:
             staged[PRODUCT_EMBEDDINGS.name] = embeddings

@@ -33,7 +33,7 @@ from prodassoc_core.training import Device, StageResult, choose_device
 logger = logging.getLogger("prodassoc.retrain")
 
 GATE_TAG = "prodassoc.gate"
-AS_OF_TAG = "prodassoc.as_of"
+from prodassoc_core.champions import AS_OF_TAG  # noqa: E402  (re-exported: the registry tag of the training as_of)
 
 
 @dataclass
@@ -141,6 +141,24 @@ def _log_stage(settings: Settings, result: StageResult, registered: str, as_of: 
     )
 
 
+def _log_gnn(settings: Settings, result: chain.ChainResult, as_of: date, tags: dict[str, str]):
+    g = result.gnn
+    metrics = {f"before_{k}": v for k, v in g.before.items()} | {f"after_{k}": v for k, v in g.after.items()}
+    metrics |= {"epochs": g.epochs, "best_epoch": g.best_epoch, "edges_per_s": g.edges_per_s,
+                "train_seconds": g.train_seconds}
+    metrics |= {f"hybrid_{seg}_{c}": w for seg, ws in result.weights.items() for c, w in ws.items()}
+    params = {"stage": "gnn", "as_of": as_of.isoformat(), "gnn": settings.training.gnn.model_dump(mode="json"),
+              "graph": settings.training.graph.model_dump(mode="json")}
+    results_file = g.model_dir.parent / "gnn_results.json"
+    return tracking.log_model_run(
+        settings.tracking_uri, settings.training.experiment, settings.data_dir / "mlartifacts",
+        run_name=f"gnn as_of={as_of.isoformat()}", params=params, metrics=metrics, model_dir=g.model_dir,
+        registered_model=settings.training.gnn_registered_model, series={"train_loss": g.losses},
+        tags={"stage": "gnn", "stop_reason": g.stop_reason, **tags},
+        files=[results_file] if results_file.is_file() else None,
+    )
+
+
 def register(settings: Settings, result: chain.ChainResult, as_of: date) -> dict[str, tracking.RegisteredRun]:
     """One MLflow run per stage, each registered (prodassoc-mlm, -teacher, -student)."""
     cfg = settings.training
@@ -151,6 +169,8 @@ def register(settings: Settings, result: chain.ChainResult, as_of: date) -> dict
         "teacher": _log_stage(settings, result.teacher, cfg.teacher.registered_model, as_of, tags),
         "student": _log_stage(settings, result.student, cfg.student.registered_model, as_of, tags),
     }
+    if result.gnn is not None:
+        out["gnn"] = _log_gnn(settings, result, as_of, tags)
     for stage in ("mlm",):
         tracking.tag_version(settings.tracking_uri, out[stage].model_name, out[stage].model_version, tags)
     lineage = {f"prodassoc.{s}_version": r.model_version for s, r in out.items()}
@@ -168,7 +188,8 @@ def train_models(settings: Settings, as_of: date, *, progress: bool = False) -> 
     catalog, train = training_data(settings, as_of)
     start = datetime.combine(as_of, time())
     out_dir = models_dir(settings, as_of)
-    result = chain.train_chain(catalog, train, start, cfg, device=device, out_dir=out_dir, progress=progress)
+    result = chain.train_chain(catalog, train, start, cfg, device=device, out_dir=out_dir, progress=progress,
+                               hybrid_cfg=settings.hybrid)
     registered = register(settings, result, as_of)
     popular = [result.task.space.product_ids[i] for i in result.task.space.popular]
     decision = gate(settings, registered["student"], result.student.model_dir, catalog, result.task, popular, device,

@@ -257,6 +257,46 @@ class StudentConfig(BaseModel):
     registered_model: str = "prodassoc-student"
 
 
+class GraphConfig(BaseModel):
+    """How the product graph is built (prodassoc_core/graph.py)."""
+
+    min_copurchase: int = Field(2, ge=1, description="co-purchase edge: fit baskets holding both products")
+    lift_cap: float = Field(10.0, gt=1, description="lift above this no longer adds weight")
+    copurchase_k: int | None = Field(50, ge=1, description="heaviest co-purchase edges kept per product; None: all")
+    text_k: int = Field(10, ge=0, description="text k-NN edges per product (0: none)")
+    min_text_similarity: float = Field(0.5, ge=-1, le=1, description="text edge: cosine of the vectors")
+    block_size: int = Field(1024, ge=1, description="queries per block of the text k-NN")
+
+
+class GnnConfig(BaseModel):
+    """The link-prediction GNN (prodassoc_core/gnn.py)."""
+
+    seed: int | None = Field(None, description="required to train")
+    hidden_dim: int = Field(128, ge=1)
+    out_dim: int = Field(128, ge=1)
+    dropout: float = Field(0.1, ge=0, lt=1)
+    learned_dim: int = Field(64, ge=1, description="node embedding size when the graph has no features")
+    learning_rate: float = Field(3e-3, gt=0)
+    weight_decay: float = Field(1e-4, ge=0)
+    grad_clip: float | None = Field(1.0, gt=0)
+    init_scale: float = Field(10.0, gt=0, description="initial scale of the cosine logits")
+    max_epochs: int = Field(60, ge=1)
+    steps_per_epoch: int = Field(8, ge=1)
+    batch_size: int = Field(2048, ge=1, description="supervision pairs per optimizer step")
+    positive_power: float = Field(1.0, ge=0, description="positives are drawn in proportion to count ** power")
+    loss: Literal["softmax", "bce"] = "softmax"
+    hide_targets: bool = Field(True, description="hide a step's supervision pairs from its message passing")
+    cold_share: float = Field(0.15, ge=0, lt=1, description="products whose co-purchase edges a step hides")
+    random_negatives: int = Field(2, ge=0, description="uniform (noise) negatives per anchor")
+    hard_negatives: int = Field(1, ge=0, description="never-co-bought text-neighbour negatives per anchor")
+    eval_every: int = Field(2, ge=1, description="epochs between validations")
+    patience: int = Field(4, ge=1, description="validations without gain before stopping")
+    min_delta: float = Field(1e-4, ge=0)
+    eval_k: int = Field(10, ge=1)
+    checkpoint_every: int = Field(5, ge=1, description="epochs between checkpoints")
+    max_minutes: float | None = Field(None, gt=0, description="time budget of one call (stops with a checkpoint)")
+
+
 class TrainingConfig(BaseModel):
     """The language-model chain (prodassoc_core/chain.py): MLM -> teacher -> student.
 
@@ -272,6 +312,9 @@ class TrainingConfig(BaseModel):
     pairs: PairConfig = PairConfig()
     teacher: TeacherConfig = TeacherConfig()
     student: StudentConfig = StudentConfig()
+    graph: GraphConfig = GraphConfig()
+    gnn: GnnConfig = GnnConfig()
+    gnn_registered_model: str = "prodassoc-gnn"
     device: Literal["auto", "cpu", "cuda"] = "auto"
     experiment: str = "prodassoc-training"
     schedule: str = Field("0 3 * * 0", description="cron of the train deployment (Sundays 03:00)")

@@ -16,7 +16,7 @@ from prodassoc_core.settings import MlmConfig, TrainingConfig
 if TYPE_CHECKING:  # retrain imports torch; formatting a report does not need it
     from prodassoc_core.retrain import TrainReport
 
-STAGES = ("mlm", "teacher", "student")
+STAGES = ("mlm", "teacher", "student", "gnn")
 
 
 def artifact_key(as_of: date) -> str:
@@ -31,6 +31,7 @@ def registered_names(cfg: TrainingConfig) -> dict[str, str]:
         "mlm": MlmConfig.model_fields["registered_model"].default,
         "teacher": cfg.teacher.registered_model,
         "student": cfg.student.registered_model,
+        "gnn": cfg.gnn_registered_model,
     }
 
 
@@ -39,7 +40,7 @@ def verdict(report: TrainReport, cfg: TrainingConfig) -> str:
     names, d, alias = registered_names(cfg), report.decision, cfg.champion_alias
     student = f"{names['student']} v{report.versions['student']}"
     if d.promoted:
-        others = ", ".join(f"{names[s]} v{report.versions[s]}" for s in STAGES if s != "student")
+        others = ", ".join(f"{names[s]} v{report.versions[s]}" for s in STAGES if s != "student" and s in report.versions)
         return f"new champion: {student} is now @{alias} (with {others}); {d.message}"
     return f"kept as a candidate: {student} is registered, @{alias} stays on v{d.champion_version}; {d.message}"
 
@@ -102,7 +103,8 @@ def training_markdown(
         "|---|---|---:|---|",
     ]
     versions = report.versions
-    lines += [f"| {s} | {names[s]} | {versions[s]} | `models:/{names[s]}/{versions[s]}` |" for s in STAGES]
+    lines += [f"| {s} | {names[s]} | {versions[s]} | `models:/{names[s]}/{versions[s]}` |" for s in STAGES
+              if s in versions]
     champion = "none (first champion)" if d.champion_score is None else f"v{d.champion_version}: {d.champion_score:.4f}"
     lines += [
         "",
@@ -120,9 +122,16 @@ def training_markdown(
         "|---|---:|---:|---:|---:|---|---|---|",
     ]
     seconds = report.seconds
-    for stage in ("mlm", "pairs", "teacher", "student"):
+    for stage in ("mlm", "pairs", "teacher", "student", "gnn"):
         wall = f"{seconds[stage]:.2f}" if stage in seconds else "–"
         s = chain.get(stage)
+        if stage == "gnn" and isinstance(s, Mapping):  # GnnResult: epochs, scored pairs per second
+            before, after = _metrics(s.get("before", {})), _metrics(s.get("after", {}))
+            lines.append(
+                f"| gnn | {wall} | {s['train_seconds']:.2f} | {s['edges_per_s']:,.0f} pairs/s | "
+                f"{s['epochs']} epochs (best {s['best_epoch']}) | {s['stop_reason']} | {before} | {after} |"
+            )
+            continue
         if not isinstance(s, Mapping) or "steps" not in s:  # pairs: building the task, no training
             lines.append(f"| {stage} | {wall} | – | – | – | – | – | – |")
             continue
@@ -134,6 +143,10 @@ def training_markdown(
         )
     if total_seconds is not None:
         lines += ["", f"Whole run (data, chain, registration, gate): {total_seconds:.2f} wall seconds."]
+    if isinstance(chain.get("hybrid_weights"), Mapping) and chain["hybrid_weights"]:
+        w = chain["hybrid_weights"]
+        lines += ["", "Hybrid weights (tuned on the held-out tail): warm " + _metrics(w["warm"]) + "; cold "
+                  + _metrics(w["cold"]) + "."]
     if isinstance(chain.get("task"), Mapping):
         lines += ["", "Pair task: " + _metrics(chain["task"]) + "."]
     return "\n".join(lines) + "\n"

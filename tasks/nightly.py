@@ -38,6 +38,11 @@ def product_associations(settings: Settings, baskets_path: Path, as_of: date) ->
     return pipeline.associate(settings, baskets_path, as_of)
 
 
+@task(name="bundles", cache_policy=NO_CACHE)
+def bundles(settings: Settings, baskets_path: Path, associations_path: Path) -> Path:
+    return pipeline.bundle(settings, baskets_path, associations_path)
+
+
 @task(name="embed", cache_policy=NO_CACHE)
 def embed(settings: Settings, as_of: date) -> Path | None:
     return pipeline.embed(settings, as_of)

@@ -15,6 +15,7 @@ from conftest import SAMPLE
 from prodassoc_core import (
     baskets,
     chain,
+    champions,
     embeddings,
     importers,
     mlm,
@@ -132,8 +133,13 @@ def test_top_k_similar_matches_brute_force_blockwise_with_id_ties():
 def test_chain_trains_every_stage_and_embeds_every_product(trained, data):
     result, out = trained
     catalog, _ = data
-    for stage in chain.STAGES:
+    for stage in ("mlm", "teacher", "student"):
         assert (result.model_dir(stage) / "config.json").is_file()
+    # the GNN over the fit graph, with the hybrid weights tuned on the held-out tail beside it
+    assert (result.gnn.model_dir / "gnn.pt").is_file()
+    warm, cold = champions.read_weights(result.gnn.model_dir)
+    assert sum(warm.as_dict().values()) == pytest.approx(1) and cold.cooc == 0
+    assert result.weights == {"warm": warm.as_dict(), "cold": cold.as_dict()}
     assert result.teacher.steps == 30 and result.student.steps == 30
     assert set(result.teacher.after) == {"val_auc", "val_loss", "val_pairs"}
     assert 0 <= result.student.after["val_ndcg"] <= 1

@@ -13,6 +13,7 @@ from datetime import date
 
 import duckdb
 import numpy as np
+import polars as pl
 import pyarrow.parquet as pq
 import pytest
 
@@ -24,7 +25,9 @@ from prodassoc_core.settings import Settings
 
 AS_OF = date(2011, 11, 8)  # the sample's last landed day is 2011-11-07
 SEED = 7
-STAGE_MODELS = {"mlm": "prodassoc-mlm", "teacher": "prodassoc-teacher", "student": "prodassoc-student"}
+STAGE_MODELS = {
+    "mlm": "prodassoc-mlm", "teacher": "prodassoc-teacher", "student": "prodassoc-student", "gnn": "prodassoc-gnn",
+}
 
 
 def _artifacts(key: str, flow_run_id) -> list:
@@ -61,17 +64,17 @@ def nightly_with_champion(trained):
     return nightly(as_of=AS_OF, settings=settings)
 
 
-def test_train_registers_three_versions_and_promotes_the_first_student(trained):
+def test_train_registers_every_stage_and_promotes_the_first_student(trained):
     settings, _, out = trained
     assert out["as_of"] == AS_OF.isoformat()
-    assert out["versions"] == {"mlm": "1", "teacher": "1", "student": "1"}
+    assert out["versions"] == {"mlm": "1", "teacher": "1", "student": "1", "gnn": "1"}
     assert out["promoted"] and out["champion_score"] is None and 0 <= out["candidate_score"] <= 1
     assert out["verdict"].startswith("new champion: prodassoc-student v1 is now @champion")
     for stage, name in STAGE_MODELS.items():
         champion = _champion(settings, name)
         assert champion is not None and champion.version == "1", f"{name}@champion"
         assert out["model_uris"][stage] == f"models:/{name}/1"
-    assert set(out["seconds"]) >= {"mlm", "teacher", "student"}
+    assert set(out["seconds"]) >= {"mlm", "teacher", "student", "gnn"}
     assert json.loads(json.dumps(out))  # plain values only: the flow's result is readable anywhere
 
 
@@ -90,6 +93,8 @@ def test_train_writes_the_markdown_artifact(trained):
         assert f"{s['examples_per_s']:,.1f}" in row and f"{s['steps']:,}/{s['total_steps']:,}" in row
         assert s["stop_reason"] in row
     assert "val_ndcg" in text and "ppl" in text  # validation before / after
+    gnn_row = [line for line in text.splitlines() if line.startswith("| gnn |")][-1]
+    assert f"{out['chain']['gnn']['epochs']} epochs" in gnn_row and "Hybrid weights" in text
 
 
 def test_cli_train_prints_versions_and_the_gate(trained, capsys, monkeypatch):
@@ -120,7 +125,7 @@ def test_cli_train_refuses_bad_options_and_a_missing_seed(tmp_path, capsys, pref
 def test_nightly_publishes_the_champions_embeddings(trained, nightly_with_champion):
     settings, _, _ = trained
     published = {p["table"]: p for p in nightly_with_champion["published"]}
-    assert set(published) == set(PUBLISHED_TABLES) | {PRODUCT_EMBEDDINGS.name}
+    assert set(published) == set(PUBLISHED_TABLES) | {PRODUCT_EMBEDDINGS.name, "bundles"}
     champion = _champion(settings)
     table = pq.read_table(published[PRODUCT_EMBEDDINGS.name]["path"])
     assert table.schema == PRODUCT_EMBEDDINGS.schema
@@ -136,6 +141,25 @@ def test_nightly_publishes_the_champions_embeddings(trained, nightly_with_champi
             "SELECT count(*), min(dim), max(run_date) FROM latest_product_embeddings e JOIN catalog c USING (product_id)"
         ).fetchone()
     assert (rows, dims, str(run_date)) == (catalog.height, vectors.shape[1], AS_OF.isoformat())
+
+
+def test_nightly_publishes_the_hybrid_for_every_product_with_explanations(trained, nightly_with_champion):
+    settings, _, _ = trained
+    published = {p["table"]: p for p in nightly_with_champion["published"]}
+    table = pl.read_parquet(published["product_associations"]["path"])
+    catalog = ingest.read_staged_catalog(settings.staging_dir)
+    assert table["method"].unique().to_list() == ["hybrid"]
+    assert set(table[PRODUCT_ID]) == set(catalog[PRODUCT_ID])  # every catalog product, sold or not
+    assert table["explanation"].null_count() == 0
+    for column in ("cooc_score", "text_score", "gnn_score"):
+        assert table[column].null_count() == 0
+    assert table["gnn_score"].std() > 0  # the champion GNN scored the candidates
+    cold = table.filter(pl.col("is_cold_start"))
+    assert cold["n_antecedent"].eq(0).all() and cold["lift"].is_null().all()
+    bundles = pl.read_parquet(published["bundles"]["path"])
+    assert bundles.height > 0 and (bundles["products"].list.len() == bundles["titles"].list.len()).all()
+    with duckdb.connect(str(settings.duckdb_path), read_only=True) as con:
+        assert con.execute("SELECT count(*) FROM latest_bundles").fetchone()[0] == bundles.height
 
 
 def test_nightly_records_the_champion_as_a_model_used(trained, nightly_with_champion):
@@ -155,7 +179,7 @@ def test_run_nightly_without_prefect_publishes_the_same_embeddings(trained, nigh
     path = settings.warehouse_dir / PRODUCT_EMBEDDINGS.name / f"run_date={AS_OF.isoformat()}" / "data.parquet"
     before = path.read_bytes()
     result = pipeline.run_nightly(settings, AS_OF)
-    assert {p.table for p in result.published} == set(PUBLISHED_TABLES) | {PRODUCT_EMBEDDINGS.name}
+    assert {p.table for p in result.published} == set(PUBLISHED_TABLES) | {PRODUCT_EMBEDDINGS.name, "bundles"}
     assert path.read_bytes() == before  # a rerun replaces the partition with identical bytes
     assert not list(pipeline.run_dir(settings, AS_OF).glob(".champion-*"))  # the downloaded model is removed
 
@@ -166,8 +190,11 @@ def test_nightly_without_a_champion_publishes_no_embeddings(tmp_path, prefect_ha
     settings = Settings(data_dir=tmp_path)
     importers.import_source(kind="online-retail", inputs=[SAMPLE], landing_dir=settings.landing_dir)
     out = nightly(as_of=date(2011, 10, 8), settings=settings)  # a week of data: quick
-    assert {p["table"] for p in out["published"]} == set(PUBLISHED_TABLES)
+    assert {p["table"] for p in out["published"]} == set(PUBLISHED_TABLES) | {"bundles"}
     assert not (settings.warehouse_dir / PRODUCT_EMBEDDINGS.name).exists()
+    # without models the classic method is published (no cold-start rows, no explanations)
+    table = pl.read_parquet(settings.warehouse_dir / "product_associations" / "run_date=2011-10-08" / "data.parquet")
+    assert table["method"].unique().to_list() == ["decayed_damped"] and table["explanation"].null_count() == table.height
     assert pipeline.is_published(settings, date(2011, 10, 8))
     with duckdb.connect(str(settings.duckdb_path), read_only=True) as con:
         views = {r[0] for r in con.execute("SELECT view_name FROM duckdb_views() WHERE NOT internal").fetchall()}

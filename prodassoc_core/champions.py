@@ -1,0 +1,98 @@
+"""Scoring with the registered champions: the student's text embeddings, the GNN's node
+embeddings over today's graph, and the hybrid weights tuned when they were trained.
+
+    registry --resolve--> ChampionSet (downloaded model directories, URIs, hybrid weights)
+    ChampionSet + catalog + window baskets --hybrid_model--> HybridModel (hybrid.py)
+
+The GNN is inductive (GraphSAGE over node features): its embeddings are recomputed on the
+graph of the window being scored, so products added since training get them too. Used by
+the nightly run (pipeline.associate) and the evaluation harness (harness.model_associations).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from datetime import date
+from pathlib import Path
+
+import polars as pl
+
+from prodassoc_core import hybrid, tracking
+from prodassoc_core.contracts import PRODUCT_ID
+from prodassoc_core.settings import Settings
+from prodassoc_core.training import Device
+
+logger = logging.getLogger("prodassoc.champions")
+
+AS_OF_TAG = "prodassoc.as_of"
+WEIGHTS_FILE = "hybrid_weights.json"
+
+
+@dataclass(frozen=True)
+class ChampionSet:
+    student_dir: Path
+    student_uri: str
+    gnn_dir: Path | None
+    gnn_uri: str | None
+    warm: hybrid.Weights
+    cold: hybrid.Weights
+
+    @property
+    def uris(self) -> dict[str, str]:
+        return {k: v for k, v in (("student", self.student_uri), ("gnn", self.gnn_uri)) if v}
+
+
+def write_weights(model_dir: Path, warm: hybrid.Weights, cold: hybrid.Weights) -> Path:
+    path = model_dir / WEIGHTS_FILE
+    path.write_text(json.dumps({"warm": warm.as_dict(), "cold": cold.as_dict()}, indent=2, sort_keys=True))
+    return path
+
+
+def read_weights(model_dir: Path) -> tuple[hybrid.Weights, hybrid.Weights] | None:
+    path = model_dir / WEIGHTS_FILE
+    if not path.is_file():
+        return None
+    data = json.loads(path.read_text())
+    return hybrid.Weights(**data["warm"]), hybrid.Weights(**data["cold"])
+
+
+def resolve(settings: Settings, work_dir: Path, not_after: date | None = None) -> ChampionSet | str:
+    """The champion student (and GNN, with its hybrid weights), downloaded under ``work_dir``;
+    or the reason there is none usable. ``not_after``: refuse models trained on data up to a
+    later date (the harness: a model that has seen the test window is never scored)."""
+    cfg = settings.training
+    found = {}
+    for stage, name in (("student", cfg.student.registered_model), ("gnn", cfg.gnn_registered_model)):
+        version = tracking.aliased_version(settings.tracking_uri, name, cfg.champion_alias)
+        if version is None:
+            if stage == "student":
+                return f"no {name}@{cfg.champion_alias} registered (run `prodassoc train`)"
+            continue
+        trained = version.tags.get(AS_OF_TAG)
+        if not_after is not None and (trained is None or date.fromisoformat(trained) > not_after):
+            return f"{version.uri} was trained with data up to {trained}, after {not_after}: it has seen the test window"
+        found[stage] = (tracking.registered_model_dir(settings.tracking_uri, version.uri,
+                                                      work_dir / f"{name}-v{version.version}"), version.uri)
+    student_dir, student_uri = found["student"]
+    gnn_dir, gnn_uri = found.get("gnn", (None, None))
+    weights = read_weights(gnn_dir) if gnn_dir is not None else None
+    warm, cold = weights or (hybrid.Weights(1.0, 0.0, 0.0), hybrid.Weights(0.0, 1.0, 0.0))
+    return ChampionSet(student_dir, student_uri, gnn_dir, gnn_uri, warm, cold)
+
+
+def hybrid_model(settings: Settings, champions: ChampionSet, catalog: pl.DataFrame, train: pl.DataFrame,
+                 device: Device) -> hybrid.HybridModel:
+    """Student embeddings of the catalog and, with a GNN, its embeddings over the graph of
+    the window's baskets ``train`` (all before the scored as_of)."""
+    from prodassoc_core import chain, gnn, graph
+
+    cfg = settings.training
+    text = chain.catalog_vectors(champions.student_dir, catalog, device=device, max_length=cfg.student.max_length)
+    gnn_vectors = None
+    if champions.gnn_dir is not None:
+        model, _ = gnn.load_gnn(champions.gnn_dir)
+        g = graph.build_graph(catalog[PRODUCT_ID].to_list(), train["items"].to_list(), text, cfg.graph)
+        gnn_vectors = gnn.node_embeddings(model, g, device)
+    return hybrid.HybridModel(text=text, gnn=gnn_vectors, warm=champions.warm, cold=champions.cold)
