@@ -27,12 +27,24 @@ def _client(tracking_uri: str):
     return MlflowClient(tracking_uri=tracking_uri)
 
 
+def serves_artifacts(tracking_uri: str) -> bool:
+    """Whether the tracking URI is a server (http/https), which stores artifacts itself (``mlflow
+    server --serve-artifacts --artifacts-destination s3://…``): clients upload through it."""
+    return tracking_uri.split(":", 1)[0].lower() in ("http", "https")
+
+
 def experiment_id(tracking_uri: str, name: str, artifact_root: Path) -> str:
-    """The id of experiment ``name``, created with its artifacts under ``artifact_root``."""
+    """The id of experiment ``name``, created if needed.
+
+    With a local backend (sqlite, file) its artifacts go under ``artifact_root``; with a tracking
+    server the server's artifact destination is used (an explicit client path there would write
+    artifacts to whichever machine ran the client, out of reach of the others)."""
     client = _client(tracking_uri)
     found = client.get_experiment_by_name(name)
     if found is not None:
         return found.experiment_id
+    if serves_artifacts(tracking_uri):
+        return client.create_experiment(name)
     artifact_root.mkdir(parents=True, exist_ok=True)
     return client.create_experiment(name, artifact_location=artifact_root.resolve().as_uri())
 

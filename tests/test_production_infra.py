@@ -190,3 +190,13 @@ def test_deploy_without_prefect_api_url_is_an_error(tmp_path):
     assert out.returncode == 2
     assert "PREFECT_API_URL is not set" in out.stderr
     assert not Path(tmp_path / "prefect.db").exists()  # no ephemeral server was started instead
+
+
+def test_every_third_party_image_is_pinned():
+    """No `latest` and no untagged third-party image in the compose file (ours are built here)."""
+    import re
+
+    text = (REPO / "infra" / "docker-compose.yml").read_text()
+    images = re.findall(r"image:\s*\$\{[A-Z_]+:-([^}]+)\}|image:\s*([^\s$]+)", text)
+    third_party = [a or b for a, b in images if not (a or b).startswith("prodassoc:")]
+    assert third_party and all(":" in i and not i.endswith(":latest") for i in third_party), third_party
