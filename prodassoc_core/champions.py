@@ -58,23 +58,35 @@ def read_weights(model_dir: Path) -> tuple[hybrid.Weights, hybrid.Weights] | Non
     return hybrid.Weights(**data["warm"]), hybrid.Weights(**data["cold"])
 
 
+def champion_dir(settings: Settings, name: str, work_dir: Path, not_after: date | None = None
+                 ) -> tuple[Path, str] | str | None:
+    """``(directory, model URI)`` of ``name``'s champion, downloaded under ``work_dir``; None
+    without one; the reason as a string when it was trained on data after ``not_after`` (its
+    ``prodassoc.as_of`` tag): the harness never scores a model that has seen the test window."""
+    cfg = settings.training
+    version = tracking.aliased_version(settings.tracking_uri, name, cfg.champion_alias)
+    if version is None:
+        return None
+    trained = version.tags.get(AS_OF_TAG)
+    if not_after is not None and (trained is None or date.fromisoformat(trained) > not_after):
+        return f"{version.uri} was trained with data up to {trained}, after {not_after}: it has seen the test window"
+    target = work_dir / f"{name}-v{version.version}"
+    return tracking.registered_model_dir(settings.tracking_uri, version.uri, target), version.uri
+
+
 def resolve(settings: Settings, work_dir: Path, not_after: date | None = None) -> ChampionSet | str:
     """The champion student (and GNN, with its hybrid weights), downloaded under ``work_dir``;
-    or the reason there is none usable. ``not_after``: refuse models trained on data up to a
-    later date (the harness: a model that has seen the test window is never scored)."""
+    or the reason there is none usable (see ``champion_dir``)."""
     cfg = settings.training
     found = {}
     for stage, name in (("student", cfg.student.registered_model), ("gnn", cfg.gnn_registered_model)):
-        version = tracking.aliased_version(settings.tracking_uri, name, cfg.champion_alias)
-        if version is None:
-            if stage == "student":
-                return f"no {name}@{cfg.champion_alias} registered (run `prodassoc train`)"
-            continue
-        trained = version.tags.get(AS_OF_TAG)
-        if not_after is not None and (trained is None or date.fromisoformat(trained) > not_after):
-            return f"{version.uri} was trained with data up to {trained}, after {not_after}: it has seen the test window"
-        found[stage] = (tracking.registered_model_dir(settings.tracking_uri, version.uri,
-                                                      work_dir / f"{name}-v{version.version}"), version.uri)
+        got = champion_dir(settings, name, work_dir, not_after)
+        if got is None and stage == "student":
+            return f"no {name}@{cfg.champion_alias} registered (run `prodassoc train`)"
+        if isinstance(got, str):
+            return got
+        if got is not None:
+            found[stage] = got
     student_dir, student_uri = found["student"]
     gnn_dir, gnn_uri = found.get("gnn", (None, None))
     weights = read_weights(gnn_dir) if gnn_dir is not None else None

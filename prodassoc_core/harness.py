@@ -133,8 +133,8 @@ def model_dir(settings: Settings, split: Split, stage: str) -> tuple[Path | str,
     ``mlm``, ``teacher``, ``student``: the ``@champion`` version of the registered model, which
     must have been trained on data before the split's as_of (its ``prodassoc.as_of`` tag);
     a model that has seen the test window is never scored."""
+    from prodassoc_core.champions import champion_dir
     from prodassoc_core.encoders import resolve_pretrained
-    from prodassoc_core.retrain import AS_OF_TAG
 
     cfg = settings.training
     if stage == "pretrained":
@@ -143,14 +143,10 @@ def model_dir(settings: Settings, split: Split, stage: str) -> tuple[Path | str,
         source = resolve_pretrained(cfg.encoder)
         return source, source
     name = {"mlm": "prodassoc-mlm", "teacher": cfg.teacher.registered_model, "student": cfg.student.registered_model}[stage]
-    version = tracking.aliased_version(settings.tracking_uri, name, cfg.champion_alias)
-    if version is None:
+    found = champion_dir(settings, name, settings.data_dir / "evaluation" / "models", not_after=split.as_of)
+    if found is None:
         return f"no {name}@{cfg.champion_alias} registered (run `prodassoc train`)"
-    trained = version.tags.get(AS_OF_TAG)
-    if trained is None or date.fromisoformat(trained) > split.as_of:
-        return f"{version.uri} was trained with data up to {trained}, after as_of {split.as_of}: it has seen the test window"
-    work = settings.data_dir / "evaluation" / "models" / f"{name}-v{version.version}"
-    return tracking.registered_model_dir(settings.tracking_uri, version.uri, work), version.uri
+    return found
 
 
 def graph_associations(settings: Settings, split: Split, method: str, device) -> pl.DataFrame | None:

@@ -26,6 +26,7 @@ import numpy as np
 import polars as pl
 
 from prodassoc_core import chain, embeddings, evaluation, ingest, mlm, pairs, pipeline, tracking
+from prodassoc_core.champions import AS_OF_TAG
 from prodassoc_core.contracts import PRODUCT_ID
 from prodassoc_core.settings import Settings, TrainingConfig
 from prodassoc_core.training import Device, StageResult, choose_device
@@ -33,7 +34,6 @@ from prodassoc_core.training import Device, StageResult, choose_device
 logger = logging.getLogger("prodassoc.retrain")
 
 GATE_TAG = "prodassoc.gate"
-from prodassoc_core.champions import AS_OF_TAG  # noqa: E402  (re-exported: the registry tag of the training as_of)
 
 
 @dataclass

@@ -1,0 +1,54 @@
+"""The harness's model methods on the shipped sample: champions trained (tiny chain) before
+as_of are scored beside the baselines; a model trained on later data is never scored."""
+
+from __future__ import annotations
+
+import math
+from datetime import date
+
+import pytest
+
+from conftest import SAMPLE
+from prodassoc_core import chain, harness, importers, retrain
+from prodassoc_core.settings import EvaluationConfig, Settings
+
+AS_OF = date(2011, 10, 25)
+MODEL_METHODS = ("mlm", "student", "teacher", "gnn", "hybrid")
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    settings = Settings(
+        data_dir=tmp_path_factory.mktemp("eval-models"),
+        training=chain.tiny_training_config(3),
+        evaluation=EvaluationConfig(methods=("count", *MODEL_METHODS), rerank_depth=10),
+    )
+    importers.import_source(kind="online-retail", inputs=[SAMPLE], landing_dir=settings.landing_dir)
+    report = retrain.train_models(settings, AS_OF)
+    assert report.decision.promoted
+    return settings
+
+
+def test_model_methods_are_scored_beside_the_baselines(trained):
+    settings = trained
+    split = harness.prepare(settings, AS_OF)
+    rows = {}
+    for method in settings.evaluation.methods:
+        published = harness.publish_method(settings, split, method)
+        assert published is not None, method
+        rows[method] = harness.score_method(settings, split, method, published)
+    n = {r["n_all"] for r in rows.values()}
+    assert len(n) == 1 and n.pop() > 50  # the same scored products for every method
+    for method, row in rows.items():
+        assert 0 <= row["ndcg_all"] <= 1 and 0 <= row["hr_all"] <= 1, method
+    assert math.isnan(rows["teacher"]["bc_hr"])  # the teacher reranks scored products only
+    assert 0 <= rows["hybrid"]["bc_hr"] <= 1
+
+
+def test_a_model_trained_after_as_of_is_never_scored(trained):
+    settings = trained
+    earlier = harness.prepare(settings, date(2011, 10, 20))
+    for method in MODEL_METHODS:
+        assert harness.publish_method(settings, earlier, method) is None, method
+    reason = harness.model_dir(settings, earlier, "student")
+    assert isinstance(reason, str) and "has seen the test window" in reason
