@@ -98,8 +98,11 @@ def publish_method(settings: Settings, split: Split, method: str) -> Path | None
         out = method_dir(settings, split.as_of, method) / warehouse.DATA_FILE
         warehouse.atomic_write_parquet(table.to_arrow(), out, settings.data_dir / "evaluation" / warehouse.TMP_DIR)
         return out
-    chosen = settings.model_copy(
-        update={"associations": settings.associations.model_copy(update={"method": method})}
+    chosen = settings.model_copy(  # the classic method itself, never the nightly's hybrid
+        update={
+            "associations": settings.associations.model_copy(update={"method": method}),
+            "hybrid": settings.hybrid.model_copy(update={"enabled": False}),
+        }
     )
     staged = pipeline.associate(chosen, split.train_path, split.as_of)
     out = method_dir(settings, split.as_of, method) / warehouse.DATA_FILE

@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 from datetime import date
 
+import polars as pl
 import pytest
 
 from conftest import SAMPLE
@@ -42,6 +43,9 @@ def test_model_methods_are_scored_beside_the_baselines(trained):
     for method, row in rows.items():
         assert 0 <= row["ndcg_all"] <= 1 and 0 <= row["hr_all"] <= 1, method
     assert math.isnan(rows["teacher"]["bc_hr"])  # the teacher reranks scored products only
+    # with champions registered, a classic method is still scored as itself, not as the hybrid
+    count = pl.read_parquet(harness.method_dir(settings, AS_OF, "count") / "data.parquet")
+    assert count["method"].unique().to_list() == ["count"]
     assert 0 <= rows["hybrid"]["bc_hr"] <= 1
 
 
