@@ -41,7 +41,7 @@ def test_counts_reconcile_and_match_the_manifest(demo):
 
 def test_published_tables_open_in_duckdb(demo):
     settings, first = demo
-    assert {p["table"] for p in first["published"]} == {"association_rules", "product_associations"}
+    assert {p["table"] for p in first["published"]} == {"association_rules", "bundles", "product_associations"}
     con = duckdb.connect(str(settings.duckdb_path), read_only=True)
     n_rules = con.execute("SELECT count(*) FROM latest_association_rules").fetchone()[0]
     assert n_rules > 0

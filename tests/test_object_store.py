@@ -21,7 +21,7 @@ import pytest
 
 from conftest import SAMPLE, free_port, log_tail, start_process, stop_process, wait_http
 from prodassoc_core import importers, pipeline, storage, warehouse
-from prodassoc_core.contracts import PRODUCT_ASSOCIATIONS, PUBLISHED_TABLES
+from prodassoc_core.contracts import ALL_TABLES, PRODUCT_ASSOCIATIONS, PUBLISHED_TABLES
 from prodassoc_core.settings import Settings
 
 AS_OF = date(2011, 11, 1)
@@ -212,7 +212,7 @@ def test_nightly_run_syncs_s3_landing_and_publishes_to_s3_and_locally(bucket, mo
     assert pipeline.is_published(settings, AS_OF)
     url = f"s3://{bucket}/warehouse"
     for written in result.published:
-        contract = PUBLISHED_TABLES[written.table]
+        contract = ALL_TABLES[written.table]
         remote = storage.read_partition(url, contract, AS_OF)
         assert remote.num_rows == written.rows > 0
         assert object_bytes(storage.partition_key(storage.parse_location(url), written.table, AS_OF)) == (

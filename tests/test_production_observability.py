@@ -53,7 +53,7 @@ def test_mlflow_run_has_the_counts_timings_and_model(observed):
     assert m["published_rows_association_rules"] == m["rules"] == published["association_rules"] > 0
     assert m["published_rows_product_associations"] == published["product_associations"] > 0
     assert m["baskets"] > 1000
-    stages = {"ingest", "baskets", "mine_rules", "product_associations", "embed", "publish", "total"}
+    stages = {"ingest", "baskets", "mine_rules", "product_associations", "bundles", "embed", "publish", "total"}
     assert {k.removeprefix("seconds_") for k in m if k.startswith("seconds_")} == stages
     assert all(m[f"seconds_{s}"] >= 0 for s in stages) and m["seconds_total"] >= m["seconds_ingest"]
     assert run.data.params["model"] == run.data.tags["model"] == "classic:decayed_damped"
@@ -75,7 +75,7 @@ def test_markdown_artifact_names_the_counts(observed):
     for p in out["published"]:
         assert f"| {p['table']} | {p['rows']:,} |" in text
     assert out["mlflow_run"] in text and run_summary.NIGHTLY_EXPERIMENT in text
-    for stage in ("ingest", "baskets", "mine_rules", "product_associations", "embed", "publish", "total"):
+    for stage in ("ingest", "baskets", "mine_rules", "product_associations", "bundles", "embed", "publish", "total"):
         assert f"| {stage} |" in text
 
 

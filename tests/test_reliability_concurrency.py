@@ -78,7 +78,7 @@ def test_two_runs_for_the_same_date(tmp_path):
     thread.join(timeout=120)
     assert third["result"].ingest.files_ingested == 0  # serialised: nothing left to ingest
     assert pipeline.is_published(settings, AS_OF) and pipeline.is_published(settings, date(2024, 1, 3))
-    assert len(published_bytes(settings)) == 4
+    assert len(published_bytes(settings)) == 6  # 2 dates x (rules, associations, bundles)
     assert_no_duplicates(settings)
 
 

@@ -170,7 +170,7 @@ def test_flow_resumes_after_failing_at_mining_and_backfill_skips(settings, prefe
     monkeypatch.delenv(warehouse.FAULT_ENV)
     resumed = nightly(as_of=as_of, settings=settings)
     assert resumed["ingest"]["files_ingested"] == 0 and resumed["ingest"]["files_skipped"] == 4
-    assert {p["table"] for p in resumed["published"]} == {"association_rules", "product_associations"}
+    assert {p["table"] for p in resumed["published"]} == {"association_rules", "bundles", "product_associations"}
     published = published_bytes(settings)
 
     summary = backfill(start=date(2024, 1, 3), end=as_of, settings=settings)
