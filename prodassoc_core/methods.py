@@ -196,17 +196,21 @@ def method_associations(
     return decayed_associations(train, as_of, replace(cfg, top_k=top_k))
 
 
-def config_associations(train: pl.DataFrame, as_of: datetime, cfg: AssociationConfig) -> pl.DataFrame:
-    """The ranking that ``cfg`` (the product's AssociationConfig) selects."""
-    decayed = DecayedConfig(
+def decayed_config(cfg: AssociationConfig) -> DecayedConfig:
+    """``decayed_damped``'s settings as the product's AssociationConfig sets them."""
+    return DecayedConfig(
         half_life_days=cfg.half_life_days,
         size_exponent=cfg.size_exponent,
         popularity_exponent=cfg.popularity_exponent,
         min_pair_count=cfg.min_pair_count,
         top_k=cfg.top_k,
     )
+
+
+def config_associations(train: pl.DataFrame, as_of: datetime, cfg: AssociationConfig) -> pl.DataFrame:
+    """The ranking that ``cfg`` (the product's AssociationConfig) selects."""
     return method_associations(
-        cfg.method, train, as_of, cfg.top_k, min_pair_count=cfg.min_pair_count, decayed=decayed
+        cfg.method, train, as_of, cfg.top_k, min_pair_count=cfg.min_pair_count, decayed=decayed_config(cfg)
     )
 
 

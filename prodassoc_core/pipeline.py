@@ -145,7 +145,7 @@ def _hybrid_table(settings: Settings, train: pl.DataFrame, as_of: date, baskets_
             return None
         model = champions.hybrid_model(settings, found, catalog, train, retrain.device_of(cfg))
     a = settings.associations
-    decayed = methods.DecayedConfig(a.half_life_days, a.size_exponent, a.popularity_exponent, a.min_pair_count)
+    decayed = methods.decayed_config(a)
     ranked = hybrid.hybrid_associations(catalog, train, datetime.combine(as_of, time()), model, top_k=a.top_k,
                                         candidates_k=settings.hybrid.candidates_k, decayed=decayed)
     log.info("associate: hybrid of %s (weights warm %s, cold %s)", found.uris, found.warm, found.cold)
