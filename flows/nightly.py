@@ -48,17 +48,17 @@ def nightly(as_of: date, settings: Settings | None = None) -> dict:
         submitted = time.perf_counter()
         rules = t.mine_rules.submit(settings, baskets_path, as_of)
         pairs = t.product_associations.submit(settings, baskets_path, as_of)
-        embedded = t.embed.submit(settings, as_of)  # None without a champion student
-        for name, future in (("mine_rules", rules), ("product_associations", pairs), ("embed", embedded)):
+        for name, future in (("mine_rules", rules), ("product_associations", pairs)):
             # they run side by side
             future.add_done_callback(lambda _, name=name: timings.setdefault(name, time.perf_counter() - submitted))
-        staged = {ASSOCIATION_RULES.name: rules.result(), PRODUCT_ASSOCIATIONS.name: pairs.result()}
+        staged = {ASSOCIATION_RULES.name: rules.result()} | pairs.result()
         with _timed(timings, "bundles"):
             staged[BUNDLES.name] = t.bundles(settings, baskets_path, staged[PRODUCT_ASSOCIATIONS.name])
-        if (embeddings := embedded.result()) is not None:
-            staged[PRODUCT_EMBEDDINGS.name] = embeddings
-        else:
-            logger.info("no champion student in the registry: product_embeddings not published")
+        if PRODUCT_EMBEDDINGS.name not in staged:
+            logger.info("no student served for %s: product_embeddings not published", as_of)
+        served = pipeline.served_summary(baskets_path)
+        logger.info("served: %s", served["served"])
+        logger.info("classic method: %s; models: %s", served["classic_reason"], served["reason"])
         with _timed(timings, "publish"):
             published = t.publish(settings, as_of, staged)
     timings["total"] = time.perf_counter() - start

@@ -21,7 +21,7 @@ import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +32,7 @@ import pyarrow as pa
 from prodassoc_core import embeddings, mlm, pairs, student, teacher
 from prodassoc_core.contracts import PRODUCT_EMBEDDINGS, PRODUCT_ID
 from prodassoc_core.encoders import resolve_pretrained
-from prodassoc_core.settings import HybridConfig, MlmConfig, TrainingConfig
+from prodassoc_core.settings import HybridConfig, MlmConfig, SelectionConfig, TrainingConfig
 from prodassoc_core.training import MODEL_SUBDIR, Device, StageResult
 
 logger = logging.getLogger("prodassoc.chain")
@@ -79,6 +79,7 @@ def student_source(cfg: TrainingConfig, mlm_dir: Path) -> Path | str:
 def train_chain(
     catalog: pl.DataFrame, train: pl.DataFrame, as_of: datetime, cfg: TrainingConfig, *, device: Device,
     out_dir: Path, progress: bool = True, mlm_cfg: MlmConfig | None = None, hybrid_cfg: HybridConfig | None = None,
+    selection_cfg: SelectionConfig | None = None,
 ) -> ChainResult:
     """Train MLM -> teacher -> student on ``catalog`` and the training baskets ``train``
     (order_id, ordered_at, items; all before ``as_of``)."""
@@ -112,7 +113,7 @@ def train_chain(
     t0 = time.monotonic()
     gnn_result, warm, cold = train_graph_stage(
         catalog, train, as_of, cfg, task, student_result.model_dir, device=device, out_dir=out_dir / "gnn",
-        hybrid_cfg=hybrid_cfg or HybridConfig(),
+        hybrid_cfg=hybrid_cfg or HybridConfig(), selection_cfg=selection_cfg,
     )
     seconds["gnn"] = time.monotonic() - t0
     return ChainResult(mlm_result, teacher_result, student_result, task, gnn_result,
@@ -122,12 +123,12 @@ def train_chain(
 def train_graph_stage(
     catalog: pl.DataFrame, train: pl.DataFrame, as_of: datetime, cfg: TrainingConfig, task: pairs.PairTask,
     student_dir: Path, *, device: Device, out_dir: Path, hybrid_cfg: HybridConfig,
+    selection_cfg: SelectionConfig | None = None,
 ):
     """Stage 4: the GNN over the fit window's graph (student embeddings as node features and
     text edges), then the hybrid weights tuned on the held-out tail; the weights are saved
     with the GNN model (champions.WEIGHTS_FILE). Returns (GnnResult, warm, cold weights)."""
     from prodassoc_core import champions, gnn, graph, hybrid
-    from prodassoc_core.methods import DecayedConfig
 
     text = catalog_vectors(student_dir, catalog, device=device, max_length=cfg.student.max_length)
     fit_graph = graph.fit_window_graph(catalog[PRODUCT_ID].to_list(), train, as_of, cfg.pairs.validation_days, text,
@@ -140,14 +141,28 @@ def train_graph_stage(
         return result, *saved
     model, _ = gnn.load_gnn(result.model_dir)
     node_vectors = gnn.node_embeddings(model, fit_graph, device)
+    tune_half, cooc = tuning_half(train, as_of, cfg, selection_cfg or SelectionConfig())
     warm, cold, grid = hybrid.tune_weights(
         catalog, train, as_of, hybrid.HybridModel(text, node_vectors, hybrid.Weights(), hybrid.Weights()), cfg.pairs,
-        candidates_k=hybrid_cfg.candidates_k, decayed=DecayedConfig(), step=hybrid_cfg.weight_step,
+        candidates_k=hybrid_cfg.candidates_k, decayed=cooc, step=hybrid_cfg.weight_step, queries=tune_half,
     )
     grid.write_parquet(out_dir / "hybrid_weight_grid.parquet")
-    champions.write_weights(result.model_dir, warm, cold)
-    logger.info("chain: hybrid weights warm %s cold %s", warm, cold)
+    champions.write_weights(result.model_dir, warm, cold, cooc)
+    logger.info("chain: hybrid weights warm %s cold %s, co-purchase %s", warm, cold, cooc)
     return result, warm, cold
+
+
+def tuning_half(train: pl.DataFrame, as_of: datetime, cfg: TrainingConfig, selection_cfg: SelectionConfig):
+    """(the tail products the hybrid is tuned on, its co-purchase settings chosen on them): the
+    other half of the tail's products is kept for the serving gate (retrain.gate)."""
+    from prodassoc_core import pairs, selection
+
+    fit, held = pairs.split_fit_validation(train, as_of, cfg.pairs.validation_days)
+    tune_half, _ = selection.split_queries(sorted({i for b in pairs.items_of(train) for i in b}))
+    wanted = set(tune_half)
+    relevant = {p: qs for p, qs in selection.tail_relevance(held, selection_cfg).items() if p in wanted}
+    cut = as_of - timedelta(days=cfg.pairs.validation_days)
+    return tune_half, selection.best_decayed(fit, cut, relevant, selection_cfg)
 
 
 CHAIN_CONFIG = "chain_config.json"

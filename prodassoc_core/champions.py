@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import date
 from pathlib import Path
 
@@ -21,6 +21,7 @@ import polars as pl
 
 from prodassoc_core import hybrid, tracking
 from prodassoc_core.contracts import PRODUCT_ID
+from prodassoc_core.methods import DecayedConfig
 from prodassoc_core.settings import Settings
 from prodassoc_core.training import Device
 
@@ -38,16 +39,30 @@ class ChampionSet:
     gnn_uri: str | None
     warm: hybrid.Weights
     cold: hybrid.Weights
+    cooc: DecayedConfig = DecayedConfig()  # the co-purchase signal's settings the weights were tuned with
 
     @property
     def uris(self) -> dict[str, str]:
         return {k: v for k, v in (("student", self.student_uri), ("gnn", self.gnn_uri)) if v}
 
 
-def write_weights(model_dir: Path, warm: hybrid.Weights, cold: hybrid.Weights) -> Path:
+def write_weights(model_dir: Path, warm: hybrid.Weights, cold: hybrid.Weights, cooc: DecayedConfig | None = None
+                  ) -> Path:
     path = model_dir / WEIGHTS_FILE
-    path.write_text(json.dumps({"warm": warm.as_dict(), "cold": cold.as_dict()}, indent=2, sort_keys=True))
+    data = {"warm": warm.as_dict(), "cold": cold.as_dict()}
+    if cooc is not None:
+        data["cooc"] = asdict(cooc)
+    path.write_text(json.dumps(data, indent=2, sort_keys=True))
     return path
+
+
+def read_cooc(model_dir: Path) -> DecayedConfig | None:
+    """The co-purchase settings the hybrid weights were tuned with (None: the weights predate them)."""
+    path = model_dir / WEIGHTS_FILE
+    if not path.is_file():
+        return None
+    data = json.loads(path.read_text()).get("cooc")
+    return DecayedConfig(**data) if data else None
 
 
 def read_weights(model_dir: Path) -> tuple[hybrid.Weights, hybrid.Weights] | None:
@@ -74,24 +89,32 @@ def champion_dir(settings: Settings, name: str, work_dir: Path, not_after: date 
     return tracking.registered_model_dir(settings.tracking_uri, version.uri, target), version.uri
 
 
-def resolve(settings: Settings, work_dir: Path, not_after: date | None = None) -> ChampionSet | str:
-    """The champion student (and GNN, with its hybrid weights), downloaded under ``work_dir``;
-    or the reason there is none usable (see ``champion_dir``)."""
-    cfg = settings.training
-    found = {}
-    for stage, name in (("student", cfg.student.registered_model), ("gnn", cfg.gnn_registered_model)):
-        got = champion_dir(settings, name, work_dir, not_after)
-        if got is None and stage == "student":
-            return f"no {name}@{cfg.champion_alias} registered (run `prodassoc train`)"
-        if isinstance(got, str):
-            return got
-        if got is not None:
-            found[stage] = got
-    student_dir, student_uri = found["student"]
-    gnn_dir, gnn_uri = found.get("gnn", (None, None))
+def download(settings: Settings, models, work_dir: Path) -> ChampionSet:
+    """``models`` (serving.ServedModels) downloaded under ``work_dir``, with the hybrid weights
+    and co-purchase settings saved with the GNN."""
+    uri = settings.tracking_uri
+    student = models.student
+    student_dir = tracking.registered_model_dir(uri, student.uri, work_dir / f"{student.name}-v{student.version}")
+    gnn_dir = gnn_uri = None
+    if models.gnn is not None:
+        gnn_uri = models.gnn.uri
+        gnn_dir = tracking.registered_model_dir(uri, gnn_uri, work_dir / f"{models.gnn.name}-v{models.gnn.version}")
     weights = read_weights(gnn_dir) if gnn_dir is not None else None
     warm, cold = weights or (hybrid.Weights(1.0, 0.0, 0.0), hybrid.Weights(0.0, 1.0, 0.0))
-    return ChampionSet(student_dir, student_uri, gnn_dir, gnn_uri, warm, cold)
+    cooc = (read_cooc(gnn_dir) if gnn_dir is not None else None) or DecayedConfig()
+    return ChampionSet(student_dir, student.uri, gnn_dir, gnn_uri, warm, cold, cooc)
+
+
+def resolve(settings: Settings, work_dir: Path, not_after: date | None = None) -> ChampionSet | str:
+    """The newest trained student (and its GNN, with its hybrid weights) whose training data
+    ends by ``not_after``, whatever the gate decided, downloaded under ``work_dir``; or the
+    reason there is none (the harness scores what was trained, served or not)."""
+    from prodassoc_core import serving
+
+    found = serving.latest_trained(settings, not_after)
+    if isinstance(found, str):
+        return found
+    return download(settings, found, work_dir)
 
 
 def hybrid_model(settings: Settings, champions: ChampionSet, catalog: pl.DataFrame, train: pl.DataFrame,

@@ -170,6 +170,9 @@ ASSOCIATION_RULES = TableContract(
 # ratios are null where undefined (a cold-start product, never sold: n_antecedent = 0).
 # The hybrid method adds is_cold_start, its component scores and an explanation per row.
 _HYBRID_COLUMNS = ("is_cold_start", "cooc_score", "text_score", "gnn_score", "explanation")
+# Provenance of each row (prodassoc_core/serving.py): ``source`` classic or hybrid; the registered
+# student and GNN versions behind a hybrid row and the date their training data ends before.
+_PROVENANCE_COLUMNS = ("source", "student_model", "gnn_model", "model_as_of")
 PRODUCT_ASSOCIATIONS = TableContract(
     name="product_associations",
     schema=pa.schema(
@@ -185,9 +188,13 @@ PRODUCT_ASSOCIATIONS = TableContract(
             _field("text_score", pa.float64()),
             _field("gnn_score", pa.float64()),
             _field("explanation", pa.string()),
+            _field("source", pa.string()),
+            _field("student_model", pa.string()),
+            _field("gnn_model", pa.string()),
+            _field("model_as_of", pa.date32()),
         ]
     ),
-    optional=frozenset(_HYBRID_COLUMNS),
+    optional=frozenset(_HYBRID_COLUMNS + _PROVENANCE_COLUMNS),
 )
 
 # Promotion bundles: small groups of mutually associated products (prodassoc_core/hybrid.py).

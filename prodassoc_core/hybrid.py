@@ -1,8 +1,8 @@
 """Hybrid associations: co-purchase statistics, student text similarity and GNN scores in one ranking.
 
     candidates: the union of each signal's top ``candidates_k`` per product
-    features:   cooc = decayed_damped score / the product's best (0 when never bought together
-                      in the window or outside its top list), text = cosine of the student
+    features:   cooc = decayed_damped score / the product's best candidate score (0 exactly when
+                      never bought together in the window), text = cosine of the student
                       embeddings, gnn = cosine of the GNN node embeddings
     score:      w_cooc * cooc + w_text * text + w_gnn * gnn, with one weight set for warm
                 products (sold in the window) and one for cold ones (never sold: cooc is 0)
@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 import polars as pl
+import scipy.sparse as sp
 
 from prodassoc_core import evaluation
 from prodassoc_core.contracts import ASSOCIATED_PRODUCT_ID, PRODUCT_ID
@@ -44,12 +45,15 @@ class Signals:
     """Everything the hybrid ranks with, for one catalog.
 
     ``cooc``: a co-purchase ranking (product_id, associated_product_id, score), e.g.
-    methods.decayed_associations; ``vectors``: name -> unit embeddings aligned with
-    ``product_ids`` ("text": the student's, "gnn": the GNN's)."""
+    methods.decayed_associations, whose top lists are candidates; ``cooc_scores``: the same
+    score for every pair bought together (product_ids x product_ids, methods.decayed_pair_scores),
+    so that a candidate from another signal gets its co-purchase score too; ``vectors``: name ->
+    unit embeddings aligned with ``product_ids`` ("text": the student's, "gnn": the GNN's)."""
 
     product_ids: list[str]
     cooc: pl.DataFrame
     vectors: Mapping[str, np.ndarray]
+    cooc_scores: sp.csr_matrix | None = None
 
 
 def candidates(signals: Signals, queries: Sequence[str], k: int) -> pl.DataFrame:
@@ -67,10 +71,14 @@ def features(signals: Signals, pairs: pl.DataFrame) -> pl.DataFrame:
     index = {p: i for i, p in enumerate(signals.product_ids)}
     a = np.array([index[p] for p in pairs[PRODUCT_ID].to_list()], dtype=np.int64)
     b = np.array([index[q] for q in pairs[ASSOCIATED_PRODUCT_ID].to_list()], dtype=np.int64)
-    out = pairs.join(
-        signals.cooc.select(PRODUCT_ID, ASSOCIATED_PRODUCT_ID, pl.col("score").alias("cooc_score")),
-        on=[PRODUCT_ID, ASSOCIATED_PRODUCT_ID], how="left",
-    ).with_columns(pl.col("cooc_score").fill_null(0.0))
+    if signals.cooc_scores is not None:
+        raw = np.asarray(signals.cooc_scores[a, b]).ravel() if len(a) else np.zeros(0)
+        out = pairs.with_columns(cooc_score=pl.Series(raw, dtype=pl.Float64))
+    else:
+        out = pairs.join(
+            signals.cooc.select(PRODUCT_ID, ASSOCIATED_PRODUCT_ID, pl.col("score").alias("cooc_score")),
+            on=[PRODUCT_ID, ASSOCIATED_PRODUCT_ID], how="left",
+        ).with_columns(pl.col("cooc_score").fill_null(0.0))
     best = pl.col("cooc_score").max().over(PRODUCT_ID)
     out = out.with_columns(cooc=pl.when(best > 0).then(pl.col("cooc_score") / best).otherwise(0.0))
     for name in ("text", "gnn"):
@@ -210,7 +218,7 @@ def explain(frame: pl.DataFrame, titles: Mapping[str, str], via: Sequence[str | 
         n_rule, lift, text, cold = row
         parts = ["new product, no sales yet"] if cold else []
         if n_rule:
-            parts.append(f"bought together in {n_rule} orders, lift {lift:.1f}")
+            parts.append(f"bought together in {n_rule} order{'s' if n_rule != 1 else ''}, lift {lift:.1f}")
         if text is not None and text >= min_similarity:
             parts.append(f"similar titles ({text:.2f})")
         if through is not None:
@@ -291,10 +299,12 @@ def signals_for(catalog: pl.DataFrame, train: pl.DataFrame, as_of, model: Hybrid
                 decayed) -> Signals:
     from dataclasses import replace
 
-    from prodassoc_core.methods import decayed_associations
+    from prodassoc_core.methods import decayed_associations, decayed_pair_scores
 
+    ids = catalog[PRODUCT_ID].to_list()
     cooc = decayed_associations(train, as_of, replace(decayed, top_k=candidates_k))
-    return Signals(catalog[PRODUCT_ID].to_list(), cooc, model.vectors())
+    scores, _ = decayed_pair_scores(train, as_of, decayed, ids)
+    return Signals(ids, cooc, model.vectors(), scores)
 
 
 def hybrid_associations(
@@ -326,10 +336,12 @@ def publishable_hybrid(ranked: pl.DataFrame, train: pl.DataFrame, catalog: pl.Da
 
 def tune_weights(
     catalog: pl.DataFrame, train: pl.DataFrame, as_of, model: HybridModel, pair_cfg, *, candidates_k: int, decayed,
-    step: float = 0.1, k: int = 10,
+    step: float = 0.1, k: int = 10, queries: Sequence[str] | None = None,
 ) -> tuple[Weights, Weights, pl.DataFrame]:
     """Weights chosen on the held-out tail of the training window: co-purchase signals from the
-    baskets before the tail, relevance from the tail (pairs.validation_anchors)."""
+    baskets before the tail, relevance from the tail (pairs.validation_anchors), over ``queries``
+    when given (the serving gate tunes on one half of the tail's products and judges on the other:
+    selection.split_queries)."""
     from datetime import timedelta
 
     from prodassoc_core import pairs
@@ -340,6 +352,9 @@ def tune_weights(
     fit, held = pairs.split_fit_validation(train, as_of, pair_cfg.validation_days)
     index = {p: i for i, p in enumerate(catalog[PRODUCT_ID].to_list())}
     relevant = pairs.validation_anchors(pairs.items_of(held), pair_cfg, index)
+    if queries is not None:
+        wanted = set(queries)
+        relevant = {p: qs for p, qs in relevant.items() if p in wanted}
     if not relevant:
         raise ValueError("no held-out relevance to tune the hybrid weights on; widen pairs.validation_days")
     cut = as_of - timedelta(days=pair_cfg.validation_days)

@@ -89,57 +89,129 @@ def decayed_associations(baskets: pl.DataFrame, as_of: datetime, cfg: DecayedCon
     (unweighted co-purchase baskets), method; ties by n_rule, then associated id;
     sorted by (product_id, rank).
     """
-    method = "decayed_damped"
-    empty = pl.DataFrame(schema={**_RANKED_SCHEMA, "score": pl.Float64, "n_rule": pl.Int64, "method": pl.String})
+    return decayed_grid(baskets, as_of, [cfg])[0]
+
+
+def decayed_grid(baskets: pl.DataFrame, as_of: datetime, cfgs: Sequence[DecayedConfig]) -> list[pl.DataFrame]:
+    """``decayed_associations`` for several settings, sharing the co-purchase counts (one pass
+    over the baskets) and each (half-life, size exponent)'s weighted counts. All ``cfgs`` must
+    share ``min_pair_count``."""
+    if len({c.min_pair_count for c in cfgs}) > 1:
+        raise ValueError("decayed_grid: every setting must share min_pair_count")
     if baskets.height == 0:
-        return empty
-    latest = baskets[ORDERED_AT].max()
-    if latest >= as_of:
-        raise ValueError(f"decayed_associations: a training basket at {latest} is not before as_of {as_of}")
-    item_lists = baskets[ITEMS].to_list()
-    sizes = np.array([len(set(b)) for b in item_lists], dtype=np.float64)
-    x, items = basket_matrix(item_lists)
-    x = x.astype(np.float64)
+        return [_EMPTY_DECAYED.clone() for _ in cfgs]
+    support = DecayedSupport.build(baskets, as_of, cfgs[0].min_pair_count)
+    weighted: dict[tuple, tuple[np.ndarray, np.ndarray]] = {}
+    out = []
+    for cfg in cfgs:
+        key = (cfg.half_life_days, cfg.size_exponent)
+        if key not in weighted:
+            weighted[key] = support.weighted(cfg)
+        c_ab, c_b = weighted[key]
+        score = c_ab / np.where(c_ab > 0, c_b[support.b], 1.0) ** cfg.popularity_exponent
+        out.append(support.top_k(score, cfg.top_k))
+    return out
 
-    age_days = (
-        baskets.select((pl.lit(as_of) - pl.col(ORDERED_AT)).dt.total_microseconds() / 86_400e6)
-        .to_series()
-        .to_numpy()
-    )
-    weight = np.ones(len(item_lists)) if cfg.half_life_days is None else np.exp2(-age_days / cfg.half_life_days)
-    weight = weight / np.maximum(sizes - 1.0, 1.0) ** cfg.size_exponent
 
-    counts = (x.T @ x).tocsr()
-    counts.sort_indices()
-    counts = counts.tocoo()  # row-major: rows ascending, columns ascending within a row
-    keep = (counts.row != counts.col) & (counts.data >= cfg.min_pair_count)
-    a, b, n_ab = counts.row[keep], counts.col[keep], counts.data[keep].astype(np.int64)
-    weighted = (x.T @ sp.diags(weight) @ x).tocsr()
-    c_ab = np.asarray(weighted[a, b]).ravel() if len(a) else np.zeros(0)
-    c_b = np.asarray(x.T @ weight).ravel()
-    score = c_ab / np.where(c_ab > 0, c_b[b], 1.0) ** cfg.popularity_exponent
-    # Top k per product on integer ids (their order is the ids' sort order): score, then
-    # n_rule, descending, then associated id; strings are made for the kept rows only.
-    bounds = np.searchsorted(a, np.arange(len(items) + 1))
-    picked = []
-    for p in range(len(items)):
-        lo, hi = bounds[p], bounds[p + 1]
-        if hi > lo:
-            picked.append(lo + np.lexsort((b[lo:hi], -n_ab[lo:hi], -score[lo:hi]))[: cfg.top_k])
-    top = np.concatenate(picked) if picked else np.zeros(0, dtype=np.int64)
-    rank = np.concatenate([np.arange(1, len(t) + 1) for t in picked]) if picked else np.zeros(0)
-    a, b, n_ab, score = a[top], b[top], n_ab[top], score[top]
-    names = np.array(items, dtype=object)
-    return pl.DataFrame(
-        {
-            PRODUCT_ID: names[a].astype(str) if len(a) else np.array([], dtype=str),
-            ASSOCIATED_PRODUCT_ID: names[b].astype(str) if len(b) else np.array([], dtype=str),
-            RANK: rank.astype(np.int32),
-            "score": score.astype(np.float64),
-            "n_rule": n_ab,
-        },
-        schema=empty.drop("method").schema,
-    ).with_columns(method=pl.lit(method))
+_EMPTY_DECAYED = pl.DataFrame(
+    schema={**_RANKED_SCHEMA, "score": pl.Float64, "n_rule": pl.Int64, "method": pl.String}
+)
+
+
+@dataclass(frozen=True)
+class DecayedSupport:
+    """The window's basket matrix and its co-purchased pairs (a, b, n_ab) with n_ab >=
+    min_pair_count, row-major (a ascending, then b): what every decayed setting scores."""
+
+    x: sp.csr_matrix
+    items: list[str]
+    age_days: np.ndarray
+    sizes: np.ndarray
+    a: np.ndarray
+    b: np.ndarray
+    n_ab: np.ndarray
+
+    @classmethod
+    def build(cls, baskets: pl.DataFrame, as_of: datetime, min_pair_count: int) -> "DecayedSupport":
+        latest = baskets[ORDERED_AT].max()
+        if latest >= as_of:
+            raise ValueError(f"decayed_associations: a training basket at {latest} is not before as_of {as_of}")
+        item_lists = baskets[ITEMS].to_list()
+        sizes = np.array([len(set(b)) for b in item_lists], dtype=np.float64)
+        x, items = basket_matrix(item_lists)
+        x = x.astype(np.float64)
+        age_days = (
+            baskets.select((pl.lit(as_of) - pl.col(ORDERED_AT)).dt.total_microseconds() / 86_400e6)
+            .to_series()
+            .to_numpy()
+        )
+        counts = (x.T @ x).tocsr()
+        counts.sort_indices()
+        counts = counts.tocoo()  # row-major: rows ascending, columns ascending within a row
+        keep = (counts.row != counts.col) & (counts.data >= min_pair_count)
+        return cls(x, items, age_days, sizes, counts.row[keep], counts.col[keep], counts.data[keep].astype(np.int64))
+
+    def basket_weights(self, cfg: DecayedConfig) -> np.ndarray:
+        weight = np.ones(len(self.sizes)) if cfg.half_life_days is None else np.exp2(-self.age_days / cfg.half_life_days)
+        return weight / np.maximum(self.sizes - 1.0, 1.0) ** cfg.size_exponent
+
+    def weighted(self, cfg: DecayedConfig) -> tuple[np.ndarray, np.ndarray]:
+        """(c_ab for the support's pairs, c_b for every item) under ``cfg``'s basket weights."""
+        weight = self.basket_weights(cfg)
+        weighted = (self.x.T @ sp.diags(weight) @ self.x).tocsr()
+        c_ab = np.asarray(weighted[self.a, self.b]).ravel() if len(self.a) else np.zeros(0)
+        return c_ab, np.asarray(self.x.T @ weight).ravel()
+
+    def top_k(self, score: np.ndarray, top_k: int, method: str = "decayed_damped") -> pl.DataFrame:
+        """Top k per product on integer ids (their order is the ids' sort order): score, then
+        n_rule, descending, then associated id; strings are made for the kept rows only."""
+        a, b, n_ab = self.a, self.b, self.n_ab
+        bounds = np.searchsorted(a, np.arange(len(self.items) + 1))
+        picked = []
+        for p in range(len(self.items)):
+            lo, hi = bounds[p], bounds[p + 1]
+            if hi > lo:
+                picked.append(lo + np.lexsort((b[lo:hi], -n_ab[lo:hi], -score[lo:hi]))[:top_k])
+        top = np.concatenate(picked) if picked else np.zeros(0, dtype=np.int64)
+        rank = np.concatenate([np.arange(1, len(t) + 1) for t in picked]) if picked else np.zeros(0)
+        a, b, n_ab, score = a[top], b[top], n_ab[top], score[top]
+        names = np.array(self.items, dtype=object)
+        return pl.DataFrame(
+            {
+                PRODUCT_ID: names[a].astype(str) if len(a) else np.array([], dtype=str),
+                ASSOCIATED_PRODUCT_ID: names[b].astype(str) if len(b) else np.array([], dtype=str),
+                RANK: rank.astype(np.int32),
+                "score": score.astype(np.float64),
+                "n_rule": n_ab,
+            },
+            schema=_EMPTY_DECAYED.drop("method").schema,
+        ).with_columns(method=pl.lit(method))
+
+
+def decayed_pair_scores(
+    baskets: pl.DataFrame, as_of: datetime, cfg: DecayedConfig, product_ids: Sequence[str]
+) -> tuple[sp.csr_matrix, np.ndarray]:
+    """Every co-purchased pair's decayed score, as a sparse matrix over ``product_ids`` (scores
+    of products outside the window's baskets are absent: 0), and c(b) per product. Unlike
+    ``decayed_associations`` nothing is cut: a pair bought together once has its score."""
+    n = len(product_ids)
+    if baskets.height == 0:
+        return sp.csr_matrix((n, n)), np.zeros(n)
+    support = DecayedSupport.build(baskets, as_of, 1)
+    weight = support.basket_weights(cfg)
+    weighted = (support.x.T @ sp.diags(weight) @ support.x).tocsr()
+    c_b = np.asarray(support.x.T @ weight).ravel()
+    weighted = weighted @ sp.diags(1.0 / np.where(c_b > 0, c_b, 1.0) ** cfg.popularity_exponent)
+    index = {p: i for i, p in enumerate(product_ids)}
+    to_catalog = np.array([index.get(i, -1) for i in support.items], dtype=np.int64)
+    known = np.flatnonzero(to_catalog >= 0)
+    move = sp.csr_matrix((np.ones(len(known)), (known, to_catalog[known])), shape=(len(support.items), n))
+    scores = (move.T @ weighted.tocsr() @ move).tocsr()
+    scores.setdiag(0)
+    scores.eliminate_zeros()
+    c_catalog = np.zeros(n)
+    c_catalog[to_catalog[known]] = c_b[known]
+    return scores, c_catalog
 
 
 def popularity_associations(products: Iterable[str], popular: Sequence[str], top_k: int = 20) -> pl.DataFrame:

@@ -12,12 +12,13 @@ outputs. Concurrency (``prodassoc_core.locks``): a whole run for one ``as_of`` h
 date's run lock (taken by ``run_nightly`` and by the Prefect flow), ingestion holds the
 data-dir-wide ingest lock, and the DuckDB view refresh holds the views lock.
 
-Language models: when a student holds the champion alias in the MLflow registry, ``embed``
-stages its ``product_embeddings`` of the catalog and ``publish`` publishes them with the other
-tables; without a champion nothing is embedded and the run is the classic one.
+What is served (``associate``, prodassoc_core/serving.py): the classic method chosen for the
+catalog, and per segment (warm, cold) the hybrid of the newest models that passed the serving
+gate and were trained on data before ``as_of``; with such models ``product_embeddings`` of the
+served student are published with the other tables.
 
 Fault points (``warehouse.fault_point``, for tests and drills): ``run.locked`` (run lock
-taken), ``ingest``, ``baskets``, ``mine``, ``associate``, ``bundle``, ``embed``, ``publish`` (each stage's start).
+taken), ``ingest``, ``baskets``, ``mine``, ``associate``, ``bundle``, ``publish`` (each stage's start).
 """
 
 from __future__ import annotations
@@ -114,42 +115,68 @@ def mine(settings: Settings, baskets_path: Path, as_of: date) -> Path:
     return _stage(rules, ASSOCIATION_RULES.name, baskets_path)
 
 
-def associate(settings: Settings, baskets_path: Path, as_of: date) -> Path:
-    """Top-K associated products per product.
+SERVING_FILE = "serving.json"
 
-    With a champion student in the registry (and ``hybrid.enabled``): the hybrid ranking of
-    every catalog product, sold or not (prodassoc_core/hybrid.py, champions.py), with its
-    component scores and explanations. Otherwise: ranked by ``associations.method``.
+
+def associate(settings: Settings, baskets_path: Path, as_of: date) -> dict[str, Path]:
+    """``product_associations`` for ``as_of`` as the serving plan says (serving.py), and the
+    served student's ``product_embeddings`` when one is served.
+
+    Per segment: warm products (sold in the window) get the classic ranking chosen for this
+    catalog or the hybrid, cold products (never sold) the hybrid or nothing, as the served
+    models' gate proved on their held-out tail; only models trained on data before ``as_of``
+    are served. Every row says its ``source`` and, for hybrid rows, the model versions. The plan
+    is written next to the staged tables (``serving.json``) for the run's record.
+    Returns table name -> staged file.
     """
+    from prodassoc_core import serving
+
     warehouse.fault_point("associate")
     train = pl.read_parquet(baskets_path)
-    as_of_start = datetime.combine(as_of, time())
-    table = _hybrid_table(settings, train, as_of, baskets_path) if settings.hybrid.enabled else None
-    if table is None:
-        ranking = methods.config_associations(train, as_of_start, settings.associations)
-        table = methods.publishable(ranking, train[baskets.ITEMS].to_list())
-    return _stage(table, PRODUCT_ASSOCIATIONS.name, baskets_path)
+    plan = serving.plan(settings, as_of, train)
+    log.info("associate: %s", plan.describe())
+    ranking = methods.config_associations(train, datetime.combine(as_of, time()), plan.classic)
+    classic = pl.from_arrow(methods.publishable(ranking, train[baskets.ITEMS].to_list()))
+    classic = classic.with_columns(source=pl.lit(serving.CLASSIC), is_cold_start=pl.lit(False))
+    staged: dict[str, Path] = {}
+    parts = [classic] if plan.source("warm") == serving.CLASSIC else []
+    if plan.serves_hybrid:
+        hybrid_rows, embeddings = _hybrid_rows(settings, plan, train, as_of, baskets_path)
+        parts.append(hybrid_rows)
+        staged[PRODUCT_EMBEDDINGS.name] = _stage(embeddings, PRODUCT_EMBEDDINGS.name, baskets_path)
+    table = pl.concat([pl.from_arrow(PRODUCT_ASSOCIATIONS.conform(p.to_arrow())) for p in parts])
+    table = PRODUCT_ASSOCIATIONS.conform(table.sort(PRODUCT_ID, "rank").to_arrow())
+    staged[PRODUCT_ASSOCIATIONS.name] = _stage(table, PRODUCT_ASSOCIATIONS.name, baskets_path)
+    serving.write_json(baskets_path.parent / SERVING_FILE, plan.as_json())
+    return staged
 
 
-def _hybrid_table(settings: Settings, train: pl.DataFrame, as_of: date, baskets_path: Path) -> pa.Table | None:
-    cfg = settings.training
-    # looked up before anything else so that a run without a champion never loads torch
-    if tracking.aliased_version(settings.tracking_uri, cfg.student.registered_model, cfg.champion_alias) is None:
-        return None
-    from prodassoc_core import champions, hybrid, retrain
+def _hybrid_rows(settings: Settings, plan, train: pl.DataFrame, as_of: date, baskets_path: Path
+                 ) -> tuple[pl.DataFrame, pa.Table]:
+    """The hybrid rows of the segments that serve it, and the student's embeddings of the catalog
+    (embedded once, for both)."""
+    from prodassoc_core import champions, chain, hybrid, retrain, serving
 
+    models = plan.models
     catalog = ingest.read_staged_catalog(settings.staging_dir).sort(PRODUCT_ID)
     with tempfile.TemporaryDirectory(prefix=".champions-", dir=baskets_path.parent) as work:
-        found = champions.resolve(settings, Path(work))
-        if isinstance(found, str):
-            return None
-        model = champions.hybrid_model(settings, found, catalog, train, retrain.device_of(cfg))
+        found = champions.download(settings, models, Path(work))
+        model = champions.hybrid_model(settings, found, catalog, train, retrain.device_of(settings.training))
     a = settings.associations
-    decayed = methods.decayed_config(a)
+    sold = {i for b in train[baskets.ITEMS].to_list() for i in b}
+    queries = [p for p in catalog[PRODUCT_ID].to_list()
+               if plan.source("warm" if p in sold else "cold") == serving.HYBRID]
     ranked = hybrid.hybrid_associations(catalog, train, datetime.combine(as_of, time()), model, top_k=a.top_k,
-                                        candidates_k=settings.hybrid.candidates_k, decayed=decayed)
-    log.info("associate: hybrid of %s (weights warm %s, cold %s)", found.uris, found.warm, found.cold)
-    return hybrid.publishable_hybrid(ranked, train, catalog)
+                                        candidates_k=settings.hybrid.candidates_k, decayed=found.cooc,
+                                        queries=queries)
+    log.info("associate: hybrid of %s for %d products (weights warm %s, cold %s)", models.describe(), len(queries),
+             found.warm, found.cold)
+    rows = pl.from_arrow(hybrid.publishable_hybrid(ranked, train, catalog)).with_columns(
+        source=pl.lit(serving.HYBRID), student_model=pl.lit(models.student.uri),
+        gnn_model=pl.lit(models.gnn.uri if models.gnn else None, dtype=pl.String),
+        model_as_of=pl.lit(models.trained_as_of, dtype=pl.Date),
+    )
+    return rows, chain.embeddings_table(catalog, model.text, models.student.uri)
 
 
 def bundle(settings: Settings, baskets_path: Path, associations_path: Path) -> Path:
@@ -171,33 +198,11 @@ def bundle(settings: Settings, baskets_path: Path, associations_path: Path) -> P
     return _stage(BUNDLES.conform(found.to_arrow()), BUNDLES.name, baskets_path)
 
 
-def embed(settings: Settings, as_of: date) -> Path | None:
-    """The champion student's ``product_embeddings`` of the staged catalog (every product, sold
-    or not, by product_id), written to the run directory; None when no student is champion.
+def served_summary(baskets_path: Path) -> dict:
+    """The serving plan a run's ``associate`` recorded next to its baskets (serving.ServingPlan.as_json)."""
+    import json
 
-    Runs after ingestion (it reads the staged catalog). The champion is downloaded from the
-    registry into a temporary directory under the run directory, removed afterwards.
-    """
-    warehouse.fault_point("embed")
-    cfg = settings.training
-    # looked up before anything else so that a run without a champion never loads torch
-    if tracking.aliased_version(settings.tracking_uri, cfg.student.registered_model, cfg.champion_alias) is None:
-        log.info("embed: no %s@%s, product_embeddings not published", cfg.student.registered_model, cfg.champion_alias)
-        return None
-    from prodassoc_core import chain, retrain
-
-    catalog = ingest.read_staged_catalog(settings.staging_dir).sort(PRODUCT_ID)
-    out_dir = run_dir(settings, as_of)
-    with tempfile.TemporaryDirectory(prefix=".champion-", dir=out_dir) as work:
-        found = retrain.champion_embeddings(settings, catalog, Path(work))
-    if found is None:  # the alias was removed since the look-up above
-        return None
-    vectors, model_uri = found
-    out = out_dir / f"{PRODUCT_EMBEDDINGS.name}.parquet"
-    table = chain.embeddings_table(catalog, vectors, model_uri)
-    warehouse.atomic_write_parquet(table, out, out_dir / warehouse.TMP_DIR)
-    log.info("%s: %d products, dim %d, from %s", PRODUCT_EMBEDDINGS.name, table.num_rows, vectors.shape[1], model_uri)
-    return out
+    return json.loads((baskets_path.parent / SERVING_FILE).read_text())
 
 
 def embedding_model(path: Path) -> str:
@@ -272,14 +277,9 @@ def run_nightly(settings: Settings, as_of: date) -> NightlyResult:
         warehouse.fault_point("run.locked")
         report = ingest_landing(settings, as_of)
         baskets_path = build_baskets(settings, as_of)
-        staged = {
-            ASSOCIATION_RULES.name: mine(settings, baskets_path, as_of),
-            PRODUCT_ASSOCIATIONS.name: associate(settings, baskets_path, as_of),
-        }
+        staged = {ASSOCIATION_RULES.name: mine(settings, baskets_path, as_of)}
+        staged |= associate(settings, baskets_path, as_of)
         staged[BUNDLES.name] = bundle(settings, baskets_path, staged[PRODUCT_ASSOCIATIONS.name])
-        embeddings = embed(settings, as_of)
-        if embeddings is not None:
-            staged[PRODUCT_EMBEDDINGS.name] = embeddings
         published = publish(settings, as_of, staged)
     log.info("nightly as_of %s: published %s", as_of, ", ".join(f"{p.table} ({p.rows} rows)" for p in published))
     return NightlyResult(as_of, report, published)

@@ -3,15 +3,24 @@
     landing --ingest, baskets (pipeline.py)--> training baskets before as_of, staged catalog
             --train_chain (chain.py)--> MLM, teacher, student under <data>/models/as_of=D
             --register--> MLflow runs + versions of prodassoc-mlm / -teacher / -student
-            --gate--> the student becomes @champion only if it beats the current champion
+            --gate--> served (and @champion) only if its hybrid beats, on held-out data, both the
+                      classic method this catalog would otherwise be served and the model
+                      served now
 
-The gate scores both students the same way: the evaluation protocol (NDCG@10 over every
-product with associations, lists padded with popular products) on the held-out tail of the
-training window (``pairs.validation_days`` before ``as_of``), which neither model trained on.
-The current champion is downloaded and re-scored on today's tail, so the comparison is on
-the same products and the same relevance sets. A promoted student takes its teacher and MLM
-model with it (all three get the alias); a student that does not win stays a registered
-version tagged ``prodassoc.gate=candidate``.
+The serving gate works on the held-out tail of the training window (``pairs.validation_days``
+before ``as_of``), which no model trained on, with EVAL.md's protocol (NDCG@k, lists padded
+with popular products). The tail's products are split in two by a hash of their id
+(selection.split_queries): the hybrid weights, its co-purchase settings and the classic method
+are tuned on one half; the decision is made on the other, so it is not the tuning's optimism.
+Per segment (warm: sold before the tail; cold: never sold) the hybrid is served only where it
+beats the classic ranking by ``selection.gate_margin`` on at least ``selection.gate_min_products``
+gate products. The candidate is promoted only if it wins at least one segment and, when a model
+is served now (trained with data up to ``as_of``), its served ranking (per segment, what won)
+beats that model's served ranking on the same products. There is no promotion because nothing
+is served yet. A promoted student takes its teacher, MLM model and GNN with it (all get the
+alias and ``prodassoc.gate=champion``); a student that does not win stays a registered version
+tagged ``prodassoc.gate=candidate`` (``trial`` with ``--no-promote``). Scores and the decision
+are tags of the student version.
 """
 
 from __future__ import annotations
@@ -25,7 +34,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from prodassoc_core import chain, embeddings, evaluation, ingest, mlm, pairs, pipeline, tracking
+from prodassoc_core import chain, embeddings, evaluation, ingest, methods, mlm, pairs, pipeline, tracking
 from prodassoc_core.champions import AS_OF_TAG
 from prodassoc_core.contracts import PRODUCT_ID
 from prodassoc_core.settings import Settings, TrainingConfig
@@ -33,27 +42,37 @@ from prodassoc_core.training import Device, StageResult, choose_device
 
 logger = logging.getLogger("prodassoc.retrain")
 
-GATE_TAG = "prodassoc.gate"
 
 
 @dataclass
 class GateDecision:
     promoted: bool
-    candidate_score: float
-    champion_score: float | None  # None: there was no champion
-    champion_version: str | None
+    segments: dict[str, str]  # warm / cold -> hybrid | classic: what the candidate would serve
+    scores: dict[str, dict[str, float]]  # classic / candidate / champion -> warm, cold, served (NDCG@k)
+    n_products: dict[str, int]  # gate products per segment
+    classic: str  # the classic setting compared with (selection.label)
+    champion_version: str | None  # the student served now, if any
+    reason: str
+    trial: bool = False  # --no-promote: decided and recorded, nothing promoted
     metric: str = "gate_ndcg"
 
     @property
+    def candidate_score(self) -> float:
+        return self.scores["candidate"]["served"]
+
+    @property
+    def champion_score(self) -> float | None:
+        return self.scores["champion"]["served"] if "champion" in self.scores else None
+
+    @property
     def message(self) -> str:
-        if self.champion_score is None:
-            return f"no champion yet: candidate (NDCG@10 {self.candidate_score:.4f}) promoted"
-        verdict = "beats" if self.promoted else "does not beat"
-        return (
-            f"candidate NDCG@10 {self.candidate_score:.4f} {verdict} champion v{self.champion_version} "
-            f"({self.champion_score:.4f}) on the held-out tail"
-            + ("" if self.promoted else ": kept as a candidate, champion unchanged")
+        c, h = self.scores["classic"], self.scores["candidate"]
+        seg = ", ".join(
+            f"{s} {h[s]:.4f} vs classic {c[s]:.4f} on {self.n_products[s]} products -> {self.segments[s]}"
+            for s in ("warm", "cold")
         )
+        text = f"hybrid vs {self.classic} on the held-out tail: {seg}; {self.reason}"
+        return text + (" (trial run: --no-promote)" if self.trial else "")
 
 
 @dataclass
@@ -102,27 +121,136 @@ def gate_score(model_dir: str | Path, catalog: pl.DataFrame, task: pairs.PairTas
     return float(evaluation.score_associations(filled, task.validation, set(), k)["ndcg_all"])
 
 
+@dataclass
+class GateData:
+    """The held-out tail's gate half: fit baskets (before the tail), relevance of the gate
+    products, warm products (sold in the fit baskets), popular fill, and the tune half's relevance."""
+
+    fit: pl.DataFrame
+    cut: datetime
+    relevant: dict[str, set[str]]
+    tune_relevant: dict[str, set[str]]
+    warm: set[str]
+    popular: list[str]
+
+    @classmethod
+    def build(cls, settings: Settings, train: pl.DataFrame, as_of: date) -> "GateData":
+        from datetime import timedelta
+
+        from prodassoc_core import selection
+
+        start = datetime.combine(as_of, time())
+        fit, held = pairs.split_fit_validation(train, start, settings.training.pairs.validation_days)
+        relevant = selection.tail_relevance(held, settings.selection)
+        tune, gate_half = selection.split_queries(sorted(relevant))
+        fit_items = pairs.items_of(fit)
+        return cls(fit, start - timedelta(days=settings.training.pairs.validation_days),
+                   {p: relevant[p] for p in gate_half}, {p: relevant[p] for p in tune},
+                   {i for b in fit_items for i in b}, methods.popular_products(fit_items))
+
+    def per_product(self, ranking: pl.DataFrame, k: int) -> pl.DataFrame:
+        from prodassoc_core import selection
+
+        return selection.per_product(ranking, self.relevant, self.warm, self.popular, k)
+
+
+def segment_means(table: pl.DataFrame) -> dict[str, float]:
+    """Mean NDCG per segment of a per-product table (nan for an empty segment)."""
+    out = {}
+    for name, frame in (("warm", table.filter(pl.col("warm"))), ("cold", table.filter(~pl.col("warm")))):
+        out[name] = float(frame["ndcg"].mean()) if frame.height else float("nan")
+    return out
+
+
+def served_mean(classic: pl.DataFrame, hybrid_table: pl.DataFrame, segments: dict[str, str]) -> float:
+    """Mean NDCG over every gate product of the list it would be served: per segment, hybrid or classic."""
+    joined = classic.select(PRODUCT_ID, "warm", pl.col("ndcg").alias("classic")).join(
+        hybrid_table.select(PRODUCT_ID, pl.col("ndcg").alias("hybrid")), on=PRODUCT_ID)
+    served = pl.when(pl.col("warm")).then(pl.col(segments["warm"])).otherwise(pl.col(segments["cold"]))
+    return float(joined.select(served.mean()).item()) if joined.height else float("nan")
+
+
+def _hybrid_per_product(settings: Settings, found, catalog: pl.DataFrame, data: GateData, device: Device,
+                        k: int) -> pl.DataFrame:
+    from prodassoc_core import champions, hybrid
+
+    model = champions.hybrid_model(settings, found, catalog, data.fit, device)
+    ranked = hybrid.hybrid_associations(catalog, data.fit, data.cut, model, top_k=k,
+                                        candidates_k=settings.hybrid.candidates_k, decayed=found.cooc,
+                                        queries=sorted(set(data.relevant) & set(catalog[PRODUCT_ID].to_list())))
+    return data.per_product(ranked, k)
+
+
 def gate(
-    settings: Settings, candidate: tracking.RegisteredRun, candidate_dir: Path, catalog: pl.DataFrame,
-    task: pairs.PairTask, popular: list[str], device: Device, work_dir: Path,
+    settings: Settings, registered: dict[str, tracking.RegisteredRun], result: chain.ChainResult,
+    catalog: pl.DataFrame, train: pl.DataFrame, as_of: date, device: Device, work_dir: Path, *, promote: bool = True,
 ) -> GateDecision:
-    """Score candidate and current champion on the same held-out tail; promote only a strict win."""
-    cfg = settings.training
-    uri, name, alias = settings.tracking_uri, cfg.student.registered_model, cfg.champion_alias
-    candidate_score = gate_score(candidate_dir, catalog, task, popular, device)
-    champion = tracking.aliased_version(uri, name, alias)
-    champion_score = None
-    if champion is not None:
-        champion_dir = tracking.registered_model_dir(uri, champion.uri, work_dir / f"champion-v{champion.version}")
-        champion_score = gate_score(champion_dir, catalog, task, popular, device)
-    promoted = champion_score is None or candidate_score > champion_score
-    decision = GateDecision(promoted, candidate_score, champion_score, champion.version if champion else None)
-    tracking.tag_version(uri, name, candidate.model_version, {
-        GATE_TAG: "champion" if promoted else "candidate", "prodassoc.gate_ndcg": f"{candidate_score:.6f}",
-        "prodassoc.gate_champion_ndcg": "" if champion_score is None else f"{champion_score:.6f}",
-    })
+    """The serving gate (module docstring): decide, tag the candidate's versions, move the alias on a win."""
+    from prodassoc_core import champions, selection, serving
+
+    sel, cfg = settings.selection, settings.training
+    k = sel.k
+    data = GateData.build(settings, train, as_of)
+    choice = selection.select_on(data.fit, data.cut, data.tune_relevant, settings.associations, sel)
+    classic_pp = data.per_product(methods.config_associations(data.fit, data.cut, choice.chosen), k)
+    gnn_dir = result.gnn.model_dir if result.gnn is not None else None
+    weights = champions.read_weights(gnn_dir) if gnn_dir is not None else None
+    warm_w, cold_w = weights or (hybrid_weights_default())
+    candidate = champions.ChampionSet(
+        result.student.model_dir, registered["student"].model_uri, gnn_dir,
+        registered["gnn"].model_uri if "gnn" in registered else None, warm_w, cold_w,
+        (champions.read_cooc(gnn_dir) if gnn_dir is not None else None) or methods.DecayedConfig(),
+    )
+    cand_pp = _hybrid_per_product(settings, candidate, catalog, data, device, k)
+    classic_s, cand_s = segment_means(classic_pp), segment_means(cand_pp)
+    n = {"warm": int(classic_pp["warm"].sum()), "cold": int((~classic_pp["warm"]).sum())}
+    segments = {
+        s: serving.HYBRID if n[s] >= sel.gate_min_products and cand_s[s] > classic_s[s] + sel.gate_margin
+        else serving.CLASSIC
+        for s in serving.SEGMENTS
+    }
+    scores = {"classic": classic_s | {"served": float(classic_pp["ndcg"].mean()) if classic_pp.height else float("nan")},
+              "candidate": cand_s | {"served": served_mean(classic_pp, cand_pp, segments)}}
+    current = serving.served_models(settings, as_of)
+    champion_version = None
+    if serving.HYBRID not in segments.values():
+        promoted, reason = False, f"the hybrid does not beat {choice.label} by {sel.gate_margin:g} in any segment"
+    elif isinstance(current, str):
+        promoted, reason = True, f"no model is served for {as_of}; the hybrid beats the classic method where it serves"
+    else:
+        champion_version = current.student.version
+        found = champions.download(settings, current, work_dir / "champion")
+        champ_pp = _hybrid_per_product(settings, found, catalog, data, device, k)
+        scores["champion"] = segment_means(champ_pp) | {"served": served_mean(classic_pp, champ_pp, current.segments)}
+        promoted = scores["candidate"]["served"] > scores["champion"]["served"]
+        verdict = "beats" if promoted else "does not beat"
+        reason = (f"served NDCG@{k} {scores['candidate']['served']:.4f} {verdict} the served {current.student.uri} "
+                  f"({scores['champion']['served']:.4f})")
+    decision = GateDecision(promoted and promote, segments, scores, n, choice.label, champion_version, reason,
+                            trial=not promote)
+    _tag_decision(settings, registered, decision, promoted)
     logger.info("gate: %s", decision.message)
     return decision
+
+
+def hybrid_weights_default():
+    from prodassoc_core import hybrid
+
+    return hybrid.Weights(1.0, 0.0, 0.0), hybrid.Weights(0.0, 1.0, 0.0)
+
+
+def _tag_decision(settings: Settings, registered: dict[str, tracking.RegisteredRun], d: GateDecision,
+                  won: bool) -> None:
+    from prodassoc_core import serving
+
+    state = "trial" if d.trial else ("champion" if d.promoted else "candidate")
+    tags = {serving.GATE_TAG: state, "prodassoc.gate_classic": d.classic, "prodassoc.gate_reason": d.reason[:4000],
+            "prodassoc.gate_won": str(won).lower()}
+    tags |= {serving.segment_tag(s): d.segments[s] for s in serving.SEGMENTS}
+    tags |= {f"prodassoc.gate_{who}_{what}": f"{v:.6f}" for who, vals in d.scores.items() for what, v in vals.items()}
+    tags |= {f"prodassoc.gate_n_{s}": str(v) for s, v in d.n_products.items()}
+    for reg in registered.values():
+        tracking.tag_version(settings.tracking_uri, reg.model_name, reg.model_version, tags)
 
 
 def _log_stage(settings: Settings, result: StageResult, registered: str, as_of: date, tags: dict[str, str]):
@@ -179,8 +307,9 @@ def register(settings: Settings, result: chain.ChainResult, as_of: date) -> dict
     return out
 
 
-def train_models(settings: Settings, as_of: date, *, progress: bool = False) -> TrainReport:
-    """The whole retraining run for ``as_of``: data, chain, registration, gate."""
+def train_models(settings: Settings, as_of: date, *, progress: bool = False, promote: bool = True) -> TrainReport:
+    """The whole retraining run for ``as_of``: data, chain, registration, gate (``promote``
+    False: the gate decides and records, nothing is promoted)."""
     cfg = settings.training
     if cfg.seed is None:
         raise ValueError("training.seed is required to train (PRODASSOC_TRAINING__SEED or `prodassoc train --seed`)")
@@ -189,24 +318,11 @@ def train_models(settings: Settings, as_of: date, *, progress: bool = False) -> 
     start = datetime.combine(as_of, time())
     out_dir = models_dir(settings, as_of)
     result = chain.train_chain(catalog, train, start, cfg, device=device, out_dir=out_dir, progress=progress,
-                               hybrid_cfg=settings.hybrid)
+                               hybrid_cfg=settings.hybrid, selection_cfg=settings.selection)
     registered = register(settings, result, as_of)
-    popular = [result.task.space.product_ids[i] for i in result.task.space.popular]
-    decision = gate(settings, registered["student"], result.student.model_dir, catalog, result.task, popular, device,
-                    out_dir / "gate")
+    decision = gate(settings, registered, result, catalog, train, as_of, device, out_dir / "gate", promote=promote)
     if decision.promoted:
         for reg in registered.values():
             tracking.set_alias(settings.tracking_uri, reg.model_name, reg.model_version, cfg.champion_alias)
     return TrainReport(as_of, {s: r.model_version for s, r in registered.items()}, decision, chain.summary(result),
                        result.seconds)
-
-
-def champion_embeddings(settings: Settings, catalog: pl.DataFrame, work_dir: Path) -> tuple[np.ndarray, str] | None:
-    """The champion student's embeddings of ``catalog`` and its model URI; None without a champion."""
-    cfg = settings.training
-    champion = tracking.aliased_version(settings.tracking_uri, cfg.student.registered_model, cfg.champion_alias)
-    if champion is None:
-        return None
-    model_dir = tracking.registered_model_dir(settings.tracking_uri, champion.uri, work_dir / f"v{champion.version}")
-    vectors = chain.catalog_vectors(model_dir, catalog, device=device_of(cfg), max_length=cfg.student.max_length)
-    return vectors, champion.uri

@@ -3,8 +3,8 @@
 The nightly flow records both: the Markdown as a Prefect artifact (``nightly-<as_of>``), the
 metrics as one MLflow run in experiment ``prodassoc-nightly``. Counts come from the ingestion
 report and the published partitions the flow already returns; timings are wall seconds per stage.
-The models used: ``classic:<method>`` for the associations, and the champion student's registered
-version (``models:/prodassoc-student/<n>``) when the run published ``product_embeddings``.
+What was served comes from the run's serving plan (prodassoc_core/serving.py, ``serving.json``):
+the classic setting chosen for the catalog and, per segment, the hybrid's model versions.
 """
 
 from __future__ import annotations
@@ -28,9 +28,17 @@ def _tables(ingest: Mapping) -> list[str]:
     return sorted({CATALOG.name, TRANSACTIONS.name} | {p["table"] for p in ingest["partitions"]})
 
 
-def classic_model(method: str) -> str:
-    """The model a nightly run used: ``classic:<association method>`` until the language models land."""
-    return f"classic:{method}"
+def served_model(served: Mapping) -> str:
+    """What a run served, as one string: ``classic:count``, or with models
+    ``hybrid[cold]:models:/prodassoc-student/3,models:/prodassoc-gnn/3 + classic[warm]:count``."""
+    segments = served["segments"]
+    hybrid = [s for s, v in segments.items() if v == "hybrid"]
+    classic = [s for s, v in segments.items() if v == "classic"]
+    if not hybrid:
+        return f"classic:{served['classic']}"
+    models = ",".join(u for u in (served.get("student_model"), served.get("gnn_model")) if u)
+    text = f"hybrid[{','.join(hybrid)}]:{models}"
+    return text + (f" + classic[{','.join(classic)}]:{served['classic']}" if classic else "")
 
 
 def artifact_key(as_of: date) -> str:
@@ -49,14 +57,20 @@ def redact_uri(uri: str) -> str:
 
 
 def nightly_params(
-    as_of: date, model: str, lookback_days: int, mining: MiningConfig, associations: AssociationConfig,
+    as_of: date, served: Mapping, lookback_days: int, mining: MiningConfig, associations: AssociationConfig,
     embedding_model: str | None = None,
 ) -> dict[str, object]:
     """The settings that decide a run's output, as MLflow params (``embedding_model``: the
     registered model version behind product_embeddings, only when the run published them)."""
     params: dict[str, object] = {
         "as_of": as_of.isoformat(),
-        "model": model,
+        "model": served_model(served),
+        "classic": served["classic"],
+        "serve_warm": served["segments"]["warm"],
+        "serve_cold": served["segments"]["cold"],
+        "student_model": served.get("student_model") or "",
+        "gnn_model": served.get("gnn_model") or "",
+        "model_as_of": served.get("model_as_of") or "",
         "lookback_days": lookback_days,
         "min_support": mining.min_support,
         "min_confidence": mining.min_confidence,
@@ -107,7 +121,7 @@ def top_quarantine_rules(ingest: Mapping, n: int = 5) -> list[tuple[str, int]]:
 
 def nightly_markdown(
     as_of: date,
-    model: str,
+    served: Mapping,
     metrics: Mapping[str, float],
     ingest: Mapping,
     published: Sequence[Mapping],
@@ -117,11 +131,15 @@ def nightly_markdown(
     """The run's page: models used, counts, quarantine, published partitions, timings, and where
     MLflow has it. ``embedding_model``: the model version behind product_embeddings, if published."""
     m = metrics
-    embeddings = f"`{embedding_model}` (the champion student)" if embedding_model else "none (no champion student)"
+    embeddings = f"`{embedding_model}` (the served student)" if embedding_model else "none (no student served)"
     lines = [
         f"# prodassoc nightly, as_of {as_of.isoformat()}",
         "",
-        f"Model: `{model}`; product embeddings: {embeddings}. MLflow: {tracking}.",
+        f"Served: `{served_model(served)}`; product embeddings: {embeddings}. MLflow: {tracking}.",
+        "",
+        f"- {served['served']}",
+        f"- classic method: {served['classic_reason']}",
+        f"- models: {served['reason']}",
         "",
         "## Ingestion",
         "",

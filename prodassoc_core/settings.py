@@ -70,16 +70,39 @@ EVALUATION_METHODS = ASSOCIATION_METHODS + MODEL_METHODS
 class AssociationConfig(BaseModel):
     """How product_associations are ranked; prodassoc_core/methods.py has each method.
 
-    The default, ``decayed_damped``, scored best on the evaluation harness (README);
-    its three parameters were chosen on validation folds of the training window.
+    ``auto`` (the default): the method and its parameters are chosen per catalog on the held-out
+    tail of its own training window (``selection``, prodassoc_core/selection.py), never below plain
+    ``count``. Any other method is served as set. The decayed_damped parameters below are its
+    settings when it is set explicitly.
     """
 
-    method: Literal[ASSOCIATION_METHODS] = "decayed_damped"  # type: ignore[valid-type]
+    method: Literal[("auto",) + ASSOCIATION_METHODS] = "auto"  # type: ignore[valid-type]
     min_pair_count: int = Field(2, ge=1, description="co-purchase orders needed to publish a pair")
     top_k: int = Field(20, ge=1)
     half_life_days: float | None = Field(120.0, gt=0, description="decayed_damped: basket weight halves every N days")
     size_exponent: float = Field(0.5, ge=0, description="decayed_damped: weight / (basket size - 1) ** e")
     popularity_exponent: float = Field(0.25, ge=0, description="decayed_damped: score / weight(b) ** e")
+
+
+class SelectionConfig(BaseModel):
+    """Choosing the classic method per catalog on the tail of its training window
+    (prodassoc_core/selection.py), and the serving gate's thresholds (prodassoc_core/serving.py)."""
+
+    validation_days: int = Field(28, ge=1, description="tail length (at most a quarter of the window's span)")
+    reselect_days: int = Field(7, ge=1, description="the nightly re-chooses the classic method every N days")
+    min_baskets: int = Field(5, ge=1, description="a product is scored when in this many tail baskets")
+    min_pair_baskets: int = Field(3, ge=1, description="relevant q: tail baskets holding both p and q")
+    min_lift: float = Field(3.0, gt=0, description="relevant q: tail lift of p, q")
+    k: int = Field(10, ge=1, description="NDCG@k")
+    min_products: int = Field(20, ge=1, description="fewer scorable tail products: keep count, the floor")
+    min_gain: float = Field(0.005, ge=0, description="NDCG a candidate must gain over count to replace it")
+    half_lives: tuple[float | None, ...] = (None, 30.0, 120.0)
+    size_exponents: tuple[float, ...] = (0.0, 0.5)
+    popularity_exponents: tuple[float, ...] = (0.0, 0.25, 0.5)
+    gate_margin: float = Field(
+        0.005, ge=0, description="NDCG the hybrid must gain over the classic method in a segment to serve it there"
+    )
+    gate_min_products: int = Field(10, ge=1, description="a segment (warm, cold) needs this many gate products")
 
 
 class HybridConfig(BaseModel):
@@ -336,6 +359,7 @@ class Settings(BaseSettings):
     baskets: BasketConfig = BasketConfig()
     mining: MiningConfig = MiningConfig()
     associations: AssociationConfig = AssociationConfig()
+    selection: SelectionConfig = SelectionConfig()
     evaluation: EvaluationConfig = EvaluationConfig()
     training: TrainingConfig = TrainingConfig()
     hybrid: HybridConfig = HybridConfig()

@@ -215,6 +215,37 @@ def aliased_version(tracking_uri: str, name: str, alias: str) -> ModelVersion | 
     return ModelVersion(mv.name, str(mv.version), mv.run_id, dict(mv.tags or {}))
 
 
+def model_versions(tracking_uri: str, name: str) -> list[ModelVersion]:
+    """Every registered version of ``name`` with its tags, oldest first; [] without the model."""
+    if _sqlite_missing(tracking_uri):
+        return []
+    from mlflow.exceptions import MlflowException
+
+    if "'" in name:
+        raise ValueError(f"registered model name {name!r}: quotes are not allowed")
+    try:
+        found = _client(tracking_uri).search_model_versions(f"name = '{name}'")
+    except MlflowException as exc:
+        if exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "NOT_FOUND"):
+            return []
+        raise
+    out = [ModelVersion(mv.name, str(mv.version), mv.run_id, dict(mv.tags or {})) for mv in found]
+    return sorted(out, key=lambda v: int(v.version))
+
+
+def model_version(tracking_uri: str, name: str, version: str) -> ModelVersion | None:
+    """One registered version with its tags, or None."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        mv = _client(tracking_uri).get_model_version(name, version)
+    except MlflowException as exc:
+        if exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "NOT_FOUND"):
+            return None
+        raise
+    return ModelVersion(mv.name, str(mv.version), mv.run_id, dict(mv.tags or {}))
+
+
 def set_alias(tracking_uri: str, name: str, version: str, alias: str) -> None:
     _client(tracking_uri).set_registered_model_alias(name, alias, version)
 

@@ -34,18 +34,14 @@ def mine_rules(settings: Settings, baskets_path: Path, as_of: date) -> Path:
 
 
 @task(name="product-associations", cache_policy=NO_CACHE)
-def product_associations(settings: Settings, baskets_path: Path, as_of: date) -> Path:
+def product_associations(settings: Settings, baskets_path: Path, as_of: date) -> dict[str, Path]:
+    """product_associations (and the served student's product_embeddings), as the serving plan says."""
     return pipeline.associate(settings, baskets_path, as_of)
 
 
 @task(name="bundles", cache_policy=NO_CACHE)
 def bundles(settings: Settings, baskets_path: Path, associations_path: Path) -> Path:
     return pipeline.bundle(settings, baskets_path, associations_path)
-
-
-@task(name="embed", cache_policy=NO_CACHE)
-def embed(settings: Settings, as_of: date) -> Path | None:
-    return pipeline.embed(settings, as_of)
 
 
 @task(name="publish", cache_policy=NO_CACHE)
@@ -70,12 +66,13 @@ def record_run(
     from prodassoc_core import run_summary, tracking
     from prodassoc_core.contracts import PRODUCT_EMBEDDINGS
 
-    model = run_summary.classic_model(settings.associations.method)
+    served = pipeline.served_summary(baskets_path)
+    model = run_summary.served_model(served)
     embedded = [p["path"] for p in published if p["table"] == PRODUCT_EMBEDDINGS.name]
     embedding_model = pipeline.embedding_model(embedded[0]) if embedded else None
     metrics = run_summary.nightly_metrics(ingest_report, published, pq.read_metadata(baskets_path).num_rows, timings)
     params = run_summary.nightly_params(
-        as_of, model, settings.lookback_days, settings.mining, settings.associations, embedding_model
+        as_of, served, settings.lookback_days, settings.mining, settings.associations, embedding_model
     )
     key = run_summary.artifact_key(as_of)
     tags = {"model": model, "prefect_flow_run_id": str(flow_run.id or ""), "prefect_artifact": key}
@@ -97,13 +94,13 @@ def record_run(
         reason = str(exc).replace(settings.tracking_uri, uri)
         error = f"{where}: **logging failed** ({type(exc).__name__}: {reason})"
         create_markdown_artifact(
-            run_summary.nightly_markdown(as_of, model, metrics, ingest_report, published, error, embedding_model),
+            run_summary.nightly_markdown(as_of, served, metrics, ingest_report, published, error, embedding_model),
             key=key, description=f"prodassoc nightly {as_of.isoformat()} (MLflow logging failed)",
         )
         raise
     create_markdown_artifact(
         run_summary.nightly_markdown(
-            as_of, model, metrics, ingest_report, published, f"{where}, run `{run_id}`", embedding_model
+            as_of, served, metrics, ingest_report, published, f"{where}, run `{run_id}`", embedding_model
         ),
         key=key, description=f"prodassoc nightly {as_of.isoformat()}: counts, quarantine, timings",
     )
