@@ -126,12 +126,35 @@ def cmd_train(args: argparse.Namespace) -> int:
         except RuntimeError as exc:
             print(f"prodassoc: error: --device cuda: {exc}", file=sys.stderr)
             return 2
-    out = train(as_of=args.as_of, seed=args.seed, settings=settings, progress=sys.stderr.isatty())
+    out = train(as_of=args.as_of, seed=args.seed, settings=settings, progress=sys.stderr.isatty(),
+                promote=not args.no_promote)
     print(f"as_of {out['as_of']}: trained in {out['total_seconds']:.0f} s, registered:")
     for stage, uri in out["model_uris"].items():
         print(f"  {stage}: {uri}")
     print(f"gate: {out['verdict']}")
+    for line in out["gate_table"]:
+        print(f"  {line}")
     print(f"MLflow: {settings.tracking_uri} (experiment {settings.training.experiment!r})")
+    return 0
+
+
+def cmd_promote(args: argparse.Namespace) -> int:
+    """An operator's override of the serving gate (serving.promote / serving.revoke)."""
+    from prodassoc_core import serving
+
+    settings = _settings(args)
+    if args.revoke:
+        v = serving.revoke(settings, args.version, args.reason)
+        print(f"{v.uri}: revoked; runs from now on serve the newest version still eligible for their date, "
+              f"or the classic method")
+        return 0
+    segments = {s: (serving.HYBRID if s in args.segments.split(",") else serving.CLASSIC) for s in serving.SEGMENTS}
+    if serving.HYBRID not in segments.values() or not set(args.segments.split(",")) <= set(serving.SEGMENTS):
+        raise ValueError(f"--segments: a comma-separated subset of warm,cold, got {args.segments!r}")
+    v = serving.promote(settings, args.version, segments, args.reason)
+    print(f"{v.uri}: promoted by hand (@{settings.training.champion_alias}), hybrid for "
+          f"{', '.join(s for s, x in segments.items() if x == serving.HYBRID)}; served for dates from "
+          f"{v.tags[serving.AS_OF_TAG]} on")
     return 0
 
 
@@ -245,7 +268,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mlm-minutes", type=float, help="time budget of the MLM stage")
     p.add_argument("--teacher-minutes", type=float, help="time budget of the teacher's training")
     p.add_argument("--student-minutes", type=float, help="time budget of the student's training")
+    p.add_argument("--no-promote", action="store_true",
+                   help="trial run: train, register and run the serving gate, record its decision, promote nothing")
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("promote", help="override the serving gate: serve a trained student version by hand, or revoke one")
+    p.add_argument("--version", required=True, help="prodassoc-student version number (see `prodassoc train` output)")
+    p.add_argument("--segments", default="warm,cold",
+                   help="where its hybrid is served: warm, cold or warm,cold (default: warm,cold)")
+    p.add_argument("--revoke", action="store_true", help="stop serving this version (rollback) instead")
+    p.add_argument("--reason", required=True, help="why: recorded as a tag of every version touched")
+    p.set_defaults(func=cmd_promote)
 
     p = sub.add_parser("deploy", help="register the production deployments with the Prefect API at $PREFECT_API_URL")
     p.add_argument("--cron", help="nightly schedule (default: $PRODASSOC_DEPLOY_CRON or '0 2 * * *')")

@@ -29,12 +29,14 @@ def train(
     settings: Settings | None = None,
     timezone: str = "UTC",
     progress: bool = False,
+    promote: bool = True,
 ) -> dict:
     """Train the chain on everything landed before ``as_of`` and apply the champion gate.
 
     ``as_of`` None: the run's scheduled date in ``timezone`` (scheduled deployment runs), as
     ``scheduled_nightly`` does. ``seed`` overrides ``settings.training.seed``; one of them is
-    required. Returns ``train_summary.summary``: versions, gate scores and verdict, stage timings.
+    required. ``promote`` False: a trial run, the gate decides and records but promotes nothing.
+    Returns ``train_summary.summary``: versions, gate scores and verdict, stage timings.
     """
     settings = settings or Settings()
     if seed is not None:
@@ -42,7 +44,7 @@ def train(
     as_of = as_of or scheduled_date(timezone)
     logger = get_run_logger()
     start = time.perf_counter()
-    report = t.train_models(settings, as_of, progress=progress)
+    report = t.train_models(settings, as_of, progress=progress, promote=promote)
     total = time.perf_counter() - start
     names = train_summary.registered_names(settings.training)
     logger.info(

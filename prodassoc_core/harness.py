@@ -158,7 +158,6 @@ def graph_associations(settings: Settings, split: Split, method: str, device) ->
     from datetime import datetime, time
 
     from prodassoc_core import champions, embeddings, hybrid
-    from prodassoc_core.methods import decayed_config
 
     found = champions.resolve(settings, settings.data_dir / "evaluation" / "models", not_after=split.as_of)
     if isinstance(found, str) or (method == "gnn" and found.gnn_dir is None):
@@ -169,10 +168,9 @@ def graph_associations(settings: Settings, split: Split, method: str, device) ->
     top_k = settings.associations.top_k
     if method == "gnn":
         return embeddings.top_k_similar(split.catalog["product_id"].to_list(), model.gnn, top_k, method="gnn")
-    decayed = decayed_config(settings.associations)
     return hybrid.hybrid_associations(
         split.catalog, train, datetime.combine(split.as_of, time()), model, top_k=top_k,
-        candidates_k=settings.hybrid.candidates_k, decayed=decayed,
+        candidates_k=settings.hybrid.candidates_k, decayed=found.cooc,
     ).select("product_id", "associated_product_id", "rank", "score", "method")
 
 

@@ -212,13 +212,12 @@ def gate(
     scores = {"classic": classic_s | {"served": float(classic_pp["ndcg"].mean()) if classic_pp.height else float("nan")},
               "candidate": cand_s | {"served": served_mean(classic_pp, cand_pp, segments)}}
     current = serving.served_models(settings, as_of)
-    champion_version = None
+    champion_version = None if isinstance(current, str) else current.student.version
     if serving.HYBRID not in segments.values():
         promoted, reason = False, f"the hybrid does not beat {choice.label} by {sel.gate_margin:g} in any segment"
     elif isinstance(current, str):
         promoted, reason = True, f"no model is served for {as_of}; the hybrid beats the classic method where it serves"
     else:
-        champion_version = current.student.version
         found = champions.download(settings, current, work_dir / "champion")
         champ_pp = _hybrid_per_product(settings, found, catalog, data, device, k)
         scores["champion"] = segment_means(champ_pp) | {"served": served_mean(classic_pp, champ_pp, current.segments)}

@@ -32,8 +32,8 @@ def served_model(served: Mapping) -> str:
     """What a run served, as one string: ``classic:count``, or with models
     ``hybrid[cold]:models:/prodassoc-student/3,models:/prodassoc-gnn/3 + classic[warm]:count``."""
     segments = served["segments"]
-    hybrid = [s for s, v in segments.items() if v == "hybrid"]
-    classic = [s for s, v in segments.items() if v == "classic"]
+    hybrid = [s for s in ("warm", "cold") if segments[s] == "hybrid"]
+    classic = [s for s in ("warm", "cold") if segments[s] == "classic"]
     if not hybrid:
         return f"classic:{served['classic']}"
     models = ",".join(u for u in (served.get("student_model"), served.get("gnn_model")) if u)

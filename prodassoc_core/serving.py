@@ -203,3 +203,44 @@ def plan(settings: Settings, as_of: date, train: pl.DataFrame) -> ServingPlan:
         return ServingPlan(as_of, classic, classic_reason, None, found)
     reason = f"{found.student.uri} passed the serving gate ({found.student.tags.get(GATE_TAG)})"
     return ServingPlan(as_of, classic, classic_reason, found, reason, dict(found.segments))
+
+
+# --- operators' overrides -----------------------------------------------------------------------------
+
+
+def promote(settings: Settings, version: str, segments: dict[str, str], reason: str) -> tracking.ModelVersion:
+    """An operator serves student ``version`` (and the MLM, teacher and GNN trained with it) for
+    ``segments``, overriding the gate: tagged ``prodassoc.gate=manual`` with the reason, aliased
+    ``@champion``. Still point in time: never served for dates before its training as_of."""
+    return _set_gate(settings, version, "manual", segments, reason, alias=True)
+
+
+def revoke(settings: Settings, version: str, reason: str) -> tracking.ModelVersion:
+    """Stop serving student ``version`` (a rollback): tagged ``prodassoc.gate=revoked``; the next
+    runs serve the newest version still eligible for their date, or the classic method."""
+    return _set_gate(settings, version, "revoked", None, reason, alias=False)
+
+
+def _set_gate(settings: Settings, version: str, state: str, segments: dict[str, str] | None, reason: str,
+              alias: bool) -> tracking.ModelVersion:
+    cfg = settings.training
+    student = tracking.model_version(settings.tracking_uri, cfg.student.registered_model, version)
+    if student is None or AS_OF_TAG not in student.tags:
+        raise ValueError(f"{cfg.student.registered_model} version {version} is not a trained student of this registry")
+    tags = {GATE_TAG: state, "prodassoc.gate_reason": reason}
+    if segments is not None:
+        unknown = set(segments) - set(SEGMENTS) or {v for v in segments.values() if v not in (HYBRID, CLASSIC)}
+        if unknown or set(segments) != set(SEGMENTS):
+            raise ValueError(f"segments must give warm and cold each hybrid or classic, got {segments}")
+        tags |= {segment_tag(s): segments[s] for s in SEGMENTS}
+    names = {"mlm": "prodassoc-mlm", "teacher": cfg.teacher.registered_model, "gnn": cfg.gnn_registered_model}
+    linked = [(cfg.student.registered_model, version)] + [
+        (name, student.tags[f"prodassoc.{stage}_version"]) for stage, name in names.items()
+        if f"prodassoc.{stage}_version" in student.tags
+    ]
+    for name, v in linked:
+        tracking.tag_version(settings.tracking_uri, name, v, tags)
+        if alias:
+            tracking.set_alias(settings.tracking_uri, name, v, cfg.champion_alias)
+    log.info("%s v%s: gate %s (%s)", cfg.student.registered_model, version, state, reason)
+    return tracking.model_version(settings.tracking_uri, cfg.student.registered_model, version)

@@ -36,13 +36,34 @@ def registered_names(cfg: TrainingConfig) -> dict[str, str]:
 
 
 def verdict(report: TrainReport, cfg: TrainingConfig) -> str:
-    """One sentence: did the new student become champion or stay a candidate, and why."""
+    """One sentence: is the new student served from now on (champion) or not, and why."""
     names, d, alias = registered_names(cfg), report.decision, cfg.champion_alias
     student = f"{names['student']} v{report.versions['student']}"
+    served = ", ".join(s for s, v in d.segments.items() if v == "hybrid")
     if d.promoted:
         others = ", ".join(f"{names[s]} v{report.versions[s]}" for s in STAGES if s != "student" and s in report.versions)
-        return f"new champion: {student} is now @{alias} (with {others}); {d.message}"
-    return f"kept as a candidate: {student} is registered, @{alias} stays on v{d.champion_version}; {d.message}"
+        return f"new champion: {student} is now @{alias} (with {others}), served for {served} products; {d.reason}"
+    now = f"v{d.champion_version} stays served" if d.champion_version else "the classic method stays served"
+    kind = "trial run, not promoted" if d.trial else "kept as a candidate"
+    return f"{kind}: {student} is registered, {now}; {d.reason}"
+
+
+def gate_table(report: TrainReport) -> list[str]:
+    """The gate's scores as Markdown table lines: NDCG@k per segment of the classic method, the
+    candidate's hybrid and the model served before, and the segments' decision."""
+    d = report.decision
+    lines = ["| ranking | warm | cold | served |", "|---|---:|---:|---:|"]
+    names = {"classic": f"classic {d.classic}", "candidate": f"candidate v{report.versions['student']} (hybrid)",
+             "champion": f"served before: v{d.champion_version}"}
+    for who in ("classic", "candidate", "champion"):
+        if who in d.scores:
+            v = d.scores[who]
+            lines.append(f"| {names[who]} | {v['warm']:.4f} | {v['cold']:.4f} | {v['served']:.4f} |")
+    lines.append(f"| gate products | {d.n_products['warm']} | {d.n_products['cold']} | "
+                 f"{d.n_products['warm'] + d.n_products['cold']} |")
+    lines.append(f"| decision | {d.segments['warm']} | {d.segments['cold']} | "
+                 f"{'promoted' if d.promoted else ('trial' if d.trial else 'not promoted')} |")
+    return lines
 
 
 def summary(report: TrainReport, cfg: TrainingConfig) -> dict[str, Any]:
@@ -53,11 +74,17 @@ def summary(report: TrainReport, cfg: TrainingConfig) -> dict[str, Any]:
         "versions": dict(report.versions),
         "model_uris": {s: f"models:/{names[s]}/{v}" for s, v in report.versions.items()},
         "promoted": d.promoted,
+        "trial": d.trial,
+        "segments": dict(d.segments),
+        "gate_scores": {k: dict(v) for k, v in d.scores.items()},
+        "gate_products": dict(d.n_products),
+        "classic": d.classic,
         "candidate_score": d.candidate_score,
         "champion_score": d.champion_score,
         "champion_version": d.champion_version,
         "message": d.message,
         "verdict": verdict(report, cfg),
+        "gate_table": gate_table(report),
         "seconds": dict(report.seconds),
         "chain": report.chain,
     }
@@ -105,16 +132,13 @@ def training_markdown(
     versions = report.versions
     lines += [f"| {s} | {names[s]} | {versions[s]} | `models:/{names[s]}/{versions[s]}` |" for s in STAGES
               if s in versions]
-    champion = "none (first champion)" if d.champion_score is None else f"v{d.champion_version}: {d.champion_score:.4f}"
     lines += [
         "",
-        "## Champion gate (NDCG@10 on the held-out tail of the training window)",
+        "## Serving gate (NDCG@10 on the gate half of the held-out tail of the training window)",
         "",
-        "| | score |",
-        "|---|---:|",
-        f"| candidate v{report.versions['student']} | {d.candidate_score:.4f} |",
-        f"| champion before this run | {champion} |",
-        f"| promoted | {'yes' if d.promoted else 'no'} |",
+        *gate_table(report),
+        "",
+        d.message + ".",
         "",
         "## Stages",
         "",

@@ -15,11 +15,11 @@ from prodassoc_core.settings import Settings
 
 
 @task(name="train-models", cache_policy=NO_CACHE, retries=0)
-def train_models(settings: Settings, as_of: date, progress: bool = False):
-    """``retrain.train_models``: data, MLM -> teacher -> student, registration, champion gate."""
+def train_models(settings: Settings, as_of: date, progress: bool = False, promote: bool = True):
+    """``retrain.train_models``: data, MLM -> teacher -> student -> GNN, registration, serving gate."""
     from prodassoc_core import retrain  # torch and transformers: only where a run trains
 
-    return retrain.train_models(settings, as_of, progress=progress)
+    return retrain.train_models(settings, as_of, progress=progress, promote=promote)
 
 
 @task(name="record-training", cache_policy=NO_CACHE)

@@ -56,24 +56,44 @@ def trained(tmp_path_factory, prefect_harness):
 
 
 @pytest.fixture(scope="module")
-def nightly_with_champion(trained):
-    """The nightly flow for the training date, in the trained data directory."""
+def nightly_with_champion(trained, promoted):
+    """The nightly flow for the training date, in the trained data directory, v1 served."""
     from flows.nightly import nightly
 
     settings, _, _ = trained
     return nightly(as_of=AS_OF, settings=settings)
 
 
-def test_train_registers_every_stage_and_promotes_the_first_student(trained):
+@pytest.fixture(scope="module")
+def promoted(trained):
+    """v1 served by hand for both segments (`prodassoc promote`), whatever the gate decided: the
+    tiny chain rarely beats the classic method on the sample's tail, and the serving path must
+    be tested with a served model."""
+    settings, _, _ = trained
+    args = ["--data-dir", str(settings.data_dir), "promote", "--version", "1", "--reason", "test: serve the tiny chain"]
+    assert main(args) == 0
+    return settings
+
+
+def test_train_registers_every_stage_and_records_the_gate(trained):
     settings, _, out = trained
     assert out["as_of"] == AS_OF.isoformat()
     assert out["versions"] == {"mlm": "1", "teacher": "1", "student": "1", "gnn": "1"}
-    assert out["promoted"] and out["champion_score"] is None and 0 <= out["candidate_score"] <= 1
-    assert out["verdict"].startswith("new champion: prodassoc-student v1 is now @champion")
     for stage, name in STAGE_MODELS.items():
-        champion = _champion(settings, name)
-        assert champion is not None and champion.version == "1", f"{name}@champion"
         assert out["model_uris"][stage] == f"models:/{name}/1"
+    # no promotion because nothing is served yet: only a segment the hybrid won on the gate half
+    won = [s for s, v in out["segments"].items() if v == "hybrid"]
+    assert out["promoted"] == bool(won) and out["champion_score"] is None
+    scores = out["gate_scores"]
+    for s in won:
+        assert scores["candidate"][s] > scores["classic"][s] + settings.selection.gate_margin
+        assert out["gate_products"][s] >= settings.selection.gate_min_products
+    version = tracking.model_version(settings.tracking_uri, "prodassoc-student", "1")
+    assert version.tags["prodassoc.gate"] == ("champion" if won else "candidate")
+    assert version.tags["prodassoc.serve_warm"] == out["segments"]["warm"]
+    assert version.tags["prodassoc.gate_classic"] == out["classic"]
+    assert float(version.tags["prodassoc.gate_classic_warm"]) == pytest.approx(scores["classic"]["warm"], abs=1e-6)
+    assert (_champion(settings) is not None) == out["promoted"]
     assert set(out["seconds"]) >= {"mlm", "teacher", "student", "gnn"}
     assert json.loads(json.dumps(out))  # plain values only: the flow's result is readable anywhere
 
@@ -85,7 +105,10 @@ def test_train_writes_the_markdown_artifact(trained):
     assert f"as_of {AS_OF.isoformat()}" in text and out["verdict"] in text
     for name in STAGE_MODELS.values():
         assert f"`models:/{name}/1`" in text
-    assert f"| candidate v1 | {out['candidate_score']:.4f} |" in text and "none (first champion)" in text
+    for line in out["gate_table"]:
+        assert line in text
+    c = out["gate_scores"]["classic"]
+    assert f"| classic {out['classic']} | {c['warm']:.4f} | {c['cold']:.4f} | {c['served']:.4f} |" in text
     for stage in ("mlm", "teacher", "student"):
         s = out["chain"][stage]
         row = [line for line in text.splitlines() if line.startswith(f"| {stage} |")][-1]  # the stages table
@@ -97,20 +120,35 @@ def test_train_writes_the_markdown_artifact(trained):
     assert f"{out['chain']['gnn']['epochs']} epochs" in gnn_row and "Hybrid weights" in text
 
 
-def test_cli_train_prints_versions_and_the_gate(trained, capsys, monkeypatch):
-    settings, _, _ = trained
+def test_cli_promote_serves_by_hand_and_revoke_rolls_back(promoted):
+    settings = promoted
+    version = tracking.model_version(settings.tracking_uri, "prodassoc-student", "1")
+    assert version.tags["prodassoc.gate"] == "manual" and version.tags["prodassoc.serve_cold"] == "hybrid"
+    gnn = tracking.model_version(settings.tracking_uri, "prodassoc-gnn", "1")
+    assert gnn.tags["prodassoc.gate"] == "manual"  # the GNN trained with it goes with it
+    for name in STAGE_MODELS.values():
+        assert _champion(settings, name).version == "1"
+    from prodassoc_core import serving
+
+    assert serving.served_models(settings, AS_OF).student.version == "1"
+    assert "never used for it" in serving.served_models(settings, date(2011, 11, 7))  # point in time
+
+
+def test_cli_train_prints_versions_and_the_gate(promoted, capsys, monkeypatch):
+    settings = promoted
     # the tiny chain through the environment, as an operator would set any training option
     monkeypatch.setenv("PRODASSOC_TRAINING", settings.training.model_dump_json(exclude={"seed"}))
     args = ["--data-dir", str(settings.data_dir), "train", "--as-of", AS_OF.isoformat(), "--seed", str(SEED),
-            "--device", "cpu", "--student-minutes", "5"]
+            "--device", "cpu", "--student-minutes", "5", "--no-promote"]
     assert main(args) == 0
     out = capsys.readouterr().out
     for name in STAGE_MODELS.values():
         assert f"models:/{name}/2" in out
-    # same date, same data: the chain reuses its finished stages, so the new student ties with
-    # the champion and a tie is not a win
-    assert "gate: kept as a candidate: prodassoc-student v2 is registered, @champion stays on v1" in out
+    # a trial run: the gate decides and records, nothing moves
+    assert "gate: trial run, not promoted: prodassoc-student v2 is registered, v1 stays served" in out
+    assert "| classic " in out and "| decision |" in out
     assert _champion(settings).version == "1"
+    assert tracking.model_version(settings.tracking_uri, "prodassoc-student", "2").tags["prodassoc.gate"] == "trial"
 
 
 def test_cli_train_refuses_bad_options_and_a_missing_seed(tmp_path, capsys, prefect_harness, monkeypatch):
@@ -154,6 +192,14 @@ def test_nightly_publishes_the_hybrid_for_every_product_with_explanations(traine
     for column in ("cooc_score", "text_score", "gnn_score"):
         assert table[column].null_count() == 0
     assert table["gnn_score"].std() > 0  # the champion GNN scored the candidates
+    # provenance in every row: what served it, which versions, trained on data before which date
+    assert table["source"].unique().to_list() == ["hybrid"]
+    assert table["student_model"].unique().to_list() == ["models:/prodassoc-student/1"]
+    assert table["gnn_model"].unique().to_list() == ["models:/prodassoc-gnn/1"]
+    assert table["model_as_of"].unique().to_list() == [AS_OF]
+    # explanations agree with the evidence columns: co-purchase is cited exactly where it was seen
+    cites = table["explanation"].str.contains("bought together in")
+    assert (cites == (table["n_rule"] > 0)).all() and (cites == (table["cooc_score"] > 0)).all()
     cold = table.filter(pl.col("is_cold_start"))
     assert cold["n_antecedent"].eq(0).all() and cold["lift"].is_null().all()
     bundles = pl.read_parquet(published["bundles"]["path"])
@@ -170,7 +216,10 @@ def test_nightly_records_the_champion_as_a_model_used(trained, nightly_with_cham
     assert run.data.params["embedding_model"] == run.data.tags["embedding_model"] == uri
     assert run.data.metrics["published_rows_product_embeddings"] > 0
     (artifact,) = _artifacts(f"nightly-{AS_OF.isoformat()}", run.data.tags["prefect_flow_run_id"])
-    assert f"product embeddings: `{uri}` (the champion student)" in artifact.data
+    assert f"product embeddings: `{uri}` (the served student)" in artifact.data
+    served = "hybrid[warm,cold]:models:/prodassoc-student/1,models:/prodassoc-gnn/1"
+    assert f"Served: `{served}`" in artifact.data
+    assert run.data.params["model"] == served and run.data.params["student_model"] == uri
     assert "| product_embeddings |" in artifact.data
 
 
@@ -192,12 +241,41 @@ def test_nightly_without_a_champion_publishes_no_embeddings(tmp_path, prefect_ha
     out = nightly(as_of=date(2011, 10, 8), settings=settings)  # a week of data: quick
     assert {p["table"] for p in out["published"]} == set(PUBLISHED_TABLES) | {"bundles"}
     assert not (settings.warehouse_dir / PRODUCT_EMBEDDINGS.name).exists()
-    # without models the classic method is published (no cold-start rows, no explanations)
+    # without models the classic method chosen for the catalog is published (no cold-start rows,
+    # no explanations), and every row says so
     table = pl.read_parquet(settings.warehouse_dir / "product_associations" / "run_date=2011-10-08" / "data.parquet")
-    assert table["method"].unique().to_list() == ["decayed_damped"] and table["explanation"].null_count() == table.height
+    chosen = json.loads(next((settings.data_dir / "selection").glob("as_of=*.json")).read_text())
+    assert table["method"].unique().to_list() == [chosen["chosen"]["method"]]
+    assert table["explanation"].null_count() == table.height
+    assert table["source"].unique().to_list() == ["classic"] and table["student_model"].null_count() == table.height
     assert pipeline.is_published(settings, date(2011, 10, 8))
     with duckdb.connect(str(settings.duckdb_path), read_only=True) as con:
         views = {r[0] for r in con.execute("SELECT view_name FROM duckdb_views() WHERE NOT internal").fetchall()}
     assert "latest_association_rules" in views and "product_embeddings" not in views
     (run,) = tracking.runs(settings.tracking_uri, run_summary.NIGHTLY_EXPERIMENT)
     assert "embedding_model" not in run.data.params
+
+
+def test_a_backfill_never_serves_a_model_trained_after_its_date(trained, nightly_with_champion):
+    """Point in time: v1 is trained on data before 2011-11-08 and served; a backfill of the two
+    days before serves the classic method on them, and says so in every row and in the record."""
+    from flows.nightly import backfill
+
+    settings, _, _ = trained
+    out = backfill(start=date(2011, 11, 6), end=date(2011, 11, 7), settings=settings)
+    assert out["ran"] == ["2011-11-06", "2011-11-07"]
+    for day in out["ran"]:
+        table = pl.read_parquet(settings.warehouse_dir / "product_associations" / f"run_date={day}" / "data.parquet")
+        assert table["source"].unique().to_list() == ["classic"]
+        assert table["student_model"].null_count() == table.height and table["model_as_of"].null_count() == table.height
+        assert not (settings.warehouse_dir / PRODUCT_EMBEDDINGS.name / f"run_date={day}").exists()
+        served = json.loads((pipeline.run_dir(settings, date.fromisoformat(day)) / pipeline.SERVING_FILE).read_text())
+        assert served["segments"] == {"warm": "classic", "cold": "classic"} and "never used for it" in served["reason"]
+    with duckdb.connect(str(settings.duckdb_path), read_only=True) as con:
+        late = con.execute(
+            "SELECT count(*) FROM product_associations WHERE model_as_of > run_date"
+        ).fetchone()[0]
+        hybrid_days = con.execute(
+            "SELECT DISTINCT run_date FROM product_associations WHERE source = 'hybrid'"
+        ).fetchall()
+    assert late == 0 and [str(d) for (d,) in hybrid_days] == [AS_OF.isoformat()]
