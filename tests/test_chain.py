@@ -242,32 +242,35 @@ def _spoiled_copy(model_dir: Path, dst: Path) -> Path:
     return dst
 
 
-def test_the_gate_keeps_a_worse_student_out(trained, data, cfg, tmp_path):
+def test_the_gate_serves_only_what_beats_the_classic_method_and_the_served_model(trained, data, cfg, tmp_path):
+    from dataclasses import replace
+
+    from prodassoc_core import serving
+
     result, _ = trained
-    catalog, _ = data
+    catalog, frame = data
     settings = Settings(data_dir=tmp_path, training=cfg)
-    task = result.task
-    popular = [task.space.product_ids[i] for i in task.space.popular]
-    name = cfg.student.registered_model
+    sel = settings.selection
+    first = retrain.gate(settings, retrain.register(settings, result, AS_OF.date()), result, catalog, frame,
+                         AS_OF.date(), CPU, tmp_path / "g1")
+    # nothing served yet is no reason to promote: only segments the hybrid won on the gate half
+    for s, source in first.segments.items():
+        won = first.n_products[s] >= sel.gate_min_products and \
+            first.scores["candidate"][s] > first.scores["classic"][s] + sel.gate_margin
+        assert (source == "hybrid") == won, s
+    assert first.promoted == ("hybrid" in first.segments.values()) and first.champion_version is None
+    student = tracking.model_version(settings.tracking_uri, cfg.student.registered_model, "1")
+    assert student.tags["prodassoc.gate"] == ("champion" if first.promoted else "candidate")
 
-    def register(model_dir: Path) -> tracking.RegisteredRun:
-        return tracking.log_model_run(
-            settings.tracking_uri, "test-gate", tmp_path / "art", run_name="student", params={}, metrics={},
-            model_dir=model_dir, registered_model=name, tags={retrain.AS_OF_TAG: "2011-11-08"},
-        )
-
-    good = register(result.student.model_dir)
-    first = retrain.gate(settings, good, result.student.model_dir, catalog, task, popular, CPU, tmp_path / "g1")
-    assert first.promoted and first.champion_score is None
-    tracking.set_alias(settings.tracking_uri, name, good.model_version, "champion")
-
+    serving.promote(settings, "1", {"warm": "hybrid", "cold": "hybrid"}, "test: served by hand")
     bad_dir = _spoiled_copy(result.student.model_dir, tmp_path / "bad")
-    bad = register(bad_dir)
-    second = retrain.gate(settings, bad, bad_dir, catalog, task, popular, CPU, tmp_path / "g2")
-    assert not second.promoted
-    assert second.champion_score == pytest.approx(first.candidate_score)
-    assert second.candidate_score < second.champion_score
-    assert "kept as a candidate" in second.message
-    assert tracking.aliased_version(settings.tracking_uri, name, "champion").version == good.model_version
-    tags = tracking.aliased_version(settings.tracking_uri, name, "champion").tags
-    assert tags[retrain.GATE_TAG] == "champion"
+    spoiled = replace(result, student=replace(result.student, model_dir=bad_dir))
+    second = retrain.gate(settings, retrain.register(settings, spoiled, AS_OF.date()), spoiled, catalog, frame,
+                          AS_OF.date(), CPU, tmp_path / "g2")
+    assert not second.promoted and second.champion_version == "1"
+    if "champion" in second.scores:  # it won a segment against the classic method: judged against v1
+        assert second.scores["candidate"]["served"] <= second.scores["champion"]["served"]
+    assert tracking.aliased_version(settings.tracking_uri, cfg.student.registered_model, "champion").version == "1"
+    assert serving.served_models(settings, AS_OF.date()).student.version == "1"
+    assert tracking.model_version(settings.tracking_uri, cfg.student.registered_model, "2").tags[
+        "prodassoc.gate"] == "candidate"
