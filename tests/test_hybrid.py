@@ -74,7 +74,9 @@ def test_evidence_counts_are_true_and_explanations_name_them(data):
         n = sum(1 for s in item_sets if p in s and q in s)
         assert row["n_rule"] == n
         if n:
-            assert f"bought together in {n} orders, lift {row['lift']:.1f}" in row["explanation"]
+            orders = "order" if n == 1 else "orders"
+            assert f"bought together in {n} {orders}, lift {row['lift']:.1f}" in row["explanation"]
+            assert row["cooc_score"] > 0  # the evidence and the co-purchase component agree
         m = re.search(r"linked through (.+?)(;|$)", row["explanation"])
         if m:
             r = by_title[m.group(1)]

@@ -41,4 +41,4 @@ def test_every_method_publishes_the_same_table_with_true_counts(method):
 def test_training_baskets_on_or_after_as_of_are_refused():
     late = TRAIN.with_columns(pl.lit(AS_OF).alias("ordered_at"))
     with pytest.raises(ValueError, match="before as_of"):
-        config_associations(late, AS_OF, AssociationConfig())
+        config_associations(late, AS_OF, AssociationConfig(method="decayed_damped"))

@@ -5,12 +5,14 @@ Runs under Prefect's test harness on the shipped sample (not a production test: 
 
 from __future__ import annotations
 
+import json
+
 from datetime import date
 
 import pytest
 
 from conftest import SAMPLE
-from prodassoc_core import importers, run_summary, tracking
+from prodassoc_core import importers, pipeline, run_summary, tracking
 from prodassoc_core.settings import Settings
 
 AS_OF = date(2011, 11, 1)
@@ -53,10 +55,12 @@ def test_mlflow_run_has_the_counts_timings_and_model(observed):
     assert m["published_rows_association_rules"] == m["rules"] == published["association_rules"] > 0
     assert m["published_rows_product_associations"] == published["product_associations"] > 0
     assert m["baskets"] > 1000
-    stages = {"ingest", "baskets", "mine_rules", "product_associations", "bundles", "embed", "publish", "total"}
+    stages = {"ingest", "baskets", "mine_rules", "product_associations", "bundles", "publish", "total"}
     assert {k.removeprefix("seconds_") for k in m if k.startswith("seconds_")} == stages
     assert all(m[f"seconds_{s}"] >= 0 for s in stages) and m["seconds_total"] >= m["seconds_ingest"]
-    assert run.data.params["model"] == run.data.tags["model"] == "classic:decayed_damped"
+    served = json.loads((pipeline.run_dir(settings, AS_OF) / pipeline.SERVING_FILE).read_text())
+    assert run.data.params["model"] == run.data.tags["model"] == f"classic:{served['classic']}"
+    assert run.data.params["serve_cold"] == "classic" and run.data.params["student_model"] == ""
     assert run.data.params["as_of"] == AS_OF.isoformat()
     assert run.data.tags["prefect_artifact"] == "nightly-2011-11-01"
     assert run.data.tags["prefect_flow_run_id"]
@@ -68,14 +72,15 @@ def test_markdown_artifact_names_the_counts(observed):
     (artifact,) = _artifacts("nightly-2011-11-01", flow_run_id)
     assert artifact.type == "markdown"
     text = artifact.data
-    assert "as_of 2011-11-01" in text and "`classic:decayed_damped`" in text
-    assert "product embeddings: none (no champion student)" in text
+    served = json.loads((pipeline.run_dir(settings, AS_OF) / pipeline.SERVING_FILE).read_text())
+    assert "as_of 2011-11-01" in text and f"Served: `classic:{served['classic']}`" in text
+    assert "product embeddings: none (no student served)" in text and served["classic_reason"] in text
     ing = out["ingest"]
     assert f"| **all** | {ing['rows_read']:,} | {ing['rows_accepted']:,} | {ing['rows_quarantined']:,} |" in text
     for p in out["published"]:
         assert f"| {p['table']} | {p['rows']:,} |" in text
     assert out["mlflow_run"] in text and run_summary.NIGHTLY_EXPERIMENT in text
-    for stage in ("ingest", "baskets", "mine_rules", "product_associations", "bundles", "embed", "publish", "total"):
+    for stage in ("ingest", "baskets", "mine_rules", "product_associations", "bundles", "publish", "total"):
         assert f"| {stage} |" in text
 
 
@@ -117,7 +122,10 @@ def test_summary_helpers_are_pure():
     m = run_summary.nightly_metrics(ingest, published, n_baskets=4, timings={"ingest": 1.23456})
     assert m["rows_quarantined_transactions"] == 3 and m["rows_read_catalog"] == 2
     assert m["rules"] == 5 and m["baskets"] == 4 and m["seconds_ingest"] == 1.235
-    text = run_summary.nightly_markdown(AS_OF, "classic:count", m, ingest, published, "here")
+    served = {"segments": {"warm": "classic", "cold": "classic"}, "classic": "count", "served": "warm: classic count",
+              "classic_reason": "count: the floor", "reason": "no model"}
+    text = run_summary.nightly_markdown(AS_OF, served, m, ingest, published, "here")
+    assert "Served: `classic:count`" in text and "- classic method: count: the floor" in text
     assert "`not_null:order_id` 2, `unknown_product` 1" in text and "| transactions | 8 | 5 | 3 |" in text
     assert run_summary.redact_uri("http://u:secret@mlflow:5000") == "http://u:***@mlflow:5000"
     assert run_summary.redact_uri("sqlite:////tmp/x.db") == "sqlite:////tmp/x.db"

@@ -64,6 +64,8 @@ def synthetic(contract: TableContract, n: int, version: str) -> pa.Table:
             columns.append(pa.array([[f"{version}-{k}"] for k in range(n)], f.type))
         elif pa.types.is_integer(f.type):
             columns.append(pa.array(i, f.type))
+        elif pa.types.is_date(f.type):
+            columns.append(pa.array(i.astype("datetime64[D]"), f.type))
         else:
             columns.append(pa.array(i / (n + 1.0), f.type))
     return pa.Table.from_arrays(columns, schema=contract.schema)
