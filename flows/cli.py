@@ -182,27 +182,93 @@ def cmd_rules(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_date_of(con, view: str, run_date: date | None) -> date:
+    """``run_date`` when ``view`` has rows for it, else the newest run date; ValueError when there is none."""
+    dates = [r[0] for r in con.execute(f"SELECT DISTINCT run_date FROM {view} ORDER BY run_date DESC").fetchall()]
+    if not dates:
+        raise ValueError(f"nothing published yet in {view}; run `prodassoc run --as-of YYYY-MM-DD` first")
+    if run_date is None:
+        return dates[0]
+    if run_date not in dates:
+        shown = ", ".join(d.isoformat() for d in dates[:10]) + (" ..." if len(dates) > 10 else "")
+        raise ValueError(f"no published run for --run-date {run_date}; published run dates: {shown}")
+    return run_date
+
+
+def _find_product(con, text: str) -> tuple[str, str] | list[tuple[str, str]]:
+    """(id, title) of the product ``text`` names: its id, else its title, else the one title
+    containing it (case-insensitive); a list of candidates (at most 20) when that is ambiguous."""
+    exact = con.execute(
+        "SELECT product_id, title FROM catalog WHERE product_id = ? OR lower(title) = lower(?) "
+        "ORDER BY product_id <> ?, product_id LIMIT 2",
+        [text, text, text],
+    ).fetchall()
+    if exact and (exact[0][0] == text or len(exact) == 1):
+        return exact[0]
+    found = con.execute(
+        "SELECT product_id, title FROM catalog WHERE contains(lower(title), lower(?)) ORDER BY title, product_id LIMIT 21",
+        [text],
+    ).fetchall()
+    return found[0] if len(found) == 1 else found
+
+
 def cmd_top(args: argparse.Namespace) -> int:
     import duckdb
 
     settings = _settings(args)
+    if not settings.duckdb_path.exists():
+        raise FileNotFoundError(f"no DuckDB views at {settings.duckdb_path}; run `prodassoc run --as-of YYYY-MM-DD` first")
     with duckdb.connect(str(settings.duckdb_path), read_only=True) as con:
+        run_date = _run_date_of(con, "product_associations", args.run_date)
+        if args.product is None:
+            rows = con.execute(
+                """
+                SELECT product_title, product_id, associated_title, associated_product_id,
+                       n_rule, round(confidence, 3), round(lift, 2)
+                FROM product_associations_named
+                WHERE run_date = ? AND rank = 1
+                ORDER BY n_rule DESC, product_id
+                LIMIT ?
+                """,
+                [run_date, args.limit],
+            ).fetchall()
+            print(f"top associations of run {run_date} (rank 1, by co-purchase orders) from {settings.duckdb_path}:")
+            for title, pid, atitle, aid, n, conf, lift in rows:
+                print(f"  {title} [{pid}] -> {atitle} [{aid}]: {n} orders, confidence {conf}, lift {lift}")
+            return 0
+        found = _find_product(con, args.product)
+        if isinstance(found, list):
+            if not found:
+                print(f"prodassoc: no product with id or title {args.product!r} in the catalog", file=sys.stderr)
+                return 2
+            more = " (first 20)" if len(found) > 20 else ""
+            print(f"{args.product!r} matches several products{more}; pass one id with --product:", file=sys.stderr)
+            for pid, title in found[:20]:
+                print(f"  {pid}  {title}", file=sys.stderr)
+            return 2
+        pid, title = found
         rows = con.execute(
             """
-            SELECT a.product_id, ct.title, a.associated_product_id, ca.title AS associated_title,
-                   a.n_rule, round(a.confidence, 3), round(a.lift, 2)
-            FROM latest_product_associations a
-            LEFT JOIN catalog ct ON ct.product_id = a.product_id
-            LEFT JOIN catalog ca ON ca.product_id = a.associated_product_id
-            WHERE a.rank = 1
-            ORDER BY a.n_rule DESC, a.product_id
+            SELECT rank, associated_title, associated_product_id, score, method, score_scale,
+                   n_rule, confidence, lift, explanation
+            FROM product_associations_named
+            WHERE run_date = ? AND product_id = ?
+            ORDER BY rank
             LIMIT ?
             """,
-            [args.limit],
+            [run_date, pid, args.limit],
         ).fetchall()
-    print(f"top associations (rank 1, by co-purchase orders) from {settings.duckdb_path}:")
-    for pid, title, aid, atitle, n, conf, lift in rows:
-        print(f"  {title} [{pid}] -> {atitle} [{aid}]: {n} orders, confidence {conf}, lift {lift}")
+    print(f"{title} [{pid}]: associated products of run {run_date}")
+    if not rows:
+        print("  none published (the product was not bought with others often enough in the window)")
+        return 0
+    method, scale = rows[0][4], rows[0][5]
+    print(f"  method {method}; score = {scale}")
+    for rank, atitle, aid, score, _, _, n, conf, lift, why in rows:
+        evidence = f"{n} orders together" + (f", confidence {conf:.3f}, lift {lift:.2f}" if conf is not None else "")
+        print(f"  {rank:>2}. {atitle} [{aid}]  score {score:.4g}; {evidence}")
+        if why:
+            print(f"      {why}")
     return 0
 
 
@@ -261,8 +327,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", required=True)
     p.set_defaults(func=cmd_rules)
 
-    p = sub.add_parser("top", help="print the strongest published associations")
-    p.add_argument("--limit", type=int, default=10)
+    p = sub.add_parser(
+        "top", help="print the strongest published associations, or one product's",
+        description="Without --product: each product's rank-1 association, most co-purchase orders first. "
+        "With --product: that product's associated products in rank order, with score and evidence.",
+    )
+    p.add_argument("--product", metavar="ID|TEXT",
+                   help="a product id, a full title or part of one (case-insensitive; ambiguous text lists the "
+                        "matching products) (default: no product, the top pairs overall)")
+    p.add_argument("--run-date", type=_date, metavar="YYYY-MM-DD",
+                   help="which published run to read (default: the newest)")
+    p.add_argument("--limit", type=int, default=10, metavar="N", help="rows to print (default: %(default)s)")
     p.set_defaults(func=cmd_top)
     return parser
 
