@@ -246,7 +246,8 @@ def refresh_views(duckdb_path: Path, sources: dict[str, str]) -> list[str]:
                     f"WHERE run_date = (SELECT max(run_date) FROM {view})"
                 )
                 made.append(f"latest_{name}")
-        made += create_analyst_views(con, made)
+        if "catalog" in made:  # the analyst views put catalog titles next to ids
+            made += create_analyst_views(con, made)
         con.execute("CHECKPOINT")
     os.replace(tmp, duckdb_path)
     return made
@@ -327,8 +328,8 @@ _NAMED_VIEWS: dict[str, tuple[str, str]] = {
 def create_analyst_views(con, existing: list[str]) -> list[str]:
     """Views for analysts on an open DuckDB connection; returns the views made.
 
-    ``association_methods`` (method, score_scale) always; for each published table whose view
-    is in ``existing`` (and with a ``catalog`` view for the titles): ``<table>_named`` over all
+    ``association_methods`` (method, score_scale); for each published table whose view is in
+    ``existing`` (and with a ``catalog`` view for the titles): ``<table>_named`` over all
     run dates and ``latest_<table>_named`` over ``latest_<table>``, with product titles next to
     the ids (a product missing from the catalog shows its id in rules, null in associations).
     """
