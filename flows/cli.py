@@ -274,57 +274,91 @@ def cmd_top(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="prodassoc", description=__doc__)
-    parser.add_argument("--data-dir", help="data directory (default: $PRODASSOC_DATA_DIR or ./.prodassoc)")
-    parser.add_argument("-v", "--verbose", action="store_true")
+    parser.add_argument("--data-dir", metavar="DIR",
+                        help="data directory: landing, staging, warehouse, DuckDB, Data Docs, MLflow "
+                             "(default: $PRODASSOC_DATA_DIR or ./.prodassoc)")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log at DEBUG level (default: INFO)")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("import", help="convert a source into the landing layout")
-    p.add_argument("kind", choices=["online-retail", "basket-csv", "canonical"])
-    p.add_argument("inputs", nargs="+", help="source file(s); for 'canonical' the transactions file")
-    p.add_argument("--catalog", help="'canonical': the catalog file")
-    p.add_argument("--map", help="'canonical': transactions column mapping, e.g. order_id=InvoiceNo,product_id=SKU")
-    p.add_argument("--catalog-map", help="'canonical': catalog column mapping, e.g. title=Name")
-    p.add_argument("--item-info", help="'basket-csv': CSV with labels,level2,level1 categories")
-    p.add_argument("--date", type=_date, default=date(2000, 1, 1), help="'basket-csv': date given to the baskets")
+    p.add_argument("kind", choices=["online-retail", "basket-csv", "canonical"],
+                   help="online-retail: UCI Online Retail as CSV or Parquet; basket-csv: one basket per "
+                        "line, items comma separated; canonical: transactions in the canonical schema or mapped")
+    p.add_argument("inputs", nargs="+", metavar="FILE", help="source file(s); for 'canonical' the transactions file")
+    p.add_argument("--catalog", metavar="FILE",
+                   help="'canonical': the catalog file (default: none, every product is titled by its id)")
+    p.add_argument("--map", metavar="COL=SRC,...",
+                   help="'canonical': transactions column mapping, e.g. order_id=InvoiceNo,product_id=SKU "
+                        "(default: the columns already have the canonical names)")
+    p.add_argument("--catalog-map", metavar="COL=SRC,...",
+                   help="'canonical': catalog column mapping, e.g. title=Name (default: canonical names)")
+    p.add_argument("--item-info", metavar="FILE",
+                   help="'basket-csv': CSV with labels,level2,level1 categories (default: none, titles are the items)")
+    p.add_argument("--date", type=_date, default=date(2000, 1, 1), metavar="YYYY-MM-DD",
+                   help="'basket-csv': the order date given to every basket (default: %(default)s)")
     p.set_defaults(func=cmd_import)
 
     p = sub.add_parser("run", help="run the nightly flow for one as_of date")
-    p.add_argument("--as-of", type=_date, required=True)
+    p.add_argument("--as-of", type=_date, required=True, metavar="YYYY-MM-DD",
+                   help="the run date (required): trains on orders before it, publishes run_date=YYYY-MM-DD")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("backfill", help="run the nightly flow for every date in a range, oldest first")
-    p.add_argument("--start", type=_date, required=True)
-    p.add_argument("--end", type=_date, required=True, help="included")
-    p.add_argument("--force", action="store_true", help="rerun dates that are already published")
+    p.add_argument("--start", type=_date, required=True, metavar="YYYY-MM-DD", help="first run date (required)")
+    p.add_argument("--end", type=_date, required=True, metavar="YYYY-MM-DD", help="last run date, included (required)")
+    p.add_argument("--force", action="store_true",
+                   help="rerun dates that are already published, replacing their partitions "
+                        "(default: skip them)")
     p.set_defaults(func=cmd_backfill)
 
     p = sub.add_parser("evaluate", help="score every association method on a temporal holdout")
-    p.add_argument("--as-of", type=_date, required=True, help="train before it, test from it on")
-    p.add_argument("--end", type=_date, help="end of the test window (default: the end of the landed data)")
-    p.add_argument("--methods", help="comma-separated subset of the association methods (default: all)")
+    p.add_argument("--as-of", type=_date, required=True, metavar="YYYY-MM-DD",
+                   help="split date (required): train before it, test from it on")
+    p.add_argument("--end", type=_date, metavar="YYYY-MM-DD",
+                   help="end of the test window, excluded (default: the end of the landed data)")
+    p.add_argument("--methods", metavar="M1,M2,...",
+                   help="comma-separated subset of the methods, e.g. count,decayed_damped,student (default: all of "
+                        "evaluation.methods)")
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("train", help="train the language-model chain for one as_of date and apply the champion gate")
-    p.add_argument("--as-of", type=_date, required=True, help="train on everything landed before it")
-    p.add_argument("--seed", type=int, help="required unless $PRODASSOC_TRAINING__SEED is set")
-    p.add_argument("--device", choices=["auto", "cpu", "cuda"], help="default: training.device (auto: CUDA if present)")
-    p.add_argument("--mlm-minutes", type=float, help="time budget of the MLM stage")
-    p.add_argument("--teacher-minutes", type=float, help="time budget of the teacher's training")
-    p.add_argument("--student-minutes", type=float, help="time budget of the student's training")
+    p.add_argument("--as-of", type=_date, required=True, metavar="YYYY-MM-DD",
+                   help="train on everything landed before it (required)")
+    p.add_argument("--seed", type=int, metavar="N",
+                   help="integer seed every stage derives its seeds from (default: $PRODASSOC_TRAINING__SEED; "
+                        "one of them is required)")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"],
+                   help="auto: CUDA (bf16) if present, else CPU (default: training.device, auto)")
+    p.add_argument("--mlm-minutes", type=float, metavar="M",
+                   help="time budget of the MLM stage in minutes, e.g. 2.5 (default: training.mlm_minutes, none)")
+    p.add_argument("--teacher-minutes", type=float, metavar="M",
+                   help="time budget of the teacher's training in minutes (default: training.teacher.max_minutes, none)")
+    p.add_argument("--student-minutes", type=float, metavar="M",
+                   help="time budget of the student's training in minutes (default: training.student.max_minutes, none)")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("deploy", help="register the production deployments with the Prefect API at $PREFECT_API_URL")
-    p.add_argument("--cron", help="nightly schedule (default: $PRODASSOC_DEPLOY_CRON or '0 2 * * *')")
-    p.add_argument("--timezone", help="IANA time zone of the schedule (default: $PRODASSOC_DEPLOY_TIMEZONE or UTC)")
+    p.add_argument("--cron", metavar="'M H DOM MON DOW'",
+                   help="nightly schedule, 5-field cron (default: $PRODASSOC_DEPLOY_CRON or '0 2 * * *')")
+    p.add_argument("--timezone", metavar="ZONE",
+                   help="IANA time zone of the schedule, e.g. Europe/London (default: $PRODASSOC_DEPLOY_TIMEZONE or UTC)")
     p.set_defaults(func=cmd_deploy)
 
     p = sub.add_parser("rules", help="mine association rules from a basket CSV or transactions Parquet")
-    p.add_argument("--input", required=True)
-    p.add_argument("--min-support", type=float, required=True)
-    p.add_argument("--min-confidence", type=float, required=True)
-    p.add_argument("--min-len", type=int, default=2)
-    p.add_argument("--max-len", type=int)
-    p.add_argument("--output", required=True)
+    p.add_argument("--input", required=True, metavar="FILE",
+                   help="a basket CSV (one basket per line, items comma separated) or a canonical transactions "
+                        "Parquet (required)")
+    p.add_argument("--min-support", type=float, required=True, metavar="S",
+                   help="share of baskets holding all the rule's items, 0 < S <= 1, e.g. 0.01 (required)")
+    p.add_argument("--min-confidence", type=float, required=True, metavar="C",
+                   help="share of the antecedent's baskets that also hold the consequent, 0 <= C <= 1, e.g. 0.5 "
+                        "(required)")
+    p.add_argument("--min-len", type=int, default=2, metavar="N",
+                   help="fewest items per rule, antecedent + consequent (default: %(default)s)")
+    p.add_argument("--max-len", type=int, metavar="N",
+                   help="most items per rule, antecedent + consequent (default: no limit; low support without one "
+                        "can explode)")
+    p.add_argument("--output", required=True, metavar="FILE", help="rules Parquet to write (required)")
     p.set_defaults(func=cmd_rules)
 
     p = sub.add_parser(

@@ -224,9 +224,10 @@ def make_data_docs_offline(site_dir: Path) -> int:
         css.write_text(_CSS)
     changed = 0
     for page in sorted(site_dir.rglob("*.html")):
+        with open(page, "rb") as f:  # the mark sits right after <head>: read no further for done pages
+            if OFFLINE_MARK.encode() in f.read(4096):
+                continue
         text = page.read_text(encoding="utf-8")
-        if OFFLINE_MARK in text:
-            continue
         prefix = "../" * (len(page.relative_to(site_dir).parts) - 1)
         page.write_text(_offline_page(text, prefix, page), encoding="utf-8")
         changed += 1
