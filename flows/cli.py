@@ -98,8 +98,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         )
     out = evaluate(as_of=args.as_of, settings=settings, end=args.end)
     results = out["results"]
-    print(f"scored products: {results['n_all'][0]:,} ({results['n_warm'][0]:,} warm, {results['n_cold'][0]:,} cold)")
-    print(markdown_table(results))
+    if results.height:
+        print(f"scored products: {results['n_all'][0]:,} ({results['n_warm'][0]:,} warm, {results['n_cold'][0]:,} cold)")
+        print(markdown_table(results))
+    for method, why in out.get("skipped", {}).items():
+        print(f"not evaluated: {method}: {why}")
     print(f"report: {out['report_md']} and {out['report_html']}")
     print(f"MLflow: {settings.tracking_uri} (experiment {settings.evaluation.experiment!r}, {len(out['mlflow_runs'])} runs)")
     return 0
