@@ -222,6 +222,12 @@ def cmd_top(args: argparse.Namespace) -> int:
     if not settings.duckdb_path.exists():
         raise FileNotFoundError(f"no DuckDB views at {settings.duckdb_path}; run `prodassoc run --as-of YYYY-MM-DD` first")
     with duckdb.connect(str(settings.duckdb_path), read_only=True) as con:
+        views = {r[0] for r in con.execute("SELECT view_name FROM duckdb_views() WHERE NOT internal").fetchall()}
+        if "product_associations_named" not in views:
+            raise FileNotFoundError(
+                f"{settings.duckdb_path} has no product_associations_named view (no run published yet, or the "
+                "views predate it); run `prodassoc run --as-of YYYY-MM-DD` to publish and refresh them"
+            )
         run_date = _run_date_of(con, "product_associations", args.run_date)
         if args.product is None:
             rows = con.execute(

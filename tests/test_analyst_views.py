@@ -121,3 +121,11 @@ def test_top_without_product_names_both_sides(data_dir, capsys):
     assert main(["--data-dir", str(data_dir), "top", "--limit", "2"]) == 0
     lines = [x for x in capsys.readouterr().out.splitlines() if " -> " in x]
     assert len(lines) == 2 and all("[" in x and "] -> " in x and "orders" in x for x in lines)
+
+
+def test_top_says_what_to_do_when_nothing_is_published(tmp_path, capsys):
+    assert main(["--data-dir", str(tmp_path), "top"]) == 2
+    assert "run `prodassoc run --as-of YYYY-MM-DD`" in capsys.readouterr().err
+    duckdb.connect(str(tmp_path / "prodassoc.duckdb")).close()  # views of an older version: none named
+    assert main(["--data-dir", str(tmp_path), "top", "--product", "A1"]) == 2
+    assert "no product_associations_named view" in capsys.readouterr().err
