@@ -87,3 +87,16 @@ def test_minimum_counts_and_lift_drop_sets_nobody_can_sell_or_that_are_chance():
     only_xy = linked.filter(pl.col("product_id").is_in(["X", "Y"]) & pl.col("associated_product_id").is_in(["X", "Y"]))
     assert hybrid.bundles(items, only_xy, min_support=0.05, min_item_baskets=1, min_lift=1.0)["products"].to_list() == [
         ["X", "Y"]]
+
+
+def test_same_baskets_in_any_order_give_the_same_bundles():
+    import random
+
+    items = baskets()
+    shuffled = [list(reversed(b)) for b in items]
+    random.Random(0).shuffle(shuffled)
+    linked = all_linked(items)
+    a = hybrid.bundles(items, linked, min_support=0.05, min_baskets=1, min_item_baskets=1, min_lift=1.0)
+    b = hybrid.bundles(shuffled, linked.sample(fraction=1.0, shuffle=True, seed=1), min_support=0.05, min_baskets=1,
+                       min_item_baskets=1, min_lift=1.0)
+    assert a.height > 5 and a.equals(b)
