@@ -216,7 +216,9 @@ def refresh_views(duckdb_path: Path, sources: dict[str, str]) -> list[str]:
 
     ``sources`` maps view name -> Parquet glob. Published tables get a view over all
     run dates plus ``latest_<name>`` restricted to the newest run date. View names must
-    be identifiers; globs enter the SQL as escaped string literals only.
+    be identifiers; globs enter the SQL as escaped string literals only. With a ``catalog``
+    view, the analysts' views with titles too (``create_analyst_views``); columns listed in
+    ``VIEW_COLUMN_RENAMES`` are renamed in their view.
     """
     import duckdb
 
