@@ -11,9 +11,34 @@ export MLFLOW_DISABLE_TELEMETRY ?= true
 export DO_NOT_TRACK ?= 1
 export OMP_NUM_THREADS ?= 1
 
-.PHONY: install demo test test-fast bench clean
+.PHONY: help install browser demo test test-fast bench clean
 
-install: $(STAMP)
+## help: list the targets with what they do
+## install: create .venv (Python 3.11) and install torch (CPU wheel) and prodassoc with its dev extras
+## browser: best effort: install Debian's headless Chromium for the Data Docs browser test (root + apt)
+## demo: import the shipped Online Retail sample, run the nightly flow, print top associations (DEMO_DIR)
+## test: the whole test suite (installs first; the browser test skips, saying why, without Chromium)
+## test-fast: the tests not marked slow
+## bench: rule mining against pyfim and mlxtend (benchmarks/bench_mining.py)
+## clean: remove .venv, .prodassoc and the pytest cache
+
+install: $(STAMP) browser
+
+help:
+	@echo "prodassoc make targets:"
+	@awk '/^## [A-Za-z][-A-Za-z_]*: / { line = substr($$0, 4); i = index(line, ": "); d[substr(line, 1, i - 1)] = substr(line, i + 2); next } \
+	     /^[A-Za-z][-A-Za-z_]*:/ { t = substr($$0, 1, index($$0, ":") - 1); if (!(t in seen)) { seen[t] = 1; order[++n] = t } } \
+	     END { for (k = 1; k <= n; k++) printf "  make %-10s %s\n", order[k], (order[k] in d) ? d[order[k]] : "(undocumented)" }' $(MAKEFILE_LIST)
+
+# Headless Chromium for tests/test_data_docs_browser.py. Never fails the build: without root or
+# apt-get the browser test skips and says why.
+browser:
+	@if command -v chromium >/dev/null || command -v chromium-browser >/dev/null || command -v google-chrome >/dev/null; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  echo "installing chromium (apt-get) for the Data Docs browser test"; \
+	  (apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium) >/dev/null 2>&1 \
+	    || echo "chromium could not be installed: the Data Docs browser test will skip"; \
+	else echo "no chromium and no root apt-get: the Data Docs browser test will skip"; fi
 
 # torch first, pinned: on CPU-only machines torch==2.13.0 is a local CPU wheel, while an
 # unpinned torch (or one pulled in by another package) is a multi-GB CUDA build.
@@ -35,7 +60,7 @@ demo: $(STAMP)
 	@echo "Data Docs: $(DEMO_DIR)/gx/uncommitted/data_docs/local_site/index.html"
 	@echo "Try: $(BIN)/python -c \"import duckdb; print(duckdb.connect('$(DEMO_DIR)/prodassoc.duckdb', read_only=True).sql('SELECT * FROM latest_association_rules ORDER BY lift DESC LIMIT 5'))\""
 
-test: $(STAMP)
+test: $(STAMP) browser
 	$(BIN)/python -m pytest -q -ra
 
 test-fast: $(STAMP)

@@ -17,7 +17,8 @@ from tasks import evaluate as t
 def evaluate(as_of: date, settings: Settings | None = None, end: date | None = None) -> dict:
     """Train on everything before ``as_of``, test on [as_of, end) (default: the end of the landed data).
 
-    Returns the results table (one row per method), the report paths and the MLflow run ids.
+    Returns the results table (one row per method), the report paths, the MLflow run ids and
+    ``skipped``: the methods not evaluated -> why (a language-model stage with no usable model).
     """
     settings = settings or Settings()
     logger = get_run_logger()
@@ -26,23 +27,23 @@ def evaluate(as_of: date, settings: Settings | None = None, end: date | None = N
         "split at %s: %d training baskets, %d test baskets up to %s",
         as_of, len(split.train_items), len(split.test_items), split.end,
     )
-    rows, skipped = [], []
+    rows, skipped = [], {}
     for method in settings.evaluation.methods:  # one at a time: each holds the pair matrix in memory
         published = t.publish_method(settings, split, method)
-        if published is None:  # a language-model stage with no usable model (the log says why)
-            skipped.append(method)
+        if isinstance(published, str):  # a language-model stage with no usable model: why
+            skipped[method] = published
             continue
         rows.append(t.score_method(settings, split, method, published))
         logger.info("%s: NDCG@%d all %.3f", method, settings.evaluation.k, rows[-1]["ndcg_all"])
     results = pl.DataFrame(rows)
-    md, html = t.report(settings, split, results)
+    md, html = t.report(settings, split, results, skipped)
     run_ids = t.log_results(settings, split, results, [md, html])
     create_markdown_artifact(
         f"# prodassoc evaluation, as_of {as_of.isoformat()}\n\n"
         f"Test window {as_of} to {split.end}; {len(split.test_items):,} test baskets. "
         f"Report: `{md}`; MLflow experiment `{settings.evaluation.experiment}` ({len(run_ids)} runs).\n\n"
         + markdown_table(results)
-        + (f"\n\nNot evaluated (no usable model, see the log): {', '.join(skipped)}" if skipped else ""),
+        + ("\n\nNot evaluated:\n" + "".join(f"\n- {m}: {why}" for m, why in skipped.items()) if skipped else ""),
         key=f"evaluation-{as_of.isoformat()}",
         description="prodassoc evaluation: one row per method",
     )

@@ -210,8 +210,14 @@ BUNDLES = TableContract(
             _field("n_baskets", pa.int64(), nullable=False),
             _field("support", pa.float64(), nullable=False),
             _field("lift", pa.float64(), nullable=False),
+            _field("expected_baskets", pa.float64()),  # orders expected if the products sold independently
+            _field("extra_baskets", pa.float64()),  # n_baskets - expected_baskets: the ranking measure
+            _field("min_item_baskets", pa.int64()),  # orders of the bundle's least-sold product
+            _field("attach_rate", pa.float64()),  # n_baskets / min_item_baskets
+            _field("explanation", pa.string()),  # one line from the figures above
         ]
     ),
+    optional=frozenset({"expected_baskets", "extra_baskets", "min_item_baskets", "attach_rate", "explanation"}),
 )
 
 # One unit vector per catalog product (sold or not) from the champion student encoder;

@@ -86,15 +86,15 @@ def method_dir(settings: Settings, as_of: date, method: str) -> Path:
     return settings.data_dir / "evaluation" / f"as_of={as_of.isoformat()}" / PRODUCT_ASSOCIATIONS.name / f"method={method}"
 
 
-def publish_method(settings: Settings, split: Split, method: str) -> Path | None:
+def publish_method(settings: Settings, split: Split, method: str) -> Path | str:
     """Run the nightly association stage with ``method`` and publish its table for scoring.
 
-    Language-model methods (``MODEL_METHODS``) rank by their encoder instead; None when the
-    method's model is not available (see ``model_dir``)."""
+    Language-model methods (``MODEL_METHODS``) rank by their encoder instead; when the
+    method's model is not available (see ``model_dir``), the reason it is skipped (a str)."""
     if method in MODEL_METHODS:
         table = model_associations(settings, split, method)
-        if table is None:
-            return None
+        if isinstance(table, str):
+            return table
         out = method_dir(settings, split.as_of, method) / warehouse.DATA_FILE
         warehouse.atomic_write_parquet(table.to_arrow(), out, settings.data_dir / "evaluation" / warehouse.TMP_DIR)
         return out
@@ -152,7 +152,7 @@ def model_dir(settings: Settings, split: Split, stage: str) -> tuple[Path | str,
     return found
 
 
-def graph_associations(settings: Settings, split: Split, method: str, device) -> pl.DataFrame | None:
+def graph_associations(settings: Settings, split: Split, method: str, device) -> pl.DataFrame | str:
     """``gnn``: nearest products by the champion GNN's embeddings over the training window's
     graph; ``hybrid``: the nightly hybrid ranking (hybrid.py) with the champions' weights."""
     from datetime import datetime, time
@@ -161,8 +161,9 @@ def graph_associations(settings: Settings, split: Split, method: str, device) ->
 
     found = champions.resolve(settings, settings.data_dir / "evaluation" / "models", not_after=split.as_of)
     if isinstance(found, str) or (method == "gnn" and found.gnn_dir is None):
-        log.warning("evaluation: %s skipped: %s", method, found if isinstance(found, str) else "no champion GNN")
-        return None
+        reason = found if isinstance(found, str) else "no champion GNN"
+        log.warning("evaluation: %s skipped: %s", method, reason)
+        return reason
     train = pl.read_parquet(split.train_path)
     model = champions.hybrid_model(settings, found, split.catalog, train, device)
     top_k = settings.associations.top_k
@@ -174,10 +175,11 @@ def graph_associations(settings: Settings, split: Split, method: str, device) ->
     ).select("product_id", "associated_product_id", "rank", "score", "method")
 
 
-def model_associations(settings: Settings, split: Split, method: str) -> pl.DataFrame | None:
+def model_associations(settings: Settings, split: Split, method: str) -> pl.DataFrame | str:
     """A language-model method's ranking: cosine of the encoder's embeddings (pretrained, mlm,
     student; every catalog product), or the teacher reordering the student's top
-    ``rerank_depth`` (scored products only: the cross-encoder reads every pair)."""
+    ``rerank_depth`` (scored products only: the cross-encoder reads every pair); the reason
+    it is skipped (a str) when its model is not available."""
     from prodassoc_core import chain
     from prodassoc_core.retrain import device_of
 
@@ -188,14 +190,14 @@ def model_associations(settings: Settings, split: Split, method: str) -> pl.Data
     found = model_dir(settings, split, "student" if method == "teacher" else method)
     if isinstance(found, str):
         log.warning("evaluation: %s skipped: %s", method, found)
-        return None
+        return found
     if method != "teacher":
         length = cfg.student.max_length if method == "student" else cfg.encoder.max_length
         return chain.text_associations(found[0], split.catalog, top_k, device=device, method=method, max_length=length)
     teacher = model_dir(settings, split, "teacher")
     if isinstance(teacher, str):
         log.warning("evaluation: teacher skipped: %s", teacher)
-        return None
+        return teacher
     shortlist = chain.text_associations(
         found[0], split.catalog, settings.evaluation.rerank_depth, device=device, method="student",
         queries=sorted(set(split.relevant) & set(split.catalog["product_id"].to_list())),
@@ -205,18 +207,22 @@ def model_associations(settings: Settings, split: Split, method: str) -> pl.Data
                                   max_length=cfg.teacher.max_length)
 
 
-def write_report(settings: Settings, split: Split, results: pl.DataFrame) -> tuple[Path, Path]:
+def write_report(
+    settings: Settings, split: Split, results: pl.DataFrame, skipped: dict[str, str] | None = None
+) -> tuple[Path, Path]:
+    """The Markdown and HTML report; ``skipped``: methods not evaluated -> why."""
     cfg = settings.evaluation
+    first = results.row(0, named=True) if results.height else {"n_all": 0, "n_warm": 0, "n_cold": 0, "bc_n": 0}
     context = {
         "data": str(settings.landing_dir.resolve()),
         "train": f"baskets before {split.as_of} (lookback {settings.lookback_days} days): {len(split.train_items):,}",
         "test": f"baskets from {split.as_of} to {split.end - timedelta(days=1)}: {len(split.test_items):,}",
-        "scored products": f"{results['n_all'][0]:,} ({results['n_warm'][0]:,} warm, {results['n_cold'][0]:,} cold)",
+        "scored products": f"{first['n_all']:,} ({first['n_warm']:,} warm, {first['n_cold']:,} cold)",
         "relevance": f">= {cfg.min_pair_baskets} test baskets together and test lift >= {cfg.min_lift}; "
         f"products in >= {cfg.min_test_baskets} test baskets",
-        "basket completion": f"{results['bc_n'][0]:,} test baskets, one item hidden (seed {cfg.seed})",
+        "basket completion": f"{first['bc_n']:,} test baskets, one item hidden (seed {cfg.seed})",
     }
-    md, page = report.render(results, context)
+    md, page = report.render(results, context, skipped)
     settings.reports_dir.mkdir(parents=True, exist_ok=True)
     stem = settings.reports_dir / f"evaluation_as_of={split.as_of.isoformat()}"
     md_path, html_path = stem.with_suffix(".md"), stem.with_suffix(".html")

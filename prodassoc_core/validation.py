@@ -70,6 +70,7 @@ do not change when the config or the catalog does.
 from __future__ import annotations
 
 import logging
+import re
 import threading
 from dataclasses import dataclass, field
 from datetime import date, datetime, time, timedelta
@@ -147,6 +148,150 @@ def data_docs_index(gx_dir: Path) -> Path:
     ``local_site`` writes to ``uncommitted/data_docs/local_site/`` below it.
     """
     return Path(gx_dir) / "uncommitted" / "data_docs" / "local_site" / "index.html"
+
+
+# --- Data Docs readable offline ---------------------------------------------------------------
+#
+# GE's pages load bootstrap, jQuery, bootstrap-table and Font Awesome from CDNs, and the index
+# page builds its lists of validations and suites in JavaScript from data embedded in the page:
+# on a machine without internet it shows two buttons and no list. After every build the site is
+# post-processed (``make_data_docs_offline``): CDN tags are dropped, a local stylesheet replaces
+# them, the index's lists become plain HTML tables with links (readable with JavaScript off),
+# and the derived columns the suites need internally get readable labels.
+
+OFFLINE_MARK = "<!-- prodassoc: offline -->"
+OFFLINE_CSS = "static/styles/prodassoc_offline.css"
+# derived columns (see validate_transactions) -> what a reader of the Data Docs sees
+INTERNAL_COLUMN_LABELS = {
+    _ORDERED_AT_US: "ordered_at (before the run date)",
+    _ORDER_DATE: "order date of ordered_at",
+    c.PARTITION: "partition date (dt=)",
+}
+_CSS = """/* prodassoc: local styles for Data Docs read offline (no CDN) */
+body { font-family: system-ui, sans-serif; margin: 0 1.5em 2em; color: #222; }
+table { border-collapse: collapse; margin: .5em 0 1.5em; }
+td, th { border: 1px solid #ccc; padding: 4px 8px; text-align: left; vertical-align: top; }
+th { background: #f3f3f3; }
+.alert { background: #eef1f4; padding: .4em .8em; margin: 1em 0 .4em; }
+.badge { background: #e6e6e6; border-radius: 3px; padding: 0 4px; font-family: monospace; }
+.cooltip .top, .hide, .d-none, .modal, .btn, .ge-index-page-table-validation-links-item i { display: none; }
+.tab-pane { display: block !important; opacity: 1 !important; }
+.nav, .nav-tabs { list-style: none; padding: 0; }
+.nav-item { display: inline-block; margin-right: 1em; }
+.pd-status-success { color: #137333; font-weight: bold; }
+.pd-status-failed { color: #b3261e; font-weight: bold; }
+img { max-height: 50px; }
+/* Font Awesome's status icons, as words */
+.fa-check-circle::before, .fa-check::before { content: "passed"; color: #137333; font-style: normal; font-weight: bold; }
+.fa-times::before, .fa-times-circle::before, .fa-exclamation-triangle::before {
+  content: "failed"; color: #b3261e; font-style: normal; font-weight: bold; }
+"""
+_CDN_TAG = re.compile(
+    r"<link\b[^>]*href=[\"']https?://[^>]*>|<script\b[^>]*src=[\"']https?://[^>]*>\s*</script>", re.IGNORECASE
+)
+_REMOTE_LOGO = re.compile(r"src=\"https://great-expectations-web-assets[^\"]*/(logo-long\.png)[^\"]*\"")
+_TABLE_SCRIPT = re.compile(
+    r"<script>\s*\$\('#(?P<id>[\w-]+)'\)\.bootstrapTable\(\s*Object\.assign\(\s*\{\s*columns:\s*(?P<columns>\[.*?\]),"
+    r"\s*data:\s*(?P<data>\[.*?\]),\s*toolbar:.*?</script>",
+    re.DOTALL,
+)
+_SECTION = re.compile(r'<div id="section-\d+"')
+_PARAMETER = re.compile(r"\{'\$PARAMETER': '(\w+)'\}")
+# expectation parameters (set per run, shown on the suite pages) -> what they are
+PARAMETER_LABELS = {
+    "as_of_us": "midnight of the run date (as_of)",
+    "catalog_ids": "the product ids of the accepted catalog",
+    "min_quantity": "-validation.max_quantity",
+    "max_quantity": "validation.max_quantity",
+    "max_unit_price": "validation.max_unit_price",
+    "max_text_length": "validation.max_text_length",
+}
+_EPOCH_US = re.compile(r"(?<![\d.])(\d{15,17})(?:\.0)?(?![\d.])")
+
+
+def make_data_docs_offline(site_dir: Path) -> int:
+    """Post-process a built Data Docs site so that it reads without internet; returns pages changed.
+
+    Pages already processed (they carry OFFLINE_MARK) are skipped, so the cost of a build is the
+    pages GE just wrote. Raises nothing for a page GE laid out differently: its CDN tags still go,
+    and an index whose lists cannot be parsed is logged and left with its script."""
+    site_dir = Path(site_dir)
+    if not site_dir.is_dir():
+        return 0
+    css = site_dir / OFFLINE_CSS
+    if not css.exists() or css.read_text() != _CSS:
+        css.parent.mkdir(parents=True, exist_ok=True)
+        css.write_text(_CSS)
+    changed = 0
+    for page in sorted(site_dir.rglob("*.html")):
+        with open(page, "rb") as f:  # the mark sits right after <head>: read no further for done pages
+            if OFFLINE_MARK.encode() in f.read(4096):
+                continue
+        text = page.read_text(encoding="utf-8")
+        prefix = "../" * (len(page.relative_to(site_dir).parts) - 1)
+        page.write_text(_offline_page(text, prefix, page), encoding="utf-8")
+        changed += 1
+    return changed
+
+
+def _offline_page(text: str, prefix: str, page: Path) -> str:
+    text = _CDN_TAG.sub("", text)
+    text = _REMOTE_LOGO.sub(lambda m: f'src="{prefix}static/images/{m.group(1)}"', text)
+    text = text.replace("<head>", f'<head>\n{OFFLINE_MARK}\n<link rel="stylesheet" href="{prefix}{OFFLINE_CSS}"/>', 1)
+    text = _TABLE_SCRIPT.sub(lambda m: _static_table(m, page), text)
+    return _relabel_internal_columns(text)
+
+
+def _static_table(match: re.Match, page: Path) -> str:
+    """The index's bootstrap-table script -> the same list as a static table, where the script was."""
+    import ast
+    import html as html_lib
+
+    try:
+        columns = ast.literal_eval(match.group("columns"))
+        rows = ast.literal_eval(match.group("data"))
+    except (ValueError, SyntaxError) as exc:
+        logger.warning("Data Docs %s: could not render the list of %s offline (%s)", page, match.group("id"), exc)
+        return match.group(0)
+    if rows and "_run_time_sort" in rows[0]:
+        rows = sorted(rows, key=lambda r: r.get("_run_time_sort") or 0, reverse=True)
+    head = "".join(f"<th>{html_lib.escape(str(col.get('title', col['field'])))}</th>" for col in columns)
+    body = []
+    for row in rows:
+        link = row.get("_table_row_link_path")
+        cells = []
+        for k, col in enumerate(columns):
+            field = col["field"]
+            if field == "validation_success" and "_validation_success_text" in row:
+                status = str(row["_validation_success_text"])
+                cell = f'<span class="pd-status-{status.lower()}">{html_lib.escape(status)}</span>'
+            else:
+                cell = str(row.get(field, ""))  # GE's own rendered HTML, as its script would insert it
+            if k == 0 and link:
+                cell = f'<a class="pd-row-link" href="{html_lib.escape(link, quote=True)}">{cell}</a>'
+            cells.append(f"<td>{cell}</td>")
+        body.append("<tr>" + "".join(cells) + "</tr>")
+    table_id = html_lib.escape(match.group("id"), quote=True)
+    return (f'<table class="pd-offline-table" data-for="{table_id}"><thead><tr>{head}</tr></thead>'
+            f'<tbody>{"".join(body)}</tbody></table>')
+
+
+def _relabel_internal_columns(text: str) -> str:
+    """Readable labels for the derived columns, and epoch microseconds shown as timestamps."""
+    header = re.search(rf"<h5[^>]*>\s*{_ORDERED_AT_US}\s*</h5>", text)
+    if header:  # the section of the not_future rule: its bound and values are epoch microseconds
+        following = _SECTION.search(text, header.end())
+        end = following.start() if following else len(text)
+        section = _EPOCH_US.sub(lambda m: _us_to_text(int(m.group(1))), text[header.end():end])
+        text = text[: header.end()] + section + text[end:]
+    text = _PARAMETER.sub(lambda m: PARAMETER_LABELS.get(m.group(1), f"{m.group(1)} (set per run)"), text)
+    for name, label in INTERNAL_COLUMN_LABELS.items():
+        text = re.sub(rf">(\s*){re.escape(name)}(\s*)<", rf">\g<1>{label}\g<2><", text)
+    return text
+
+
+def _us_to_text(us: int) -> str:
+    return (datetime(1970, 1, 1) + timedelta(microseconds=us)).strftime("%Y-%m-%d %H:%M:%S")
 
 
 # --- casting to the contract ------------------------------------------------------------
@@ -462,6 +607,8 @@ class GxSuites:
                 expectation_parameters=parameters,
                 run_id=RunIdentifier(run_name=run_name) if run_name else None,
             )
+            if self.gx_dir is not None:  # the action just rebuilt the site: make it readable offline
+                make_data_docs_offline(data_docs_index(self.gx_dir).parent)
         failures: dict[str, list[int]] = {}
         for suite_result in result.run_results.values():
             for r in suite_result.results:

@@ -216,7 +216,9 @@ def refresh_views(duckdb_path: Path, sources: dict[str, str]) -> list[str]:
 
     ``sources`` maps view name -> Parquet glob. Published tables get a view over all
     run dates plus ``latest_<name>`` restricted to the newest run date. View names must
-    be identifiers; globs enter the SQL as escaped string literals only.
+    be identifiers; globs enter the SQL as escaped string literals only. With a ``catalog``
+    view, the analysts' views with titles too (``create_analyst_views``); columns listed in
+    ``VIEW_COLUMN_RENAMES`` are renamed in their view.
     """
     import duckdb
 
@@ -238,7 +240,7 @@ def refresh_views(duckdb_path: Path, sources: dict[str, str]) -> list[str]:
                 con.execute(f"DROP VIEW IF EXISTS {view}")
                 continue
             scan = f"read_parquet({_quote_literal(glob)}, hive_partitioning = true, union_by_name = true)"
-            con.execute(f"CREATE OR REPLACE VIEW {view} AS SELECT * FROM {scan}")
+            con.execute(f"CREATE OR REPLACE VIEW {view} AS SELECT *{_renames(name)} FROM {scan}")
             made.append(name)
             if "run_date=" in glob:
                 con.execute(
@@ -246,6 +248,8 @@ def refresh_views(duckdb_path: Path, sources: dict[str, str]) -> list[str]:
                     f"WHERE run_date = (SELECT max(run_date) FROM {view})"
                 )
                 made.append(f"latest_{name}")
+        if "catalog" in made:  # the analyst views put catalog titles next to ids
+            made += create_analyst_views(con, made)
         con.execute("CHECKPOINT")
     os.replace(tmp, duckdb_path)
     return made
@@ -255,3 +259,95 @@ def warehouse_sources(warehouse_dir: Path, table_names: list[str]) -> dict[str, 
     """View name -> glob for the published tables."""
     root = warehouse_dir.resolve()
     return {check_identifier(name): str(root / name / "run_date=*" / DATA_FILE) for name in table_names}
+
+
+# --- analyst views: names next to ids, a readable manifest -------------------------------------
+
+# Columns of a source whose names need quoting in SQL are renamed in its view (the Parquet keeps them).
+VIEW_COLUMN_RENAMES: dict[str, dict[str, str]] = {"manifest": {"table": "table_name"}}
+
+# What ``product_associations.score`` means, per ``method`` (the ``association_methods`` view).
+# Scores order one product's list; only where a scale says so do they compare across products.
+SCORE_SCALES: dict[str, str] = {
+    "popularity": "1 / rank in the window's best sellers (1, 0.5, 0.33, ...); the same list for every product",
+    "count": "orders holding both products in the window (an integer >= associations.min_pair_count)",
+    "confidence": "share of the product's orders that also hold the associated product, 0..1",
+    "jaccard": "orders holding both / orders holding either, 0..1",
+    "lift": "confidence / the associated product's share of all orders; 1 = as often as chance, > 1 = more often",
+    "decayed_damped": "time-decayed, basket-size-weighted co-purchase weight / (weight of the associated product)"
+                      " ** popularity_exponent; >= 0, no upper bound, compare within one product's list only",
+    "hybrid": "w_cooc * cooc + w_text * text + w_gnn * gnn (weights sum to 1; cooc 0..1 = share of the product's best"
+              " co-purchase score, text and gnn = cosine -1..1); -1..1, compare within one product's list only",
+}
+
+
+def _renames(name: str) -> str:
+    renames = VIEW_COLUMN_RENAMES.get(name)
+    if not renames:
+        return ""
+    pairs = ", ".join(f'"{old}" AS {check_identifier(new, "column")}' for old, new in renames.items())
+    return f" RENAME ({pairs})"
+
+
+_TITLES = "(SELECT product_id, any_value(title) AS title FROM catalog GROUP BY product_id)"
+
+# view name -> (the view it reads, SQL with {src} for that view); a ``latest_`` twin reads ``latest_<src>``.
+_NAMED_VIEWS: dict[str, tuple[str, str]] = {
+    "association_rules_named": ("association_rules", f"""
+        WITH titles AS {_TITLES},
+        antecedents AS (
+            SELECT a.run_date, a.rule_id,
+                   list(coalesce(t.title, a.product_id) ORDER BY a.pos) AS antecedent_titles
+            FROM (SELECT run_date, rule_id, unnest(antecedent) AS product_id,
+                         unnest(range(len(antecedent))) AS pos FROM {{src}}) a
+            LEFT JOIN titles t ON t.product_id = a.product_id
+            GROUP BY a.run_date, a.rule_id
+        )
+        SELECT r.run_date, r.rule_id, a.antecedent_titles, coalesce(c.title, r.consequent) AS consequent_title,
+               array_to_string(a.antecedent_titles, ' + ') || ' => ' || coalesce(c.title, r.consequent) AS rule_text,
+               r.* EXCLUDE (run_date, rule_id)
+        FROM {{src}} r
+        JOIN antecedents a USING (run_date, rule_id)
+        LEFT JOIN titles c ON c.product_id = r.consequent
+    """),
+    "product_associations_named": ("product_associations", f"""
+        WITH titles AS {_TITLES}
+        SELECT a.run_date, a.product_id, p.title AS product_title, a.rank,
+               a.associated_product_id, q.title AS associated_title, a.score, a.method, m.score_scale,
+               a.* EXCLUDE (run_date, product_id, associated_product_id, rank, score, method)
+        FROM {{src}} a
+        LEFT JOIN titles p ON p.product_id = a.product_id
+        LEFT JOIN titles q ON q.product_id = a.associated_product_id
+        LEFT JOIN association_methods m ON m.method = a.method
+    """),
+    "bundles_named": ("bundles", """
+        SELECT run_date, bundle_rank, array_to_string(titles, ' + ') AS bundle_text, * EXCLUDE (run_date, bundle_rank)
+        FROM {src}
+    """),
+}
+
+
+def create_analyst_views(con, existing: list[str]) -> list[str]:
+    """Views for analysts on an open DuckDB connection; returns the views made.
+
+    ``association_methods`` (method, score_scale); for each published table whose view is in
+    ``existing`` (and with a ``catalog`` view for the titles): ``<table>_named`` over all
+    run dates and ``latest_<table>_named`` over ``latest_<table>``, with product titles next to
+    the ids (a product missing from the catalog shows its id in rules, null in associations).
+    """
+    rows = ", ".join(f"({_quote_literal(m)}, {_quote_literal(s)})" for m, s in SCORE_SCALES.items())
+    con.execute(
+        f"CREATE OR REPLACE VIEW association_methods AS SELECT * FROM (VALUES {rows}) v(method, score_scale)"
+    )
+    made = ["association_methods"]
+    have = set(existing)
+    for name, (source, sql) in _NAMED_VIEWS.items():
+        needs_titles = "titles AS" in sql
+        for prefix in ("", "latest_"):
+            src = f"{prefix}{source}"
+            if src not in have or (needs_titles and "catalog" not in have):
+                continue
+            view = _quote_identifier(f"{prefix}{name}")
+            con.execute(f"CREATE OR REPLACE VIEW {view} AS {sql.format(src=_quote_identifier(src))}")
+            made.append(f"{prefix}{name}")
+    return made

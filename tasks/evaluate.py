@@ -19,7 +19,7 @@ def prepare(settings: Settings, as_of: date, end: date | None) -> harness.Split:
 
 
 @task(name="publish-method", cache_policy=NO_CACHE)
-def publish_method(settings: Settings, split: harness.Split, method: str) -> Path | None:
+def publish_method(settings: Settings, split: harness.Split, method: str) -> Path | str:
     return harness.publish_method(settings, split, method)
 
 
@@ -29,8 +29,10 @@ def score_method(settings: Settings, split: harness.Split, method: str, publishe
 
 
 @task(name="report", cache_policy=NO_CACHE)
-def report(settings: Settings, split: harness.Split, results: pl.DataFrame) -> tuple[Path, Path]:
-    return harness.write_report(settings, split, results)
+def report(
+    settings: Settings, split: harness.Split, results: pl.DataFrame, skipped: dict[str, str] | None = None
+) -> tuple[Path, Path]:
+    return harness.write_report(settings, split, results, skipped)
 
 
 @task(name="log-mlflow", cache_policy=NO_CACHE)

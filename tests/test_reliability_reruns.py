@@ -78,7 +78,9 @@ def settings(tmp_path) -> Settings:
 def test_same_as_of_twice_gives_byte_identical_tables(settings, tmp_path):
     as_of = date(2024, 1, 5)
     first = pipeline.run_nightly(settings, as_of)
-    assert first.ingest.files_ingested == 5 and all(p.rows > 0 for p in first.published)
+    # random baskets hold no bundle worth promoting (lift ~1, products in a few orders): bundles is
+    # published empty; its ranking's determinism is tested in test_bundles.py
+    assert first.ingest.files_ingested == 5 and all(p.rows > 0 for p in first.published if p.table != "bundles")
     before = published_bytes(settings)
     again = pipeline.run_nightly(settings, as_of)
     assert (again.ingest.files_ingested, again.ingest.rows_read) == (0, 0)
