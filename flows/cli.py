@@ -368,7 +368,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--student-minutes", type=float, metavar="M",
                    help="time budget of the student's training in minutes (default: training.student.max_minutes, none)")
     p.add_argument("--no-promote", action="store_true",
-                   help="trial run: train, register and run the serving gate, record its decision, promote nothing")
+                   help="trial run: train, register and run the serving gate, record its decision, promote nothing "
+                        "(default: off)")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("promote", help="override the serving gate: serve a trained student version by hand, or revoke one")
