@@ -98,13 +98,16 @@ def publish_method(settings: Settings, split: Split, method: str) -> Path | str:
         out = method_dir(settings, split.as_of, method) / warehouse.DATA_FILE
         warehouse.atomic_write_parquet(table.to_arrow(), out, settings.data_dir / "evaluation" / warehouse.TMP_DIR)
         return out
-    chosen = settings.model_copy(  # the classic method itself, never the nightly's hybrid
-        update={
-            "associations": settings.associations.model_copy(update={"method": method}),
-            "hybrid": settings.hybrid.model_copy(update={"enabled": False}),
-        }
-    )
-    staged = pipeline.associate(chosen, split.train_path, split.as_of)
+    if method == "served":  # the nightly's own association stage: what it would publish for as_of
+        chosen = settings
+    else:  # the classic method itself (auto: as chosen for the catalog), never the nightly's hybrid
+        chosen = settings.model_copy(
+            update={
+                "associations": settings.associations.model_copy(update={"method": method}),
+                "hybrid": settings.hybrid.model_copy(update={"enabled": False}),
+            }
+        )
+    staged = pipeline.associate(chosen, split.train_path, split.as_of)[PRODUCT_ASSOCIATIONS.name]
     out = method_dir(settings, split.as_of, method) / warehouse.DATA_FILE
     warehouse.atomic_write_parquet(pq.read_table(staged), out, settings.data_dir / "evaluation" / warehouse.TMP_DIR)
     return out

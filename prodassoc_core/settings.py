@@ -64,7 +64,10 @@ ASSOCIATION_METHODS = ("popularity", "count", "confidence", "jaccard", "lift", "
 # Language-model stages the harness can score (prodassoc_core/harness.py): the pretrained encoder,
 # and the champions of the MLM encoder, the cross-encoder teacher (reranking) and the student.
 MODEL_METHODS = ("pretrained", "mlm", "teacher", "student", "gnn", "hybrid")
-EVALUATION_METHODS = ASSOCIATION_METHODS + MODEL_METHODS
+# What the nightly would serve on the split's as_of: ``auto``, the classic method chosen for the catalog
+# on its tail (selection.py); ``served``, the serving plan with its models per segment (serving.py).
+SERVING_METHODS = ("auto", "served")
+EVALUATION_METHODS = ASSOCIATION_METHODS + SERVING_METHODS + MODEL_METHODS
 
 
 class AssociationConfig(BaseModel):

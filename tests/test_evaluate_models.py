@@ -22,7 +22,7 @@ def trained(tmp_path_factory):
     settings = Settings(
         data_dir=tmp_path_factory.mktemp("eval-models"),
         training=chain.tiny_training_config(3),
-        evaluation=EvaluationConfig(methods=("count", *MODEL_METHODS), rerank_depth=10),
+        evaluation=EvaluationConfig(methods=("count", "auto", "served", *MODEL_METHODS), rerank_depth=10),
     )
     importers.import_source(kind="online-retail", inputs=[SAMPLE], landing_dir=settings.landing_dir)
     report = retrain.train_models(settings, AS_OF)
@@ -50,6 +50,13 @@ def test_model_methods_are_scored_beside_the_baselines(trained):
     count = pl.read_parquet(harness.method_dir(settings, AS_OF, "count") / "data.parquet")
     assert count["method"].unique().to_list() == ["count"]
     assert 0 <= rows["hybrid"]["bc_hr"] <= 1
+    # served: the nightly's own stage for as_of; the tiny chain is served by hand for both segments,
+    # so it publishes the hybrid of every product, as the hybrid method does
+    assert rows["served"]["ndcg_all"] == pytest.approx(rows["hybrid"]["ndcg_all"], abs=1e-3)  # float ties aside
+    served = pl.read_parquet(harness.method_dir(settings, AS_OF, "served") / "data.parquet")
+    assert served["source"].unique().to_list() == ["hybrid"] and served["model_as_of"].max() <= AS_OF
+    auto = pl.read_parquet(harness.method_dir(settings, AS_OF, "auto") / "data.parquet")
+    assert auto["source"].unique().to_list() == ["classic"] and auto["method"].n_unique() == 1
 
 
 def test_a_model_trained_after_as_of_is_never_scored(trained):
