@@ -127,8 +127,8 @@ def train_graph_stage(
 ):
     """Stage 4: the GNN over the fit window's graph (student embeddings as node features and
     text edges), then the hybrid weights tuned on the held-out tail; the weights are saved
-    with the GNN model (champions.WEIGHTS_FILE). Returns (GnnResult, warm, cold weights)."""
-    from prodassoc_core import champions, gnn, graph, hybrid
+    with the GNN model (hybrid.WEIGHTS_FILE). Returns (GnnResult, warm, cold weights)."""
+    from prodassoc_core import gnn, graph, hybrid
 
     text = catalog_vectors(student_dir, catalog, device=device, max_length=cfg.student.max_length)
     fit_graph = graph.fit_window_graph(catalog[PRODUCT_ID].to_list(), train, as_of, cfg.pairs.validation_days, text,
@@ -136,7 +136,7 @@ def train_graph_stage(
     logger.info("chain: graph %s", fit_graph.summary())
     result = gnn.train_gnn(fit_graph, task, cfg.gnn.model_copy(update={"seed": _seed(cfg)}), device=device,
                            out_dir=out_dir)
-    saved = champions.read_weights(result.model_dir)
+    saved = hybrid.read_weights(result.model_dir)
     if saved is not None:
         return result, *saved
     model, _ = gnn.load_gnn(result.model_dir)
@@ -147,7 +147,7 @@ def train_graph_stage(
         candidates_k=hybrid_cfg.candidates_k, decayed=cooc, step=hybrid_cfg.weight_step, queries=tune_half,
     )
     grid.write_parquet(out_dir / "hybrid_weight_grid.parquet")
-    champions.write_weights(result.model_dir, warm, cold, cooc)
+    hybrid.write_weights(result.model_dir, warm, cold, cooc)
     logger.info("chain: hybrid weights warm %s cold %s, co-purchase %s", warm, cold, cooc)
     return result, warm, cold
 

@@ -21,6 +21,7 @@ import polars as pl
 
 from prodassoc_core import hybrid, tracking
 from prodassoc_core.contracts import PRODUCT_ID
+from prodassoc_core.hybrid import WEIGHTS_FILE, read_cooc, read_weights, write_weights  # noqa: F401 (re-exported)
 from prodassoc_core.methods import DecayedConfig
 from prodassoc_core.settings import Settings
 from prodassoc_core.training import Device
@@ -28,7 +29,6 @@ from prodassoc_core.training import Device
 logger = logging.getLogger("prodassoc.champions")
 
 AS_OF_TAG = "prodassoc.as_of"
-WEIGHTS_FILE = "hybrid_weights.json"
 
 
 @dataclass(frozen=True)
@@ -44,33 +44,6 @@ class ChampionSet:
     @property
     def uris(self) -> dict[str, str]:
         return {k: v for k, v in (("student", self.student_uri), ("gnn", self.gnn_uri)) if v}
-
-
-def write_weights(model_dir: Path, warm: hybrid.Weights, cold: hybrid.Weights, cooc: DecayedConfig | None = None
-                  ) -> Path:
-    path = model_dir / WEIGHTS_FILE
-    data = {"warm": warm.as_dict(), "cold": cold.as_dict()}
-    if cooc is not None:
-        data["cooc"] = asdict(cooc)
-    path.write_text(json.dumps(data, indent=2, sort_keys=True))
-    return path
-
-
-def read_cooc(model_dir: Path) -> DecayedConfig | None:
-    """The co-purchase settings the hybrid weights were tuned with (None: the weights predate them)."""
-    path = model_dir / WEIGHTS_FILE
-    if not path.is_file():
-        return None
-    data = json.loads(path.read_text()).get("cooc")
-    return DecayedConfig(**data) if data else None
-
-
-def read_weights(model_dir: Path) -> tuple[hybrid.Weights, hybrid.Weights] | None:
-    path = model_dir / WEIGHTS_FILE
-    if not path.is_file():
-        return None
-    data = json.loads(path.read_text())
-    return hybrid.Weights(**data["warm"]), hybrid.Weights(**data["cold"])
 
 
 def champion_dir(settings: Settings, name: str, work_dir: Path, not_after: date | None = None

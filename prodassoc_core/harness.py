@@ -184,7 +184,7 @@ def model_associations(settings: Settings, split: Split, method: str) -> pl.Data
     ``rerank_depth`` (scored products only: the cross-encoder reads every pair); the reason
     it is skipped (a str) when its model is not available."""
     from prodassoc_core import chain
-    from prodassoc_core.retrain import device_of
+    from prodassoc_core.training import device_of
 
     cfg, top_k = settings.training, settings.associations.top_k
     device = device_of(cfg)

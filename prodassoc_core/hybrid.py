@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import json
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import numpy as np
 import polars as pl
@@ -25,8 +27,10 @@ import scipy.sparse as sp
 from prodassoc_core import evaluation
 from prodassoc_core.contracts import ASSOCIATED_PRODUCT_ID, PRODUCT_ID
 from prodassoc_core.embeddings import top_k_similar
+from prodassoc_core.methods import DecayedConfig
 
 COMPONENTS = ("cooc", "text", "gnn")
+WEIGHTS_FILE = "hybrid_weights.json"  # saved with the GNN model: the weights tuned with it
 RANK = "rank"
 
 
@@ -395,3 +399,32 @@ def tune_weights(
     sold = {i for b in fit_items for i in b}
     grid = weight_grid(step, ["cooc", *model.vectors()])
     return tune(frame, relevant, sold, popular_products(fit_items), grid, k)
+
+
+# --- the weights file saved with the GNN ---------------------------------------------------------
+
+
+def write_weights(model_dir: Path, warm: Weights, cold: Weights, cooc: DecayedConfig | None = None) -> Path:
+    path = model_dir / WEIGHTS_FILE
+    data = {"warm": warm.as_dict(), "cold": cold.as_dict()}
+    if cooc is not None:
+        data["cooc"] = asdict(cooc)
+    path.write_text(json.dumps(data, indent=2, sort_keys=True))
+    return path
+
+
+def read_cooc(model_dir: Path) -> DecayedConfig | None:
+    """The co-purchase settings the hybrid weights were tuned with (None: the weights predate them)."""
+    path = model_dir / WEIGHTS_FILE
+    if not path.is_file():
+        return None
+    data = json.loads(path.read_text()).get("cooc")
+    return DecayedConfig(**data) if data else None
+
+
+def read_weights(model_dir: Path) -> tuple[Weights, Weights] | None:
+    path = model_dir / WEIGHTS_FILE
+    if not path.is_file():
+        return None
+    data = json.loads(path.read_text())
+    return Weights(**data["warm"]), Weights(**data["cold"])

@@ -155,13 +155,14 @@ def _hybrid_rows(settings: Settings, plan, train: pl.DataFrame, as_of: date, bas
                  ) -> tuple[pl.DataFrame, pa.Table]:
     """The hybrid rows of the segments that serve it, and the student's embeddings of the catalog
     (embedded once, for both)."""
-    from prodassoc_core import champions, chain, hybrid, retrain, serving
+    from prodassoc_core import champions, chain, hybrid, serving
+    from prodassoc_core.training import device_of
 
     models = plan.models
     catalog = ingest.read_staged_catalog(settings.staging_dir).sort(PRODUCT_ID)
     with tempfile.TemporaryDirectory(prefix=".champions-", dir=baskets_path.parent) as work:
         found = champions.download(settings, models, Path(work))
-        model = champions.hybrid_model(settings, found, catalog, train, retrain.device_of(settings.training))
+        model = champions.hybrid_model(settings, found, catalog, train, device_of(settings.training))
     a = settings.associations
     sold = {i for b in train[baskets.ITEMS].to_list() for i in b}
     queries = [p for p in catalog[PRODUCT_ID].to_list()

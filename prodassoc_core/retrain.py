@@ -38,7 +38,7 @@ from prodassoc_core import chain, embeddings, evaluation, ingest, methods, mlm, 
 from prodassoc_core.champions import AS_OF_TAG
 from prodassoc_core.contracts import PRODUCT_ID
 from prodassoc_core.settings import Settings, TrainingConfig
-from prodassoc_core.training import Device, StageResult, choose_device
+from prodassoc_core.training import Device, StageResult, device_of  # noqa: F401 (device_of re-exported)
 
 logger = logging.getLogger("prodassoc.retrain")
 
@@ -103,10 +103,6 @@ def models_dir(settings: Settings, as_of: date) -> Path:
             if k not in chain.RESUMABLE}
     digest = hashlib.sha256(json.dumps(flat, sort_keys=True).encode()).hexdigest()[:10]
     return settings.data_dir / "models" / f"as_of={as_of.isoformat()}" / f"cfg-{digest}"
-
-
-def device_of(cfg: TrainingConfig) -> Device:
-    return choose_device(None if cfg.device == "auto" else cfg.device)
 
 
 def gate_score(model_dir: str | Path, catalog: pl.DataFrame, task: pairs.PairTask, popular: list[str],

@@ -89,6 +89,11 @@ def choose_device(prefer: str | None = None) -> Device:
     return Device(torch.device("cpu"), None)
 
 
+def device_of(cfg) -> Device:
+    """The device ``cfg`` (a TrainingConfig) asks for: ``auto`` is CUDA when present, else the CPU."""
+    return choose_device(None if cfg.device == "auto" else cfg.device)
+
+
 def set_seed(seed: int) -> None:
     """Seed Python, NumPy and torch (all devices). There is no default seed on purpose."""
     if not isinstance(seed, int) or isinstance(seed, bool):
