@@ -133,7 +133,7 @@ def associate(settings: Settings, baskets_path: Path, as_of: date) -> dict[str, 
 
     warehouse.fault_point("associate")
     train = pl.read_parquet(baskets_path)
-    plan = serving.plan(settings, as_of, train)
+    plan = serving.plan(settings, as_of)
     log.info("associate: %s", plan.describe())
     ranking = methods.config_associations(train, datetime.combine(as_of, time()), plan.classic)
     classic = pl.from_arrow(methods.publishable(ranking, train[baskets.ITEMS].to_list()))

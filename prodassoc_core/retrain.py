@@ -187,8 +187,10 @@ def gate(
     sel, cfg = settings.selection, settings.training
     k = sel.k
     data = GateData.build(settings, train, as_of)
-    choice = selection.select_on(data.fit, data.cut, data.tune_relevant, settings.associations, sel)
-    classic_pp = data.per_product(methods.config_associations(data.fit, data.cut, choice.chosen), k)
+    classic = settings.associations  # what the catalog would otherwise be served: as set, or chosen on the tune half
+    if classic.method == "auto":
+        classic = selection.select_on(data.fit, data.cut, data.tune_relevant, classic, sel).chosen
+    classic_pp = data.per_product(methods.config_associations(data.fit, data.cut, classic), k)
     gnn_dir = result.gnn.model_dir if result.gnn is not None else None
     weights = champions.read_weights(gnn_dir) if gnn_dir is not None else None
     warm_w, cold_w = weights or (hybrid_weights_default())
@@ -210,7 +212,7 @@ def gate(
     current = serving.served_models(settings, as_of)
     champion_version = None if isinstance(current, str) else current.student.version
     if serving.HYBRID not in segments.values():
-        promoted, reason = False, f"the hybrid does not beat {choice.label} by {sel.gate_margin:g} in any segment"
+        promoted, reason = False, f"the hybrid does not beat {selection.label(classic)} by {sel.gate_margin:g} in any segment"
     elif isinstance(current, str):
         promoted, reason = True, f"no model is served for {as_of}; the hybrid beats the classic method where it serves"
     else:
@@ -221,7 +223,7 @@ def gate(
         verdict = "beats" if promoted else "does not beat"
         reason = (f"served NDCG@{k} {scores['candidate']['served']:.4f} {verdict} the served {current.student.uri} "
                   f"({scores['champion']['served']:.4f})")
-    decision = GateDecision(promoted and promote, segments, scores, n, choice.label, champion_version, reason,
+    decision = GateDecision(promoted and promote, segments, scores, n, selection.label(classic), champion_version, reason,
                             trial=not promote)
     _tag_decision(settings, registered, decision, promoted)
     logger.info("gate: %s", decision.message)

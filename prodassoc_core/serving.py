@@ -24,7 +24,6 @@ from pathlib import Path
 import polars as pl
 
 from prodassoc_core import tracking
-from prodassoc_core.contracts import ORDERED_AT
 from prodassoc_core.settings import AssociationConfig, Settings
 
 log = logging.getLogger("prodassoc.serving")
@@ -151,9 +150,18 @@ def selection_path(settings: Settings, anchor: date) -> Path:
     return settings.data_dir / "selection" / f"as_of={anchor.isoformat()}.json"
 
 
-def classic_choice(settings: Settings, as_of: date, train: pl.DataFrame) -> tuple[AssociationConfig, str]:
+def staged_baskets(settings: Settings, start: date, end: date) -> pl.DataFrame:
+    """The baskets of the staged (validated) transactions ordered in [start, end)."""
+    from prodassoc_core import baskets, ingest
+
+    return baskets.baskets(ingest.read_staged_transactions(settings.staging_dir, start, end), settings.baskets).collect()
+
+
+def classic_choice(settings: Settings, as_of: date, baskets_between=None) -> tuple[AssociationConfig, str]:
     """(setting, reason): ``associations`` as set, or with ``method: auto`` the choice of
-    ``selection.select_classic`` on the baskets before the anchor (cached per anchor)."""
+    ``selection.select_classic`` on the baskets of [anchor - lookback, anchor), cached per anchor:
+    every date of the period gets the same choice, whichever date made it and in whatever order
+    dates run. ``baskets_between(start, end)`` gives baskets (default: the staged transactions')."""
     from prodassoc_core import selection
 
     a = settings.associations
@@ -165,10 +173,9 @@ def classic_choice(settings: Settings, as_of: date, train: pl.DataFrame) -> tupl
         saved = json.loads(path.read_text())
         chosen = a.model_copy(update=saved["chosen"])
         return chosen, saved["reason"] + f" (chosen on the tail before {anchor})"
-    start = datetime.combine(anchor - timedelta(days=settings.lookback_days), time())
-    end = datetime.combine(anchor, time())
-    before = train.filter((pl.col(ORDERED_AT) >= start) & (pl.col(ORDERED_AT) < end))
-    found = selection.select_classic(before, end, a, settings.selection)
+    load = baskets_between or (lambda start, end: staged_baskets(settings, start, end))
+    before = load(anchor - timedelta(days=settings.lookback_days), anchor)
+    found = selection.select_classic(before, datetime.combine(anchor, time()), a, settings.selection)
     record = {
         "as_of": anchor.isoformat(),
         "chosen": {k: v for k, v in found.chosen.model_dump(mode="json").items()
@@ -176,6 +183,7 @@ def classic_choice(settings: Settings, as_of: date, train: pl.DataFrame) -> tupl
         "label": found.label,
         "reason": found.reason,
         "n_products": found.n_products,
+        "baskets": before.height,
         "scores": found.scores.to_dicts(),
     }
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -193,9 +201,9 @@ def write_json(path: Path, data: dict) -> None:
     os.replace(tmp, path)
 
 
-def plan(settings: Settings, as_of: date, train: pl.DataFrame) -> ServingPlan:
-    """What the run for ``as_of`` serves, from the window's baskets ``train`` (all before as_of)."""
-    classic, classic_reason = classic_choice(settings, as_of, train)
+def plan(settings: Settings, as_of: date, baskets_between=None) -> ServingPlan:
+    """What the run for ``as_of`` serves (``baskets_between``: see ``classic_choice``)."""
+    classic, classic_reason = classic_choice(settings, as_of, baskets_between)
     if not settings.hybrid.enabled:
         return ServingPlan(as_of, classic, classic_reason, None, "hybrid.enabled is false")
     found = served_models(settings, as_of)

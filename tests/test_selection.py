@@ -86,18 +86,28 @@ def test_the_classic_choice_is_made_once_per_anchor_from_data_before_it(tmp_path
     anchor = serving.selection_anchor(day, 7)
     assert anchor <= day and (day - anchor).days < 7
     assert all(serving.selection_anchor(anchor + timedelta(days=k), 7) == anchor for k in range(7))
-    chosen, reason = serving.classic_choice(settings, day, frame)
+    asked = []
+
+    def between(start: date, end: date) -> pl.DataFrame:
+        asked.append((start, end))
+        t0, t1 = datetime.combine(start, datetime.min.time()), datetime.combine(end, datetime.min.time())
+        return frame.filter((pl.col("ordered_at") >= t0) & (pl.col("ordered_at") < t1))
+
+    chosen, reason = serving.classic_choice(settings, day, between)
     assert serving.selection_path(settings, anchor).is_file() and f"before {anchor}" in reason
-    # the cached choice is what every date of the period serves, and it used no basket from the anchor on
-    again, _ = serving.classic_choice(settings, anchor + timedelta(days=6), frame.head(10))
-    assert again == chosen
+    assert asked == [(anchor - timedelta(days=settings.lookback_days), anchor)]  # nothing from the anchor on
+    # the cached choice is what every date of the period serves, whichever date made it
+    again, _ = serving.classic_choice(settings, anchor + timedelta(days=6), between)
+    assert again == chosen and len(asked) == 1
     explicit = settings.model_copy(update={"associations": AssociationConfig(method="jaccard")})
-    assert serving.classic_choice(explicit, day, frame)[0].method == "jaccard"
+    assert serving.classic_choice(explicit, day, between)[0].method == "jaccard"
 
 
 def test_no_model_is_served_without_a_registry(tmp_path):
     settings = Settings(data_dir=tmp_path)
-    plan = serving.plan(settings, date(2024, 6, 1), _baskets(recency_shift=False))
+    frame = _baskets(recency_shift=False)
+    plan = serving.plan(settings, date(2024, 6, 1), lambda start, end: frame.filter(
+        pl.col("ordered_at") < datetime.combine(end, datetime.min.time())))
     assert plan.models is None and plan.segments == {"warm": "classic", "cold": "classic"}
     assert "passed the serving gate" in plan.reason and plan.as_json()["student_model"] is None
     assert not (tmp_path / "mlflow.db").exists()  # looking did not create the store
