@@ -66,7 +66,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     for table in ("catalog", "transactions"):
         parts = [p for p in ing["partitions"] if p["table"] == table]
         read, accepted, quarantined = (sum(p[k] for p in parts) for k in ("rows_read", "rows_accepted", "rows_quarantined"))
-        print(f"  {table}: {read:,} rows read = {accepted:,} accepted + {quarantined:,} quarantined")
+        line = f"  {table}: {read:,} rows read = {accepted:,} accepted + {quarantined:,} quarantined"
+        if table == "transactions" and ing.get("files_duplicate"):
+            line += (f"; {ing['rows_duplicate']:,} rows of {ing['files_duplicate']} duplicate file(s) skipped "
+                     "(same bytes as accepted files, named in the manifest)")
+        print(line)
     for p in result["published"]:
         print(f"published {p['table']}: {p['rows']:,} rows -> {p['path']}")
     print(f"DuckDB views: {settings.duckdb_path}")

@@ -36,9 +36,15 @@ Rules of the run:
   (``missing_column:<c>``) and marked ``failed``. An unreadable Parquet file is marked
   ``unreadable`` with 0 rows. Quarantine, staging and the manifest are written before
   the run raises one ``IngestError`` listing every problem.
-* A transactions file with the same bytes (sha256) as a file already staged under another
-  name (a re-drop under a new name) is not ingested again: the manifest records it as
-  ``duplicate`` with 0 rows and names the original, so no row is counted twice.
+* A transactions file with the same bytes (sha256) as another file whose rows were *accepted*
+  and are still staged (a re-drop under a new name) is not ingested again: the manifest records
+  it as ``duplicate`` with 0 rows, naming the original and its row count, so no row is counted
+  twice. The original must be in the same partition, or have had no row quarantined (then a
+  copy elsewhere could only fail ``in_partition``), and, if still landed, unchanged. A copy of
+  content that was quarantined claims nothing: a misfiled copy in the wrong day is validated
+  (its rows fail ``in_partition``) and never hides the real file. Of two new files with the
+  same bytes in one run, the second waits for the first's verdict. Every landed file's rows
+  are thus accepted, quarantined, or skipped as a named duplicate of accepted rows.
 * Data outside a partition (a directory under ``<landing>/transactions`` not named exactly
   ``dt=YYYY-MM-DD``, a Parquet file directly under it) is not ingested and fails the run
   with a message naming it; hidden and ``_``-prefixed names are ignored.
@@ -126,7 +132,8 @@ class IngestReport:
     files_ingested: int = 0
     files_skipped: int = 0  # already ingested with the same sha256
     files_failed: int = 0  # failed or unreadable
-    files_duplicate: int = 0  # same bytes as a file already staged under another name
+    files_duplicate: int = 0  # same bytes as a file whose rows were accepted and are staged
+    rows_duplicate: int = 0  # rows of those files: landed, not counted again
     files_deferred: int = 0  # transaction files dated on/after as_of
     rows_read: int = 0
     rows_accepted: int = 0
@@ -544,35 +551,10 @@ class _Run:
         )
 
         shas = {file.rel: _sha256(file.path) for files in pending.values() for file in files}
-        # Content already staged under another name: a landed file whose content is still
-        # what the manifest recorded (or that has left landing; its staged rows remain).
-        staged_content = {
-            r["sha256"]: r["file"]
-            for r in sorted(self.rows.values(), key=lambda r: r["file"], reverse=True)
-            if r["table"] == c.TRANSACTIONS.name and r["status"] == INGESTED
-            and shas.get(r["file"], r["sha256"]) == r["sha256"]
-        }
-        batch: list[_Loaded] = []
-        batch_rows = 0
-        for partition, files in pending.items():
-            for file in files:
-                sha = shas[file.rel]
-                if self.already_ingested(file, sha):
-                    self.report.files_skipped += 1
-                    continue
-                original = staged_content.setdefault(sha, file.rel)
-                if original != file.rel:
-                    self.duplicate(file, sha, original)
-                    continue
-                loaded = _load(file, c.TRANSACTIONS, sha)
-                batch.append(loaded)
-                batch_rows += loaded.rows
-            if batch_rows >= self.batch_rows:  # whole partitions per batch: the share needs them all
-                self.flush(batch, catalog_ids)
-                batch, batch_rows = [], 0
-        if batch:
-            self.flush(batch, catalog_ids)
-        elif self.report.files_duplicate:  # recorded without a flush: persist them
+        todo = [file for files in pending.values() for file in files]
+        while todo:  # a file held back (same bytes as another new file) waits for that file's verdict
+            todo = self.process(todo, shas, catalog_ids)
+        if self.report.files_duplicate:  # recorded without a flush: persist them
             self.write_manifest()
         r = self.report
         logger.info(
@@ -580,15 +562,80 @@ class _Run:
             r.files_ingested - before[0], r.files_skipped - before[1], r.files_failed - before[2],
         )
 
+    def process(self, files: list[_Landed], shas: dict[str, str], catalog_ids: pl.Series) -> list[_Landed]:
+        """Validate and stage ``files`` (in partition order); returns the files held back.
+
+        A file is skipped as ``duplicate`` only when its bytes are those of a file whose rows
+        were *accepted* and are still staged (``covering``). A second new file with the same
+        bytes as one processed in this call is held back until that one's verdict is known:
+        a copy of content that was quarantined (a misfiled copy) must not hide the real file.
+        """
+        batch: list[_Loaded] = []
+        batch_rows = 0
+        claimed: set[str] = set()
+        held: list[_Landed] = []
+        by_sha: dict[str, list[dict]] = defaultdict(list)
+        for row in sorted(self.rows.values(), key=lambda r: r["file"]):
+            if row["table"] == c.TRANSACTIONS.name and row["status"] == INGESTED and row["rows_accepted"]:
+                by_sha[row["sha256"]].append(row)
+        for i, file in enumerate(files):
+            sha = shas[file.rel]
+            if self.already_ingested(file, sha):
+                self.report.files_skipped += 1
+            elif (original := self.covering(file, sha, shas, by_sha.get(sha, []))) is not None:
+                self.duplicate(file, sha, original)
+            elif sha in claimed:
+                held.append(file)
+            else:
+                claimed.add(sha)
+                loaded = _load(file, c.TRANSACTIONS, sha)
+                batch.append(loaded)
+                batch_rows += loaded.rows
+            last_of_partition = i + 1 == len(files) or files[i + 1].partition != file.partition
+            if last_of_partition and batch_rows >= self.batch_rows:  # whole partitions: the share needs them all
+                self.flush(batch, catalog_ids)
+                batch, batch_rows = [], 0
+        if batch:
+            self.flush(batch, catalog_ids)
+        return held
+
+    def covering(self, file: _Landed, sha: str, shas: dict[str, str], candidates: list[dict]) -> str | None:
+        """The file whose accepted, staged rows already hold everything ``file`` could add; None if none.
+
+        Another file with the same sha256 covers ``file`` when it was ingested with accepted
+        rows that are still staged, its landed bytes (if it is still landed) are unchanged, and
+        either it lies in the same partition (same verdict row by row) or none of its rows were
+        quarantined (its rows are all dated its own partition, so in another one they would
+        all fail ``in_partition``). Content quarantined elsewhere claims nothing.
+        """
+        for row in candidates:  # ingested manifest rows with accepted rows and this sha256
+            if row["file"] == file.rel or (row["partition"] != file.partition and row["rows_quarantined"] != 0):
+                continue
+            original = _Landed(row["table"], self.landing / row["file"], row["file"], row["partition"])
+            if not (_output_dir(self.staging, original) / _output_name(original, sha)).is_file():
+                continue
+            if original.path.is_file():
+                if row["file"] not in shas:
+                    shas[row["file"]] = _sha256(original.path)
+                if shas[row["file"]] != sha:
+                    continue
+            return row["file"]
+        return None
+
     def duplicate(self, file: _Landed, sha: str, original: str) -> None:
         """Record a landed file with the same bytes as one already staged: not ingested again."""
         self.remove_stale(file, sha)
         for root in (self.staging, self.quarantine):
             (_output_dir(root, file) / _output_name(file, sha)).unlink(missing_ok=True)
-        detail = f"same content (sha256 {sha[:8]}) as {original}; not ingested again"
+        try:
+            rows = pq.read_metadata(file.path).num_rows
+        except (OSError, pa.ArrowException):  # the bytes are those of a readable file; cannot happen
+            rows = 0
+        detail = f"same content (sha256 {sha[:8]}, {rows} rows) as {original}, whose rows were accepted; not ingested again"
         loaded = _Loaded(file, sha, DUPLICATE)
         self.rows[(file.table, file.rel)] = _manifest_row(loaded, 0, 0, DUPLICATE, detail, self.as_of)
         self.report.files_duplicate += 1
+        self.report.rows_duplicate += rows
         logger.warning("%s: %s", file.rel, detail)
 
     def flush(self, batch: list[_Loaded], catalog_ids: pl.Series) -> None:
