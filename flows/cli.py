@@ -187,10 +187,10 @@ def cmd_rules(args: argparse.Namespace) -> int:
 
 
 def cmd_top(args: argparse.Namespace) -> int:
-    import duckdb
+    from prodassoc_core import pipeline
 
     settings = _settings(args)
-    with duckdb.connect(str(settings.duckdb_path), read_only=True) as con:
+    with pipeline.open_views(settings) as con:
         rows = con.execute(
             """
             SELECT a.product_id, ct.title, a.associated_product_id, ca.title AS associated_title,

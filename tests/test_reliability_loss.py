@@ -102,3 +102,124 @@ def test_a_duplicate_whose_original_left_and_changed_is_ingested(tmp_path):
     staged = _staged_day(settings, "2024-01-05")
     assert staged.height == 2 * fresh.height and staged.select(c.ORDER_ID, c.PRODUCT_ID).is_unique().all()
     assert_landed_rows_reconcile(settings)
+
+
+# --- 3. a run's tables commit as one ------------------------------------------------------------
+
+import json  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+
+import duckdb  # noqa: E402
+
+from conftest import REPO  # noqa: E402
+from prodassoc_core import warehouse  # noqa: E402
+
+
+def _latest_dates(settings: Settings) -> dict[str, list]:
+    with duckdb.connect(str(settings.duckdb_path), read_only=True) as con:
+        views = {r[0] for r in con.execute("SELECT view_name FROM duckdb_views()").fetchall()}
+        return {
+            t: sorted(str(r[0]) for r in con.execute(f"SELECT DISTINCT run_date FROM {t}").fetchall())
+            for t in ("association_rules", "product_associations", "latest_association_rules",
+                      "latest_product_associations") if t in views
+        }
+
+
+def test_a_run_stopped_between_tables_is_not_published_and_is_redone(tmp_path, monkeypatch):
+    settings = _settings(tmp_path, share=0.2)
+    pipeline.run_nightly(settings, date(2024, 1, 6))
+    before = _latest_dates(settings)
+    monkeypatch.setenv(warehouse.FAULT_ENV, "publish.between_tables=raise")  # after the first table
+    with pytest.raises(warehouse.InjectedFault):
+        pipeline.run_nightly(settings, AS_OF)
+    assert warehouse.is_published(settings.warehouse_dir, "association_rules", AS_OF)  # the file is there,
+    assert not pipeline.is_published(settings, AS_OF)  # but the run is not committed
+    assert _latest_dates(settings) == before  # views and latest_* show only committed runs
+    assert pipeline.backfill_dates(settings, date(2024, 1, 6), AS_OF) == ([AS_OF], [date(2024, 1, 6)])
+
+    monkeypatch.delenv(warehouse.FAULT_ENV)
+    ran = pipeline.backfill(settings, date(2024, 1, 6), AS_OF)  # redoes the partial date
+    assert [r.as_of for r in ran.ran] == [AS_OF] and pipeline.is_published(settings, AS_OF)
+    assert _latest_dates(settings)["latest_product_associations"] == [str(AS_OF)]
+
+
+STORAGE_CHILD = r"""
+import json, subprocess, sys
+from datetime import date
+from pathlib import Path
+sys.path.insert(0, sys.argv[3])
+from prodassoc_core import pipeline, warehouse
+from prodassoc_core.contracts import ASSOCIATION_RULES, PRODUCT_ASSOCIATIONS
+from prodassoc_core.settings import Settings
+from test_reliability_faults import synthetic
+import pyarrow.parquet as pq
+
+scenario, data = sys.argv[1], Path(sys.argv[2])
+settings = Settings(data_dir=data)
+wh = settings.warehouse_dir
+wh.mkdir(parents=True)
+subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(wh)], check=True)
+
+def staged(version, n_rules, n_pairs):
+    out = {}
+    for contract, n in ((ASSOCIATION_RULES, n_rules), (PRODUCT_ASSOCIATIONS, n_pairs)):
+        path = data / "staged" / version / f"{contract.name}.parquet"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        pq.write_table(synthetic(contract, n, version), path)
+        out[contract.name] = path
+    return out
+
+def latest():
+    with pipeline.open_views(settings) as con:
+        return sorted(str(r[0]) for r in con.execute("SELECT DISTINCT run_date FROM latest_association_rules").fetchall())
+
+d1, d2 = date(2024, 3, 1), date(2024, 3, 2)
+pipeline.publish(settings, d1, staged("v1", 10, 10))
+if scenario == "disk_full":
+    second = staged("v2", 10, 50_000)  # product_associations: ~6 MB, more than the 2 MB file system
+else:
+    second = staged("v2", 10, 10)
+    ro = wh / PRODUCT_ASSOCIATIONS.name
+    subprocess.run(["mount", "--bind", str(ro), str(ro)], check=True)
+    subprocess.run(["mount", "-o", "remount,bind,ro", str(ro)], check=True)
+out = {}
+try:
+    pipeline.publish(settings, d2, second)
+except warehouse.StorageError as exc:
+    out["error"] = str(exc)
+out["rules_file_written"] = warehouse.is_published(wh, ASSOCIATION_RULES.name, d2)
+out["published"] = pipeline.is_published(settings, d2)
+out["latest"] = latest()
+if scenario == "disk_full":
+    pipeline.publish(settings, d2, staged("v3", 10, 10))  # space made: the rerun commits
+else:
+    subprocess.run(["umount", str(wh / PRODUCT_ASSOCIATIONS.name)], check=True)
+    pipeline.publish(settings, d2, second)
+out["published_after_rerun"] = pipeline.is_published(settings, d2)
+out["latest_after_rerun"] = latest()
+print(json.dumps(out))
+"""
+
+
+@pytest.mark.parametrize("scenario", ["disk_full", "read_only"])
+def test_disk_full_or_read_only_leaves_the_date_unpublished_with_a_clear_error(tmp_path, scenario):
+    """A real 2 MB tmpfs (full) or a read-only bind mount under the warehouse, in a private
+    mount namespace (``unshare -rm``: no privileges needed where user namespaces are enabled)."""
+    if shutil.which("unshare") is None or subprocess.run(["unshare", "-rm", "true"], capture_output=True).returncode:
+        pytest.skip("unshare -rm (user and mount namespaces) is not available here")
+    proc = subprocess.run(
+        ["unshare", "-rm", sys.executable, "-c", STORAGE_CHILD, scenario, str(tmp_path / "data"), str(REPO / "tests")],
+        capture_output=True, text=True, timeout=300, cwd=REPO,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    if scenario == "disk_full":
+        assert out["rules_file_written"]  # the first table made it, the second did not fit
+        assert "product_associations/run_date=2024-03-02/data.parquet: no space left on device;" in out["error"]
+        assert "bytes needed" in out["error"] and "free" in out["error"]
+    else:
+        assert "product_associations/run_date=2024-03-02" in out["error"] and "read-only file system" in out["error"]
+    assert "\n" not in out["error"]
+    assert out["published"] is False and out["latest"] == ["2024-03-01"]
+    assert out["published_after_rerun"] is True and out["latest_after_rerun"] == ["2024-03-02"]
