@@ -313,7 +313,7 @@ def _scan_table(path: Path) -> pl.LazyFrame:
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix in (".parquet", ".pq"):
-        return pl.scan_parquet(path)
+        return pl.scan_parquet(path, glob=False)
     if suffix in (".csv", ".txt"):
         return pl.scan_csv(path, infer_schema=False)
     raise ValueError(f"{path}: unsupported file type {path.suffix!r} (expected .parquet or .csv)")
@@ -358,7 +358,7 @@ ONLINE_RETAIL_FORMATS = (ONLINE_RETAIL, ONLINE_RETAIL_II)
 
 def detect_online_retail_format(path: Path) -> OnlineRetailFormat:
     """The built-in format whose source columns the file has; ValueError naming what is missing."""
-    columns = pl.scan_parquet(path).collect_schema().names()
+    columns = pl.scan_parquet(path, glob=False).collect_schema().names()
     for fmt in ONLINE_RETAIL_FORMATS:
         if all(c in columns for c in fmt.source_columns):
             return fmt
@@ -390,7 +390,7 @@ def online_retail_lines(paths: Sequence[Path] | Path) -> pl.LazyFrame:
     frames = []
     for i, path in enumerate(paths):
         fmt = detect_online_retail_format(path)
-        lf = _conform(pl.scan_parquet(path), fmt.transactions, str(path), extra={DESCRIPTION: fmt.description})
+        lf = _conform(pl.scan_parquet(path, glob=False), fmt.transactions, str(path), extra={DESCRIPTION: fmt.description})
         # Parquet copies store CustomerID as float; a text copy may read "17850.0".
         lf = lf.with_columns(
             pl.col(CUSTOMER_ID).str.replace(r"^(\d+)\.0+$", "${1}"), pl.col(PRODUCT_ID).str.to_uppercase()

@@ -324,7 +324,7 @@ def _lineage(file: _Landed) -> list[pl.Expr]:
 
 
 def _scan(path: Path) -> pl.LazyFrame:
-    return pl.scan_parquet(path, hive_partitioning=False)
+    return pl.scan_parquet(path, hive_partitioning=False, glob=False)
 
 
 def _load(file: _Landed, contract: TableContract, sha: str) -> _Loaded:
@@ -830,7 +830,7 @@ def read_staged_transactions(staging_dir: Path, start: date, end: date) -> pl.La
     ]
     if not files:
         return pl.LazyFrame(schema=schema)
-    return pl.scan_parquet(files, schema=schema, hive_partitioning=False)
+    return pl.scan_parquet(files, schema=schema, hive_partitioning=False, glob=False)
 
 
 def read_staged_catalog(staging_dir: Path) -> pl.DataFrame:

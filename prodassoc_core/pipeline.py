@@ -98,7 +98,7 @@ def build_baskets(settings: Settings, as_of: date) -> Path:
 
 
 def read_baskets(path: Path) -> list[list[str]]:
-    return pl.read_parquet(path, columns=[baskets.ITEMS])[baskets.ITEMS].to_list()
+    return pl.read_parquet(path, columns=[baskets.ITEMS], glob=False)[baskets.ITEMS].to_list()
 
 
 def _stage(table: pa.Table, name: str, baskets_path: Path) -> Path:
@@ -124,7 +124,7 @@ def associate(settings: Settings, baskets_path: Path, as_of: date) -> Path:
     component scores and explanations. Otherwise: ranked by ``associations.method``.
     """
     warehouse.fault_point("associate")
-    train = pl.read_parquet(baskets_path)
+    train = pl.read_parquet(baskets_path, glob=False)
     as_of_start = datetime.combine(as_of, time())
     table = _hybrid_table(settings, train, as_of, baskets_path) if settings.hybrid.enabled else None
     if table is None:
@@ -162,7 +162,7 @@ def bundle(settings: Settings, baskets_path: Path, associations_path: Path) -> P
     warehouse.fault_point("bundle")
     h = settings.hybrid
     items = read_baskets(baskets_path)
-    associated = pl.read_parquet(associations_path, columns=[PRODUCT_ID, "associated_product_id"])
+    associated = pl.read_parquet(associations_path, columns=[PRODUCT_ID, "associated_product_id"], glob=False)
     found = hybrid.bundles(items, associated, min_support=h.bundle_min_support, min_size=h.bundle_min_size,
                            max_size=h.bundle_max_size, top_n=h.bundle_top_n)
     catalog = ingest.read_staged_catalog(settings.staging_dir)
@@ -280,12 +280,12 @@ def refresh_views(settings: Settings) -> list[str]:
 def open_views(settings: Settings):
     """A read-only DuckDB connection to the views, rebuilt first when they were built for
     another data dir (the directory was moved or restored elsewhere) or predate run commits."""
-    import duckdb
-
     meta = warehouse.views_meta(settings.duckdb_path) if settings.duckdb_path.is_file() else {}
     if meta.get("data_dir") != str(settings.data_dir.resolve()):
         log.info("views in %s were built for %s: rebuilding", settings.duckdb_path, meta.get("data_dir", "another layout"))
         refresh_views(settings)
+    import duckdb
+
     return duckdb.connect(str(settings.duckdb_path), read_only=True)
 
 

@@ -41,6 +41,7 @@ import re
 import shutil
 import signal
 import sys
+import tempfile
 import threading
 import time
 import uuid
@@ -428,8 +429,11 @@ def refresh_views(
     remove_stale_temp(duckdb_path.parent, f".{duckdb_path.name}.*.tmp*", _duckdb_tmp_pid)
     for leftover in (tmp, tmp.with_name(tmp.name + ".wal")):
         leftover.unlink(missing_ok=True)
+    # DuckDB reads "?" in a database path as the start of options (and then fails on its WAL):
+    # such a file is built in a private temporary directory and copied next to its place.
+    build = Path(tempfile.mkdtemp(prefix="prodassoc-views-")) / "views.duckdb" if "?" in str(tmp.absolute()) else tmp
     try:
-        with duckdb.connect(str(tmp)) as con:
+        with duckdb.connect(str(build)) as con:
             for name, source in sorted(sources.items()):
                 view, latest = _quote_identifier(name), _quote_identifier(f"latest_{name}")
                 if isinstance(source, str):
@@ -454,10 +458,14 @@ def refresh_views(
                 con.execute(f"CREATE TABLE {VIEWS_META} (key VARCHAR, value VARCHAR)")
                 con.executemany(f"INSERT INTO {VIEWS_META} VALUES (?, ?)", sorted(meta.items()))
             con.execute("CHECKPOINT")
+        if build != tmp:
+            shutil.copyfile(build, tmp)
         os.replace(tmp, duckdb_path)
     finally:
         for leftover in (tmp, tmp.with_name(tmp.name + ".wal")):
             leftover.unlink(missing_ok=True)
+        if build != tmp:
+            shutil.rmtree(build.parent, ignore_errors=True)
     return made
 
 

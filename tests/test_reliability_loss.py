@@ -223,3 +223,34 @@ def test_disk_full_or_read_only_leaves_the_date_unpublished_with_a_clear_error(t
     assert "\n" not in out["error"]
     assert out["published"] is False and out["latest"] == ["2024-03-01"]
     assert out["published_after_rerun"] is True and out["latest_after_rerun"] == ["2024-03-02"]
+
+
+# --- 5. glob characters in the data dir; a moved data dir -----------------------------------------
+
+
+def _view_counts(con) -> dict[str, int]:
+    return {t: con.execute(f"SELECT count(*) FROM {t}").fetchone()[0]
+            for t in ("association_rules", "latest_product_associations", "transactions", "manifest")}
+
+
+@pytest.mark.parametrize("name", ["g[x]", "s*t", "q?"])
+def test_glob_characters_in_the_data_dir_are_only_characters(tmp_path, name):
+    sibling = Settings(data_dir=tmp_path / "sat" / "data")  # what s*t, q? or g[x] would match as globs
+    land(sibling.landing_dir)
+    pipeline.run_nightly(sibling, date(2024, 1, 6))
+    settings = Settings(data_dir=tmp_path / name / "data")
+    land(settings.landing_dir)
+    result = pipeline.run_nightly(settings, AS_OF)
+    rows = {p.table: p.rows for p in result.published}
+    with pipeline.open_views(settings) as con:
+        counts = _view_counts(con)
+    assert counts["association_rules"] == rows["association_rules"]  # not doubled by the sibling
+    assert counts["latest_product_associations"] == rows["product_associations"]
+    staged = sum(pl.read_parquet(f, glob=False).height for f in (settings.staging_dir / "transactions").rglob("*.parquet"))
+    assert counts["transactions"] == staged
+
+    moved = Settings(data_dir=tmp_path / "moved" / name / "data")  # restored elsewhere
+    moved.data_dir.parent.mkdir(parents=True)
+    shutil.move(settings.data_dir, moved.data_dir)
+    with pipeline.open_views(moved) as con:  # rebuilt for the new location on open
+        assert _view_counts(con) == counts
