@@ -28,6 +28,7 @@ from __future__ import annotations
 import csv
 import logging
 import os
+import re
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -39,6 +40,7 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from prodassoc_core.contracts import TIME_ZONE_SUFFIX
 from prodassoc_core.contracts import (
     CATALOG,
     CATEGORY,
@@ -208,7 +210,7 @@ def _cast_column(
             return s, None
         if dtype.is_float():
             return _float_to_id(x), None
-        if dtype.is_numeric() or isinstance(dtype, (pl.Boolean, pl.Date, pl.Datetime)):
+        if dtype.is_integer():  # booleans, dates and nested values are not ids (contracts.py rules)
             return x.cast(pl.String), None
     elif target == pl.Int64:
         if s is not None:
@@ -223,24 +225,29 @@ def _cast_column(
     elif target == pl.Float64:
         if s is not None:
             return s.cast(pl.Float64, strict=False), present
-        if dtype.is_numeric():
+        if dtype.is_integer() or dtype.is_float():
             return pl.when(present).then(x.cast(pl.Float64)), None  # NaN price = missing
     elif isinstance(target, pl.Datetime):
         if s is not None:
-            # time_zone="UTC": text with an offset is converted to UTC, naive text is kept as written.
-            parsed = s.str.to_datetime(datetime_format, time_unit="us", time_zone="UTC", strict=False)
-            return parsed, present
+            # local time as written (contracts.py): a trailing Z or offset is dropped, not applied
+            s = s.str.replace(TIME_ZONE_SUFFIX, "${1}")
+            fmt = None if datetime_format is None else re.sub(r"\s*(?:%z|%:z|%#z|Z)$", "", datetime_format)
+            return s.str.to_datetime(fmt, time_unit="us", strict=False), present
         if isinstance(dtype, (pl.Datetime, pl.Date)):
             return x, None
-    raise ValueError(f"{where}: column {src!r} of type {dtype} cannot be read as {target}")
+    raise ValueError(
+        f"{where}: column {src!r} of type {dtype} cannot be read as {target} "
+        f"(the conversion rules are in prodassoc_core/contracts.py)"
+    )
 
 
 def _to_naive_us(lf: pl.LazyFrame, name: str) -> pl.LazyFrame:
-    """Datetimes become naive microseconds; time-zone-aware ones are first converted to UTC."""
+    """Datetimes become naive microseconds; time-zone-aware ones keep their wall-clock time in
+    their zone (the zone is dropped, not applied: contracts.py's one time-zone rule)."""
     dtype = lf.collect_schema()[name]
     expr = pl.col(name)
     if isinstance(dtype, pl.Datetime) and dtype.time_zone is not None:
-        expr = expr.dt.convert_time_zone("UTC").dt.replace_time_zone(None)
+        expr = expr.dt.replace_time_zone(None)
     return lf.with_columns(expr.cast(pl.Datetime("us")))
 
 

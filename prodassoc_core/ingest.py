@@ -32,8 +32,11 @@ Rules of the run:
 * All new files of many partitions are validated in one GE run (batches of ~``batch_rows``).
 * A partition whose quarantined share (over the files processed in this run) exceeds
   ``cfg.max_failed_share`` fails: its accepted rows are not staged and its files are
-  marked ``failed``. A file missing a required column is quarantined whole
-  (``missing_column:<c>``) and marked ``failed``. An unreadable Parquet file is marked
+  marked ``failed``. A file missing a required column, or with a column of a type the
+  contract does not convert (contracts.py: a boolean id, a struct, a list), is quarantined
+  whole (``missing_column:<c>``, ``unsupported_type:<c>(<type>)``) and marked ``failed``;
+  it does not count in its partition's share, so the day's other files are staged as usual.
+  An unreadable Parquet file is marked
   ``unreadable`` with 0 rows. Quarantine, staging and the manifest are written before
   the run raises one ``IngestError`` listing every problem.
 * A transactions file with the same bytes (sha256) as another file whose rows were *accepted*
@@ -83,6 +86,7 @@ from prodassoc_core.validation import (
     gx_suites,
     missing_columns,
     stringify_mismatched,
+    unsupported_types,
     validate_catalog,
     validate_transactions,
 )
@@ -90,6 +94,7 @@ from prodassoc_core.validation import (
 logger = logging.getLogger("prodassoc.ingest")
 
 INGESTED, FAILED, UNREADABLE, DUPLICATE = "ingested", "failed", "unreadable", "duplicate"
+REJECTED = "rejected"  # a _Loaded whose whole file is quarantined (a missing column, an unsupported type)
 CATALOG_FILE = "catalog.parquet"
 DEFAULT_BATCH_ROWS = 1_000_000
 _META_SOURCE = b"prodassoc.source_file"
@@ -159,10 +164,10 @@ class _Landed:
 class _Loaded:
     file: _Landed
     sha: str
-    status: str  # ok | missing | unreadable
+    status: str  # ok | rejected | unreadable
     rows: int = 0
     frame: pl.DataFrame | None = None  # conformed rows + lineage + _reason (status ok)
-    quarantine: pl.DataFrame | None = None  # whole file (status missing)
+    quarantine: pl.DataFrame | None = None  # whole file (status rejected)
     detail: str | None = None
 
 
@@ -333,12 +338,14 @@ def _load(file: _Landed, contract: TableContract, sha: str) -> _Loaded:
         lf = _scan(file.path)
         schema = lf.collect_schema()
         missing = missing_columns(schema.names(), contract)
-        if missing:
+        unsupported = unsupported_types(schema, contract)
+        rules = [f"missing_column:{m}" for m in missing] + [rule for rule, _ in unsupported]
+        if rules:
             whole = (
                 stringify_mismatched(lf, contract)
                 .with_row_index(c.SOURCE_ROW)
                 .with_columns(_lineage(file))
-                .with_columns(pl.lit("; ".join(f"missing_column:{m}" for m in missing)).alias(c.REASON))
+                .with_columns(pl.lit("; ".join(rules)).alias(c.REASON))
                 .collect()
             )
         else:
@@ -347,9 +354,12 @@ def _load(file: _Landed, contract: TableContract, sha: str) -> _Loaded:
     except (Exception, pl.exceptions.PanicException) as exc:  # noqa: BLE001 - any reader failure
         detail = f"unreadable Parquet: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
         return _Loaded(file, sha, UNREADABLE, detail=detail)
-    if missing:
-        detail = f"missing required column(s) {', '.join(missing)}; all {whole.height} rows quarantined"
-        return _Loaded(file, sha, "missing", rows=whole.height, quarantine=whole, detail=detail)
+    if rules:
+        problems = ([f"missing required column(s) {', '.join(missing)}"] if missing else []) + [
+            f"{why} (the contract's conversion rules: contracts.py)" for _, why in unsupported
+        ]
+        detail = f"{'; '.join(problems)}; all {whole.height} rows quarantined"
+        return _Loaded(file, sha, REJECTED, rows=whole.height, quarantine=whole, detail=detail)
     return _Loaded(file, sha, "ok", rows=frame.height, frame=conform(frame, contract))
 
 
@@ -462,7 +472,7 @@ class _Run:
                 PartitionStats(c.CATALOG.name, file.partition, 1, 0, 0, 0, UNREADABLE)
             )
             self.fail_now(f"catalog snapshot {file.rel}: {loaded.detail}")
-        if loaded.status == "missing":
+        if loaded.status == REJECTED:
             _write_frame(quarantine_path, loaded.quarantine)
             rules = _top_rules(loaded.quarantine[c.REASON])
             self.record(loaded, 0, loaded.rows, FAILED, loaded.detail)
@@ -669,7 +679,7 @@ class _Run:
                 acc = accepted.get((b.file.rel,))
                 q = quarantined.get((b.file.rel,), empty_q)
                 results[b.file.rel] = (b, acc, q.select(c.SOURCE_ROW, c.REASON))
-            elif b.status == "missing":
+            elif b.status == REJECTED:
                 results[b.file.rel] = (b, None, b.quarantine.select(c.SOURCE_ROW, c.REASON))
             else:
                 results[b.file.rel] = (b, None, empty_q)
@@ -681,12 +691,16 @@ class _Run:
             reasons = pl.concat([results[r][2][c.REASON] for r in rels])
             n_q = reasons.len()
             rules = _top_rules(reasons)
-            share = n_q / read if read else 0.0
+            # the share judges the rows of readable, well-formed files: a rejected file (missing
+            # column, unsupported type) fails on its own and does not sink the day's other files
+            ok_read = sum(b.rows for b in loads if b.status == "ok")
+            ok_q = sum(results[r][2].height for r in rels if results[r][0].status == "ok")
+            share = ok_q / ok_read if ok_read else 0.0
             over = share > self.cfg.max_failed_share
             q_dir = self.quarantine / c.TRANSACTIONS.name / f"dt={partition}"
             if over:
                 self.report.errors.append(
-                    f"transactions partition dt={partition}: {n_q} of {read} rows quarantined ({share:.1%}) > "
+                    f"transactions partition dt={partition}: {ok_q} of {ok_read} rows quarantined ({share:.1%}) > "
                     f"max_failed_share {self.cfg.max_failed_share:.1%}; files: {', '.join(rels)}; "
                     f"top rules: {_format_rules(rules)}; accepted rows not staged; quarantine: {q_dir}"
                 )
@@ -701,7 +715,7 @@ class _Run:
                     self.record(b, 0, 0, UNREADABLE, b.detail)
                     self.report.errors.append(f"{rel} (partition dt={partition}): {b.detail}")
                     continue
-                if b.status == "missing":
+                if b.status == REJECTED:
                     quarantine_frame = b.quarantine
                     self.report.errors.append(
                         f"{rel} (partition dt={partition}): {b.detail} "
@@ -718,7 +732,7 @@ class _Run:
                     q_path.unlink(missing_ok=True)
                 n_acc = 0 if acc is None else acc.height
                 file_rules = _format_rules(_top_rules(q[c.REASON]))
-                if b.status == "missing":
+                if b.status == REJECTED:
                     status, detail = FAILED, b.detail
                 elif over:
                     status = FAILED
