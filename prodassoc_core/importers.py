@@ -365,6 +365,12 @@ ONLINE_RETAIL_FORMATS = (ONLINE_RETAIL, ONLINE_RETAIL_II)
 
 def detect_online_retail_format(path: Path) -> OnlineRetailFormat:
     """The built-in format whose source columns the file has; ValueError naming what is missing."""
+    if Path(path).suffix.lower() not in (".parquet", ".pq"):
+        raise ValueError(
+            f"{path}: the Online Retail importer reads the UCI Parquet files, not {Path(path).suffix or 'this'} "
+            "files; for a CSV use 'import canonical' with --map (e.g. --map order_id=InvoiceNo,product_id=StockCode,"
+            "quantity=Quantity,unit_price=UnitPrice,customer_id=CustomerID,ordered_at=InvoiceDate)"
+        )
     columns = pl.scan_parquet(path, glob=False).collect_schema().names()
     for fmt in ONLINE_RETAIL_FORMATS:
         if all(c in columns for c in fmt.source_columns):
@@ -456,7 +462,19 @@ def derive_catalog(lines: pl.LazyFrame, description: str | None = DESCRIPTION) -
 def _basket_lines(path: Path) -> list[tuple[int, list[str]]]:
     """(1-based line number, distinct stripped items in first-seen order) per non-blank line."""
     out = []
-    with Path(path).open(newline="", encoding="utf-8") as f:
+    path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(f"{path}: is a directory, expected a basket CSV file")
+    with path.open("rb") as f:  # text is decoded line by line so that an error can name its line
+        for number, raw in enumerate(f, start=1):
+            try:
+                raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise ValueError(
+                    f"{path}: line {number} is not UTF-8 text (byte 0x{raw[exc.start]:02x} at column {exc.start + 1}); "
+                    "re-encode the file as UTF-8"
+                ) from None
+    with path.open(newline="", encoding="utf-8") as f:
         reader = csv.reader(f)
         for row in reader:
             items = list(dict.fromkeys(i.strip() for i in row if i.strip()))

@@ -46,6 +46,10 @@ BASKETS_FILE = "baskets.parquet"
 VIEWS_LOCK_TIMEOUT_S = 600.0  # a refresh takes well under a second; waiting longer means something hangs
 
 
+class NoDataError(RuntimeError):
+    """The run's training window holds no baskets: nothing to publish for that date."""
+
+
 @dataclass(frozen=True)
 class Window:
     """The training window [start, end): everything before as_of, bounded by the lookback."""
@@ -92,6 +96,11 @@ def build_baskets(settings: Settings, as_of: date) -> Path:
     lines = ingest.read_staged_transactions(settings.staging_dir, window.start, window.end)
     out = run_dir(settings, as_of) / BASKETS_FILE
     frame = baskets.baskets(lines, settings.baskets).collect()
+    if frame.height == 0:  # publishing empty tables would mark the date done (backfills skip it)
+        raise NoDataError(
+            f"as_of {as_of}: no baskets in the training window [{window.start}, {window.end}) of "
+            f"{settings.staging_dir}; nothing is published (is as_of outside the landed data?)"
+        )
     warehouse.atomic_write_parquet(frame.to_arrow(), out, out.parent / warehouse.TMP_DIR)
     log.info("baskets: %d orders in [%s, %s)", frame.height, window.start, window.end)
     return out
