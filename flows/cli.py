@@ -193,7 +193,9 @@ def _quiet_expected_failures() -> None:
             return True
 
     for name in ("prefect.flow_runs", "prefect.task_runs", "prefect.flow_engine", "prefect.task_engine"):
-        logging.getLogger(name).addFilter(_NoTraceback())
+        logger = logging.getLogger(name)
+        if not any(type(f).__name__ == "_NoTraceback" for f in logger.filters):  # once per process
+            logger.addFilter(_NoTraceback())
 
 
 def _expected(exc: BaseException | None) -> bool:
@@ -496,8 +498,15 @@ def _max_len(text: str) -> int | None:
     return _positive_int(text)
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors (exit 2), like every other expected failure."""
+
+    def error(self, message: str):
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="prodassoc", description=__doc__)
+    parser = _Parser(prog="prodassoc", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data-dir", help="data directory (default: $PRODASSOC_DATA_DIR or ./.prodassoc)")
     parser.add_argument("-v", "--verbose", action="store_true")
     sub = parser.add_subparsers(dest="command", required=True)

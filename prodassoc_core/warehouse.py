@@ -28,7 +28,8 @@ reaches ``fault_point(<point>)`` it writes ``prodassoc fault point <point> reach
 to stderr and then: ``raise`` (InjectedFault), ``kill`` (SIGKILL itself), ``block``
 (sleeps until killed), ``sleep:<seconds>``, or ``wait:<file>`` (continues once the file
 exists). Points: ``write.before_tmp``, ``write.after_tmp``, ``write.before_replace``,
-``write.after_replace`` (every ``atomic_write_parquet``), ``commit.before``, and the pipeline's stage points
+``write.after_replace`` (every ``atomic_write_parquet``), ``commit.before``, ``views.before_replace``
+(the view refresh's new DuckDB file is complete), and the pipeline's stage points
 (``prodassoc_core.pipeline``). Unset, the hook does nothing.
 """
 
@@ -460,6 +461,7 @@ def refresh_views(
             con.execute("CHECKPOINT")
         if build != tmp:
             shutil.copyfile(build, tmp)
+        fault_point("views.before_replace")
         os.replace(tmp, duckdb_path)
     finally:
         for leftover in (tmp, tmp.with_name(tmp.name + ".wal")):
