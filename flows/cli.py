@@ -2,16 +2,31 @@
 ad hoc, show results.
 
 Heavy libraries (Prefect, Great Expectations) are imported only by the commands
-that need them, so `prodassoc rules` and `prodassoc top` start fast.
+that need them, so `prodassoc rules` and `prodassoc top` start fast. Arguments, the data
+directory, the dates and the run lock are checked before Prefect starts: a mistake costs a
+second, not a server start-up.
+
+Expected failures print one line on stderr (an ingestion failure lists each problem) and
+exit with a documented code; ``-v`` also prints the traceback:
+
+    0  success
+    1  ingestion failed: bad landed data (files, rules and the quarantine are named)
+    2  invalid arguments or input: a bad option, a missing/unreadable input, a data dir that is a file
+    3  another run holds the lock for this date (or the ingestion)
+    4  storage: disk full, read-only or not writable (the path and the bytes needed are named)
+    5  no data: nothing landed or published yet, or as_of outside the landed data
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import os
+import subprocess
 import sys
-from datetime import date
+import traceback
+from datetime import date, timedelta
 from pathlib import Path
 
 # Quiet, offline defaults for the libraries' telemetry; users can still override them.
@@ -21,11 +36,200 @@ os.environ.setdefault("DO_NOT_TRACK", "1")
 
 log = logging.getLogger("prodassoc")
 
+EXIT_INGEST, EXIT_USAGE, EXIT_LOCKED, EXIT_STORAGE, EXIT_NO_DATA = 1, 2, 3, 4, 5
+PREFECT_STARTUP_TIMEOUT_S = 120
+MINING_MAX_LEN = 4  # the nightly's default (settings.MiningConfig.max_len)
+DEFAULT_MAX_RULES = 5_000_000  # Prefect's default (20 s) is missed on a busy machine
+_STORAGE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM}
+
+
+class CliError(Exception):
+    """An expected failure: one line on stderr and ``code`` as the exit status."""
+
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
 
 def _settings(args: argparse.Namespace):
     from prodassoc_core.settings import Settings
 
-    return Settings(data_dir=args.data_dir) if args.data_dir else Settings()
+    settings = Settings(data_dir=args.data_dir) if args.data_dir else Settings()
+    if settings.data_dir.exists() and not settings.data_dir.is_dir():
+        raise CliError(EXIT_USAGE, f"data dir {settings.data_dir} is not a directory")
+    return settings
+
+
+def _writable(settings) -> None:
+    """The data dir exists (created if needed) and a file can be written in it."""
+    data = settings.data_dir
+    probe = data / f".prodassoc-write-test.{os.getpid()}"
+    try:
+        data.mkdir(parents=True, exist_ok=True)
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise CliError(EXIT_STORAGE, f"data dir {data} is not writable: {exc.strerror or exc}") from exc
+
+
+def _landed_days(settings) -> list[date]:
+    """Transaction days landed or staged (``dt=YYYY-MM-DD`` partitions), sorted."""
+    from prodassoc_core import ingest
+
+    days = {d for root in (settings.landing_dir, settings.staging_dir)
+            for d, _ in ingest._partition_dirs(root / "transactions")}
+    return sorted(days)
+
+
+def _check_as_of(settings, as_of: date, *, allow_stale: bool, window: bool = True) -> None:
+    """Refuse, before anything starts, a date the run cannot publish anything for.
+
+    Its training window [as_of - lookback, as_of) must hold a landed day, and as_of may lie at
+    most ``stale_margin_days`` after the day following the newest landed one (``allow_stale``).
+    """
+    try:
+        start = as_of - timedelta(days=settings.lookback_days)
+    except OverflowError:
+        raise CliError(EXIT_USAGE, f"as_of {as_of}: its training window ({settings.lookback_days} days of lookback) "
+                                   "starts before the year 1") from None
+    days = _landed_days(settings)
+    if not days:
+        raise CliError(EXIT_NO_DATA, f"no landed transactions in {settings.landing_dir}: import a source first "
+                                     "(prodassoc import …)")
+    late = (as_of - days[-1]).days - 1
+    if late > settings.stale_margin_days and not allow_stale:
+        raise CliError(
+            EXIT_NO_DATA,
+            f"as_of {as_of} is {late:,} day(s) after the day following the newest landed day ({days[-1]}), more than "
+            f"stale_margin_days={settings.stale_margin_days}; nothing was run (pass --allow-stale to run anyway)",
+        )
+    if window and not any(start <= d < as_of for d in days):
+        raise CliError(
+            EXIT_NO_DATA,
+            f"as_of {as_of}: its training window [{start}, {as_of}) holds no landed day (landed: {days[0]} .. "
+            f"{days[-1]}); nothing was run or published",
+        )
+
+
+def _check_run_locks(settings, dates: list[date]) -> None:
+    """Fail now, before Prefect starts, when another run holds one of these dates (lock free: nothing held)."""
+    from prodassoc_core import locks
+
+    if settings.run_lock_timeout_s > 0:  # the run waits for the lock: nothing to say in advance
+        return
+    for d in dates:
+        with locks.run_lock(settings.locks_dir, d, timeout=0):
+            pass
+
+
+def _die_with_parent(parent: int) -> None:
+    """In a child process (before exec): be killed when the parent dies (Linux prctl PR_SET_PDEATHSIG)."""
+    import ctypes
+    import signal
+
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
+    except (AttributeError, OSError):  # not Linux: no parent-death signal
+        return
+    if os.getppid() != parent:  # the parent died before prctl took effect
+        os._exit(1)
+
+
+def _start_prefect() -> None:
+    """Start Prefect's ephemeral API server for this process (unless PREFECT_API_URL names one).
+
+    The server process gets a parent-death signal, so a ``kill -9`` of this process does not
+    leave it running. Start-up waits ``PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS`` when
+    set, else PREFECT_STARTUP_TIMEOUT_S, and is retried once, with twice that, on a timeout.
+    """
+    from prefect.server.api import server as srv
+    from prefect.settings import PREFECT_API_URL
+
+    if PREFECT_API_URL.value():
+        return
+    cls = srv.SubprocessASGIServer
+    if not getattr(cls, "_prodassoc_deathsig", False):
+        original = cls._run_uvicorn_command
+        parent = os.getpid()
+
+        def run_uvicorn(self):  # Prefect's own command, started with a parent-death signal
+            popen = subprocess.Popen
+
+            def popen_dying(*args, **kwargs):
+                kwargs.setdefault("preexec_fn", lambda: _die_with_parent(parent))
+                return popen(*args, **kwargs)
+
+            srv.subprocess.Popen = popen_dying
+            try:
+                return original(self)
+            finally:
+                srv.subprocess.Popen = popen
+
+        cls._run_uvicorn_command = run_uvicorn
+        cls._prodassoc_deathsig = True
+    configured = os.environ.get("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS")
+    timeout = int(float(configured)) if configured else PREFECT_STARTUP_TIMEOUT_S
+    server = cls()
+    try:
+        server.start(timeout=timeout)
+    except RuntimeError as exc:
+        if "Timed out" not in str(exc):
+            raise
+        retry = max(2 * timeout, PREFECT_STARTUP_TIMEOUT_S)
+        print(f"prodassoc: Prefect's temporary API server did not start within {timeout} s; retrying once "
+              f"with {retry} s", file=sys.stderr, flush=True)
+        server.stop()  # the half-started process, if any
+        cls().start(timeout=retry)
+
+
+def _quiet_expected_failures() -> None:
+    """Prefect logs a failed task's or flow's traceback before the CLI can print its message;
+    for the failures the CLI explains itself, that traceback is dropped (``-v`` keeps it)."""
+
+    class _NoTraceback(logging.Filter):
+        def filter(self, record: logging.LogRecord) -> bool:
+            if record.exc_info and _expected(record.exc_info[1]):
+                record.exc_info, record.exc_text = None, None
+            return True
+
+    for name in ("prefect.flow_runs", "prefect.task_runs", "prefect.flow_engine", "prefect.task_engine"):
+        logger = logging.getLogger(name)
+        if not any(type(f).__name__ == "_NoTraceback" for f in logger.filters):  # once per process
+            logger.addFilter(_NoTraceback())
+
+
+def _expected(exc: BaseException | None) -> bool:
+    return exc is not None and _classify(exc)[0] is not None
+
+
+def _classify(exc: BaseException) -> tuple[int | None, str]:
+    """(exit code, message) for an expected failure; (None, "") for a bug (traceback shown)."""
+    from pydantic import ValidationError
+
+    from prodassoc_core.ingest import IngestError
+    from prodassoc_core.locks import LockBusyError
+    from prodassoc_core.pipeline import NoDataError
+    from prodassoc_core.warehouse import StorageError
+
+    if isinstance(exc, CliError):
+        return exc.code, f"error: {exc}"
+    if isinstance(exc, IngestError):  # bad input: files and partitions are named in the message
+        return EXIT_INGEST, f"ingestion failed: {exc}"
+    if isinstance(exc, LockBusyError):  # another run holds this date (or the ingestion) right now
+        return EXIT_LOCKED, str(exc)
+    if isinstance(exc, NoDataError):
+        return EXIT_NO_DATA, f"error: {exc}"
+    if isinstance(exc, ValidationError):  # a setting or option out of range
+        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'value'}: {e['msg']}" for e in exc.errors())
+        return EXIT_USAGE, f"error: invalid setting: {problems}"
+    if isinstance(exc, StorageError):  # one line naming the path and the bytes needed
+        return EXIT_STORAGE, f"storage error: {exc.strerror}"
+    if isinstance(exc, OSError) and exc.errno in _STORAGE_ERRNOS and not isinstance(exc, FileNotFoundError):
+        where = f"cannot write {exc.filename}: {exc.strerror}" if exc.filename and exc.strerror else str(exc)
+        return EXIT_STORAGE, f"storage error: {where}"
+    if isinstance(exc, (ValueError, FileNotFoundError, IsADirectoryError, NotADirectoryError, FileExistsError)):
+        return EXIT_USAGE, f"error: {exc}"
+    return None, ""
 
 
 def _date(text: str) -> date:
@@ -35,10 +239,25 @@ def _date(text: str) -> date:
         raise argparse.ArgumentTypeError(f"not a date (YYYY-MM-DD): {text!r}") from None
 
 
+def _input_file(path: str, what: str = "input") -> Path:
+    p = Path(path)
+    if not p.exists():
+        raise CliError(EXIT_USAGE, f"{what} {p} does not exist")
+    if not p.is_file():
+        raise CliError(EXIT_USAGE, f"{what} {p} is not a file")
+    return p
+
+
 def cmd_import(args: argparse.Namespace) -> int:
     from prodassoc_core import importers
 
     settings = _settings(args)
+    for path in args.inputs:
+        _input_file(path)
+    for option in ("catalog", "item_info"):
+        if getattr(args, option):
+            _input_file(getattr(args, option), f"--{option.replace('_', '-')}")
+    _writable(settings)
     summary = importers.import_source(
         kind=args.kind,
         inputs=[Path(p) for p in args.inputs],
@@ -57,16 +276,24 @@ def cmd_import(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    _writable(settings)
+    _check_as_of(settings, args.as_of, allow_stale=args.allow_stale)
+    _check_run_locks(settings, [args.as_of])
     from flows.nightly import nightly
 
-    settings = _settings(args)
+    _start_prefect()
     result = nightly(as_of=args.as_of, settings=settings)
     ing = result["ingest"]
     print(f"as_of {result['as_of']}: ingested {ing['files_ingested']} file(s), skipped {ing['files_skipped']} already ingested")
     for table in ("catalog", "transactions"):
         parts = [p for p in ing["partitions"] if p["table"] == table]
         read, accepted, quarantined = (sum(p[k] for p in parts) for k in ("rows_read", "rows_accepted", "rows_quarantined"))
-        print(f"  {table}: {read:,} rows read = {accepted:,} accepted + {quarantined:,} quarantined")
+        line = f"  {table}: {read:,} rows read = {accepted:,} accepted + {quarantined:,} quarantined"
+        if table == "transactions" and ing.get("files_duplicate"):
+            line += (f"; {ing['rows_duplicate']:,} rows of {ing['files_duplicate']} duplicate file(s) skipped "
+                     "(same bytes as accepted files, named in the manifest)")
+        print(line)
     for p in result["published"]:
         print(f"published {p['table']}: {p['rows']:,} rows -> {p['path']}")
     print(f"DuckDB views: {settings.duckdb_path}")
@@ -74,9 +301,17 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_backfill(args: argparse.Namespace) -> int:
+    if args.end < args.start:
+        raise CliError(EXIT_USAGE, f"backfill: --end {args.end} is before --start {args.start}")
+    settings = _settings(args)
+    _writable(settings)
+    _check_as_of(settings, args.start, allow_stale=True)  # the first date's window must hold data
+    _check_as_of(settings, args.end, allow_stale=args.allow_stale, window=False)
+    days = [args.start + timedelta(days=i) for i in range((args.end - args.start).days + 1)]
+    _check_run_locks(settings, days)
     from flows.nightly import backfill
 
-    settings = _settings(args)
+    _start_prefect()
     result = backfill(start=args.start, end=args.end, settings=settings, force=args.force)
     for run in result["runs"]:
         rows = ", ".join(f"{p['table']} {p['rows']:,}" for p in run["published"])
@@ -87,15 +322,26 @@ def cmd_backfill(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from flows.evaluate import evaluate
-    from prodassoc_core.report import markdown_table
+    from prodassoc_core.settings import EVALUATION_METHODS
 
     settings = _settings(args)
     if args.methods:
         methods = tuple(m.strip() for m in args.methods.split(",") if m.strip())
+        unknown = [m for m in methods if m not in EVALUATION_METHODS]
+        if unknown or not methods:
+            raise CliError(EXIT_USAGE, f"--methods: unknown method(s) {', '.join(unknown) or '(none given)'}; "
+                                       f"known: {', '.join(EVALUATION_METHODS)}")
         settings = settings.model_copy(
             update={"evaluation": settings.evaluation.model_validate({**settings.evaluation.model_dump(), "methods": methods})}
         )
+    if args.end is not None and args.end <= args.as_of:
+        raise CliError(EXIT_USAGE, f"--end {args.end} must be after --as-of {args.as_of}")
+    _writable(settings)
+    _check_as_of(settings, args.as_of, allow_stale=True)
+    from flows.evaluate import evaluate
+    from prodassoc_core.report import markdown_table
+
+    _start_prefect()
     out = evaluate(as_of=args.as_of, settings=settings, end=args.end)
     results = out["results"]
     if results.height:
@@ -109,9 +355,13 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    if args.seed is None and settings.training.seed is None:
+        raise CliError(EXIT_USAGE, "train needs a seed: pass --seed N (or set PRODASSOC_TRAINING__SEED)")
+    _writable(settings)
+    _check_as_of(settings, args.as_of, allow_stale=True)
     from flows.train import train
 
-    settings = _settings(args)
     training = settings.training.model_dump()
     for key, value in (("device", args.device), ("mlm_minutes", args.mlm_minutes)):
         if value is not None:
@@ -129,6 +379,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         except RuntimeError as exc:
             print(f"prodassoc: error: --device cuda: {exc}", file=sys.stderr)
             return 2
+    _start_prefect()
     out = train(as_of=args.as_of, seed=args.seed, settings=settings, progress=sys.stderr.isatty(),
                 promote=not args.no_promote)
     print(f"as_of {out['as_of']}: trained in {out['total_seconds']:.0f} s, registered:")
@@ -189,21 +440,35 @@ def cmd_deploy(args: argparse.Namespace) -> int:
 def cmd_rules(args: argparse.Namespace) -> int:
     import pyarrow.parquet as pq
 
-    from prodassoc_core import mining, pipeline
+    from prodassoc_core import mining, pipeline, warehouse
     from prodassoc_core.settings import MiningConfig
 
+    source = _input_file(args.input, "--input")
+    out = Path(args.output)
+    if out.is_dir():
+        raise CliError(EXIT_USAGE, f"--output {out} is a directory; give a file name, e.g. {out / 'rules.parquet'}")
+    blocking = next((p for p in out.parents if p.exists() and not p.is_dir()), None)
+    if blocking is not None:
+        raise CliError(EXIT_USAGE, f"--output {out}: {blocking} is a file, not a directory")
     cfg = MiningConfig(
         min_support=args.min_support,
         min_confidence=args.min_confidence,
         min_len=args.min_len,
         max_len=args.max_len,
     )
-    baskets = pipeline.load_baskets_file(Path(args.input))
-    log.info("mining %d baskets from %s", len(baskets), args.input)
-    rules = mining.mine_rules(baskets, cfg)
-    out = Path(args.output)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    pq.write_table(rules, out, compression="zstd")
+    baskets = pipeline.load_baskets_file(source)
+    log.info("mining %d baskets from %s", len(baskets), source)
+    rules = mining.mine_rules(baskets, cfg, max_candidates=args.max_rules)
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        pq.write_table(rules, tmp, compression="zstd")
+        os.replace(tmp, out)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        if exc.errno in _STORAGE_ERRNOS:
+            raise warehouse.storage_error(exc, out, warehouse._parquet_size(rules)) from exc
+        raise
     print(f"{rules.num_rows:,} rules from {len(baskets):,} baskets -> {out}")
     return 0
 
@@ -241,16 +506,20 @@ def _find_product(con, text: str) -> tuple[str, str] | list[tuple[str, str]]:
 def cmd_top(args: argparse.Namespace) -> int:
     import duckdb
 
+    from prodassoc_core import pipeline, warehouse
+
     settings = _settings(args)
-    if not settings.duckdb_path.exists():
-        raise FileNotFoundError(f"no DuckDB views at {settings.duckdb_path}; run `prodassoc run --as-of YYYY-MM-DD` first")
-    with duckdb.connect(str(settings.duckdb_path), read_only=True) as con:
+    if not settings.data_dir.is_dir():
+        raise CliError(EXIT_NO_DATA, f"no data directory at {settings.data_dir}: import a source and run the nightly first")
+    pipeline.adopt_legacy(settings)
+    if not warehouse.committed_dates(settings.warehouse_dir):
+        raise CliError(EXIT_NO_DATA, f"nothing published in {settings.data_dir} yet: run 'prodassoc run --as-of …' first")
+    with pipeline.open_views(settings) as con:
         views = {r[0] for r in con.execute("SELECT view_name FROM duckdb_views() WHERE NOT internal").fetchall()}
         if "product_associations_named" not in views:
-            raise FileNotFoundError(
-                f"{settings.duckdb_path} has no product_associations_named view (no run published yet, or the "
-                "views predate it); run `prodassoc run --as-of YYYY-MM-DD` to publish and refresh them"
-            )
+            raise CliError(EXIT_NO_DATA,
+                           f"{settings.duckdb_path} has no product_associations_named view (no run published yet, or "
+                           "the views predate it); run `prodassoc run --as-of YYYY-MM-DD` to publish and refresh them")
         run_date = _run_date_of(con, "product_associations", args.run_date)
         if args.product is None:
             rows = con.execute(
@@ -304,12 +573,36 @@ def cmd_top(args: argparse.Namespace) -> int:
     return 0
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _max_len(text: str) -> int | None:
+    if text.lower() == "none":
+        return None
+    return _positive_int(text)
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors (exit 2), like every other expected failure."""
+
+    def error(self, message: str):
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="prodassoc", description=__doc__)
+    parser = _Parser(prog="prodassoc", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data-dir", metavar="DIR",
                         help="data directory: landing, staging, warehouse, DuckDB, Data Docs, MLflow "
                              "(default: $PRODASSOC_DATA_DIR or ./.prodassoc)")
-    parser.add_argument("-v", "--verbose", action="store_true", help="log at DEBUG level (default: INFO)")
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help="log at DEBUG level and show tracebacks of errors (default: INFO, one line per error)")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("import", help="convert a source into the landing layout")
@@ -330,9 +623,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="'basket-csv': the order date given to every basket (default: %(default)s)")
     p.set_defaults(func=cmd_import)
 
+    stale = ("run even when as_of lies more than stale_margin_days (setting, default 7) after the day "
+             "following the newest landed day")
     p = sub.add_parser("run", help="run the nightly flow for one as_of date")
     p.add_argument("--as-of", type=_date, required=True, metavar="YYYY-MM-DD",
                    help="the run date (required): trains on orders before it, publishes run_date=YYYY-MM-DD")
+    p.add_argument("--allow-stale", action="store_true", help=stale + " (default: refuse)")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("backfill", help="run the nightly flow for every date in a range, oldest first")
@@ -341,6 +637,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true",
                    help="rerun dates that are already published, replacing their partitions "
                         "(default: skip them)")
+    p.add_argument("--allow-stale", action="store_true", help=stale.replace("as_of", "--end") + " (default: refuse)")
     p.set_defaults(func=cmd_backfill)
 
     p = sub.add_parser("evaluate", help="score every association method on a temporal holdout")
@@ -398,11 +695,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--min-confidence", type=float, required=True, metavar="C",
                    help="share of the antecedent's baskets that also hold the consequent, 0 <= C <= 1, e.g. 0.5 "
                         "(required)")
-    p.add_argument("--min-len", type=int, default=2, metavar="N",
+    p.add_argument("--min-len", type=_positive_int, default=2, metavar="N",
                    help="fewest items per rule, antecedent + consequent (default: %(default)s)")
-    p.add_argument("--max-len", type=int, metavar="N",
-                   help="most items per rule, antecedent + consequent (default: no limit; low support without one "
-                        "can explode)")
+    p.add_argument("--max-len", type=_max_len, default=MINING_MAX_LEN, metavar="N|none",
+                   help=f"most items per rule, antecedent + consequent; 'none': unbounded "
+                        f"(default: {MINING_MAX_LEN}, as the nightly)")
+    p.add_argument("--max-rules", type=_positive_int, default=DEFAULT_MAX_RULES, metavar="N",
+                   help="refuse, before mining, thresholds that admit more candidate rules than this "
+                        f"(default: {DEFAULT_MAX_RULES:,}, about a gigabyte of rules)")
     p.add_argument("--output", required=True, metavar="FILE", help="rules Parquet to write (required)")
     p.set_defaults(func=cmd_rules)
 
@@ -416,7 +716,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "matching products) (default: no product, the top pairs overall)")
     p.add_argument("--run-date", type=_date, metavar="YYYY-MM-DD",
                    help="which published run to read (default: the newest)")
-    p.add_argument("--limit", type=int, default=10, metavar="N", help="rows to print (default: %(default)s)")
+    p.add_argument("--limit", type=_positive_int, default=10, metavar="N", help="rows to print (default: %(default)s)")
     p.set_defaults(func=cmd_top)
     return parser
 
@@ -428,20 +728,18 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per Prefect API call otherwise
-    from prodassoc_core.ingest import IngestError
-    from prodassoc_core.locks import LockBusyError
-
+    if not args.verbose:
+        _quiet_expected_failures()
     try:
         return args.func(args)
-    except IngestError as exc:  # bad input: files and partitions are named in the message
-        print(f"prodassoc: ingestion failed: {exc}", file=sys.stderr)
-        return 1
-    except LockBusyError as exc:  # another run holds this date (or the ingestion) right now
-        print(f"prodassoc: {exc}", file=sys.stderr)
-        return 3
-    except (ValueError, FileNotFoundError) as exc:
-        print(f"prodassoc: error: {exc}", file=sys.stderr)
-        return 2
+    except Exception as exc:  # noqa: BLE001 - expected failures become one line and an exit code
+        code, message = _classify(exc)
+        if code is None:
+            raise
+        if args.verbose:
+            traceback.print_exc()
+        print(f"prodassoc: {message}", file=sys.stderr)
+        return code
 
 
 if __name__ == "__main__":

@@ -113,6 +113,51 @@ CATALOG = TableContract(
     optional=frozenset({DESCRIPTION, CATEGORY, BRAND}),
 )
 
+# --- source types: how landed (and imported) columns convert to the contract ------------------
+#
+# contract type    source types converted (value by value; a value that does not convert fails type:<c>)
+# string           string, categorical/enum, binary (UTF-8 only), integer, float and decimal (whole
+#                  values only: 17850.0 -> "17850")
+# int64            integer, float and decimal (whole values only: 2.5 is never truncated), string
+#                  (an integer, or a whole number such as "3.0")
+# float64          integer, float, decimal, string (a number)
+# timestamp        timestamp (any unit, with or without a time zone), date (midnight), string (ISO
+#                  8601: YYYY-MM-DD[ T]HH:MM[:SS[.f]] or YYYY-MM-DD, optionally followed by Z or an
+#                  offset such as +01:00)
+#
+# Any other source type (boolean, nested list/struct/array, time, duration, ...) cannot carry the
+# column's meaning: the whole file is quarantined with unsupported_type:<column>(<type>) and
+# marked failed; the run's other files are ingested as usual.
+#
+# Time zones, one rule for landing and `import canonical`: ordered_at is the local time of the
+# order as the source wrote it. A timestamp with a zone keeps its wall-clock time in that zone
+# and drops the zone; text with an offset (or Z) keeps the time as written and drops the offset.
+# Nothing is converted to UTC: partitions are local order dates, and so is ordered_at's date.
+
+
+# A zone suffix after a time of day in text (Z, +01, +0100, +01:00); replacing a match with ${1}
+# keeps the time as written (polars regex; "2024-01-01" has no time of day and is left alone).
+TIME_ZONE_SUFFIX = r"^(.*\d{2}:\d{2}(?::\d{2}(?:\.\d+)?)?)\s*(?:Z|[+-]\d{2}(?::?\d{2})?)$"
+
+
+def source_type_problem(source: pl.DataType, target: pl.DataType) -> str | None:
+    """None when a column of type ``source`` converts to contract type ``target`` (rules above);
+    otherwise why not, naming both types."""
+    if source == target or source == pl.Null:
+        return None
+    text = source in (pl.String, pl.Binary) or isinstance(source, (pl.Categorical, pl.Enum))
+    number = source.is_integer() or source.is_float() or isinstance(source, pl.Decimal)
+    if target == pl.String:
+        ok = text or number
+    elif target.is_integer() or target.is_float():
+        ok = (text and source != pl.Binary) or number
+    elif isinstance(target, pl.Datetime):
+        ok = (text and source != pl.Binary) or isinstance(source, (pl.Datetime, pl.Date))
+    else:
+        ok = False
+    return None if ok else f"{source} cannot be converted to {target}"
+
+
 # --- ingestion bookkeeping -----------------------------------------------------
 LINEAGE_FIELDS = [
     _field(SOURCE_FILE, pa.string(), nullable=False),

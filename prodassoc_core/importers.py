@@ -28,6 +28,7 @@ from __future__ import annotations
 import csv
 import logging
 import os
+import re
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -39,6 +40,7 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from prodassoc_core.contracts import TIME_ZONE_SUFFIX
 from prodassoc_core.contracts import (
     CATALOG,
     CATEGORY,
@@ -208,7 +210,7 @@ def _cast_column(
             return s, None
         if dtype.is_float():
             return _float_to_id(x), None
-        if dtype.is_numeric() or isinstance(dtype, (pl.Boolean, pl.Date, pl.Datetime)):
+        if dtype.is_integer():  # booleans, dates and nested values are not ids (contracts.py rules)
             return x.cast(pl.String), None
     elif target == pl.Int64:
         if s is not None:
@@ -223,24 +225,29 @@ def _cast_column(
     elif target == pl.Float64:
         if s is not None:
             return s.cast(pl.Float64, strict=False), present
-        if dtype.is_numeric():
+        if dtype.is_integer() or dtype.is_float():
             return pl.when(present).then(x.cast(pl.Float64)), None  # NaN price = missing
     elif isinstance(target, pl.Datetime):
         if s is not None:
-            # time_zone="UTC": text with an offset is converted to UTC, naive text is kept as written.
-            parsed = s.str.to_datetime(datetime_format, time_unit="us", time_zone="UTC", strict=False)
-            return parsed, present
+            # local time as written (contracts.py): a trailing Z or offset is dropped, not applied
+            s = s.str.replace(TIME_ZONE_SUFFIX, "${1}")
+            fmt = None if datetime_format is None else re.sub(r"\s*(?:%z|%:z|%#z|Z)$", "", datetime_format)
+            return s.str.to_datetime(fmt, time_unit="us", strict=False), present
         if isinstance(dtype, (pl.Datetime, pl.Date)):
             return x, None
-    raise ValueError(f"{where}: column {src!r} of type {dtype} cannot be read as {target}")
+    raise ValueError(
+        f"{where}: column {src!r} of type {dtype} cannot be read as {target} "
+        f"(the conversion rules are in prodassoc_core/contracts.py)"
+    )
 
 
 def _to_naive_us(lf: pl.LazyFrame, name: str) -> pl.LazyFrame:
-    """Datetimes become naive microseconds; time-zone-aware ones are first converted to UTC."""
+    """Datetimes become naive microseconds; time-zone-aware ones keep their wall-clock time in
+    their zone (the zone is dropped, not applied: contracts.py's one time-zone rule)."""
     dtype = lf.collect_schema()[name]
     expr = pl.col(name)
     if isinstance(dtype, pl.Datetime) and dtype.time_zone is not None:
-        expr = expr.dt.convert_time_zone("UTC").dt.replace_time_zone(None)
+        expr = expr.dt.replace_time_zone(None)
     return lf.with_columns(expr.cast(pl.Datetime("us")))
 
 
@@ -313,7 +320,7 @@ def _scan_table(path: Path) -> pl.LazyFrame:
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix in (".parquet", ".pq"):
-        return pl.scan_parquet(path)
+        return pl.scan_parquet(path, glob=False)
     if suffix in (".csv", ".txt"):
         return pl.scan_csv(path, infer_schema=False)
     raise ValueError(f"{path}: unsupported file type {path.suffix!r} (expected .parquet or .csv)")
@@ -358,7 +365,13 @@ ONLINE_RETAIL_FORMATS = (ONLINE_RETAIL, ONLINE_RETAIL_II)
 
 def detect_online_retail_format(path: Path) -> OnlineRetailFormat:
     """The built-in format whose source columns the file has; ValueError naming what is missing."""
-    columns = pl.scan_parquet(path).collect_schema().names()
+    if Path(path).suffix.lower() not in (".parquet", ".pq"):
+        raise ValueError(
+            f"{path}: the Online Retail importer reads the UCI Parquet files, not {Path(path).suffix or 'this'} "
+            "files; for a CSV use 'import canonical' with --map (e.g. --map order_id=InvoiceNo,product_id=StockCode,"
+            "quantity=Quantity,unit_price=UnitPrice,customer_id=CustomerID,ordered_at=InvoiceDate)"
+        )
+    columns = pl.scan_parquet(path, glob=False).collect_schema().names()
     for fmt in ONLINE_RETAIL_FORMATS:
         if all(c in columns for c in fmt.source_columns):
             return fmt
@@ -390,7 +403,7 @@ def online_retail_lines(paths: Sequence[Path] | Path) -> pl.LazyFrame:
     frames = []
     for i, path in enumerate(paths):
         fmt = detect_online_retail_format(path)
-        lf = _conform(pl.scan_parquet(path), fmt.transactions, str(path), extra={DESCRIPTION: fmt.description})
+        lf = _conform(pl.scan_parquet(path, glob=False), fmt.transactions, str(path), extra={DESCRIPTION: fmt.description})
         # Parquet copies store CustomerID as float; a text copy may read "17850.0".
         lf = lf.with_columns(
             pl.col(CUSTOMER_ID).str.replace(r"^(\d+)\.0+$", "${1}"), pl.col(PRODUCT_ID).str.to_uppercase()
@@ -449,7 +462,19 @@ def derive_catalog(lines: pl.LazyFrame, description: str | None = DESCRIPTION) -
 def _basket_lines(path: Path) -> list[tuple[int, list[str]]]:
     """(1-based line number, distinct stripped items in first-seen order) per non-blank line."""
     out = []
-    with Path(path).open(newline="", encoding="utf-8") as f:
+    path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(f"{path}: is a directory, expected a basket CSV file")
+    with path.open("rb") as f:  # text is decoded line by line so that an error can name its line
+        for number, raw in enumerate(f, start=1):
+            try:
+                raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise ValueError(
+                    f"{path}: line {number} is not UTF-8 text (byte 0x{raw[exc.start]:02x} at column {exc.start + 1}); "
+                    "re-encode the file as UTF-8"
+                ) from None
+    with path.open(newline="", encoding="utf-8") as f:
         reader = csv.reader(f)
         for row in reader:
             items = list(dict.fromkeys(i.strip() for i in row if i.strip()))

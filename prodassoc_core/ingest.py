@@ -32,13 +32,22 @@ Rules of the run:
 * All new files of many partitions are validated in one GE run (batches of ~``batch_rows``).
 * A partition whose quarantined share (over the files processed in this run) exceeds
   ``cfg.max_failed_share`` fails: its accepted rows are not staged and its files are
-  marked ``failed``. A file missing a required column is quarantined whole
-  (``missing_column:<c>``) and marked ``failed``. An unreadable Parquet file is marked
+  marked ``failed``. A file missing a required column, or with a column of a type the
+  contract does not convert (contracts.py: a boolean id, a struct, a list), is quarantined
+  whole (``missing_column:<c>``, ``unsupported_type:<c>(<type>)``) and marked ``failed``;
+  it does not count in its partition's share, so the day's other files are staged as usual.
+  An unreadable Parquet file is marked
   ``unreadable`` with 0 rows. Quarantine, staging and the manifest are written before
   the run raises one ``IngestError`` listing every problem.
-* A transactions file with the same bytes (sha256) as a file already staged under another
-  name (a re-drop under a new name) is not ingested again: the manifest records it as
-  ``duplicate`` with 0 rows and names the original, so no row is counted twice.
+* A transactions file with the same bytes (sha256) as another file whose rows were *accepted*
+  and are still staged (a re-drop under a new name) is not ingested again: the manifest records
+  it as ``duplicate`` with 0 rows, naming the original and its row count, so no row is counted
+  twice. The original must be in the same partition, or have had no row quarantined (then a
+  copy elsewhere could only fail ``in_partition``), and, if still landed, unchanged. A copy of
+  content that was quarantined claims nothing: a misfiled copy in the wrong day is validated
+  (its rows fail ``in_partition``) and never hides the real file. Of two new files with the
+  same bytes in one run, the second waits for the first's verdict. Every landed file's rows
+  are thus accepted, quarantined, or skipped as a named duplicate of accepted rows.
 * Data outside a partition (a directory under ``<landing>/transactions`` not named exactly
   ``dt=YYYY-MM-DD``, a Parquet file directly under it) is not ingested and fails the run
   with a message naming it; hidden and ``_``-prefixed names are ignored.
@@ -77,6 +86,7 @@ from prodassoc_core.validation import (
     gx_suites,
     missing_columns,
     stringify_mismatched,
+    unsupported_types,
     validate_catalog,
     validate_transactions,
 )
@@ -84,6 +94,7 @@ from prodassoc_core.validation import (
 logger = logging.getLogger("prodassoc.ingest")
 
 INGESTED, FAILED, UNREADABLE, DUPLICATE = "ingested", "failed", "unreadable", "duplicate"
+REJECTED = "rejected"  # a _Loaded whose whole file is quarantined (a missing column, an unsupported type)
 CATALOG_FILE = "catalog.parquet"
 DEFAULT_BATCH_ROWS = 1_000_000
 _META_SOURCE = b"prodassoc.source_file"
@@ -126,7 +137,8 @@ class IngestReport:
     files_ingested: int = 0
     files_skipped: int = 0  # already ingested with the same sha256
     files_failed: int = 0  # failed or unreadable
-    files_duplicate: int = 0  # same bytes as a file already staged under another name
+    files_duplicate: int = 0  # same bytes as a file whose rows were accepted and are staged
+    rows_duplicate: int = 0  # rows of those files: landed, not counted again
     files_deferred: int = 0  # transaction files dated on/after as_of
     rows_read: int = 0
     rows_accepted: int = 0
@@ -152,10 +164,10 @@ class _Landed:
 class _Loaded:
     file: _Landed
     sha: str
-    status: str  # ok | missing | unreadable
+    status: str  # ok | rejected | unreadable
     rows: int = 0
     frame: pl.DataFrame | None = None  # conformed rows + lineage + _reason (status ok)
-    quarantine: pl.DataFrame | None = None  # whole file (status missing)
+    quarantine: pl.DataFrame | None = None  # whole file (status rejected)
     detail: str | None = None
 
 
@@ -317,7 +329,7 @@ def _lineage(file: _Landed) -> list[pl.Expr]:
 
 
 def _scan(path: Path) -> pl.LazyFrame:
-    return pl.scan_parquet(path, hive_partitioning=False)
+    return pl.scan_parquet(path, hive_partitioning=False, glob=False)
 
 
 def _load(file: _Landed, contract: TableContract, sha: str) -> _Loaded:
@@ -326,12 +338,14 @@ def _load(file: _Landed, contract: TableContract, sha: str) -> _Loaded:
         lf = _scan(file.path)
         schema = lf.collect_schema()
         missing = missing_columns(schema.names(), contract)
-        if missing:
+        unsupported = unsupported_types(schema, contract)
+        rules = [f"missing_column:{m}" for m in missing] + [rule for rule, _ in unsupported]
+        if rules:
             whole = (
                 stringify_mismatched(lf, contract)
                 .with_row_index(c.SOURCE_ROW)
                 .with_columns(_lineage(file))
-                .with_columns(pl.lit("; ".join(f"missing_column:{m}" for m in missing)).alias(c.REASON))
+                .with_columns(pl.lit("; ".join(rules)).alias(c.REASON))
                 .collect()
             )
         else:
@@ -340,9 +354,12 @@ def _load(file: _Landed, contract: TableContract, sha: str) -> _Loaded:
     except (Exception, pl.exceptions.PanicException) as exc:  # noqa: BLE001 - any reader failure
         detail = f"unreadable Parquet: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
         return _Loaded(file, sha, UNREADABLE, detail=detail)
-    if missing:
-        detail = f"missing required column(s) {', '.join(missing)}; all {whole.height} rows quarantined"
-        return _Loaded(file, sha, "missing", rows=whole.height, quarantine=whole, detail=detail)
+    if rules:
+        problems = ([f"missing required column(s) {', '.join(missing)}"] if missing else []) + [
+            f"{why} (the contract's conversion rules: contracts.py)" for _, why in unsupported
+        ]
+        detail = f"{'; '.join(problems)}; all {whole.height} rows quarantined"
+        return _Loaded(file, sha, REJECTED, rows=whole.height, quarantine=whole, detail=detail)
     return _Loaded(file, sha, "ok", rows=frame.height, frame=conform(frame, contract))
 
 
@@ -455,7 +472,7 @@ class _Run:
                 PartitionStats(c.CATALOG.name, file.partition, 1, 0, 0, 0, UNREADABLE)
             )
             self.fail_now(f"catalog snapshot {file.rel}: {loaded.detail}")
-        if loaded.status == "missing":
+        if loaded.status == REJECTED:
             _write_frame(quarantine_path, loaded.quarantine)
             rules = _top_rules(loaded.quarantine[c.REASON])
             self.record(loaded, 0, loaded.rows, FAILED, loaded.detail)
@@ -544,35 +561,10 @@ class _Run:
         )
 
         shas = {file.rel: _sha256(file.path) for files in pending.values() for file in files}
-        # Content already staged under another name: a landed file whose content is still
-        # what the manifest recorded (or that has left landing; its staged rows remain).
-        staged_content = {
-            r["sha256"]: r["file"]
-            for r in sorted(self.rows.values(), key=lambda r: r["file"], reverse=True)
-            if r["table"] == c.TRANSACTIONS.name and r["status"] == INGESTED
-            and shas.get(r["file"], r["sha256"]) == r["sha256"]
-        }
-        batch: list[_Loaded] = []
-        batch_rows = 0
-        for partition, files in pending.items():
-            for file in files:
-                sha = shas[file.rel]
-                if self.already_ingested(file, sha):
-                    self.report.files_skipped += 1
-                    continue
-                original = staged_content.setdefault(sha, file.rel)
-                if original != file.rel:
-                    self.duplicate(file, sha, original)
-                    continue
-                loaded = _load(file, c.TRANSACTIONS, sha)
-                batch.append(loaded)
-                batch_rows += loaded.rows
-            if batch_rows >= self.batch_rows:  # whole partitions per batch: the share needs them all
-                self.flush(batch, catalog_ids)
-                batch, batch_rows = [], 0
-        if batch:
-            self.flush(batch, catalog_ids)
-        elif self.report.files_duplicate:  # recorded without a flush: persist them
+        todo = [file for files in pending.values() for file in files]
+        while todo:  # a file held back (same bytes as another new file) waits for that file's verdict
+            todo = self.process(todo, shas, catalog_ids)
+        if self.report.files_duplicate:  # recorded without a flush: persist them
             self.write_manifest()
         r = self.report
         logger.info(
@@ -580,15 +572,80 @@ class _Run:
             r.files_ingested - before[0], r.files_skipped - before[1], r.files_failed - before[2],
         )
 
+    def process(self, files: list[_Landed], shas: dict[str, str], catalog_ids: pl.Series) -> list[_Landed]:
+        """Validate and stage ``files`` (in partition order); returns the files held back.
+
+        A file is skipped as ``duplicate`` only when its bytes are those of a file whose rows
+        were *accepted* and are still staged (``covering``). A second new file with the same
+        bytes as one processed in this call is held back until that one's verdict is known:
+        a copy of content that was quarantined (a misfiled copy) must not hide the real file.
+        """
+        batch: list[_Loaded] = []
+        batch_rows = 0
+        claimed: set[str] = set()
+        held: list[_Landed] = []
+        by_sha: dict[str, list[dict]] = defaultdict(list)
+        for row in sorted(self.rows.values(), key=lambda r: r["file"]):
+            if row["table"] == c.TRANSACTIONS.name and row["status"] == INGESTED and row["rows_accepted"]:
+                by_sha[row["sha256"]].append(row)
+        for i, file in enumerate(files):
+            sha = shas[file.rel]
+            if self.already_ingested(file, sha):
+                self.report.files_skipped += 1
+            elif (original := self.covering(file, sha, shas, by_sha.get(sha, []))) is not None:
+                self.duplicate(file, sha, original)
+            elif sha in claimed:
+                held.append(file)
+            else:
+                claimed.add(sha)
+                loaded = _load(file, c.TRANSACTIONS, sha)
+                batch.append(loaded)
+                batch_rows += loaded.rows
+            last_of_partition = i + 1 == len(files) or files[i + 1].partition != file.partition
+            if last_of_partition and batch_rows >= self.batch_rows:  # whole partitions: the share needs them all
+                self.flush(batch, catalog_ids)
+                batch, batch_rows = [], 0
+        if batch:
+            self.flush(batch, catalog_ids)
+        return held
+
+    def covering(self, file: _Landed, sha: str, shas: dict[str, str], candidates: list[dict]) -> str | None:
+        """The file whose accepted, staged rows already hold everything ``file`` could add; None if none.
+
+        Another file with the same sha256 covers ``file`` when it was ingested with accepted
+        rows that are still staged, its landed bytes (if it is still landed) are unchanged, and
+        either it lies in the same partition (same verdict row by row) or none of its rows were
+        quarantined (its rows are all dated its own partition, so in another one they would
+        all fail ``in_partition``). Content quarantined elsewhere claims nothing.
+        """
+        for row in candidates:  # ingested manifest rows with accepted rows and this sha256
+            if row["file"] == file.rel or (row["partition"] != file.partition and row["rows_quarantined"] != 0):
+                continue
+            original = _Landed(row["table"], self.landing / row["file"], row["file"], row["partition"])
+            if not (_output_dir(self.staging, original) / _output_name(original, sha)).is_file():
+                continue
+            if original.path.is_file():
+                if row["file"] not in shas:
+                    shas[row["file"]] = _sha256(original.path)
+                if shas[row["file"]] != sha:
+                    continue
+            return row["file"]
+        return None
+
     def duplicate(self, file: _Landed, sha: str, original: str) -> None:
         """Record a landed file with the same bytes as one already staged: not ingested again."""
         self.remove_stale(file, sha)
         for root in (self.staging, self.quarantine):
             (_output_dir(root, file) / _output_name(file, sha)).unlink(missing_ok=True)
-        detail = f"same content (sha256 {sha[:8]}) as {original}; not ingested again"
+        try:
+            rows = pq.read_metadata(file.path).num_rows
+        except (OSError, pa.ArrowException):  # the bytes are those of a readable file; cannot happen
+            rows = 0
+        detail = f"same content (sha256 {sha[:8]}, {rows} rows) as {original}, whose rows were accepted; not ingested again"
         loaded = _Loaded(file, sha, DUPLICATE)
         self.rows[(file.table, file.rel)] = _manifest_row(loaded, 0, 0, DUPLICATE, detail, self.as_of)
         self.report.files_duplicate += 1
+        self.report.rows_duplicate += rows
         logger.warning("%s: %s", file.rel, detail)
 
     def flush(self, batch: list[_Loaded], catalog_ids: pl.Series) -> None:
@@ -622,7 +679,7 @@ class _Run:
                 acc = accepted.get((b.file.rel,))
                 q = quarantined.get((b.file.rel,), empty_q)
                 results[b.file.rel] = (b, acc, q.select(c.SOURCE_ROW, c.REASON))
-            elif b.status == "missing":
+            elif b.status == REJECTED:
                 results[b.file.rel] = (b, None, b.quarantine.select(c.SOURCE_ROW, c.REASON))
             else:
                 results[b.file.rel] = (b, None, empty_q)
@@ -634,12 +691,16 @@ class _Run:
             reasons = pl.concat([results[r][2][c.REASON] for r in rels])
             n_q = reasons.len()
             rules = _top_rules(reasons)
-            share = n_q / read if read else 0.0
+            # the share judges the rows of readable, well-formed files: a rejected file (missing
+            # column, unsupported type) fails on its own and does not sink the day's other files
+            ok_read = sum(b.rows for b in loads if b.status == "ok")
+            ok_q = sum(results[r][2].height for r in rels if results[r][0].status == "ok")
+            share = ok_q / ok_read if ok_read else 0.0
             over = share > self.cfg.max_failed_share
             q_dir = self.quarantine / c.TRANSACTIONS.name / f"dt={partition}"
             if over:
                 self.report.errors.append(
-                    f"transactions partition dt={partition}: {n_q} of {read} rows quarantined ({share:.1%}) > "
+                    f"transactions partition dt={partition}: {ok_q} of {ok_read} rows quarantined ({share:.1%}) > "
                     f"max_failed_share {self.cfg.max_failed_share:.1%}; files: {', '.join(rels)}; "
                     f"top rules: {_format_rules(rules)}; accepted rows not staged; quarantine: {q_dir}"
                 )
@@ -654,7 +715,7 @@ class _Run:
                     self.record(b, 0, 0, UNREADABLE, b.detail)
                     self.report.errors.append(f"{rel} (partition dt={partition}): {b.detail}")
                     continue
-                if b.status == "missing":
+                if b.status == REJECTED:
                     quarantine_frame = b.quarantine
                     self.report.errors.append(
                         f"{rel} (partition dt={partition}): {b.detail} "
@@ -671,7 +732,7 @@ class _Run:
                     q_path.unlink(missing_ok=True)
                 n_acc = 0 if acc is None else acc.height
                 file_rules = _format_rules(_top_rules(q[c.REASON]))
-                if b.status == "missing":
+                if b.status == REJECTED:
                     status, detail = FAILED, b.detail
                 elif over:
                     status = FAILED
@@ -783,7 +844,7 @@ def read_staged_transactions(staging_dir: Path, start: date, end: date) -> pl.La
     ]
     if not files:
         return pl.LazyFrame(schema=schema)
-    return pl.scan_parquet(files, schema=schema, hive_partitioning=False)
+    return pl.scan_parquet(files, schema=schema, hive_partitioning=False, glob=False)
 
 
 def read_staged_catalog(staging_dir: Path) -> pl.DataFrame:

@@ -169,16 +169,54 @@ def _meets_confidence(n_rule: np.ndarray, n_antecedent: np.ndarray, min_confiden
     return np.array([r * den >= a * num for r, a in zip(n_rule.tolist(), n_antecedent.tolist())], dtype=bool)
 
 
-def mine_rules(baskets: Sequence[Sequence[str]], cfg: MiningConfig) -> pa.Table:
+class MiningTooLargeError(ValueError):
+    """The thresholds admit more candidate rules than the caller's bound (``mine_rules(max_candidates=…)``)."""
+
+
+def candidate_counts(baskets: Sequence[Sequence[str]], cfg: MiningConfig) -> tuple[int, int]:
+    """(frequent item sets of 2..max_len items, candidate rules) for ``cfg``, exactly, before mining.
+
+    An item set of k items gives k candidate rules (one per consequent) before the confidence
+    filter. Counted from pyfim's pattern spectrum (``report="#"``: counts per size and support,
+    no item set is materialised), which takes about a second where mining would take hours:
+    a 300-item basket has 330 million 4-item subsets.
+    """
+    n = len(baskets)
+    if n == 0 or (cfg.max_len is not None and cfg.max_len < 2):
+        return 0, 0
+    spectrum = fim.eclat(
+        _transactions(baskets), target="s", supp=-min_count(cfg.min_support, n), report="#",
+        **_length_bounds(max(2, cfg.min_len), cfg.max_len),
+    )
+    itemsets = sum(int(v) for v in spectrum.values())
+    rules = sum(int(size) * int(v) for (size, _), v in spectrum.items())
+    return itemsets, rules
+
+
+def mine_rules(
+    baskets: Sequence[Sequence[str]], cfg: MiningConfig, *, max_candidates: int | None = None
+) -> pa.Table:
     """Association rules A => c of ``baskets`` (each a sequence of item ids), arules semantics.
 
     Returns a table conforming to ``contracts.ASSOCIATION_RULES`` (one row per rule:
     rule_id, antecedent as a sorted list, consequent, length, counts and metrics), sorted
     by lift desc, confidence desc, rule_id. Empty (with that schema) when no rule qualifies.
+
+    ``max_candidates``: refuse (MiningTooLargeError, before mining) when the thresholds admit
+    more candidate rules than this (``candidate_counts``); None: no bound.
     """
     n = len(baskets)
     if n == 0:
         return ASSOCIATION_RULES.schema.empty_table()
+    if max_candidates is not None:
+        itemsets, candidates = candidate_counts(baskets, cfg)
+        if candidates > max_candidates:
+            max_len = "none" if cfg.max_len is None else cfg.max_len
+            raise MiningTooLargeError(
+                f"min_support {cfg.min_support:g}, max_len {max_len} admit {itemsets:,} frequent item sets "
+                f"({candidates:,} candidate rules before the confidence filter) in {n:,} baskets, more than the "
+                f"bound of {max_candidates:,}: raise the minimum support, lower the maximum length, or raise the bound"
+            )
     count = min_count(cfg.min_support, n)
     tracts = _transactions(baskets)
 

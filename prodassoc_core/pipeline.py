@@ -18,7 +18,8 @@ gate and were trained on data before ``as_of``; with such models ``product_embed
 served student are published with the other tables.
 
 Fault points (``warehouse.fault_point``, for tests and drills): ``run.locked`` (run lock
-taken), ``ingest``, ``baskets``, ``mine``, ``associate``, ``bundle``, ``publish`` (each stage's start).
+taken), ``ingest``, ``baskets``, ``mine``, ``associate``, ``bundle``, ``publish`` (each stage's start),
+``publish.between_tables`` (after each table's partition), ``commit.before`` (before the run's commit marker).
 """
 
 from __future__ import annotations
@@ -35,7 +36,8 @@ import pyarrow.parquet as pq
 
 from prodassoc_core import baskets, ingest, locks, methods, mining, storage, tracking, warehouse
 from prodassoc_core.contracts import (
-    ALL_TABLES, ASSOCIATION_RULES, BUNDLES, PRODUCT_ASSOCIATIONS, PRODUCT_EMBEDDINGS, PRODUCT_ID, PUBLISHED_TABLES, TRANSACTIONS,
+    ALL_TABLES, ASSOCIATION_RULES, BUNDLES, OPTIONAL_TABLES, PRODUCT_ASSOCIATIONS, PRODUCT_EMBEDDINGS, PRODUCT_ID,
+    PUBLISHED_TABLES, TRANSACTIONS,
 )
 from prodassoc_core.settings import BasketConfig, Settings
 
@@ -43,6 +45,10 @@ log = logging.getLogger("prodassoc.pipeline")
 
 BASKETS_FILE = "baskets.parquet"
 VIEWS_LOCK_TIMEOUT_S = 600.0  # a refresh takes well under a second; waiting longer means something hangs
+
+
+class NoDataError(RuntimeError):
+    """The run's training window holds no baskets: nothing to publish for that date."""
 
 
 @dataclass(frozen=True)
@@ -91,13 +97,18 @@ def build_baskets(settings: Settings, as_of: date) -> Path:
     lines = ingest.read_staged_transactions(settings.staging_dir, window.start, window.end)
     out = run_dir(settings, as_of) / BASKETS_FILE
     frame = baskets.baskets(lines, settings.baskets).collect()
+    if frame.height == 0:  # publishing empty tables would mark the date done (backfills skip it)
+        raise NoDataError(
+            f"as_of {as_of}: no baskets in the training window [{window.start}, {window.end}) of "
+            f"{settings.staging_dir}; nothing is published (is as_of outside the landed data?)"
+        )
     warehouse.atomic_write_parquet(frame.to_arrow(), out, out.parent / warehouse.TMP_DIR)
     log.info("baskets: %d orders in [%s, %s)", frame.height, window.start, window.end)
     return out
 
 
 def read_baskets(path: Path) -> list[list[str]]:
-    return pl.read_parquet(path, columns=[baskets.ITEMS])[baskets.ITEMS].to_list()
+    return pl.read_parquet(path, columns=[baskets.ITEMS], glob=False)[baskets.ITEMS].to_list()
 
 
 def _stage(table: pa.Table, name: str, baskets_path: Path) -> Path:
@@ -132,7 +143,7 @@ def associate(settings: Settings, baskets_path: Path, as_of: date) -> dict[str, 
     from prodassoc_core import serving
 
     warehouse.fault_point("associate")
-    train = pl.read_parquet(baskets_path)
+    train = pl.read_parquet(baskets_path, glob=False)
     plan = serving.plan(settings, as_of)
     log.info("associate: %s", plan.describe())
     ranking = methods.config_associations(train, datetime.combine(as_of, time()), plan.classic)
@@ -188,7 +199,7 @@ def bundle(settings: Settings, baskets_path: Path, associations_path: Path) -> P
     warehouse.fault_point("bundle")
     h = settings.hybrid
     items = read_baskets(baskets_path)
-    associated = pl.read_parquet(associations_path, columns=[PRODUCT_ID, "associated_product_id"])
+    associated = pl.read_parquet(associations_path, columns=[PRODUCT_ID, "associated_product_id"], glob=False)
     found = hybrid.bundles(items, associated, min_support=h.bundle_min_support, min_size=h.bundle_min_size,
                            max_size=h.bundle_max_size, top_n=h.bundle_top_n)
     catalog = ingest.read_staged_catalog(settings.staging_dir)
@@ -215,41 +226,82 @@ def embedding_model(path: Path) -> str:
 
 
 def publish(settings: Settings, as_of: date, staged: dict[str, Path]) -> list[warehouse.WriteResult]:
-    """Move finished tables into the warehouse partition for as_of and refresh the DuckDB views.
+    """Move finished tables into the warehouse partition for as_of, commit them as one, refresh the views.
 
-    ``staged``: table name (contracts.ALL_TABLES) -> staged Parquet file. Each table's
-    partition is replaced atomically (the previous complete file or the new complete one); the
-    tables are replaced one after the other, so a crash between them leaves one table new and
-    the other old until the rerun.
+    ``staged``: table name (contracts.ALL_TABLES) -> staged Parquet file. The date's commit
+    marker is withdrawn first, each table's partition is replaced atomically, and the marker,
+    listing exactly these tables, is written last (``warehouse.commit``): the views, their
+    ``latest_*`` and backfill's "published" see the run's tables all old or all new, never a
+    mix. A run that stops part way (a kill, a full disk, a read-only partition) leaves the
+    date uncommitted; the next run or backfill redoes it. A write that fails for space or
+    permission raises ``warehouse.StorageError`` naming the path and the bytes needed.
     """
     warehouse.fault_point("publish")
+    adopt_legacy(settings)
+    if warehouse.commit_path(settings.warehouse_dir, as_of).exists():  # a rerun: withdraw the date from the views first
+        warehouse.uncommit(settings.warehouse_dir, as_of)
+        refresh_views(settings)
     # an s3:// warehouse (storage.object_store_locations) gets the tables first: the local
-    # partition, written last, is what marks the date published (is_published, backfill)
+    # commit, written last, is what marks the date published (is_published, backfill)
     storage.publish_configured(staged, as_of, settings.warehouse_url)
-    results = [
-        warehouse.write_partition(pq.read_table(path), ALL_TABLES[name], settings.warehouse_dir, as_of)
-        for name, path in sorted(staged.items())
-    ]
+    results = []
+    for name, path in sorted(staged.items()):
+        results.append(warehouse.write_partition(pq.read_table(path), ALL_TABLES[name], settings.warehouse_dir, as_of))
+        warehouse.fault_point("publish.between_tables")
+    warehouse.commit(settings.warehouse_dir, as_of, results)
     refresh_views(settings)
     return results
 
 
-def refresh_views(settings: Settings) -> list[str]:
-    """DuckDB views over the published tables and the staged, quarantined and manifest data.
+def adopt_legacy(settings: Settings) -> list[date]:
+    """Commit the dates a warehouse published before run commits existed (once; see warehouse.adopt_uncommitted)."""
+    adopted = warehouse.adopt_uncommitted(settings.warehouse_dir, sorted(PUBLISHED_TABLES), sorted(OPTIONAL_TABLES))
+    if adopted:
+        log.info("warehouse %s: committed %d run date(s) published before run commits", settings.warehouse_dir, len(adopted))
+    return adopted
 
-    Holds the views lock: DuckDB allows one writing process per database file.
+
+def _staged_files(directory: Path, partitioned: bool) -> list[Path]:
+    """Parquet files under ``directory`` (in ``dt=`` partitions when ``partitioned``), listed, not globbed by DuckDB."""
+    if partitioned:
+        return [f for _, d in ingest._partition_dirs(directory) for f in ingest._visible_parquet(d)]
+    return ingest._visible_parquet(directory)
+
+
+def refresh_views(settings: Settings) -> list[str]:
+    """DuckDB views over the committed runs' tables and the staged, quarantined and manifest data.
+
+    Views list their files explicitly (no glob: a data dir named ``s*t`` reads only itself)
+    and record the data dir they were built for, so ``open_views`` rebuilds them when the data
+    dir has moved. Holds the views lock: DuckDB allows one writing process per database file.
     """
-    sources = warehouse.warehouse_sources(settings.warehouse_dir, sorted(ALL_TABLES))
+    adopt_legacy(settings)
+    runs = warehouse.committed_dates(settings.warehouse_dir)
+    sources = warehouse.warehouse_sources(settings.warehouse_dir, sorted(ALL_TABLES), runs)
     staging, quarantine = settings.staging_dir.resolve(), settings.quarantine_dir.resolve()
+    manifest = settings.manifest_path.resolve()
     sources |= {
-        "transactions": str(staging / "transactions" / "dt=*" / "*.parquet"),
-        "catalog": str(staging / "catalog" / "*.parquet"),
-        "quarantine_transactions": str(quarantine / "transactions" / "dt=*" / "*.parquet"),
-        "quarantine_catalog": str(quarantine / "catalog" / "*.parquet"),
-        "manifest": str(settings.manifest_path.resolve()),
+        "transactions": _staged_files(staging / "transactions", True),
+        "catalog": _staged_files(staging / "catalog", False),
+        "quarantine_transactions": _staged_files(quarantine / "transactions", True),
+        "quarantine_catalog": _staged_files(quarantine / "catalog", False),
+        "manifest": [manifest],
     }
+    meta = {"data_dir": str(settings.data_dir.resolve())}
     with locks.views_lock(settings.locks_dir, timeout=VIEWS_LOCK_TIMEOUT_S):
-        return warehouse.refresh_views(settings.duckdb_path, sources)
+        return warehouse.refresh_views(settings.duckdb_path, sources, meta)
+
+
+def open_views(settings: Settings):
+    """A read-only DuckDB connection to the views, rebuilt first when they were built for
+    another data dir (the directory was moved or restored elsewhere) or predate run commits."""
+    meta = warehouse.views_meta(settings.duckdb_path) if settings.duckdb_path.is_file() else {}
+    if meta.get("data_dir") != str(settings.data_dir.resolve()):
+        log.info("views in %s were built for %s: rebuilding", settings.duckdb_path, meta.get("data_dir", "another layout"))
+        refresh_views(settings)
+    import duckdb
+
+    return duckdb.connect(str(settings.duckdb_path), read_only=True)
 
 
 # --- whole runs ---------------------------------------------------------------------------------
@@ -263,8 +315,10 @@ class NightlyResult:
 
 
 def is_published(settings: Settings, as_of: date) -> bool:
-    """Whether every published table has its ``as_of`` partition."""
-    return all(warehouse.is_published(settings.warehouse_dir, name, as_of) for name in PUBLISHED_TABLES)
+    """Whether ``as_of``'s run is committed with every table of PUBLISHED_TABLES (see ``publish``)."""
+    adopt_legacy(settings)
+    tables = warehouse.committed(settings.warehouse_dir, as_of)
+    return tables is not None and all(name in tables for name in PUBLISHED_TABLES)
 
 
 def run_nightly(settings: Settings, as_of: date) -> NightlyResult:

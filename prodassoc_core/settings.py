@@ -358,6 +358,9 @@ class Settings(BaseSettings):
         None, description="s3://bucket/prefix: new/changed landed files are synced from there before ingesting"
     )
     lookback_days: int = Field(730, ge=1, description="training window: [as_of - lookback, as_of)")
+    stale_margin_days: int = Field(
+        7, ge=0, description="the CLI refuses an as_of more than this many days after the newest landed day (--allow-stale)"
+    )
     validation: ValidationConfig = ValidationConfig()
     baskets: BasketConfig = BasketConfig()
     mining: MiningConfig = MiningConfig()

@@ -24,7 +24,120 @@ logger = logging.getLogger("prodassoc.tracking")
 def _client(tracking_uri: str):
     from mlflow.tracking import MlflowClient
 
+    ensure_store(tracking_uri)
     return MlflowClient(tracking_uri=tracking_uri)
+
+
+# --- the sqlite store: created once, whole -------------------------------------------------------
+
+_READY: set[Path] = set()
+STORE_LOCK_TIMEOUT_S = 600.0
+
+
+class StoreError(RuntimeError):
+    """The sqlite tracking store is damaged in a way that is not safe to repair automatically."""
+
+
+def sqlite_path(tracking_uri: str) -> Path | None:
+    """The database file of a ``sqlite:///`` tracking URI; None for any other URI (or in-memory)."""
+    if not tracking_uri.lower().startswith("sqlite:///"):
+        return None
+    path = tracking_uri[len("sqlite:///"):].split("?", 1)[0]
+    return Path(path) if path and path != ":memory:" else None
+
+
+def _store_state(path: Path) -> str:
+    """``complete``, ``incomplete`` (created part way: no Alembic version, missing tables,
+    leftover ``_alembic_tmp_*`` tables), or ``incomplete-with-runs`` (the same, holding runs)."""
+    import sqlite3
+
+    from mlflow.store.db.base_sql_model import Base
+
+    import mlflow.store.tracking.dbmodels.models  # noqa: F401 - registers the ORM tables on Base
+
+    con = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        version = con.execute("SELECT version_num FROM alembic_version").fetchall() if "alembic_version" in tables else []
+        runs = con.execute("SELECT count(*) FROM runs").fetchone()[0] if "runs" in tables else 0
+    except sqlite3.DatabaseError:
+        return "incomplete"
+    finally:
+        con.close()
+    leftovers = any(t.startswith("_alembic_tmp_") for t in tables)
+    if version and not leftovers and set(Base.metadata.tables) <= tables:
+        return "complete"
+    return "incomplete-with-runs" if runs else "incomplete"
+
+
+def ensure_store(tracking_uri: str) -> None:
+    """Make sure a ``sqlite:///`` tracking store exists, complete; other URIs: nothing to do.
+
+    MLflow creates its sqlite store in place by running ~60 Alembic migrations; a process
+    killed part way leaves a store every later start refuses (``table _alembic_tmp_… already
+    exists``), and two first runs at once race on the same tables. Here the store is created
+    once, under a file lock next to it, in a temporary file that is renamed into place when
+    complete, so the database file is either absent or whole. A half-created store left by
+    an earlier version (no data in it) is moved aside to ``.<name>.incomplete`` and rebuilt;
+    one that holds runs is not touched (StoreError, naming it). Temporary files of killed
+    creators are removed.
+    """
+    path = sqlite_path(tracking_uri)
+    if path is None:
+        return
+    path = path.resolve()
+    if path in _READY:
+        return
+    from prodassoc_core import locks
+    from prodassoc_core.warehouse import remove_stale_temp
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lock = path.with_name(f".{path.name}.lock")
+    with locks.exclusive(lock, timeout=STORE_LOCK_TIMEOUT_S, purpose=f"create MLflow store {path}"):
+        state = _store_state(path) if path.exists() else "absent"
+        if state == "incomplete-with-runs":
+            raise StoreError(
+                f"MLflow store {path} is part-way through a schema migration but holds runs; "
+                f"restore it from a backup or run 'mlflow db upgrade sqlite:///{path}'"
+            )
+        if state == "incomplete":
+            aside = path.with_name(f".{path.name}.incomplete")
+            os.replace(path, aside)
+            logger.warning("MLflow store %s was created only part way (killed?); moved to %s and rebuilt", path, aside)
+        if state != "complete":
+            remove_stale_temp(path.parent, f".{path.name}.*.tmp", _tmp_pid)
+            tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+            tmp.unlink(missing_ok=True)
+            try:
+                _create_store(tmp, path.parent / "mlartifacts")
+                os.replace(tmp, path)
+            finally:
+                tmp.unlink(missing_ok=True)
+            logger.info("MLflow store created: %s", path)
+    _READY.add(path)
+
+
+def _tmp_pid(name: str) -> int | None:
+    parts = name.split(".")
+    return int(parts[-2]) if len(parts) >= 3 and parts[-2].isdigit() else None
+
+
+def _create_store(db: Path, artifact_root: Path) -> None:
+    """All of MLflow's tables and its default experiment in the sqlite file ``db``."""
+    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+    from prodassoc_core.warehouse import fault_point
+
+    uri = f"sqlite:///{db}"
+    fault_point("mlflow.create")
+    try:
+        SqlAlchemyStore(uri, artifact_root.resolve().as_uri())
+    finally:
+        engine = SqlAlchemyStore._engine_map.pop(uri, None)
+        if engine is not None:
+            engine.dispose()
+    with open(db, "rb") as f:
+        os.fsync(f.fileno())
 
 
 def serves_artifacts(tracking_uri: str) -> bool:
@@ -174,6 +287,7 @@ def registered_model_dir(tracking_uri: str, model_uri: str, dst: Path) -> Path:
     import mlflow
 
     dst.mkdir(parents=True, exist_ok=True)
+    ensure_store(tracking_uri)
     previous = mlflow.get_tracking_uri()
     mlflow.set_tracking_uri(tracking_uri)
     try:

@@ -303,6 +303,17 @@ def missing_columns(columns: Iterable[str], contract: TableContract) -> list[str
     return [name for name in contract.required if name not in present]
 
 
+def unsupported_types(schema: pl.Schema, contract: TableContract) -> list[tuple[str, str]]:
+    """(rule, why) for each contract column whose landed type the contract does not convert
+    (``contracts.source_type_problem``): the rule is ``unsupported_type:<column>(<type>)``."""
+    target = contract.polars_schema
+    out = []
+    for name, dtype in schema.items():
+        if name in target and (why := c.source_type_problem(dtype, target[name])) is not None:
+            out.append((f"unsupported_type:{name}({dtype})", f"column {name}: {why}"))
+    return out
+
+
 def _is_stringish(dtype: pl.DataType) -> bool:
     return dtype == pl.String or isinstance(dtype, (pl.Categorical, pl.Enum))
 
@@ -322,18 +333,26 @@ def _cast(name: str, src: pl.DataType, dst: pl.DataType) -> tuple[pl.Expr, pl.Ex
     present = col.is_not_null()
     null = pl.lit(None, dtype=dst)
 
+    decimal = isinstance(src, pl.Decimal)
     if dst == pl.String:
         if src == pl.Binary:  # polars' cast raises on the first invalid byte; decode per value
             out = col.map_batches(_decode_utf8, return_dtype=pl.String)
         elif src.is_float():  # ids stored as floats (NaN-able columns): only integral ones
             out = pl.when(col == col.floor()).then(col.cast(pl.Int64, strict=False).cast(pl.String))
+        elif decimal:  # Decimal(10,0) or Decimal(12,2) ids: whole values only, as integers
+            out = _whole(col, src).cast(pl.String)
         else:
             out = col.cast(pl.String, strict=False)
     elif dst.is_integer():
         if src.is_float():  # never truncate 2.5 to 2
             out = pl.when(col.is_finite() & (col == col.floor())).then(col.cast(dst, strict=False))
-        elif src.is_integer() or _is_stringish(src):
+        elif decimal:
+            out = _whole(col, src).cast(dst, strict=False)
+        elif src.is_integer():
             out = col.cast(dst, strict=False)
+        elif _is_stringish(src):  # "3" or a whole number written "3.0"
+            f = col.cast(pl.Float64, strict=False)
+            out = pl.coalesce(col.cast(dst, strict=False), pl.when(f == f.floor()).then(f.cast(dst, strict=False)))
         else:
             out = null
     elif dst.is_float():
@@ -344,7 +363,8 @@ def _cast(name: str, src: pl.DataType, dst: pl.DataType) -> tuple[pl.Expr, pl.Ex
             out = (col.dt.replace_time_zone(None) if src.time_zone else col).cast(dst)
         elif src == pl.Date:
             out = col.cast(dst)
-        elif _is_stringish(src):
+        elif _is_stringish(src):  # local time as written: a trailing Z or offset is dropped
+            col = col.str.replace(c.TIME_ZONE_SUFFIX, "${1}")
             out = pl.coalesce(
                 [col.str.to_datetime(f, time_unit=dst.time_unit, strict=False) for f in _ISO_FORMATS]
             )
@@ -353,6 +373,14 @@ def _cast(name: str, src: pl.DataType, dst: pl.DataType) -> tuple[pl.Expr, pl.Ex
     else:
         out = col.cast(dst, strict=False)
     return out.cast(dst), present
+
+
+def _whole(col: pl.Expr, src: pl.Decimal) -> pl.Expr:
+    """Decimal values that are whole numbers, as Int64; null for fractions (never truncated)."""
+    if not src.scale:
+        return col.cast(pl.Int64, strict=False)
+    as_int = col.cast(pl.Int64, strict=False)
+    return pl.when(as_int.cast(src, strict=False) == col).then(as_int)
 
 
 def _decode_utf8(values: pl.Series) -> pl.Series:
@@ -365,6 +393,15 @@ def _decode_utf8(values: pl.Series) -> pl.Series:
             return None
 
     return pl.Series(values.name, [decode(b) for b in values.to_list()], dtype=pl.String)
+
+
+def _json_values(values: pl.Series) -> pl.Series:
+    """Nested values (lists, structs) as JSON text, for quarantine files."""
+    import json
+
+    return pl.Series(
+        values.name, [None if v is None else json.dumps(v, default=str) for v in values.to_list()], dtype=pl.String
+    )
 
 
 def _escape_utf8(values: pl.Series) -> pl.Series:
@@ -426,6 +463,8 @@ def stringify_mismatched(frame: F, contract: TableContract) -> F:
     exprs = [
         pl.col(n).map_batches(_escape_utf8, return_dtype=pl.String)
         if dtype == pl.Binary
+        else pl.col(n).map_batches(_json_values, return_dtype=pl.String)
+        if dtype.is_nested() or isinstance(dtype, pl.Object)
         else pl.col(n).cast(pl.String, strict=False)
         for n, dtype in schema.items()
         if n in target and dtype != target[n] and dtype != pl.String

@@ -6,7 +6,17 @@ reader sees either the previous complete file or the new complete one, never a
 half-written file, and a rerun of the same run date replaces its own partition.
 Temporary files are named ``<pid>-<random>.parquet``; one left behind by a killed
 process (its pid no longer runs) is removed by the next write into the same ``_tmp``.
-The view globs (``<table>/run_date=*/data.parquet``) never match ``_tmp``.
+
+A run's tables are committed as one: ``<warehouse>/_runs/run_date=YYYY-MM-DD/_COMMITTED``
+(JSON: each table's rows and bytes) is written last, after every table's partition, and
+withdrawn before a rerun replaces them. The views (``pipeline.refresh_views``), their
+``latest_*`` and backfill's "published" read committed run dates only, and only the tables
+the commit lists; a run stopped part way leaves its date uncommitted until it is redone.
+The views list their files explicitly, with DuckDB's glob characters escaped
+(``duckdb_literal_path``), so a data dir named ``g[x]`` or ``s*t`` reads only itself.
+
+A write that fails for lack of space or permission (ENOSPC, EDQUOT, EROFS, EACCES, EPERM)
+raises ``StorageError``: one line naming the path, the reason and the bytes needed.
 
 Nothing from data becomes SQL text: table and view names must be plain identifiers
 (``[A-Za-z_][A-Za-z0-9_]*``), run dates must be dates, and file globs go into SQL only
@@ -18,19 +28,25 @@ reaches ``fault_point(<point>)`` it writes ``prodassoc fault point <point> reach
 to stderr and then: ``raise`` (InjectedFault), ``kill`` (SIGKILL itself), ``block``
 (sleeps until killed), ``sleep:<seconds>``, or ``wait:<file>`` (continues once the file
 exists). Points: ``write.before_tmp``, ``write.after_tmp``, ``write.before_replace``,
-``write.after_replace`` (every ``atomic_write_parquet``), and the pipeline's stage points
+``write.after_replace`` (every ``atomic_write_parquet``), ``commit.before``, ``views.before_replace``
+(the view refresh's new DuckDB file is complete), and the pipeline's stage points
 (``prodassoc_core.pipeline``). Unset, the hook does nothing.
 """
 
 from __future__ import annotations
 
+import errno
+import json
 import os
 import re
+import shutil
 import signal
 import sys
+import tempfile
 import threading
 import time
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import date, datetime
 from pathlib import Path
@@ -42,6 +58,9 @@ from prodassoc_core.contracts import TableContract
 
 DATA_FILE = "data.parquet"
 TMP_DIR = "_tmp"
+RUNS_DIR = "_runs"  # <warehouse>/_runs/run_date=YYYY-MM-DD/_COMMITTED: a run's tables, committed as one
+COMMIT_FILE = "_COMMITTED"
+VIEWS_META = "_prodassoc_views"  # table in the DuckDB file: what the views were built from
 FAULT_ENV = "PRODASSOC_FAULT"
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
@@ -59,6 +78,33 @@ class WriteResult:
 
 class InjectedFault(RuntimeError):
     """Raised at a fault point whose action is ``raise``."""
+
+
+class StorageError(OSError):
+    """A write failed for lack of space or permission; the message names the path and the bytes needed."""
+
+
+_STORAGE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM}
+
+
+def storage_error(exc: OSError, path: Path, needed: int | None) -> StorageError:
+    """A one-line StorageError for a failed write of ``needed`` bytes to ``path``."""
+    try:
+        free = shutil.disk_usage(_existing_parent(path)).free
+    except OSError:
+        free = None
+    what = {errno.ENOSPC: "no space left on device", errno.EDQUOT: "disk quota exceeded",
+            errno.EROFS: "read-only file system"}.get(exc.errno, "permission denied")
+    need = f"; {needed:,} bytes needed" if needed is not None else ""
+    have = f", {free:,} free" if free is not None and exc.errno in (errno.ENOSPC, errno.EDQUOT) else ""
+    return StorageError(exc.errno, f"cannot write {path}: {what}{need}{have}")
+
+
+def _existing_parent(path: Path) -> Path:
+    path = Path(path)
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
 
 
 _fault_hits: dict[str, int] = {}
@@ -137,11 +183,11 @@ def atomic_write_parquet(table: pa.Table, path: Path, tmp_dir: Path) -> None:
     The temporary file lives in ``tmp_dir`` (same file system as ``path``); stale ones
     of killed writers are removed first. Deterministic: the same table gives the same bytes.
     """
-    tmp_dir.mkdir(parents=True, exist_ok=True)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    remove_stale_temp(tmp_dir, "*.parquet", _tmp_pid)
     tmp = tmp_dir / f"{os.getpid()}-{uuid.uuid4().hex}.parquet"
     try:
+        tmp_dir.mkdir(parents=True, exist_ok=True)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale_temp(tmp_dir, "*.parquet", _tmp_pid)
         fault_point("write.before_tmp")
         pq.write_table(table, tmp, compression="zstd")
         fault_point("write.after_tmp")
@@ -150,8 +196,20 @@ def atomic_write_parquet(table: pa.Table, path: Path, tmp_dir: Path) -> None:
         fault_point("write.before_replace")
         os.replace(tmp, path)
         fault_point("write.after_replace")
+    except OSError as exc:
+        if isinstance(exc, StorageError) or exc.errno not in _STORAGE_ERRNOS:
+            raise
+        tmp.unlink(missing_ok=True)
+        raise storage_error(exc, path, _parquet_size(table)) from exc
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def _parquet_size(table: pa.Table) -> int:
+    """Bytes of ``table`` as the Parquet file ``atomic_write_parquet`` writes (serialized in memory)."""
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink, compression="zstd")
+    return sink.getvalue().size
 
 
 # --- partitions -------------------------------------------------------------------------------
@@ -184,7 +242,139 @@ def write_partition(
 
 
 def is_published(warehouse_dir: Path, table: str, run_date: date) -> bool:
+    """Whether ``table``'s partition file for ``run_date`` exists (committed or not: see ``committed``)."""
     return (partition_dir(warehouse_dir, table, run_date) / DATA_FILE).is_file()
+
+
+# --- run commits: a run's tables become visible together ------------------------------------------
+
+
+def commit_path(warehouse_dir: Path, run_date: date) -> Path:
+    """``<warehouse>/_runs/run_date=YYYY-MM-DD/_COMMITTED``."""
+    return partition_dir(warehouse_dir, RUNS_DIR, run_date) / COMMIT_FILE
+
+
+def uncommit(warehouse_dir: Path, run_date: date) -> None:
+    """Withdraw ``run_date``'s commit before its tables are replaced (a partial rewrite is never committed)."""
+    path = commit_path(warehouse_dir, run_date)
+    try:
+        path.unlink(missing_ok=True)
+    except OSError as exc:
+        if exc.errno in _STORAGE_ERRNOS:
+            raise storage_error(exc, path, None) from exc
+        raise
+    _fsync_dir(path.parent)
+
+
+def commit(warehouse_dir: Path, run_date: date, results: Sequence[WriteResult]) -> Path:
+    """Write ``run_date``'s commit marker, last: it lists the run's tables with their rows and bytes.
+
+    Readers (the views, ``latest_*``, backfill's "published") see a run date only once this
+    file exists, and then only the tables it lists.
+    """
+    path = commit_path(warehouse_dir, run_date)
+    tables = {
+        r.table: {"rows": r.rows, "bytes": Path(r.path).stat().st_size}
+        for r in sorted(results, key=lambda r: r.table)
+    }
+    body = json.dumps({"run_date": run_date.isoformat(), "tables": tables}, indent=1, sort_keys=True) + "\n"
+    tmp = path.with_name(f".{COMMIT_FILE}.{os.getpid()}.tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fault_point("commit.before")
+        with open(tmp, "w") as f:
+            f.write(body)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        _fsync_dir(path.parent)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        if exc.errno in _STORAGE_ERRNOS and not isinstance(exc, StorageError):
+            raise storage_error(exc, path, len(body)) from exc
+        raise
+    return path
+
+
+def _fsync_dir(directory: Path) -> None:
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def committed(warehouse_dir: Path, run_date: date) -> dict[str, dict] | None:
+    """The tables ``run_date``'s commit lists ({table: {rows, bytes}}), when committed and every
+    listed partition file is there with its recorded size; None otherwise."""
+    path = commit_path(warehouse_dir, run_date)
+    try:
+        tables = json.loads(path.read_text())["tables"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    for table, info in tables.items():
+        data = partition_dir(warehouse_dir, table, run_date) / DATA_FILE
+        try:
+            if data.stat().st_size != info["bytes"]:
+                return None
+        except (OSError, KeyError, TypeError):
+            return None
+    return tables
+
+
+def committed_dates(warehouse_dir: Path) -> dict[date, dict[str, dict]]:
+    """Every committed run date with its tables, oldest first."""
+    root = Path(warehouse_dir) / RUNS_DIR
+    out: dict[date, dict[str, dict]] = {}
+    if not root.is_dir():
+        return out
+    for d in sorted(root.iterdir()):
+        if not d.name.startswith("run_date="):
+            continue
+        try:
+            day = date.fromisoformat(d.name[len("run_date="):])
+        except ValueError:
+            continue
+        tables = committed(warehouse_dir, day)
+        if tables is not None:
+            out[day] = tables
+    return out
+
+
+def adopt_uncommitted(warehouse_dir: Path, required: Sequence[str], optional: Sequence[str]) -> list[date]:
+    """Commit the run dates of a warehouse written before commit markers existed.
+
+    Only for a warehouse with no ``_runs`` directory at all: every date whose ``required``
+    tables are all there is committed with those and whichever ``optional`` ones it has.
+    Returns the dates committed.
+    """
+    root = Path(warehouse_dir)
+    if (root / RUNS_DIR).exists() or not root.is_dir():
+        return []
+    days: set[date] = set()
+    for table in required:
+        for d in (root / check_identifier(table)).glob("run_date=*"):
+            try:
+                days.add(date.fromisoformat(d.name[len("run_date="):]))
+            except ValueError:
+                continue
+    adopted = []
+    for day in sorted(days):
+        if all(is_published(root, t, day) for t in required):
+            results = [
+                WriteResult(t, day, partition_dir(root, t, day) / DATA_FILE, pq.read_metadata(
+                    partition_dir(root, t, day) / DATA_FILE).num_rows)
+                for t in [*required, *optional] if is_published(root, t, day)
+            ]
+            commit(root, day, results)
+            adopted.append(day)
+    (root / RUNS_DIR).mkdir(parents=True, exist_ok=True)
+    return adopted
 
 
 def read_partition(warehouse_dir: Path, contract: TableContract, run_date: date) -> pa.Table:
@@ -209,16 +399,26 @@ def _quote_identifier(name: str) -> str:
     return '"' + check_identifier(name, "view") + '"'
 
 
-def refresh_views(duckdb_path: Path, sources: dict[str, str]) -> list[str]:
-    """Rebuild the DuckDB file with one view per source glob that matches files; returns the views made.
+def duckdb_literal_path(path: Path | str) -> str:
+    """``path`` as a DuckDB file name that matches only itself: DuckDB expands ``*``, ``?`` and
+    ``[…]`` in every file name it reads, so each is wrapped in a one-character class."""
+    return re.sub(r"([*?\[])", r"[\1]", str(path))
 
-    The file holds only these views and is replaced whole on every refresh.
 
-    ``sources`` maps view name -> Parquet glob. Published tables get a view over all
-    run dates plus ``latest_<name>`` restricted to the newest run date. View names must
-    be identifiers; globs enter the SQL as escaped string literals only. With a ``catalog``
-    view, the analysts' views with titles too (``create_analyst_views``); columns listed in
-    ``VIEW_COLUMN_RENAMES`` are renamed in their view.
+def refresh_views(
+    duckdb_path: Path, sources: dict[str, str | Sequence[Path]], meta: dict[str, str] | None = None
+) -> list[str]:
+    """Rebuild the DuckDB file with one view per source that matches files; returns the views made.
+
+    The file holds only these views (and the small table ``_prodassoc_views`` with ``meta``),
+    and is replaced whole on every refresh.
+
+    ``sources`` maps view name -> a list of Parquet files (taken literally: glob characters
+    in the paths are escaped), or a glob string (expanded by DuckDB). A source whose files
+    live in ``run_date=`` partitions also gets ``latest_<name>``, restricted to the newest
+    run date. View names must be identifiers; paths enter the SQL as escaped string literals only.
+    With a ``catalog`` view, the analysts' views with titles too (``create_analyst_views``); columns
+    listed in ``VIEW_COLUMN_RENAMES`` are renamed in their view.
     """
     import duckdb
 
@@ -229,36 +429,88 @@ def refresh_views(duckdb_path: Path, sources: dict[str, str]) -> list[str]:
     # Built in a fresh file and moved into place: an analyst's open connection (which holds
     # DuckDB's file lock) keeps reading the old file and never blocks the nightly run.
     tmp = duckdb_path.with_name(f".{duckdb_path.name}.{os.getpid()}.tmp")
+    remove_stale_temp(duckdb_path.parent, f".{duckdb_path.name}.*.tmp*", _duckdb_tmp_pid)
     for leftover in (tmp, tmp.with_name(tmp.name + ".wal")):
         leftover.unlink(missing_ok=True)
-    with duckdb.connect(str(tmp)) as con:
-        for name, glob in sorted(sources.items()):
-            view, latest = _quote_identifier(name), _quote_identifier(f"latest_{name}")
-            if not list(Path("/").glob(glob.lstrip("/"))):
-                if "run_date=" in glob:
-                    con.execute(f"DROP VIEW IF EXISTS {latest}")
-                con.execute(f"DROP VIEW IF EXISTS {view}")
-                continue
-            scan = f"read_parquet({_quote_literal(glob)}, hive_partitioning = true, union_by_name = true)"
-            con.execute(f"CREATE OR REPLACE VIEW {view} AS SELECT *{_renames(name)} FROM {scan}")
-            made.append(name)
-            if "run_date=" in glob:
-                con.execute(
-                    f"CREATE OR REPLACE VIEW {latest} AS SELECT * FROM {view} "
-                    f"WHERE run_date = (SELECT max(run_date) FROM {view})"
-                )
-                made.append(f"latest_{name}")
-        if "catalog" in made:  # the analyst views put catalog titles next to ids
-            made += create_analyst_views(con, made)
-        con.execute("CHECKPOINT")
-    os.replace(tmp, duckdb_path)
+    # DuckDB reads "?" in a database path as the start of options (and then fails on its WAL):
+    # such a file is built in a private temporary directory and copied next to its place.
+    build = Path(tempfile.mkdtemp(prefix="prodassoc-views-")) / "views.duckdb" if "?" in str(tmp.absolute()) else tmp
+    try:
+        with duckdb.connect(str(build)) as con:
+            for name, source in sorted(sources.items()):
+                view, latest = _quote_identifier(name), _quote_identifier(f"latest_{name}")
+                if isinstance(source, str):
+                    files = [source] if list(Path("/").glob(source.lstrip("/"))) else []
+                    partitioned = "run_date=" in source
+                else:
+                    files = [duckdb_literal_path(p) for p in source if Path(p).is_file()]
+                    partitioned = any("run_date=" in str(p) for p in source)
+                if not files:
+                    continue
+                listed = "[" + ", ".join(_quote_literal(f) for f in files) + "]"
+                scan = f"read_parquet({listed}, hive_partitioning = true, union_by_name = true)"
+                con.execute(f"CREATE OR REPLACE VIEW {view} AS SELECT *{_renames(name)} FROM {scan}")
+                made.append(name)
+                if partitioned:
+                    con.execute(
+                        f"CREATE OR REPLACE VIEW {latest} AS SELECT * FROM {view} "
+                        f"WHERE run_date = (SELECT max(run_date) FROM {view})"
+                    )
+                    made.append(f"latest_{name}")
+            if "catalog" in made:  # the analyst views put catalog titles next to ids
+                made += create_analyst_views(con, made)
+            if meta:
+                con.execute(f"CREATE TABLE {VIEWS_META} (key VARCHAR, value VARCHAR)")
+                con.executemany(f"INSERT INTO {VIEWS_META} VALUES (?, ?)", sorted(meta.items()))
+            con.execute("CHECKPOINT")
+        if build != tmp:
+            shutil.copyfile(build, tmp)
+        fault_point("views.before_replace")
+        os.replace(tmp, duckdb_path)
+    finally:
+        for leftover in (tmp, tmp.with_name(tmp.name + ".wal")):
+            leftover.unlink(missing_ok=True)
+        if build != tmp:
+            shutil.rmtree(build.parent, ignore_errors=True)
     return made
 
 
-def warehouse_sources(warehouse_dir: Path, table_names: list[str]) -> dict[str, str]:
-    """View name -> glob for the published tables."""
-    root = warehouse_dir.resolve()
-    return {check_identifier(name): str(root / name / "run_date=*" / DATA_FILE) for name in table_names}
+def _duckdb_tmp_pid(name: str) -> int | None:
+    """Writer pid of a view-refresh temporary file ``.<db>.<pid>.tmp`` (or its ``.wal``)."""
+    parts = name.split(".")
+    if parts[-1] == "wal":
+        parts = parts[:-1]
+    return int(parts[-2]) if len(parts) >= 3 and parts[-1] == "tmp" and parts[-2].isdigit() else None
+
+
+def views_meta(duckdb_path: Path) -> dict[str, str]:
+    """The ``meta`` the views in ``duckdb_path`` were built with; {} when absent or unreadable."""
+    import duckdb
+
+    try:
+        with duckdb.connect(str(duckdb_path), read_only=True) as con:
+            return dict(con.execute(f"SELECT key, value FROM {VIEWS_META}").fetchall())
+    except (duckdb.Error, OSError):
+        return {}
+
+
+def warehouse_sources(
+    warehouse_dir: Path, table_names: list[str], runs: dict[date, dict[str, dict]] | None = None
+) -> dict[str, str | list[Path]]:
+    """View name -> source for the published tables.
+
+    With ``runs`` (``committed_dates``): the listed partition files of committed run dates
+    only. Without: a glob over every partition (committed or not).
+    """
+    root = Path(warehouse_dir).resolve()
+    if runs is None:
+        return {check_identifier(name): str(root / name / "run_date=*" / DATA_FILE) for name in table_names}
+    return {
+        check_identifier(name): [
+            partition_dir(root, name, day) / DATA_FILE for day, tables in sorted(runs.items()) if name in tables
+        ]
+        for name in table_names
+    }
 
 
 # --- analyst views: names next to ids, a readable manifest -------------------------------------

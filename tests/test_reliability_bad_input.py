@@ -243,9 +243,11 @@ CASES = {
         r".*missing_column:quantity",
         status="failed", counts=(5, 0, 5), reasons={f"o{i}": "missing_column:quantity" for i in range(5)},
     ),
-    "wrong_type_column": Case(
-        timestamps_as_integers, status="ingested", counts=(3, 0, 3),
-        reasons={f"o{i}": "type:ordered_at" for i in range(3)},
+    "wrong_type_column": Case(  # integers are not a timestamp type the contract converts: the file, not each row
+        timestamps_as_integers,
+        error=r"transactions/dt=2024-01-02/int_ts\.parquet .*column ordered_at: Int64 cannot be converted to Datetime"
+        r".*unsupported_type:ordered_at\(Int64\)",
+        status="failed", counts=(3, 0, 3), reasons={f"o{i}": "unsupported_type:ordered_at(Int64)" for i in range(3)},
     ),
     "timestamps_in_the_future": Case(
         future_timestamps, status="ingested", counts=(4, 1, 3),

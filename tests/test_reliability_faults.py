@@ -1,6 +1,7 @@
 """Atomic publish under faults: a publishing process is SIGKILLed at named points and at random
-moments; readers (pyarrow, the DuckDB views) then see the last complete partition of each
-table, the run lock is free again, and a rerun completes the publish and cleans up.
+moments; readers (pyarrow) then see the last complete partition of each table, the DuckDB views
+only committed runs (all tables of one version), the run lock is free again, and a rerun
+completes the publish and cleans up.
 
 The child process calls ``prodassoc_core.pipeline.publish`` directly (no Prefect) and stops
 at a point via the ``$PRODASSOC_FAULT`` hook (``warehouse.fault_point``): ``block`` makes it
@@ -130,16 +131,32 @@ def kill(proc: subprocess.Popen) -> None:
 
 
 def version_seen(settings: Settings, contract: TableContract) -> str:
-    """Which complete version pyarrow and the DuckDB views see; fails on anything partial."""
+    """Which complete version pyarrow sees in the partition file; fails on anything partial.
+
+    The DuckDB views show that version when the run date is committed, and nothing of the
+    date when it is not (a publish stopped between tables is never half visible)."""
     table = warehouse.read_partition(settings.warehouse_dir, contract, RUN_DATE)
     version = table.column(0)[0].as_py().split("-")[0]
     expected = synthetic(contract, ROWS if version == "v1" else ROWS + 1, version)
     assert table.equals(expected), f"{contract.name}: partition is neither complete version"
     with duckdb.connect(str(settings.duckdb_path), read_only=True) as con:
         first = contract.schema.names[0]
-        n, lo = con.execute(f"SELECT count(*), min({first}) FROM latest_{contract.name}").fetchone()
-    assert (n, lo.split("-")[0]) == (table.num_rows, version)
+        views = {r[0] for r in con.execute("SELECT view_name FROM duckdb_views()").fetchall()}
+        if warehouse.committed(settings.warehouse_dir, RUN_DATE) is not None:
+            n, lo = con.execute(f"SELECT count(*), min({first}) FROM latest_{contract.name}").fetchone()
+            assert (n, lo.split("-")[0]) == (table.num_rows, version)
+        else:
+            assert f"latest_{contract.name}" not in views
     return version
+
+
+def committed_version(settings: Settings) -> str | None:
+    """The version the committed run shows for every table; None when the date is not committed."""
+    if not pipeline.is_published(settings, RUN_DATE):
+        return None
+    seen = {version_seen(settings, t) for t in TABLES}
+    assert len(seen) == 1, f"a committed run mixes versions: {seen}"
+    return seen.pop()
 
 
 def assert_rerun_completes(settings: Settings, versions) -> None:
@@ -152,23 +169,25 @@ def assert_rerun_completes(settings: Settings, versions) -> None:
 
 
 @pytest.mark.parametrize(
-    ("fault", "seen_after_kill", "temp_left"),
+    ("fault", "seen_after_kill", "temp_left", "committed"),
     [
-        ("publish=block", ["v1", "v1"], 0),
-        ("write.after_tmp@1=block", ["v1", "v1"], 1),  # first table's temp file half done
-        ("write.before_replace@1=block", ["v1", "v1"], 1),  # first table's temp file complete
-        ("write.after_replace@1=block", ["v2", "v1"], 0),  # between the two tables
-        ("write.before_replace@2=block", ["v2", "v1"], 1),
-        ("write.after_replace@2=block", ["v2", "v2"], 0),  # before the view refresh
+        ("publish=block", ["v1", "v1"], 0, "v1"),
+        ("write.after_tmp@1=block", ["v1", "v1"], 1, None),  # first table's temp file half done
+        ("write.before_replace@1=block", ["v1", "v1"], 1, None),  # first table's temp file complete
+        ("write.after_replace@1=block", ["v2", "v1"], 0, None),  # between the two tables
+        ("write.before_replace@2=block", ["v2", "v1"], 1, None),
+        ("write.after_replace@2=block", ["v2", "v2"], 0, None),  # before the commit marker
+        ("commit.before=block", ["v2", "v2"], 0, None),
     ],
 )
-def test_sigkill_at_a_named_point(published_v1, versions, fault, seen_after_kill, temp_left):
+def test_sigkill_at_a_named_point(published_v1, versions, fault, seen_after_kill, temp_left, committed):
     settings = published_v1
     proc = start_child(settings, versions["v2"], fault)
     wait_for(proc, "fault point")
     kill(proc)
 
     assert [version_seen(settings, t) for t in TABLES] == seen_after_kill
+    assert committed_version(settings) == committed  # all old, or not visible until redone
     tmp = list((settings.warehouse_dir / warehouse.TMP_DIR).iterdir())
     assert len(tmp) == temp_left and all(p.name.startswith(f"{proc.pid}-") for p in tmp)
     assert_rerun_completes(settings, versions)
@@ -183,8 +202,9 @@ def test_sigkill_at_random_moments(published_v1, versions):
         time.sleep(delay)
         proc.kill()  # SIGKILL; a no-op if it already finished
         assert proc.wait(timeout=30) in (0, -signal.SIGKILL)
-        # whatever the moment: every table is one complete version
+        # whatever the moment: every table is one complete version, a committed run is one version
         assert set(version_seen(settings, t) for t in TABLES) <= {"v1", "v2"}
+        assert committed_version(settings) in (None, "v1", "v2")
         pipeline.publish(settings, RUN_DATE, versions["v1"])  # back to v1 for the next round
     assert_rerun_completes(settings, versions)
 
