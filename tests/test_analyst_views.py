@@ -124,8 +124,10 @@ def test_top_without_product_names_both_sides(data_dir, capsys):
 
 
 def test_top_says_what_to_do_when_nothing_is_published(tmp_path, capsys):
-    assert main(["--data-dir", str(tmp_path), "top"]) == 2
-    assert "run `prodassoc run --as-of YYYY-MM-DD`" in capsys.readouterr().err
-    duckdb.connect(str(tmp_path / "prodassoc.duckdb")).close()  # views of an older version: none named
-    assert main(["--data-dir", str(tmp_path), "top", "--product", "A1"]) == 2
-    assert "no product_associations_named view" in capsys.readouterr().err
+    from flows.cli import EXIT_NO_DATA
+
+    assert main(["--data-dir", str(tmp_path / "absent"), "top"]) == EXIT_NO_DATA
+    assert "no data directory" in capsys.readouterr().err
+    assert main(["--data-dir", str(tmp_path), "top", "--product", "A1"]) == EXIT_NO_DATA
+    err = capsys.readouterr().err
+    assert "nothing published" in err and "prodassoc run --as-of" in err
