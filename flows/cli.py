@@ -358,8 +358,6 @@ def cmd_train(args: argparse.Namespace) -> int:
     settings = _settings(args)
     if args.seed is None and settings.training.seed is None:
         raise CliError(EXIT_USAGE, "train needs a seed: pass --seed N (or set PRODASSOC_TRAINING__SEED)")
-    _writable(settings)
-    _check_as_of(settings, args.as_of, allow_stale=True)
     from flows.train import train
 
     training = settings.training.model_dump()
@@ -371,6 +369,8 @@ def cmd_train(args: argparse.Namespace) -> int:
             training[stage] = {**training[stage], "max_minutes": minutes}
     # validated together before any data loads (time budgets > 0, a known device)
     settings = settings.model_copy(update={"training": settings.training.model_validate(training)})
+    _writable(settings)  # the options first, then the data they apply to
+    _check_as_of(settings, args.as_of, allow_stale=True)
     if settings.training.device == "cuda":
         from prodassoc_core.training import choose_device
 
