@@ -232,6 +232,7 @@ def publish(settings: Settings, as_of: date, staged: dict[str, Path]) -> list[wa
     """
     warehouse.fault_point("publish")
     adopt_legacy(settings)
+    (settings.warehouse_dir / warehouse.RUNS_DIR).mkdir(parents=True, exist_ok=True)  # from now on, commits count
     if warehouse.commit_path(settings.warehouse_dir, as_of).exists():  # a rerun: withdraw the date from the views first
         warehouse.uncommit(settings.warehouse_dir, as_of)
         refresh_views(settings)

@@ -274,3 +274,24 @@ def test_the_prefect_server_dies_with_a_killed_run_and_startup_is_retried(work):
     assert any("retrying once" in line for line in seen), "".join(seen)[-3000:]
     assert len(servers) == 1, servers  # the timed-out first one was stopped
     assert not survivors, "the ephemeral Prefect server outlived the killed run"
+
+
+def test_a_full_disk_is_one_line_naming_the_path_and_the_bytes(tmp_path):
+    """``rules`` writes to a real 64 KB tmpfs (private mount namespace): exit 4, one line."""
+    if shutil.which("unshare") is None or subprocess.run(["unshare", "-rm", "true"], capture_output=True).returncode:
+        pytest.skip("unshare -rm (user and mount namespaces) is not available here")
+    import random
+
+    rnd = random.Random(0)
+    items = [f"item{k}" for k in range(40)]
+    (tmp_path / "b.csv").write_text("".join(",".join(rnd.sample(items, 8)) + "\n" for _ in range(300)))
+    (tmp_path / "small").mkdir()
+    script = (f"mount -t tmpfs -o size=64k tmpfs small && exec {venv_command(['prodassoc'])[0]} rules --input b.csv "
+              "--min-support 0.02 --min-confidence 0.1 --max-len 3 --output small/rules.parquet")
+    proc = subprocess.run(["unshare", "-rm", "sh", "-c", script], cwd=tmp_path, capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=120)
+    assert proc.returncode == 4, proc.stderr[-2000:]
+    lines = stderr_lines(proc)
+    assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert lines[0].startswith("prodassoc: storage error: cannot write small/rules.parquet: no space left on device; ")
+    assert "bytes needed" in lines[0] and "free" in lines[0]
