@@ -354,11 +354,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def cmd_train(args: argparse.Namespace) -> int:
     settings = _settings(args)
     if args.seed is None and settings.training.seed is None:
-        raise CliError(EXIT_USAGE, "train needs a seed: pass --seed N (or set PRODASSOC_TRAINING__SEED)")
-    _writable(settings)
-    _check_as_of(settings, args.as_of, allow_stale=True)
-    from flows.train import train
-
+        raise CliError(EXIT_USAGE, "train: training.seed is required: pass --seed N (or set PRODASSOC_TRAINING__SEED)")
     training = settings.training.model_dump()
     for key, value in (("device", args.device), ("mlm_minutes", args.mlm_minutes)):
         if value is not None:
@@ -376,6 +372,10 @@ def cmd_train(args: argparse.Namespace) -> int:
         except RuntimeError as exc:
             print(f"prodassoc: error: --device cuda: {exc}", file=sys.stderr)
             return 2
+    _writable(settings)
+    _check_as_of(settings, args.as_of, allow_stale=True)
+    from flows.train import train
+
     _start_prefect()
     out = train(as_of=args.as_of, seed=args.seed, settings=settings, progress=sys.stderr.isatty())
     print(f"as_of {out['as_of']}: trained in {out['total_seconds']:.0f} s, registered:")

@@ -61,7 +61,7 @@ RULES = ["rules", "--min-support", "0.1", "--min-confidence", "0.1"]
 
 # (arguments, exit code, text of the one line on stderr)
 CASES = {
-    "train_without_seed": (["--data-dir", "data", "train", "--as-of", AS_OF], 2, "train needs a seed"),
+    "train_without_seed": (["--data-dir", "data", "train", "--as-of", AS_OF], 2, "training.seed is required"),
     "backfill_end_before_start": (["--data-dir", "data", "backfill", "--start", "2024-01-05", "--end", "2024-01-04"],
                                   2, "--end 2024-01-04 is before --start 2024-01-05"),
     "run_on_an_empty_dir": (["--data-dir", "empty", "run", "--as-of", AS_OF], 5, "no landed transactions in empty"),
@@ -114,7 +114,7 @@ def test_verbose_shows_the_traceback(work):
     proc = cli("-v", "--data-dir", "data", "train", "--as-of", AS_OF, cwd=work)
     assert proc.returncode == 2
     assert "Traceback (most recent call last)" in proc.stderr
-    assert proc.stderr.rstrip().splitlines()[-1].startswith("prodassoc: error: train needs a seed")
+    assert proc.stderr.rstrip().splitlines()[-1].startswith("prodassoc: error: train: training.seed is required")
 
 
 def test_a_second_run_for_the_same_date_is_refused_before_prefect_starts(work):
