@@ -277,8 +277,8 @@ def cmd_import(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     settings = _settings(args)
+    _check_as_of(settings, args.as_of, allow_stale=args.allow_stale)  # reads only: a mistyped dir is not created
     _writable(settings)
-    _check_as_of(settings, args.as_of, allow_stale=args.allow_stale)
     _check_run_locks(settings, [args.as_of])
     from flows.nightly import nightly
 
@@ -304,9 +304,9 @@ def cmd_backfill(args: argparse.Namespace) -> int:
     if args.end < args.start:
         raise CliError(EXIT_USAGE, f"backfill: --end {args.end} is before --start {args.start}")
     settings = _settings(args)
-    _writable(settings)
     _check_as_of(settings, args.start, allow_stale=True)  # the first date's window must hold data
     _check_as_of(settings, args.end, allow_stale=args.allow_stale, window=False)
+    _writable(settings)
     days = [args.start + timedelta(days=i) for i in range((args.end - args.start).days + 1)]
     _check_run_locks(settings, days)
     from flows.nightly import backfill
@@ -336,8 +336,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         )
     if args.end is not None and args.end <= args.as_of:
         raise CliError(EXIT_USAGE, f"--end {args.end} must be after --as-of {args.as_of}")
-    _writable(settings)
     _check_as_of(settings, args.as_of, allow_stale=True)
+    _writable(settings)
     from flows.evaluate import evaluate
     from prodassoc_core.report import markdown_table
 
@@ -372,8 +372,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         except RuntimeError as exc:
             print(f"prodassoc: error: --device cuda: {exc}", file=sys.stderr)
             return 2
-    _writable(settings)
     _check_as_of(settings, args.as_of, allow_stale=True)
+    _writable(settings)
     from flows.train import train
 
     _start_prefect()

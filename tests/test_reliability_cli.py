@@ -65,6 +65,7 @@ CASES = {
     "backfill_end_before_start": (["--data-dir", "data", "backfill", "--start", "2024-01-05", "--end", "2024-01-04"],
                                   2, "--end 2024-01-04 is before --start 2024-01-05"),
     "run_on_an_empty_dir": (["--data-dir", "empty", "run", "--as-of", AS_OF], 5, "no landed transactions in empty"),
+    "run_on_a_missing_dir": (["--data-dir", "missing", "run", "--as-of", AS_OF], 5, "no landed transactions in missing"),
     "evaluate_unknown_method": (["--data-dir", "data", "evaluate", "--as-of", "2024-01-04", "--methods", "foo"],
                                 2, "unknown method(s) foo"),
     "top_on_a_missing_dir": (["--data-dir", "missing", "top"], 5, "no data directory at missing"),
@@ -108,6 +109,7 @@ def test_expected_failures_are_one_line_before_prefect_starts(work, case):
     assert "Traceback" not in proc.stderr and PREFECT_STARTED not in proc.stderr
     assert elapsed < 30, f"{elapsed:.0f} s"  # no server start-up (seconds, not minutes, even on a busy machine)
     assert not (work / "data" / "warehouse").exists()  # nothing published
+    assert not (work / "missing").exists()  # a mistyped data dir is not created
 
 
 def test_verbose_shows_the_traceback(work):
