@@ -209,6 +209,7 @@ def _classify(exc: BaseException) -> tuple[int | None, str]:
     from prodassoc_core.ingest import IngestError
     from prodassoc_core.locks import LockBusyError
     from prodassoc_core.pipeline import NoDataError
+    from prodassoc_core.tracking import StoreError
     from prodassoc_core.warehouse import StorageError
 
     if isinstance(exc, CliError):
@@ -224,6 +225,8 @@ def _classify(exc: BaseException) -> tuple[int | None, str]:
         return EXIT_USAGE, f"error: invalid setting: {problems}"
     if isinstance(exc, StorageError):  # one line naming the path and the bytes needed
         return EXIT_STORAGE, f"storage error: {exc.strerror}"
+    if isinstance(exc, StoreError):  # an MLflow store it is not safe to repair automatically
+        return EXIT_STORAGE, f"storage error: {exc}"
     if isinstance(exc, OSError) and exc.errno in _STORAGE_ERRNOS and not isinstance(exc, FileNotFoundError):
         where = f"cannot write {exc.filename}: {exc.strerror}" if exc.filename and exc.strerror else str(exc)
         return EXIT_STORAGE, f"storage error: {where}"
