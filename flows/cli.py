@@ -209,6 +209,7 @@ def _classify(exc: BaseException) -> tuple[int | None, str]:
     from prodassoc_core.ingest import IngestError
     from prodassoc_core.locks import LockBusyError
     from prodassoc_core.pipeline import NoDataError
+    from prodassoc_core.tracking import StoreError
     from prodassoc_core.warehouse import StorageError
 
     if isinstance(exc, CliError):
@@ -224,6 +225,8 @@ def _classify(exc: BaseException) -> tuple[int | None, str]:
         return EXIT_USAGE, f"error: invalid setting: {problems}"
     if isinstance(exc, StorageError):  # one line naming the path and the bytes needed
         return EXIT_STORAGE, f"storage error: {exc.strerror}"
+    if isinstance(exc, StoreError):  # an MLflow store it is not safe to repair automatically
+        return EXIT_STORAGE, f"storage error: {exc}"
     if isinstance(exc, OSError) and exc.errno in _STORAGE_ERRNOS and not isinstance(exc, FileNotFoundError):
         where = f"cannot write {exc.filename}: {exc.strerror}" if exc.filename and exc.strerror else str(exc)
         return EXIT_STORAGE, f"storage error: {where}"
@@ -277,8 +280,8 @@ def cmd_import(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     settings = _settings(args)
+    _check_as_of(settings, args.as_of, allow_stale=args.allow_stale)  # reads only: a mistyped dir is not created
     _writable(settings)
-    _check_as_of(settings, args.as_of, allow_stale=args.allow_stale)
     _check_run_locks(settings, [args.as_of])
     from flows.nightly import nightly
 
@@ -304,9 +307,9 @@ def cmd_backfill(args: argparse.Namespace) -> int:
     if args.end < args.start:
         raise CliError(EXIT_USAGE, f"backfill: --end {args.end} is before --start {args.start}")
     settings = _settings(args)
-    _writable(settings)
     _check_as_of(settings, args.start, allow_stale=True)  # the first date's window must hold data
     _check_as_of(settings, args.end, allow_stale=args.allow_stale, window=False)
+    _writable(settings)
     days = [args.start + timedelta(days=i) for i in range((args.end - args.start).days + 1)]
     _check_run_locks(settings, days)
     from flows.nightly import backfill
@@ -336,8 +339,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         )
     if args.end is not None and args.end <= args.as_of:
         raise CliError(EXIT_USAGE, f"--end {args.end} must be after --as-of {args.as_of}")
-    _writable(settings)
     _check_as_of(settings, args.as_of, allow_stale=True)
+    _writable(settings)
     from flows.evaluate import evaluate
     from prodassoc_core.report import markdown_table
 
@@ -357,7 +360,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def cmd_train(args: argparse.Namespace) -> int:
     settings = _settings(args)
     if args.seed is None and settings.training.seed is None:
-        raise CliError(EXIT_USAGE, "train needs a seed: pass --seed N (or set PRODASSOC_TRAINING__SEED)")
+        raise CliError(EXIT_USAGE, "train: training.seed is required: pass --seed N (or set PRODASSOC_TRAINING__SEED)")
     from flows.train import train
 
     training = settings.training.model_dump()
@@ -379,6 +382,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         except RuntimeError as exc:
             print(f"prodassoc: error: --device cuda: {exc}", file=sys.stderr)
             return 2
+    from flows.train import train
+
     _start_prefect()
     out = train(as_of=args.as_of, seed=args.seed, settings=settings, progress=sys.stderr.isatty(),
                 promote=not args.no_promote)

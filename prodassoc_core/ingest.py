@@ -78,7 +78,7 @@ import pyarrow.parquet as pq
 from prodassoc_core import contracts as c
 from prodassoc_core.contracts import TableContract
 from prodassoc_core.settings import ValidationConfig
-from prodassoc_core.warehouse import remove_stale_temp
+from prodassoc_core.warehouse import _STORAGE_ERRNOS, StorageError, remove_stale_temp, storage_error
 from prodassoc_core.validation import (
     GxSuites,
     conform,
@@ -247,11 +247,15 @@ def remove_stale_temp_files(*roots: Path) -> int:
 
 def _write_atomic(path: Path, write) -> None:
     """Call ``write(tmp)`` for a temporary file next to ``path``, then rename it into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         write(tmp)
         os.replace(tmp, path)
+    except OSError as exc:  # a full disk or a read-only zone: one line naming the file
+        if isinstance(exc, StorageError) or exc.errno not in _STORAGE_ERRNOS:
+            raise
+        raise storage_error(exc, path, None) from exc
     finally:
         tmp.unlink(missing_ok=True)
 

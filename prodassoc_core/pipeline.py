@@ -238,6 +238,7 @@ def publish(settings: Settings, as_of: date, staged: dict[str, Path]) -> list[wa
     """
     warehouse.fault_point("publish")
     adopt_legacy(settings)
+    (settings.warehouse_dir / warehouse.RUNS_DIR).mkdir(parents=True, exist_ok=True)  # from now on, commits count
     if warehouse.commit_path(settings.warehouse_dir, as_of).exists():  # a rerun: withdraw the date from the views first
         warehouse.uncommit(settings.warehouse_dir, as_of)
         refresh_views(settings)
@@ -261,18 +262,19 @@ def adopt_legacy(settings: Settings) -> list[date]:
     return adopted
 
 
-def _staged_files(directory: Path, partitioned: bool) -> list[Path]:
-    """Parquet files under ``directory`` (in ``dt=`` partitions when ``partitioned``), listed, not globbed by DuckDB."""
-    if partitioned:
-        return [f for _, d in ingest._partition_dirs(directory) for f in ingest._visible_parquet(d)]
-    return ingest._visible_parquet(directory)
+def _glob_under(directory: Path, pattern: str) -> str:
+    """A DuckDB glob: ``directory`` taken literally (its glob characters escaped), then ``pattern``.
+
+    The staged and quarantined views stay globs, so files staged after the refresh are read too."""
+    return f"{warehouse.duckdb_literal_path(directory)}/{pattern}"
 
 
 def refresh_views(settings: Settings) -> list[str]:
     """DuckDB views over the committed runs' tables and the staged, quarantined and manifest data.
 
-    Views list their files explicitly (no glob: a data dir named ``s*t`` reads only itself)
-    and record the data dir they were built for, so ``open_views`` rebuilds them when the data
+    The published tables' views list the committed files; the staged and quarantined ones are
+    globs below the data dir, whose own glob characters are escaped (a data dir named ``s*t``
+    reads only itself). The views record the data dir they were built for, so ``open_views`` rebuilds them when the data
     dir has moved. Holds the views lock: DuckDB allows one writing process per database file.
     """
     adopt_legacy(settings)
@@ -281,10 +283,10 @@ def refresh_views(settings: Settings) -> list[str]:
     staging, quarantine = settings.staging_dir.resolve(), settings.quarantine_dir.resolve()
     manifest = settings.manifest_path.resolve()
     sources |= {
-        "transactions": _staged_files(staging / "transactions", True),
-        "catalog": _staged_files(staging / "catalog", False),
-        "quarantine_transactions": _staged_files(quarantine / "transactions", True),
-        "quarantine_catalog": _staged_files(quarantine / "catalog", False),
+        "transactions": _glob_under(staging / "transactions", "dt=*/*.parquet"),
+        "catalog": _glob_under(staging / "catalog", "*.parquet"),
+        "quarantine_transactions": _glob_under(quarantine / "transactions", "dt=*/*.parquet"),
+        "quarantine_catalog": _glob_under(quarantine / "catalog", "*.parquet"),
         "manifest": [manifest],
     }
     meta = {"data_dir": str(settings.data_dir.resolve())}

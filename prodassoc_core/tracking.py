@@ -47,19 +47,24 @@ def sqlite_path(tracking_uri: str) -> Path | None:
 
 
 def _store_state(path: Path) -> str:
-    """``complete``, ``incomplete`` (created part way: no Alembic version, missing tables,
-    leftover ``_alembic_tmp_*`` tables), or ``incomplete-with-runs`` (the same, holding runs)."""
+    """``complete``; ``incomplete`` (no Alembic version, missing tables or leftover
+    ``_alembic_tmp_*`` tables: created part way) with no user data in it; or
+    ``incomplete-with-data`` (the same holding runs, registered models or experiments
+    besides MLflow's default one: possibly an older store mid-upgrade, never rebuilt here)."""
     import sqlite3
 
     from mlflow.store.db.base_sql_model import Base
 
     import mlflow.store.tracking.dbmodels.models  # noqa: F401 - registers the ORM tables on Base
 
+    def count(con, table: str) -> int:
+        return con.execute(f"SELECT count(*) FROM {table}").fetchone()[0] if table in tables else 0
+
     con = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
     try:
         tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
         version = con.execute("SELECT version_num FROM alembic_version").fetchall() if "alembic_version" in tables else []
-        runs = con.execute("SELECT count(*) FROM runs").fetchone()[0] if "runs" in tables else 0
+        data = count(con, "runs") + count(con, "registered_models") + max(0, count(con, "experiments") - 1)
     except sqlite3.DatabaseError:
         return "incomplete"
     finally:
@@ -67,7 +72,7 @@ def _store_state(path: Path) -> str:
     leftovers = any(t.startswith("_alembic_tmp_") for t in tables)
     if version and not leftovers and set(Base.metadata.tables) <= tables:
         return "complete"
-    return "incomplete-with-runs" if runs else "incomplete"
+    return "incomplete-with-data" if data else "incomplete"
 
 
 def ensure_store(tracking_uri: str) -> None:
@@ -79,7 +84,7 @@ def ensure_store(tracking_uri: str) -> None:
     once, under a file lock next to it, in a temporary file that is renamed into place when
     complete, so the database file is either absent or whole. A half-created store left by
     an earlier version (no data in it) is moved aside to ``.<name>.incomplete`` and rebuilt;
-    one that holds runs is not touched (StoreError, naming it). Temporary files of killed
+    one that holds data is not touched (StoreError, naming it). Temporary files of killed
     creators are removed.
     """
     path = sqlite_path(tracking_uri)
@@ -95,10 +100,11 @@ def ensure_store(tracking_uri: str) -> None:
     lock = path.with_name(f".{path.name}.lock")
     with locks.exclusive(lock, timeout=STORE_LOCK_TIMEOUT_S, purpose=f"create MLflow store {path}"):
         state = _store_state(path) if path.exists() else "absent"
-        if state == "incomplete-with-runs":
+        if state == "incomplete-with-data":
             raise StoreError(
-                f"MLflow store {path} is part-way through a schema migration but holds runs; "
-                f"restore it from a backup or run 'mlflow db upgrade sqlite:///{path}'"
+                f"MLflow store {path} is incomplete (an interrupted or pending schema migration) and holds "
+                f"data, so it is not rebuilt: back it up, then run 'mlflow db upgrade sqlite:///{path}' "
+                "or restore the backup"
             )
         if state == "incomplete":
             aside = path.with_name(f".{path.name}.incomplete")

@@ -12,8 +12,9 @@ A run's tables are committed as one: ``<warehouse>/_runs/run_date=YYYY-MM-DD/_CO
 withdrawn before a rerun replaces them. The views (``pipeline.refresh_views``), their
 ``latest_*`` and backfill's "published" read committed run dates only, and only the tables
 the commit lists; a run stopped part way leaves its date uncommitted until it is redone.
-The views list their files explicitly, with DuckDB's glob characters escaped
-(``duckdb_literal_path``), so a data dir named ``g[x]`` or ``s*t`` reads only itself.
+The published tables' views list their files; every path enters DuckDB with its glob
+characters escaped (``duckdb_literal_path``), so a data dir named ``g[x]`` or ``s*t`` reads
+only itself.
 
 A write that fails for lack of space or permission (ENOSPC, EDQUOT, EROFS, EACCES, EPERM)
 raises ``StorageError``: one line naming the path, the reason and the bytes needed.

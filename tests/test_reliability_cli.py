@@ -61,10 +61,11 @@ RULES = ["rules", "--min-support", "0.1", "--min-confidence", "0.1"]
 
 # (arguments, exit code, text of the one line on stderr)
 CASES = {
-    "train_without_seed": (["--data-dir", "data", "train", "--as-of", AS_OF], 2, "train needs a seed"),
+    "train_without_seed": (["--data-dir", "data", "train", "--as-of", AS_OF], 2, "training.seed is required"),
     "backfill_end_before_start": (["--data-dir", "data", "backfill", "--start", "2024-01-05", "--end", "2024-01-04"],
                                   2, "--end 2024-01-04 is before --start 2024-01-05"),
     "run_on_an_empty_dir": (["--data-dir", "empty", "run", "--as-of", AS_OF], 5, "no landed transactions in empty"),
+    "run_on_a_missing_dir": (["--data-dir", "missing", "run", "--as-of", AS_OF], 5, "no landed transactions in missing"),
     "evaluate_unknown_method": (["--data-dir", "data", "evaluate", "--as-of", "2024-01-04", "--methods", "foo"],
                                 2, "unknown method(s) foo"),
     "top_on_a_missing_dir": (["--data-dir", "missing", "top"], 5, "no data directory at missing"),
@@ -108,13 +109,14 @@ def test_expected_failures_are_one_line_before_prefect_starts(work, case):
     assert "Traceback" not in proc.stderr and PREFECT_STARTED not in proc.stderr
     assert elapsed < 30, f"{elapsed:.0f} s"  # no server start-up (seconds, not minutes, even on a busy machine)
     assert not (work / "data" / "warehouse").exists()  # nothing published
+    assert not (work / "missing").exists()  # a mistyped data dir is not created
 
 
 def test_verbose_shows_the_traceback(work):
     proc = cli("-v", "--data-dir", "data", "train", "--as-of", AS_OF, cwd=work)
     assert proc.returncode == 2
     assert "Traceback (most recent call last)" in proc.stderr
-    assert proc.stderr.rstrip().splitlines()[-1].startswith("prodassoc: error: train needs a seed")
+    assert proc.stderr.rstrip().splitlines()[-1].startswith("prodassoc: error: train: training.seed is required")
 
 
 def test_a_second_run_for_the_same_date_is_refused_before_prefect_starts(work):
@@ -274,3 +276,24 @@ def test_the_prefect_server_dies_with_a_killed_run_and_startup_is_retried(work):
     assert any("retrying once" in line for line in seen), "".join(seen)[-3000:]
     assert len(servers) == 1, servers  # the timed-out first one was stopped
     assert not survivors, "the ephemeral Prefect server outlived the killed run"
+
+
+def test_a_full_disk_is_one_line_naming_the_path_and_the_bytes(tmp_path):
+    """``rules`` writes to a real 64 KB tmpfs (private mount namespace): exit 4, one line."""
+    if shutil.which("unshare") is None or subprocess.run(["unshare", "-rm", "true"], capture_output=True).returncode:
+        pytest.skip("unshare -rm (user and mount namespaces) is not available here")
+    import random
+
+    rnd = random.Random(0)
+    items = [f"item{k}" for k in range(40)]
+    (tmp_path / "b.csv").write_text("".join(",".join(rnd.sample(items, 8)) + "\n" for _ in range(300)))
+    (tmp_path / "small").mkdir()
+    script = (f"mount -t tmpfs -o size=64k tmpfs small && exec {venv_command(['prodassoc'])[0]} rules --input b.csv "
+              "--min-support 0.02 --min-confidence 0.1 --max-len 3 --output small/rules.parquet")
+    proc = subprocess.run(["unshare", "-rm", "sh", "-c", script], cwd=tmp_path, capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=120)
+    assert proc.returncode == 4, proc.stderr[-2000:]
+    lines = stderr_lines(proc)
+    assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert lines[0].startswith("prodassoc: storage error: cannot write small/rules.parquet: no space left on device; ")
+    assert "bytes needed" in lines[0] and "free" in lines[0]

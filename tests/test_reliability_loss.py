@@ -8,14 +8,19 @@ subprocesses killed with SIGKILL.
 
 from __future__ import annotations
 
+import json
 import shutil
+import subprocess
+import sys
 from datetime import date
 
+import duckdb
 import polars as pl
 import pytest
 
+from conftest import REPO
 from prodassoc_core import contracts as c
-from prodassoc_core import ingest, pipeline
+from prodassoc_core import ingest, pipeline, warehouse
 from prodassoc_core.settings import Settings, ValidationConfig
 from test_reliability_reruns import land
 
@@ -106,14 +111,6 @@ def test_a_duplicate_whose_original_left_and_changed_is_ingested(tmp_path):
 
 # --- 3. a run's tables commit as one ------------------------------------------------------------
 
-import json  # noqa: E402
-import subprocess  # noqa: E402
-import sys  # noqa: E402
-
-import duckdb  # noqa: E402
-
-from conftest import REPO  # noqa: E402
-from prodassoc_core import warehouse  # noqa: E402
 
 
 def _latest_dates(settings: Settings) -> dict[str, list]:

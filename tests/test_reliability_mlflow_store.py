@@ -124,3 +124,19 @@ def test_two_first_runs_at_once_share_one_store(tmp_path):
     outs = [p.communicate(timeout=120) for p in procs]
     assert [p.returncode for p in procs] == [0, 0], [e[-2000:] for _, e in outs]
     assert len(tracking.runs(_uri(tmp_path), "race")) == 2
+
+
+def test_an_incomplete_store_holding_data_is_never_rebuilt(tmp_path):
+    """A store with runs whose schema is not complete (an old store mid-upgrade) is left as it is."""
+    uri = _uri(tmp_path)
+    tracking.log_run(uri, "keep", tmp_path / "art", "r", {"p": 1}, {"m": 1.0})
+    db = tmp_path / "mlflow.db"
+    con = sqlite3.connect(db)
+    con.execute("CREATE TABLE _alembic_tmp_runs (x INTEGER)")  # as a killed migration leaves it
+    con.commit()
+    con.close()
+    tracking._READY.clear()  # a new process
+    before = db.read_bytes()
+    with pytest.raises(tracking.StoreError, match=r"incomplete .* holds data, so it is not rebuilt.*mlflow db upgrade"):
+        tracking.ensure_store(uri)
+    assert db.read_bytes() == before

@@ -157,7 +157,7 @@ def test_cli_train_refuses_bad_options_and_a_missing_seed(tmp_path, capsys, pref
     assert main([*data, "train", "--as-of", "2011-11-08", "--seed", "1", "--teacher-minutes", "0"]) == 2
     assert "max_minutes" in capsys.readouterr().err
     assert main([*data, "train", "--as-of", "2011-11-08"]) == 2
-    assert "train needs a seed" in capsys.readouterr().err
+    assert "training.seed is required" in capsys.readouterr().err
 
 
 def test_nightly_publishes_the_champions_embeddings(trained, nightly_with_champion):
