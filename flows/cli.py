@@ -361,8 +361,6 @@ def cmd_train(args: argparse.Namespace) -> int:
     settings = _settings(args)
     if args.seed is None and settings.training.seed is None:
         raise CliError(EXIT_USAGE, "train: training.seed is required: pass --seed N (or set PRODASSOC_TRAINING__SEED)")
-    from flows.train import train
-
     training = settings.training.model_dump()
     for key, value in (("device", args.device), ("mlm_minutes", args.mlm_minutes)):
         if value is not None:
