@@ -105,19 +105,40 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+# `train` options -> training settings (dotted path inside TrainingConfig)
+TRAIN_OPTIONS = {
+    "device": "device",
+    "max_minutes": "max_minutes",
+    "mlm_minutes": "mlm_minutes",
+    "teacher_minutes": "teacher.max_minutes",
+    "lists_minutes": "student.teacher_minutes",
+    "student_minutes": "student.max_minutes",
+    "gnn_minutes": "gnn.max_minutes",
+    "progress_seconds": "progress_seconds",
+}
+
+
+def training_settings(settings, args: argparse.Namespace):
+    """``settings.training`` with the `train` options given on the command line, validated
+    together before any data loads (budgets > 0, a known device)."""
+    training = settings.training.model_dump()
+    for option, path in TRAIN_OPTIONS.items():
+        value = getattr(args, option, None)
+        if value is None:
+            continue
+        *parents, key = path.split(".")
+        node = training
+        for parent in parents:
+            node = node[parent]
+        node[key] = value
+    return settings.training.model_validate(training)
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from flows.train import train
 
     settings = _settings(args)
-    training = settings.training.model_dump()
-    for key, value in (("device", args.device), ("mlm_minutes", args.mlm_minutes)):
-        if value is not None:
-            training[key] = value
-    for stage, minutes in (("teacher", args.teacher_minutes), ("student", args.student_minutes)):
-        if minutes is not None:
-            training[stage] = {**training[stage], "max_minutes": minutes}
-    # validated together before any data loads (time budgets > 0, a known device)
-    settings = settings.model_copy(update={"training": settings.training.model_validate(training)})
+    settings = settings.model_copy(update={"training": training_settings(settings, args)})
     if settings.training.device == "cuda":
         from prodassoc_core.training import choose_device
 
@@ -242,9 +263,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--as-of", type=_date, required=True, help="train on everything landed before it")
     p.add_argument("--seed", type=int, help="required unless $PRODASSOC_TRAINING__SEED is set")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], help="default: training.device (auto: CUDA if present)")
-    p.add_argument("--mlm-minutes", type=float, help="time budget of the MLM stage")
-    p.add_argument("--teacher-minutes", type=float, help="time budget of the teacher's training")
-    p.add_argument("--student-minutes", type=float, help="time budget of the student's training")
+    p.add_argument("--max-minutes", type=float, help="time budget of the whole chain, split across the stages "
+                   "(training.max_minutes; default: sized from the number of training baskets, 3 to 30 min)")
+    p.add_argument("--mlm-minutes", type=float, help="budget of the MLM stage, instead of its share (training.mlm_minutes)")
+    p.add_argument("--teacher-minutes", type=float,
+                   help="budget of the teacher stage: pairs, validation, training (training.teacher.max_minutes)")
+    p.add_argument("--student-minutes", type=float, help="budget of the student stage: teacher lists, validation, "
+                   "training (training.student.max_minutes)")
+    p.add_argument("--lists-minutes", type=float, help="part of the student stage for scoring its lists with the "
+                   "teacher (training.student.teacher_minutes)")
+    p.add_argument("--gnn-minutes", type=float, help="budget of the GNN stage: graph, training, hybrid weights "
+                   "(training.gnn.max_minutes)")
+    p.add_argument("--progress-seconds", type=float,
+                   help="without a terminal, a progress log line this often (training.progress_seconds)")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("deploy", help="register the production deployments with the Prefect API at $PREFECT_API_URL")
