@@ -56,6 +56,8 @@ and the run config.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import copy
 import json
 import logging
@@ -479,6 +481,22 @@ def load_gnn(directory: str | Path) -> tuple[GnnModel, ProductGraph]:
     return model, ProductGraph.load(directory / GRAPH_SUBDIR)
 
 
+# The deadline of the chain's GNN stage, for the train_gnn call inside chain.train_graph_stage
+# (whose signature is kept as it is while it changes on another branch): set by the chain
+# around that call, read by train_gnn when no deadline is passed.
+_STAGE_DEADLINE: contextvars.ContextVar[Deadline | None] = contextvars.ContextVar("gnn_stage_deadline", default=None)
+
+
+@contextlib.contextmanager
+def deadline_scope(deadline: Deadline):
+    """``train_gnn`` calls inside this block end by ``deadline`` (or earlier by their own budget)."""
+    token = _STAGE_DEADLINE.set(deadline)
+    try:
+        yield
+    finally:
+        _STAGE_DEADLINE.reset(token)
+
+
 def train_gnn(graph: ProductGraph, task: PairTask, cfg: GnnConfig, *, device: Device, out_dir: Path,
               on_epoch: Callable[[GnnState], None] | None = None, deadline: Deadline | None = None) -> GnnResult:
     """Train the link-prediction GNN on ``graph`` (the fit window's graph) with ``task``'s
@@ -487,12 +505,14 @@ def train_gnn(graph: ProductGraph, task: PairTask, cfg: GnnConfig, *, device: De
     ``out_dir/gnn_results.json``. ``on_epoch(state)`` runs after each epoch and its
     checkpoint (tests use it to kill a run).
 
-    ``deadline`` (default: ``cfg.max_minutes`` from now) bounds the call: after an epoch
+    ``deadline`` (default: ``cfg.max_minutes`` from now, or the enclosing ``deadline_scope``'s,
+    whichever is earlier) bounds the call: after an epoch
     it stops (``stop_reason`` "budget", with a checkpoint) when the time left would not cover
     another epoch, its validation and the final save. At least one epoch runs per call.
     Every validation scores the same anchors (``validation_queries``)."""
     started = time.monotonic()
-    deadline = deadline or Deadline.minutes(cfg.max_minutes)
+    if deadline is None:
+        deadline = Deadline.minutes(cfg.max_minutes).earliest(_STAGE_DEADLINE.get() or Deadline())
     seed = _seed(cfg)
     if graph.product_ids != task.space.product_ids:
         raise ValueError("train_gnn: the graph's nodes must be the task's products, in the same order")
@@ -585,7 +605,7 @@ def train_gnn(graph: ProductGraph, task: PairTask, cfg: GnnConfig, *, device: De
         epochs=state.epoch, stop_reason=state.stop_reason, train_seconds=state.train_seconds,
         edges_per_s=throughput(examples_here, seconds_here), model_dir=model_dir, resumed_from=resumed_from,
         history=list(state.history), losses=list(state.losses),
-        budget_seconds=deadline.end - started if deadline.bounded else None, seconds=time.monotonic() - started,
+        budget_seconds=max(0.0, deadline.end - started) if deadline.bounded else None, seconds=time.monotonic() - started,
     )
     write_json(out_dir / RESULTS_FILE, result.summary())
     logger.info("gnn: val_ndcg %.4f -> %.4f (best epoch %d, %d of %d epochs, %s), %.0f pairs/s, %s",

@@ -166,7 +166,7 @@ class MlmConfig(BaseModel):
         None, gt=0, description="time budget of the whole run (data, validation, training, checkpoints): "
         "stops cleanly with a checkpoint; in the chain, training.max_minutes' share or training.mlm_minutes")
     max_heldout_texts: int = Field(
-        1000, ge=1, description="held-out texts scored before and after (a seeded sample, the same both times)")
+        500, ge=1, description="held-out texts scored before and after (a seeded sample, the same both times)")
     checkpoint_every: int = Field(500, ge=1, description="optimizer steps between checkpoints")
     keep_checkpoints: int = Field(2, ge=1)
     experiment: str = "prodassoc-mlm"
@@ -225,7 +225,7 @@ class TeacherConfig(BaseModel):
     checkpoint_every: int = Field(500, ge=1)
     keep_checkpoints: int = Field(2, ge=1)
     max_validation_pairs: int = Field(
-        300, ge=10, description="held-out positives scored (with their negatives) before and after training: "
+        100, ge=10, description="held-out positives scored (with their negatives) before and after training: "
         "a seeded sample, the same both times")
     registered_model: str = "prodassoc-teacher"
 
@@ -267,9 +267,9 @@ class StudentConfig(BaseModel):
     keep_checkpoints: int = Field(2, ge=1)
     embed_batch_size: int = Field(256, ge=1)
     max_validation_anchors: int = Field(
-        500, ge=1, description="held-out anchors scored before and after training (seeded sample, same both times)")
+        200, ge=1, description="held-out anchors scored before and after training (seeded sample, same both times)")
     max_validation_products: int = Field(
-        5000, ge=10, description="products they are ranked among: the anchors' relevant ones plus a seeded sample")
+        1000, ge=10, description="products they are ranked among: the anchors' relevant ones plus a seeded sample")
     registered_model: str = "prodassoc-student"
 
 
@@ -330,13 +330,13 @@ class BudgetSplit(BaseModel):
     """
 
     mlm: float = Field(0.15, ge=0)
-    teacher: float = Field(0.30, ge=0)
-    student: float = Field(0.35, ge=0)
-    gnn: float = Field(0.20, ge=0)
+    teacher: float = Field(0.25, ge=0)
+    student: float = Field(0.30, ge=0)
+    gnn: float = Field(0.30, ge=0)
     student_lists: float = Field(
         0.4, gt=0, le=1, description="share of the student stage for scoring its lists with the teacher")
     gnn_training: float = Field(
-        0.6, gt=0, le=1, description="share of the GNN stage for GNN training; the rest: the student's "
+        0.5, gt=0, le=1, description="share of the GNN stage for GNN training; the rest: the student's "
         "embeddings of the catalog, the graph and the hybrid weights")
 
     @model_validator(mode="after")
@@ -357,9 +357,9 @@ class TrainingConfig(BaseModel):
     encoder: EncoderSpec = EncoderSpec()
     max_minutes: float | None = Field(
         None, gt=0, description="time budget of the whole chain, split across the stages by training.budget; "
-        "None: sized from the data, minutes_per_1k_baskets per 1,000 training baskets, between 3 and 30 minutes")
+        "None: sized from the data, minutes_per_1k_baskets per 1,000 training baskets, between 2 and 30 minutes")
     minutes_per_1k_baskets: float = Field(
-        1.2, gt=0, description="the default budget's size (shipped sample: 2,555 baskets -> 3.1 min)")
+        1.0, gt=0, description="the default budget's size (shipped sample: 2,555 baskets -> 2.6 min)")
     budget: BudgetSplit = BudgetSplit()
     progress_seconds: float = Field(
         30.0, ge=0, description="without a terminal: a progress log line (step/total, examples/s, ETA) this often")
