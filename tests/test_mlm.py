@@ -197,7 +197,7 @@ def test_time_budget_stops_with_checkpoint_and_resume_continues(catalog, tmp_pat
     cfg = mlm.tiny_config(SEED, max_steps=100_000, max_minutes=0.05, checkpoint_every=100_000)
     first = mlm.run_mlm(catalog, cfg, device=CPU, out_dir=tmp_path, progress=False)
     assert first.stop_reason == "budget" and 0 < first.steps < first.total_steps
-    assert first.budget_seconds == pytest.approx(3.0) and first.train_seconds <= first.seconds < 3.0 + 5
+    assert first.budget_seconds == pytest.approx(3.0, abs=0.1) and first.train_seconds <= first.seconds < 3.0 + 5
     assert training.checkpoint_step(first.checkpoint_dir) == first.steps
     assert first.model_dir.is_dir() and first.loss_after < first.loss_before
     second = mlm.run_mlm(catalog, cfg, device=CPU, out_dir=tmp_path, progress=False)
