@@ -112,7 +112,7 @@ def mlm_config(cfg: TrainingConfig) -> MlmConfig:
     """The MLM stage's configuration inside the chain."""
     return MlmConfig(
         seed=_seed(cfg), encoder=cfg.encoder, epochs=cfg.mlm_epochs, learning_rate=cfg.mlm_learning_rate,
-        max_minutes=cfg.mlm_minutes, registered_model="prodassoc-mlm",
+        max_minutes=cfg.mlm_minutes, max_heldout_texts=cfg.mlm_heldout_texts, registered_model="prodassoc-mlm",
     )
 
 

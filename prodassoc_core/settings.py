@@ -269,7 +269,7 @@ class StudentConfig(BaseModel):
     max_validation_anchors: int = Field(
         200, ge=1, description="held-out anchors scored before and after training (seeded sample, same both times)")
     max_validation_products: int = Field(
-        1000, ge=10, description="products they are ranked among: the anchors' relevant ones plus a seeded sample")
+        1000, ge=10, description="products they are ranked among: the anchors plus a seeded sample of the others")
     registered_model: str = "prodassoc-student"
 
 
@@ -367,6 +367,7 @@ class TrainingConfig(BaseModel):
         None, gt=0, description="budget of the MLM stage; None: its share of training.max_minutes")
     mlm_epochs: float = Field(3.0, gt=0)
     mlm_learning_rate: float = Field(3e-4, gt=0)
+    mlm_heldout_texts: int = Field(500, ge=1, description="held-out texts the MLM loss is measured on (MlmConfig)")
     pairs: PairConfig = PairConfig()
     teacher: TeacherConfig = TeacherConfig()
     student: StudentConfig = StudentConfig()

@@ -187,8 +187,9 @@ def test_validation_scores_the_same_bounded_sample_before_and_after(data, tmp_pa
                                    out_dir=tmp_path / "student", progress=False)
     assert len(seen_student) == 2 and seen_student[0] == seen_student[1]
     products, relevant = seen_student[0]
-    assert len(relevant) == 25 and len(products) <= 400
-    assert {task.space.index[q] for qs in relevant.values() for q in qs} <= set(products)
+    assert 0 < len(relevant) <= 25 and len(products) == 400
+    assert {task.space.index[q] for a, qs in relevant.items() for q in (a, *qs)} <= set(products)
+    assert all(qs <= task.validation[a] for a, qs in relevant.items())
     assert result.before["val_anchors"] == result.after["val_anchors"] <= 25
     # the sample depends on the seed only: a rerun validates on the same products
     assert student.validation_sample(task, SEED, 25, 400) == seen_student[0]
