@@ -41,6 +41,7 @@ from prodassoc_core.encoders import load_encoder_for_mlm
 from prodassoc_core.settings import EncoderSpec, MlmConfig
 from prodassoc_core.tracking import RegisteredRun, log_model_run
 from prodassoc_core.training import (
+    BUDGET,
     COMPLETED,
     MODEL_SUBDIR,
     Deadline,
@@ -49,6 +50,7 @@ from prodassoc_core.training import (
     TrainState,
     adamw,
     derive_seed,
+    fit_schedule,
     generator,
     latest_checkpoint,
     linear_schedule,
@@ -56,6 +58,7 @@ from prodassoc_core.training import (
     quiet_transformers,
     read_run_config,
     save_checkpoint,
+    saved_total_steps,
     set_seed,
     budget_note,
     throughput,
@@ -312,6 +315,7 @@ class MlmResult:
     resumed_from: int | None = None  # step of the checkpoint this call resumed from
     train_losses: list[float] = field(default_factory=list, repr=False)
     budget_seconds: float | None = None  # the run's budget (None: unbounded)
+    scheduled_steps: int | None = None  # the schedule's length when the budget shortened it (fit_schedule)
     seconds: float = 0.0  # wall time of this call: texts, validation, training, saving
 
     @property
@@ -405,30 +409,37 @@ def train_mlm(
     run_config = _run_config(cfg, tokenizer, len(train_enc), len(held_enc), steps)
 
     model.to(device.torch_device)
-    optimizer = adamw(model, cfg.learning_rate, cfg.weight_decay)
-    scheduler = linear_schedule(optimizer, steps, cfg.warmup_fraction)
     evaluate = lambda: masked_lm_loss(  # noqa: E731
         model, tokenizer, held_enc, seed=cfg.seed, batch_size=cfg.eval_batch_size, device=device,
         mlm_probability=cfg.mlm_probability,
     )
+    batch_at = batches(train_enc, MaskingSpec.of(tokenizer, cfg.mlm_probability), cfg.batch_size, cfg.seed)
 
     latest = latest_checkpoint(ckpt_root)
     if latest is not None:
         _check_resumable(read_run_config(latest), run_config, latest)
-        state = load_checkpoint(latest, model=model, optimizer=optimizer, scheduler=scheduler)
-        model.to(device.torch_device)
-        resumed_from: int | None = state.step
-        logger.info("mlm: resuming from %s (step %d/%d)", latest, state.step, steps)
+        scheduled = saved_total_steps(latest)  # a resumed run keeps the schedule it started with
     else:
         t0 = time.monotonic()
         before = evaluate()
-        state = TrainState(total_steps=steps, extra={"before": asdict(before), "eval_seconds": time.monotonic() - t0})
-        resumed_from = None
-        set_seed(derive_seed(cfg.seed, "train"))  # dropout stream, independent of what ran before
+        eval_s = time.monotonic() - t0
         logger.info(
-            "mlm: held-out loss before %.4f (perplexity %.2f, %d masked tokens)",
-            before.loss, before.perplexity, before.masked_tokens,
+            "mlm: held-out loss before %.4f (perplexity %.2f, %d masked tokens, %.1f s)",
+            before.loss, before.perplexity, before.masked_tokens, eval_s,
         )
+        scheduled = fit_schedule(model, batch_at, mlm_loss, device=device, planned=steps,
+                                 deadline=deadline.minus(time_reserve(eval_s)), desc="mlm")
+        set_seed(derive_seed(cfg.seed, "train"))  # dropout stream, independent of what ran before
+    optimizer = adamw(model, cfg.learning_rate, cfg.weight_decay)
+    scheduler = linear_schedule(optimizer, scheduled, cfg.warmup_fraction)
+    if latest is not None:
+        state = load_checkpoint(latest, model=model, optimizer=optimizer, scheduler=scheduler)
+        model.to(device.torch_device)
+        resumed_from: int | None = state.step
+        logger.info("mlm: resuming from %s (step %d/%d)", latest, state.step, scheduled)
+    else:
+        state = TrainState(total_steps=scheduled, extra={"before": asdict(before), "eval_seconds": eval_s})
+        resumed_from = None
 
     examples_before, seconds_before = state.examples, state.train_seconds
 
@@ -439,10 +450,9 @@ def train_mlm(
         )
 
     loop = LoopConfig(
-        total_steps=steps, checkpoint_every=cfg.checkpoint_every, grad_clip=cfg.grad_clip, progress=progress,
+        total_steps=scheduled, checkpoint_every=cfg.checkpoint_every, grad_clip=cfg.grad_clip, progress=progress,
         progress_seconds=progress_seconds,
     )
-    batch_at = batches(train_enc, MaskingSpec.of(tokenizer, cfg.mlm_probability), cfg.batch_size, cfg.seed)
     state = train_loop(
         model, optimizer, scheduler, batch_at, device=device, cfg=loop, state=state, save=save,
         deadline=deadline.minus(time_reserve(state.extra.get("eval_seconds", 0.0))), loss_fn=mlm_loss,
@@ -458,7 +468,7 @@ def train_mlm(
     result = MlmResult(
         loss_before=before.loss, loss_after=after.loss, ppl_before=before.perplexity, ppl_after=after.perplexity,
         heldout_masked_tokens=after.masked_tokens, steps=state.step, total_steps=steps,
-        stop_reason=state.stop_reason or COMPLETED,
+        stop_reason=COMPLETED if state.step >= steps else BUDGET, scheduled_steps=scheduled if scheduled < steps else None,
         examples_per_s=throughput(state.examples - examples_before, state.train_seconds - seconds_before),
         train_seconds=state.train_seconds, n_train=len(train_enc), n_heldout=len(held_enc), model_dir=model_dir,
         checkpoint_dir=latest_checkpoint(ckpt_root) or ckpt_root, resumed_from=resumed_from,

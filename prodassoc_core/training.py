@@ -26,6 +26,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import json
 import logging
@@ -498,7 +499,7 @@ def train_loop(
     finally:
         progress.close()
     if state.stop_reason == BUDGET:
-        logger.info("%s: out of time budget at step %d of %d planned (%.0f%%); checkpoint saved",
+        logger.info("%s: out of time budget at step %d of %d scheduled (%.0f%%); checkpoint saved",
                     desc, state.step, cfg.total_steps, 100 * state.step / max(1, cfg.total_steps))
     return state
 
@@ -555,10 +556,48 @@ class StageResult:
     train_losses: list[float] = field(default_factory=list, repr=False)
     budget_seconds: float | None = None  # the stage's budget (None: unbounded)
     seconds: float = 0.0  # wall time of the stage in this call: data, validation, loop, saving
+    scheduled_steps: int | None = None  # the schedule's length when the budget shortened it (fit_schedule)
 
     def summary(self) -> dict[str, Any]:
         out = {k: v for k, v in asdict(self).items() if k != "train_losses"}
         return json.loads(json.dumps(out, default=str))
+
+
+def saved_total_steps(checkpoint: Path) -> int:
+    """The schedule length a checkpoint's run trains to (``TrainState.total_steps``)."""
+    payload = torch.load(checkpoint / STATE_FILE, map_location="cpu", weights_only=True)
+    return int(payload["state"]["total_steps"])
+
+
+def fit_schedule(
+    model: torch.nn.Module, batch_at: Callable[[int], Batch], loss_fn: Callable[[torch.nn.Module, Batch], torch.Tensor],
+    *, device: Device, planned: int, deadline: Deadline, desc: str,
+) -> int:
+    """How many steps the learning-rate schedule spans: ``planned``, or as many as fit before
+    ``deadline`` when fewer do, so that a run cut short by its budget still warms up and
+    decays instead of stopping inside its warm-up.
+
+    The cost of a step is measured on one forward and backward pass of the first batch
+    (gradients dropped, weights untouched; run it before seeding the training's dropout);
+    90 % of the time left, less the final checkpoint, is planned. Unbounded: ``planned``."""
+    if not deadline.bounded:
+        return planned
+    model.train()
+    t0 = time.monotonic()
+    batch = {k: v.to(device.torch_device) for k, v in batch_at(0).items()}
+    with device.autocast():
+        loss = loss_fn(model, batch)
+    loss.backward()
+    float(loss.detach())
+    model.zero_grad(set_to_none=True)
+    step_s = time.monotonic() - t0
+    save_s = 12 * sum(p.numel() for p in model.parameters()) / 200e6
+    fits = max(1, int(0.9 * max(0.0, deadline.remaining() - save_s) / max(step_s, 1e-6)))
+    if fits >= planned:
+        return planned
+    logger.info("%s: schedule fitted to the budget: %d of %d planned steps (%.2f s a step, %.0f s left)",
+                desc, fits, planned, step_s, deadline.remaining())
+    return fits
 
 
 def time_reserve(eval_seconds: float) -> float:
@@ -594,30 +633,39 @@ def run_stage(
     only, kept in the checkpoint) and after, on the same sample. Saves ``out_dir/model`` and
     ``out_dir/<stage>_results.json``.
 
-    ``deadline`` bounds all of it: the loop stops early enough to leave time for the
-    validation after it (measured by the one before) and the final save. ``started`` is the
-    monotonic time the stage began (its data preparation included), for ``seconds``."""
+    ``deadline`` bounds all of it: the schedule is fitted to it (``fit_schedule``) and the
+    loop stops early enough to leave time for the validation after it (measured by the one
+    before) and the final save. ``stop_reason`` is "budget" when fewer than ``total`` steps
+    were done. ``started`` is the monotonic time the stage began (its data preparation
+    included), for ``seconds``."""
     started = time.monotonic() if started is None else started
     deadline = deadline or Deadline()
     out_dir.mkdir(parents=True, exist_ok=True)
     ckpt_root = out_dir / "checkpoints"
     model.to(device.torch_device)
-    optimizer = adamw(model, learning_rate, weight_decay)
-    scheduler = linear_schedule(optimizer, total, warmup_fraction)
     latest = latest_checkpoint(ckpt_root)
     if latest is not None:
         check_resumable(read_run_config(latest), run_config, latest, may_differ)
-        state = load_checkpoint(latest, model=model, optimizer=optimizer, scheduler=scheduler)
-        model.to(device.torch_device)
-        resumed_from: int | None = state.step
-        logger.info("%s: resuming from %s (step %d/%d)", stage, latest, state.step, total)
+        scheduled = saved_total_steps(latest)  # a resumed run keeps the schedule it started with
     else:
         t0 = time.monotonic()
         before = evaluate()
-        state = TrainState(total_steps=total, extra={"before": before, "eval_seconds": time.monotonic() - t0})
-        resumed_from = None
+        eval_s = time.monotonic() - t0
+        logger.info("%s: before training %s (%.1f s)", stage, before, eval_s)
+        scheduled = fit_schedule(model, batch_at, loss_fn, device=device, planned=total,
+                                 deadline=deadline.minus(time_reserve(eval_s)), desc=stage)
         set_seed(derive_seed(seed, stage, "train"))
-        logger.info("%s: before training %s (%.1f s)", stage, before, state.extra["eval_seconds"])
+    optimizer = adamw(model, learning_rate, weight_decay)
+    scheduler = linear_schedule(optimizer, scheduled, warmup_fraction)
+    if latest is not None:
+        state = load_checkpoint(latest, model=model, optimizer=optimizer, scheduler=scheduler)
+        model.to(device.torch_device)
+        resumed_from: int | None = state.step
+        logger.info("%s: resuming from %s (step %d/%d)", stage, latest, state.step, scheduled)
+    else:
+        state = TrainState(total_steps=scheduled, extra={"before": before, "eval_seconds": eval_s})
+        resumed_from = None
+    loop = dataclasses.replace(loop, total_steps=scheduled)
     examples_before, seconds_before = state.examples, state.train_seconds
 
     def save(s: TrainState) -> Path:
@@ -638,7 +686,8 @@ def run_stage(
         tokenizer.save_pretrained(model_dir)
     result = StageResult(
         stage=stage, before=state.extra["before"], after=after, steps=state.step, total_steps=total,
-        stop_reason=state.stop_reason or COMPLETED,
+        stop_reason=COMPLETED if state.step >= total else BUDGET,
+        scheduled_steps=scheduled if scheduled < total else None,
         examples_per_s=throughput(state.examples - examples_before, state.train_seconds - seconds_before),
         train_seconds=state.train_seconds, model_dir=model_dir, resumed_from=resumed_from,
         train_losses=list(state.losses), budget_seconds=_budget_of(deadline, started),
