@@ -360,6 +360,19 @@ def summary(result: ChainResult) -> dict[str, Any]:
     }
 
 
+def budget_lines(chain_summary: dict[str, Any]) -> list[str]:
+    """One line per stage of a ``summary``: how far it got, why it stopped, its time and budget."""
+    seconds, budgets = chain_summary.get("seconds", {}), chain_summary.get("budgets", {})
+    out = []
+    for stage in STAGES:
+        s = chain_summary.get(stage)
+        if not s:
+            continue
+        done = f"{s['epochs']} epochs" if stage == "gnn" else f"{s['steps']}/{s['total_steps']} steps"
+        out.append(f"{stage}: {done} ({s['stop_reason']}), {budget_note(seconds.get(stage, 0.0), budgets.get(stage))}")
+    return out
+
+
 def tiny_training_config(seed: int, **overrides: Any) -> TrainingConfig:
     """The tests' chain: the 2-layer hidden-64 scratch BERT (mlm.TINY_ENCODER), a few dozen
     steps per stage, a 7-day held-out tail (the shipped sample spans 32 days)."""

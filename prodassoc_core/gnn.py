@@ -605,7 +605,8 @@ def train_gnn(graph: ProductGraph, task: PairTask, cfg: GnnConfig, *, device: De
         epochs=state.epoch, stop_reason=state.stop_reason, train_seconds=state.train_seconds,
         edges_per_s=throughput(examples_here, seconds_here), model_dir=model_dir, resumed_from=resumed_from,
         history=list(state.history), losses=list(state.losses),
-        budget_seconds=max(0.0, deadline.end - started) if deadline.bounded else None, seconds=time.monotonic() - started,
+        budget_seconds=max(0.0, deadline.end - started) if deadline.bounded else None,
+        seconds=time.monotonic() - started,
     )
     write_json(out_dir / RESULTS_FILE, result.summary())
     logger.info("gnn: val_ndcg %.4f -> %.4f (best epoch %d, %d of %d epochs, %s), %.0f pairs/s, %s",

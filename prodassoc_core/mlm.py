@@ -468,7 +468,8 @@ def train_mlm(
     result = MlmResult(
         loss_before=before.loss, loss_after=after.loss, ppl_before=before.perplexity, ppl_after=after.perplexity,
         heldout_masked_tokens=after.masked_tokens, steps=state.step, total_steps=steps,
-        stop_reason=COMPLETED if state.step >= steps else BUDGET, scheduled_steps=scheduled if scheduled < steps else None,
+        stop_reason=COMPLETED if state.step >= steps else BUDGET,
+        scheduled_steps=scheduled if scheduled < steps else None,
         examples_per_s=throughput(state.examples - examples_before, state.train_seconds - seconds_before),
         train_seconds=state.train_seconds, n_train=len(train_enc), n_heldout=len(held_enc), model_dir=model_dir,
         checkpoint_dir=latest_checkpoint(ckpt_root) or ckpt_root, resumed_from=resumed_from,

@@ -347,9 +347,10 @@ class BudgetSplit(BaseModel):
 
 
 class TrainingConfig(BaseModel):
-    """The language-model chain (prodassoc_core/chain.py): MLM -> teacher -> student.
+    """The language-model chain (prodassoc_core/chain.py): MLM -> teacher -> student -> GNN.
 
     ``seed`` is required when the chain runs; the stages derive their seeds from it.
+    ``max_minutes`` bounds the whole chain (split by ``budget``, see ``BudgetSplit``).
     ``schedule`` is the retraining cron of the ``train`` deployment (timezone: the nightly's).
     """
 

@@ -195,7 +195,9 @@ def list_batches(
     return batch_at, per_epoch
 
 
-def validation_sample(task: PairTask, seed: int, max_anchors: int, max_products: int) -> tuple[list[int], dict[str, set[str]]]:
+def validation_sample(
+    task: PairTask, seed: int, max_anchors: int, max_products: int
+) -> tuple[list[int], dict[str, set[str]]]:
     """What the student is validated on, the same before and after training: at most
     ``max_anchors`` held-out anchors (seeded) ranked among at most ``max_products`` products
     (the anchors and a seeded sample of the others; every product when they fit), each
