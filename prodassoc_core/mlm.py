@@ -47,6 +47,7 @@ from prodassoc_core.training import (
     Deadline,
     Device,
     LoopConfig,
+    Plan,
     TrainState,
     adamw,
     derive_seed,
@@ -431,7 +432,8 @@ def train_mlm(
                                  deadline=deadline.minus(time_reserve(eval_s)), desc="mlm")
         set_seed(derive_seed(cfg.seed, "train"))  # dropout stream, independent of what ran before
     optimizer = adamw(model, cfg.learning_rate, cfg.weight_decay)
-    scheduler = linear_schedule(optimizer, scheduled, cfg.warmup_fraction)
+    plan = Plan(scheduled)
+    scheduler = linear_schedule(optimizer, plan, cfg.warmup_fraction)
     if latest is not None:
         state = load_checkpoint(latest, model=model, optimizer=optimizer, scheduler=scheduler)
         model.to(device.torch_device)
@@ -455,9 +457,10 @@ def train_mlm(
     )
     state = train_loop(
         model, optimizer, scheduler, batch_at, device=device, cfg=loop, state=state, save=save,
-        deadline=deadline.minus(time_reserve(state.extra.get("eval_seconds", 0.0))), loss_fn=mlm_loss,
+        deadline=deadline.minus(time_reserve(state.extra.get("eval_seconds", 0.0))), plan=plan, loss_fn=mlm_loss,
         on_step=on_step, desc="mlm",
     )
+    scheduled = state.total_steps
 
     after = evaluate()
     before = MlmEval(**state.extra["before"])

@@ -156,16 +156,27 @@ def adamw(model: torch.nn.Module, learning_rate: float, weight_decay: float) -> 
     return torch.optim.AdamW(groups, lr=learning_rate, fused=True)
 
 
+@dataclass
+class Plan:
+    """The schedule's length, shared by the scheduler and the loop, which may shorten it once
+    the real cost of a step is known (``train_loop``)."""
+
+    total_steps: int
+
+
 def linear_schedule(
-    optimizer: torch.optim.Optimizer, total_steps: int, warmup_fraction: float
+    optimizer: torch.optim.Optimizer, total_steps: int | Plan, warmup_fraction: float
 ) -> torch.optim.lr_scheduler.LambdaLR:
-    """Linear warm-up over ``warmup_fraction`` of the steps, then linear decay to 0."""
-    warmup = int(round(warmup_fraction * total_steps))
+    """Linear warm-up over ``warmup_fraction`` of the steps, then linear decay to 0 (over a
+    ``Plan``'s current length when given one)."""
+    plan = total_steps if isinstance(total_steps, Plan) else Plan(total_steps)
 
     def factor(step: int) -> float:
+        total = plan.total_steps
+        warmup = int(round(warmup_fraction * total))
         if step < warmup:
             return (step + 1) / warmup
-        return max(0.0, (total_steps - step) / max(1, total_steps - warmup))
+        return max(0.0, (total - step) / max(1, total - warmup))
 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
@@ -430,6 +441,9 @@ def batch_examples(batch: Batch) -> int:
     return int(next(iter(batch.values())).shape[0])
 
 
+REFIT_AFTER = 5  # steps of a call after which the schedule is checked against the deadline
+
+
 def train_loop(
     model: torch.nn.Module,
     optimizer: torch.optim.Optimizer,
@@ -441,6 +455,7 @@ def train_loop(
     state: TrainState,
     save: Callable[[TrainState], Path],
     deadline: Deadline | None = None,
+    plan: Plan | None = None,
     loss_fn: Callable[[torch.nn.Module, Batch], torch.Tensor] = hf_loss,
     on_step: Callable[[TrainState], None] | None = None,
     desc: str = "train",
@@ -452,6 +467,9 @@ def train_loop(
     steps and at the end. ``deadline`` is when the loop must be done, its last checkpoint
     written: it stops (``stop_reason`` "budget") once the time left would not cover another
     step and the checkpoint, and always after at least one step, so every call makes progress.
+    With a ``plan`` (the scheduler's), the schedule is shortened after ``REFIT_AFTER`` steps
+    when the steps' real cost says it cannot be done by the deadline (the estimate before
+    training, ``fit_schedule``, has no optimizer step and no load from other processes).
     ``on_step(state)`` runs after each step and its checkpoint (tests use it to kill a run).
     """
     model.train()
@@ -486,6 +504,13 @@ def train_loop(
             compute_here += step_s
             steps_here += 1
             progress.update(1, n, f"loss {state.losses[-1]:.3f}")
+            if plan is not None and steps_here == REFIT_AFTER and deadline.bounded:
+                fits = state.step + int(0.9 * max(0.0, deadline.remaining() - save_s) * steps_here / compute_here)
+                if fits < state.total_steps:
+                    logger.info("%s: schedule shortened to %d steps (%.2f s a step, %.0f s left)", desc,
+                                max(fits, state.step), compute_here / steps_here, deadline.remaining())
+                    state.total_steps = plan.total_steps = max(fits, state.step)
+                    progress.total = progress.bar.total = state.total_steps
             if state.done:
                 state.stop_reason = COMPLETED
             elif deadline.remaining() < compute_here / steps_here + save_s:
@@ -656,7 +681,8 @@ def run_stage(
                                  deadline=deadline.minus(time_reserve(eval_s)), desc=stage)
         set_seed(derive_seed(seed, stage, "train"))
     optimizer = adamw(model, learning_rate, weight_decay)
-    scheduler = linear_schedule(optimizer, scheduled, warmup_fraction)
+    plan = Plan(scheduled)
+    scheduler = linear_schedule(optimizer, plan, warmup_fraction)
     if latest is not None:
         state = load_checkpoint(latest, model=model, optimizer=optimizer, scheduler=scheduler)
         model.to(device.torch_device)
@@ -676,9 +702,10 @@ def run_stage(
 
     state = train_loop(
         model, optimizer, scheduler, batch_at, device=device, cfg=loop, state=state, save=save,
-        deadline=deadline.minus(time_reserve(state.extra.get("eval_seconds", 0.0))), loss_fn=loss_fn,
+        deadline=deadline.minus(time_reserve(state.extra.get("eval_seconds", 0.0))), plan=plan, loss_fn=loss_fn,
         on_step=on_step, desc=stage,
     )
+    scheduled = state.total_steps
     after = evaluate()
     model_dir = out_dir / MODEL_SUBDIR
     with quiet_transformers():
