@@ -131,6 +131,10 @@ def test_a_tiny_budget_stops_every_stage_with_a_usable_model_and_the_chain_goes_
         assert r.steps <= r.scheduled_steps < planned, stage
     assert re.search(r"chain: teacher \d+/100000 steps \(budget\); [\d.]+ s of a [\d.]+ s budget", text)
     assert re.search(r"gnn: .*\d+ of 100000 epochs, budget\)", text)
+    # the train flow's summary lines (one per stage)
+    lines = chain.budget_lines(chain.summary(result))
+    assert [line.split(":")[0] for line in lines] == ["mlm", "teacher", "student", "gnn"]
+    assert all(re.search(r"\(budget\), [\d.]+ s of a [\d.]+ s budget$", line) for line in lines), lines
 
 
 def test_time_a_stage_leaves_goes_to_the_next(data, tmp_path):
