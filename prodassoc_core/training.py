@@ -248,7 +248,7 @@ class Progress:
         self.desc, self.total, self.unit, self.every_s = desc, total, unit, every_s
         self.deadline = deadline or Deadline()
         self.log = log or logger
-        self.step = self.first = initial
+        self.step = self.first = self.logged = initial
         self.examples = 0
         self.started = self.last_line = time.monotonic()
         self.postfix = ""
@@ -265,7 +265,7 @@ class Progress:
             self.bar.set_postfix_str(postfix, refresh=False)
         now = time.monotonic()
         if self.to_log and now - self.last_line >= self.every_s:
-            self.last_line = now
+            self.last_line, self.logged = now, self.step
             self.log.info("%s", self.line())
 
     def line(self) -> str:
@@ -283,7 +283,7 @@ class Progress:
 
     def close(self) -> None:
         self.bar.close()
-        if self.to_log and self.step > self.first and time.monotonic() - self.last_line > 0:
+        if self.to_log and self.step != self.logged:  # where it ended, unless just logged
             self.log.info("%s", self.line())
 
 
