@@ -335,9 +335,9 @@ class BudgetSplit(BaseModel):
     gnn: float = Field(0.30, ge=0)
     student_lists: float = Field(
         0.4, gt=0, le=1, description="share of the student stage for scoring its lists with the teacher")
-    gnn_training: float = Field(
-        0.5, gt=0, le=1, description="share of the GNN stage for GNN training; the rest: the student's "
-        "embeddings of the catalog, the graph and the hybrid weights")
+    hybrid_seconds: float = Field(
+        45.0, ge=0, description="seconds of the GNN stage kept for tuning the hybrid weights after the GNN's "
+        "training (at most half the stage)")
 
     @model_validator(mode="after")
     def _some_share(self) -> "BudgetSplit":
