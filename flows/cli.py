@@ -357,19 +357,41 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+# `train` options -> training settings (dotted path inside TrainingConfig)
+TRAIN_OPTIONS = {
+    "device": "device",
+    "max_minutes": "max_minutes",
+    "mlm_minutes": "mlm_minutes",
+    "teacher_minutes": "teacher.max_minutes",
+    "lists_minutes": "student.teacher_minutes",
+    "student_minutes": "student.max_minutes",
+    "gnn_minutes": "gnn.max_minutes",
+    "progress_seconds": "progress_seconds",
+}
+
+
+def training_settings(settings, args: argparse.Namespace):
+    """``settings.training`` with the `train` options given on the command line, validated
+    together before any data loads (budgets > 0, a known device)."""
+    training = settings.training.model_dump()
+    for option, path in TRAIN_OPTIONS.items():
+        value = getattr(args, option, None)
+        if value is None:
+            continue
+        *parents, key = path.split(".")
+        node = training
+        for parent in parents:
+            node = node[parent]
+        node[key] = value
+    return settings.training.model_validate(training)
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     settings = _settings(args)
     if args.seed is None and settings.training.seed is None:
         raise CliError(EXIT_USAGE, "train: training.seed is required: pass --seed N (or set PRODASSOC_TRAINING__SEED)")
-    training = settings.training.model_dump()
-    for key, value in (("device", args.device), ("mlm_minutes", args.mlm_minutes)):
-        if value is not None:
-            training[key] = value
-    for stage, minutes in (("teacher", args.teacher_minutes), ("student", args.student_minutes)):
-        if minutes is not None:
-            training[stage] = {**training[stage], "max_minutes": minutes}
     # validated together before any data loads (time budgets > 0, a known device)
-    settings = settings.model_copy(update={"training": settings.training.model_validate(training)})
+    settings = settings.model_copy(update={"training": training_settings(settings, args)})
     _writable(settings)  # the options first, then the data they apply to
     _check_as_of(settings, args.as_of, allow_stale=True)
     if settings.training.device == "cuda":
@@ -661,12 +683,25 @@ def build_parser() -> argparse.ArgumentParser:
                         "one of them is required)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"],
                    help="auto: CUDA (bf16) if present, else CPU (default: training.device, auto)")
+    p.add_argument("--max-minutes", type=float, metavar="M",
+                   help="time budget of the whole chain in minutes, split across the stages "
+                        "(default: training.max_minutes, else sized from the number of training baskets, 3 to 30 min)")
     p.add_argument("--mlm-minutes", type=float, metavar="M",
-                   help="time budget of the MLM stage in minutes, e.g. 2.5 (default: training.mlm_minutes, none)")
+                   help="budget of the MLM stage, instead of its share (default: training.mlm_minutes, its share)")
     p.add_argument("--teacher-minutes", type=float, metavar="M",
-                   help="time budget of the teacher's training in minutes (default: training.teacher.max_minutes, none)")
+                   help="budget of the teacher stage: pairs, validation, training "
+                        "(default: training.teacher.max_minutes, its share)")
     p.add_argument("--student-minutes", type=float, metavar="M",
-                   help="time budget of the student's training in minutes (default: training.student.max_minutes, none)")
+                   help="budget of the student stage: teacher lists, validation, training "
+                        "(default: training.student.max_minutes, its share)")
+    p.add_argument("--lists-minutes", type=float, metavar="M",
+                   help="part of the student stage for scoring its lists with the teacher "
+                        "(default: training.student.teacher_minutes, its share)")
+    p.add_argument("--gnn-minutes", type=float, metavar="M",
+                   help="budget of the GNN stage: graph, training, hybrid weights "
+                        "(default: training.gnn.max_minutes, its share)")
+    p.add_argument("--progress-seconds", type=float, metavar="S",
+                   help="without a terminal, a progress log line this often (default: training.progress_seconds)")
     p.add_argument("--no-promote", action="store_true",
                    help="trial run: train, register and run the serving gate, record its decision, promote nothing "
                         "(default: off)")

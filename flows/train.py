@@ -51,6 +51,10 @@ def train(
         "as_of %s: registered %s in %.0f s",
         as_of, ", ".join(f"{names[s]} v{v}" for s, v in report.versions.items()), total,
     )
+    from prodassoc_core.chain import budget_lines  # torch: imported by the training task already
+
+    for line in budget_lines(report.chain):  # how far each stage got within its time budget
+        logger.info("%s", line)
     logger.info("gate: %s", train_summary.verdict(report, settings.training))
     t.record_training(settings, report, total)
     return train_summary.summary(report, settings.training) | {"total_seconds": total}

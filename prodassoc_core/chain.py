@@ -9,6 +9,14 @@ Every stage resumes from its own checkpoints under ``out_dir``, so rerunning ``t
 after a crash continues where it stopped (a finished stage is not retrained: its model
 directory and results file are reused).
 
+Time: one budget for the whole chain (``training.max_minutes``; by default sized from the
+number of training baskets, ``chain_minutes``) is split across the stages by
+``training.budget`` (``ChainBudget``). Each stage gets a ``Deadline`` that covers all it does:
+its data (pairs, teacher lists, graph), validation before and after on one bounded sample,
+training and checkpoints. A stage that runs out stops cleanly with a checkpoint and a usable
+model (``stop_reason`` "budget") and the chain goes on; time a stage leaves unused flows to
+the stages after it.
+
 ``text_associations`` ranks products by the cosine of an encoder's embeddings (any stage, or
 the pretrained base); ``teacher_reranked`` reorders a shortlist with the teacher;
 ``embeddings_table`` is the published ``product_embeddings`` table.
@@ -33,11 +41,55 @@ from prodassoc_core import embeddings, mlm, pairs, student, teacher
 from prodassoc_core.contracts import PRODUCT_EMBEDDINGS, PRODUCT_ID
 from prodassoc_core.encoders import resolve_pretrained
 from prodassoc_core.settings import HybridConfig, MlmConfig, SelectionConfig, TrainingConfig
-from prodassoc_core.training import MODEL_SUBDIR, Device, StageResult
+from prodassoc_core.training import MODEL_SUBDIR, Deadline, Device, StageResult, budget_note
 
 logger = logging.getLogger("prodassoc.chain")
 
 STAGES = ("mlm", "teacher", "student", "gnn")
+# The default budget (training.max_minutes None): minutes_per_1k_baskets, within these bounds.
+AUTO_MINUTES = (2.0, 30.0)
+
+
+def chain_minutes(cfg: TrainingConfig, training_baskets: int) -> float:
+    """The chain's budget in minutes: ``training.max_minutes``, or by default
+    ``minutes_per_1k_baskets`` per 1,000 training baskets within ``AUTO_MINUTES`` (the shipped
+    sample's 2,555 baskets: 2.6 min; Online Retail's 19,773: 19.8 min)."""
+    if cfg.max_minutes is not None:
+        return cfg.max_minutes
+    low, high = AUTO_MINUTES
+    return min(high, max(low, cfg.minutes_per_1k_baskets * training_baskets / 1000))
+
+
+def stage_minutes(cfg: TrainingConfig, stage: str) -> float | None:
+    """A stage's own budget, when one is set (it replaces the stage's share of the total)."""
+    return {"mlm": cfg.mlm_minutes, "teacher": cfg.teacher.max_minutes, "student": cfg.student.max_minutes,
+            "gnn": cfg.gnn.max_minutes}[stage]
+
+
+@dataclass
+class ChainBudget:
+    """The chain's time: ``total`` (a deadline for all stages) and how it is split.
+
+    ``deadline(stage, pending)`` is called when a stage starts; ``pending`` are the stages
+    still to run after it. A stage with its own budget gets that; the others share what is
+    left of the total — less the own budgets of pending stages — in proportion to
+    ``training.budget``'s shares among this stage and the pending ones, so time an early
+    stage did not use goes to the later ones."""
+
+    cfg: TrainingConfig
+    total: Deadline
+
+    def deadline(self, stage: str, pending: Sequence[str]) -> Deadline:
+        own = stage_minutes(self.cfg, stage)
+        if own is not None:
+            return Deadline.minutes(own)
+        left = max(0.0, self.total.remaining())
+        kept = sum(60 * (stage_minutes(self.cfg, p) or 0.0) for p in pending)
+        shares = self.cfg.budget.model_dump()
+        sharing = [stage, *(p for p in pending if stage_minutes(self.cfg, p) is None)]
+        weight = sum(shares[p] for p in sharing)
+        part = shares[stage] / weight if weight > 0 else 1.0 / len(sharing)
+        return Deadline.after(max(0.0, left - kept) * part)
 
 
 @dataclass
@@ -49,6 +101,8 @@ class ChainResult:
     gnn: Any = None  # gnn.GnnResult
     weights: dict[str, dict[str, float]] = field(default_factory=dict)  # hybrid weights: warm, cold
     seconds: dict[str, float] = field(default_factory=dict)  # wall time per stage (this call)
+    budgets: dict[str, float] = field(default_factory=dict)  # seconds each stage was given (this call)
+    budget_seconds: float | None = None  # the chain's whole budget
 
     def model_dir(self, stage: str) -> Path:
         return getattr(self, stage).model_dir
@@ -58,7 +112,7 @@ def mlm_config(cfg: TrainingConfig) -> MlmConfig:
     """The MLM stage's configuration inside the chain."""
     return MlmConfig(
         seed=_seed(cfg), encoder=cfg.encoder, epochs=cfg.mlm_epochs, learning_rate=cfg.mlm_learning_rate,
-        max_minutes=cfg.mlm_minutes, registered_model="prodassoc-mlm",
+        max_minutes=cfg.mlm_minutes, max_heldout_texts=cfg.mlm_heldout_texts, registered_model="prodassoc-mlm",
     )
 
 
@@ -81,43 +135,81 @@ def train_chain(
     out_dir: Path, progress: bool = True, mlm_cfg: MlmConfig | None = None, hybrid_cfg: HybridConfig | None = None,
     selection_cfg: SelectionConfig | None = None,
 ) -> ChainResult:
-    """Train MLM -> teacher -> student on ``catalog`` and the training baskets ``train``
-    (order_id, ordered_at, items; all before ``as_of``)."""
+    """Train MLM -> teacher -> student -> GNN on ``catalog`` and the training baskets ``train``
+    (order_id, ordered_at, items; all before ``as_of``), within ``chain_minutes`` split by
+    ``ChainBudget``. ``progress``: tqdm bars (a terminal), else progress log lines."""
     _seed(cfg)
     _claim(out_dir, cfg, catalog, train, as_of)
+    minutes = chain_minutes(cfg, train.height)
+    budget = ChainBudget(cfg, Deadline.minutes(minutes))
+    logger.info("chain: time budget %.1f min for %d training baskets (%s), split %s", minutes, train.height,
+                "training.max_minutes" if cfg.max_minutes is not None else "sized from the data",
+                {k: v for k, v in cfg.budget.model_dump().items() if k in STAGES})
     seconds: dict[str, float] = {}
-    t0 = time.monotonic()
-    mlm_result = _finished_mlm(out_dir / "mlm") or mlm.run_mlm(
-        catalog, mlm_cfg or mlm_config(cfg), device=device, out_dir=out_dir / "mlm", progress=progress
-    )
-    seconds["mlm"] = time.monotonic() - t0
+    budgets: dict[str, float] = {}
+    pending = [s for s in STAGES if not _is_finished(out_dir, s)]
+
+    def begin(stage: str) -> Deadline:
+        later = pending[pending.index(stage) + 1:] if stage in pending else []
+        deadline = budget.deadline(stage, later) if stage in pending else Deadline()
+        if deadline.bounded:
+            budgets[stage] = max(0.0, deadline.remaining())
+        return deadline
+
+    def end(stage: str, t0: float, how_far: str) -> None:
+        seconds[stage] = time.monotonic() - t0
+        logger.info("chain: %s %s; %s", stage, how_far, budget_note(seconds[stage], budgets.get(stage)))
 
     t0 = time.monotonic()
+    deadline = begin("mlm")
+    mlm_result = _finished_mlm(out_dir / "mlm") or mlm.run_mlm(
+        catalog, (mlm_cfg or mlm_config(cfg)).model_copy(update={"max_minutes": None}), device=device,
+        out_dir=out_dir / "mlm", progress=progress, deadline=deadline, progress_seconds=cfg.progress_seconds,
+    )
+    end("mlm", t0, f"{mlm_result.steps}/{mlm_result.total_steps} steps ({mlm_result.stop_reason})")
+
+    t0 = time.monotonic()
+    deadline = begin("teacher")  # the pairs are the teacher's data: its budget covers them
     task = pairs.build_task(catalog, mlm.catalog_texts(catalog), train, as_of, cfg.pairs)
     seconds["pairs"] = time.monotonic() - t0
     logger.info("chain: %s", task.summary())
-
-    t0 = time.monotonic()
     teacher_result = _finished(out_dir / "teacher", "teacher") or teacher.train_teacher(
-        task, mlm_result.model_dir, cfg, device=device, out_dir=out_dir / "teacher", progress=progress
+        task, mlm_result.model_dir, cfg, device=device, out_dir=out_dir / "teacher", progress=progress,
+        deadline=deadline, started=t0,
     )
-    seconds["teacher"] = time.monotonic() - t0
+    end("teacher", t0, _how_far(teacher_result))
 
     t0 = time.monotonic()
+    deadline = begin("student")
     student_result = _finished(out_dir / "student", "student") or student.train_student(
         task, Path(student_source(cfg, mlm_result.model_dir)), teacher_result.model_dir, cfg, device=device,
-        out_dir=out_dir / "student", progress=progress,
+        out_dir=out_dir / "student", progress=progress, deadline=deadline,
     )
-    seconds["student"] = time.monotonic() - t0
+    end("student", t0, _how_far(student_result))
+
+    from prodassoc_core import gnn  # torch_geometric: only once the GNN stage starts
 
     t0 = time.monotonic()
-    gnn_result, warm, cold = train_graph_stage(
-        catalog, train, as_of, cfg, task, student_result.model_dir, device=device, out_dir=out_dir / "gnn",
-        hybrid_cfg=hybrid_cfg or HybridConfig(), selection_cfg=selection_cfg,
-    )
-    seconds["gnn"] = time.monotonic() - t0
+    deadline = begin("gnn")
+    # The stage embeds the catalog and builds the graph, trains the GNN, then chooses the hybrid's
+    # co-purchase setting and tunes its weights (~20-40 s on the sample and on Online Retail): the
+    # GNN's training (validation and checkpoints included) must end budget.hybrid_seconds before
+    # the stage's deadline, or halfway through the stage when that is earlier.
+    keep = min(cfg.budget.hybrid_seconds, 0.5 * max(0.0, deadline.remaining()))
+    with gnn.deadline_scope(deadline.minus(keep)):
+        gnn_result, warm, cold = train_graph_stage(
+            catalog, train, as_of, cfg, task, student_result.model_dir, device=device, out_dir=out_dir / "gnn",
+            hybrid_cfg=hybrid_cfg or HybridConfig(), selection_cfg=selection_cfg,
+        )
+    end("gnn", t0, f"{gnn_result.epochs}/{cfg.gnn.max_epochs} epochs ({gnn_result.stop_reason})")
+    logger.info("chain: trained in %.0f s (budget %.0f s)", sum(v for k, v in seconds.items() if k in STAGES),
+                minutes * 60)
     return ChainResult(mlm_result, teacher_result, student_result, task, gnn_result,
-                       {"warm": warm.as_dict(), "cold": cold.as_dict()}, seconds)
+                       {"warm": warm.as_dict(), "cold": cold.as_dict()}, seconds, budgets, minutes * 60)
+
+
+def _how_far(result: StageResult) -> str:
+    return f"{result.steps}/{result.total_steps} steps ({result.stop_reason})"
 
 
 def train_graph_stage(
@@ -168,7 +260,9 @@ def tuning_half(train: pl.DataFrame, as_of: datetime, cfg: TrainingConfig, selec
 CHAIN_CONFIG = "chain_config.json"
 # Settings a rerun into the same directory may change: time budgets and bookkeeping.
 RESUMABLE = {
-    "training.mlm_minutes", "training.teacher.max_minutes", "training.student.max_minutes",
+    "training.max_minutes", "training.minutes_per_1k_baskets", "training.progress_seconds",
+    *(f"training.budget.{k}" for k in ("mlm", "teacher", "student", "gnn", "student_lists", "hybrid_seconds")),
+    "training.mlm_minutes", "training.teacher.max_minutes", "training.student.max_minutes", "training.gnn.max_minutes",
     "training.student.teacher_minutes", "training.teacher.checkpoint_every", "training.student.checkpoint_every",
     "training.teacher.eval_batch_size", "training.student.embed_batch_size", "training.schedule",
     "training.experiment", "training.device",
@@ -196,6 +290,14 @@ def _claim(out_dir: Path, cfg: TrainingConfig, catalog: pl.DataFrame, train: pl.
         check_resumable(json.loads(path.read_text()), key, out_dir, RESUMABLE)
     out_dir.mkdir(parents=True, exist_ok=True)
     write_json(path, key)
+
+
+def _is_finished(out_dir: Path, stage: str) -> bool:
+    """Whether a rerun reuses the stage as it is (the GNN stage always runs: it resumes itself)."""
+    if stage == "gnn":
+        return False
+    results = mlm.RESULTS_FILE if stage == "mlm" else f"{stage}_results.json"
+    return (out_dir / stage / results).is_file() and (out_dir / stage / MODEL_SUBDIR).is_dir()
 
 
 def _finished(out_dir: Path, stage: str) -> StageResult | None:
@@ -265,12 +367,27 @@ def summary(result: ChainResult) -> dict[str, Any]:
     return {
         "task": result.task.summary(),
         "seconds": result.seconds,
+        "budgets": result.budgets,
+        "budget_seconds": result.budget_seconds,
         "mlm": result.mlm.summary(),
         "teacher": result.teacher.summary(),
         "student": result.student.summary(),
         "gnn": result.gnn.summary() if result.gnn is not None else None,
         "hybrid_weights": result.weights,
     }
+
+
+def budget_lines(chain_summary: dict[str, Any]) -> list[str]:
+    """One line per stage of a ``summary``: how far it got, why it stopped, its time and budget."""
+    seconds, budgets = chain_summary.get("seconds", {}), chain_summary.get("budgets", {})
+    out = []
+    for stage in STAGES:
+        s = chain_summary.get(stage)
+        if not s:
+            continue
+        done = f"{s['epochs']} epochs" if stage == "gnn" else f"{s['steps']}/{s['total_steps']} steps"
+        out.append(f"{stage}: {done} ({s['stop_reason']}), {budget_note(seconds.get(stage, 0.0), budgets.get(stage))}")
+    return out
 
 
 def tiny_training_config(seed: int, **overrides: Any) -> TrainingConfig:

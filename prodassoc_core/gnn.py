@@ -56,6 +56,8 @@ and the run config.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import copy
 import json
 import logging
@@ -81,7 +83,11 @@ from prodassoc_core.graph import COPURCHASE, EDGE_TYPES, TEXT, ProductGraph
 from prodassoc_core.pairs import PairTask
 from prodassoc_core.settings import GnnConfig
 from prodassoc_core.training import (
+    BUDGET,
+    COMPLETED,
+    Deadline,
     Device,
+    budget_note,
     adamw,
     check_resumable,
     derive_seed,
@@ -89,6 +95,7 @@ from prodassoc_core.training import (
     set_rng_state,
     set_seed,
     throughput,
+    time_reserve,
     write_json,
 )
 
@@ -334,7 +341,8 @@ class GnnState:
     best_val: float = -math.inf
     best_epoch: int = 0
     bad_evals: int = 0
-    stop_reason: str | None = None  # "completed" | "early_stopping" | "time_budget"
+    stop_reason: str | None = None  # "completed" | "early_stopping" | "budget"
+    eval_seconds: float = 0.0  # how long the first validation took
 
 
 @dataclass
@@ -351,25 +359,38 @@ class GnnResult:
     resumed_from: int | None = None
     history: list[dict[str, float]] = field(default_factory=list)
     losses: list[float] = field(default_factory=list, repr=False)
+    budget_seconds: float | None = None  # this call's budget (None: unbounded)
+    seconds: float = 0.0  # wall time of this call: validation, epochs, checkpoints, saving
 
     def summary(self) -> dict[str, Any]:
         return json.loads(json.dumps(asdict(self), default=str))
 
 
+def validation_queries(task: PairTask, seed: int, max_anchors: int) -> list[str]:
+    """The held-out anchors every validation of a run scores: all of them, or a seeded sample
+    of ``max_anchors`` (sorted), so validation costs the same at any catalog size."""
+    anchors = sorted(task.validation)
+    if len(anchors) <= max_anchors:
+        return anchors
+    rng = np.random.default_rng(derive_seed(seed, "gnn", "validation"))
+    return [anchors[i] for i in sorted(rng.choice(len(anchors), size=max_anchors, replace=False))]
+
+
 def validation_scores(model: GnnModel, x: torch.Tensor | None, adjs: Sequence[Adjacency], task: PairTask,
-                      k: int) -> dict[str, float]:
+                      k: int, queries: Sequence[str] | None = None) -> dict[str, float]:
     """NDCG@k (and HR, warm / cold NDCG) of the GNN's nearest products on the held-out tail,
-    lists padded with the fit window's popular pool (warm: sold in the fit window)."""
+    lists padded with the fit window's popular pool (warm: sold in the fit window).
+    ``queries``: the anchors scored (default: every held-out anchor)."""
     if not task.validation:
         return {}
     ids = task.space.product_ids
-    queries = sorted(task.validation)
+    queries = sorted(task.validation) if queries is None else list(queries)
     ranked = gnn_associations(ids, _embed(model, x, adjs), k, queries=queries)
     popular = [ids[i] for i in task.space.popular]
     filled = evaluation.fill_with_popular(ranked, queries, popular, k)
     sold = task.space.bought.diagonal() > 0
     warm = {p for p in queries if sold[task.space.index[p]]}
-    s = evaluation.score_associations(filled, task.validation, warm, k)
+    s = evaluation.score_associations(filled, {q: task.validation[q] for q in queries}, warm, k)
     return {"val_ndcg": s["ndcg_all"], "val_hr": s["hr_all"], "val_ndcg_warm": s["ndcg_warm"],
             "val_ndcg_cold": s["ndcg_cold"], "val_anchors": float(s["n_all"])}
 
@@ -460,13 +481,38 @@ def load_gnn(directory: str | Path) -> tuple[GnnModel, ProductGraph]:
     return model, ProductGraph.load(directory / GRAPH_SUBDIR)
 
 
+# The deadline of the chain's GNN stage, for the train_gnn call inside chain.train_graph_stage
+# (whose signature is kept as it is while it changes on another branch): set by the chain
+# around that call, read by train_gnn when no deadline is passed.
+_STAGE_DEADLINE: contextvars.ContextVar[Deadline | None] = contextvars.ContextVar("gnn_stage_deadline", default=None)
+
+
+@contextlib.contextmanager
+def deadline_scope(deadline: Deadline):
+    """``train_gnn`` calls inside this block end by ``deadline`` (or earlier by their own budget)."""
+    token = _STAGE_DEADLINE.set(deadline)
+    try:
+        yield
+    finally:
+        _STAGE_DEADLINE.reset(token)
+
+
 def train_gnn(graph: ProductGraph, task: PairTask, cfg: GnnConfig, *, device: Device, out_dir: Path,
-              on_epoch: Callable[[GnnState], None] | None = None) -> GnnResult:
+              on_epoch: Callable[[GnnState], None] | None = None, deadline: Deadline | None = None) -> GnnResult:
     """Train the link-prediction GNN on ``graph`` (the fit window's graph) with ``task``'s
     positives and validation, resuming from ``out_dir/checkpoints``; the best validation
     state is saved to ``out_dir/model`` (with the graph) and the result to
     ``out_dir/gnn_results.json``. ``on_epoch(state)`` runs after each epoch and its
-    checkpoint (tests use it to kill a run)."""
+    checkpoint (tests use it to kill a run).
+
+    ``deadline`` (default: ``cfg.max_minutes`` from now, or the enclosing ``deadline_scope``'s,
+    whichever is earlier) bounds the call: after an epoch
+    it stops (``stop_reason`` "budget", with a checkpoint) when the time left would not cover
+    another epoch, its validation and the final save. At least one epoch runs per call.
+    Every validation scores the same anchors (``validation_queries``)."""
+    started = time.monotonic()
+    if deadline is None:
+        deadline = Deadline.minutes(cfg.max_minutes).earliest(_STAGE_DEADLINE.get() or Deadline())
     seed = _seed(cfg)
     if graph.product_ids != task.space.product_ids:
         raise ValueError("train_gnn: the graph's nodes must be the task's products, in the same order")
@@ -482,9 +528,10 @@ def train_gnn(graph: ProductGraph, task: PairTask, cfg: GnnConfig, *, device: De
     optimizer = adamw(model, cfg.learning_rate, cfg.weight_decay)
     x = None if graph.x is None else graph.x.to(dev)
     full = adjacencies(graph, dev)
+    queries = validation_queries(task, seed, cfg.max_validation_anchors)
 
     def evaluate() -> dict[str, float]:
-        return validation_scores(model, x, full, task, cfg.eval_k)
+        return validation_scores(model, x, full, task, cfg.eval_k, queries)
 
     ckpt = out_dir / CHECKPOINT_FILE
     resumed_from: int | None = None
@@ -498,11 +545,13 @@ def train_gnn(graph: ProductGraph, task: PairTask, cfg: GnnConfig, *, device: De
         state = GnnState(**payload["state"])
         set_rng_state(payload["rng"])
         resumed_from = state.epoch
-        if state.stop_reason in ("completed", "time_budget"):
+        if state.stop_reason in (COMPLETED, BUDGET, "time_budget"):
             state.stop_reason = None  # more epochs allowed, or a new budget: continue
         logger.info("gnn: resuming from %s (epoch %d)", ckpt, state.epoch)
     else:
+        t0 = time.monotonic()
         state = GnnState(before=evaluate())
+        state.eval_seconds = time.monotonic() - t0
         state.best_val = state.before.get("val_ndcg", -math.inf)
         best_state = copy.deepcopy(model.state_dict())
         logger.info("gnn: before training %s", state.before)
@@ -510,16 +559,15 @@ def train_gnn(graph: ProductGraph, task: PairTask, cfg: GnnConfig, *, device: De
         state.stop_reason = "completed"
 
     sampler = _Sampler(graph, task, cfg.positive_power)
-    started = time.monotonic()
-    budget = cfg.max_minutes * 60 if cfg.max_minutes is not None else math.inf
-    seconds_here, examples_here = 0.0, 0
+    reserve = time_reserve(state.eval_seconds)  # validation after training and the final save
+    seconds_here, examples_here, epochs_here, save_s = 0.0, 0, 0, 0.0
     while state.stop_reason is None:
         epoch = state.epoch + 1
         t0 = time.monotonic()
         loss, scored = _train_epoch(model, optimizer, graph, sampler, x, epoch, cfg, dev)
         spent = time.monotonic() - t0
         state.epoch, state.examples, state.train_seconds = epoch, state.examples + scored, state.train_seconds + spent
-        seconds_here, examples_here = seconds_here + spent, examples_here + scored
+        seconds_here, examples_here, epochs_here = seconds_here + spent, examples_here + scored, epochs_here + 1
         state.losses.append(loss)
         line = f"gnn epoch {epoch} loss {loss:.4f} ({throughput(scored, spent):.0f} pairs/s)"
         if epoch % cfg.eval_every == 0 or epoch == cfg.max_epochs:
@@ -534,14 +582,17 @@ def train_gnn(graph: ProductGraph, task: PairTask, cfg: GnnConfig, *, device: De
             else:
                 state.bad_evals += 1
         logger.info(line)
+        next_epoch = seconds_here / epochs_here + (state.eval_seconds if (epoch + 1) % cfg.eval_every == 0 else 0.0)
         if epoch >= cfg.max_epochs:
-            state.stop_reason = "completed"
+            state.stop_reason = COMPLETED
         elif state.bad_evals >= cfg.patience:
             state.stop_reason = "early_stopping"
-        elif time.monotonic() - started >= budget:
-            state.stop_reason = "time_budget"
+        elif deadline.remaining() < next_epoch + save_s + reserve:
+            state.stop_reason = BUDGET
         if state.stop_reason or epoch % cfg.checkpoint_every == 0:
+            t1 = time.monotonic()
             _save_checkpoint(ckpt, model, optimizer, best_state, state, run_config)
+            save_s = time.monotonic() - t1
         if on_epoch is not None:
             on_epoch(state)
 
@@ -554,8 +605,11 @@ def train_gnn(graph: ProductGraph, task: PairTask, cfg: GnnConfig, *, device: De
         epochs=state.epoch, stop_reason=state.stop_reason, train_seconds=state.train_seconds,
         edges_per_s=throughput(examples_here, seconds_here), model_dir=model_dir, resumed_from=resumed_from,
         history=list(state.history), losses=list(state.losses),
+        budget_seconds=max(0.0, deadline.end - started) if deadline.bounded else None,
+        seconds=time.monotonic() - started,
     )
     write_json(out_dir / RESULTS_FILE, result.summary())
-    logger.info("gnn: val_ndcg %.4f -> %.4f (best epoch %d of %d, %s), %.0f pairs/s", state.before.get("val_ndcg", 0),
-                result.best_val_ndcg, state.best_epoch, state.epoch, state.stop_reason, result.edges_per_s)
+    logger.info("gnn: val_ndcg %.4f -> %.4f (best epoch %d, %d of %d epochs, %s), %.0f pairs/s, %s",
+                state.before.get("val_ndcg", 0), result.best_val_ndcg, state.best_epoch, state.epoch, cfg.max_epochs,
+                state.stop_reason, result.edges_per_s, budget_note(result.seconds, result.budget_seconds))
     return result

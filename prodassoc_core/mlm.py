@@ -26,6 +26,7 @@ import json
 import logging
 import math
 import os
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -40,12 +41,17 @@ from prodassoc_core.encoders import load_encoder_for_mlm
 from prodassoc_core.settings import EncoderSpec, MlmConfig
 from prodassoc_core.tracking import RegisteredRun, log_model_run
 from prodassoc_core.training import (
+    BUDGET,
+    COMPLETED,
     MODEL_SUBDIR,
+    Deadline,
     Device,
     LoopConfig,
+    Plan,
     TrainState,
     adamw,
     derive_seed,
+    fit_schedule,
     generator,
     latest_checkpoint,
     linear_schedule,
@@ -53,8 +59,11 @@ from prodassoc_core.training import (
     quiet_transformers,
     read_run_config,
     save_checkpoint,
+    saved_total_steps,
     set_seed,
+    budget_note,
     throughput,
+    time_reserve,
     train_loop,
 )
 
@@ -116,6 +125,15 @@ def split_heldout(
     if not train or not held:
         raise ValueError(f"split_heldout: {len(train)} training and {len(held)} held-out texts; need both")
     return train, held
+
+
+def heldout_sample(heldout_texts: Sequence[str], max_texts: int, seed: int) -> list[str]:
+    """At most ``max_texts`` of the held-out texts (a seeded choice, in their order): what the
+    loss before and after training is measured on, so its cost does not grow with the catalog."""
+    if len(heldout_texts) <= max_texts:
+        return list(heldout_texts)
+    keep = torch.randperm(len(heldout_texts), generator=generator(seed, "heldout-sample"))[:max_texts]
+    return [heldout_texts[i] for i in sorted(keep.tolist())]
 
 
 # --- tokenisation and whole-word masking -----------------------------------------------------
@@ -288,7 +306,7 @@ class MlmResult:
     heldout_masked_tokens: int
     steps: int
     total_steps: int
-    stop_reason: str  # "completed" | "time_budget"
+    stop_reason: str  # "completed" | "budget"
     examples_per_s: float  # this call's training steps only
     train_seconds: float  # all calls, resumed ones included
     n_train: int
@@ -297,6 +315,9 @@ class MlmResult:
     checkpoint_dir: Path  # the newest checkpoint
     resumed_from: int | None = None  # step of the checkpoint this call resumed from
     train_losses: list[float] = field(default_factory=list, repr=False)
+    budget_seconds: float | None = None  # the run's budget (None: unbounded)
+    scheduled_steps: int | None = None  # the schedule's length when the budget shortened it (fit_schedule)
+    seconds: float = 0.0  # wall time of this call: texts, validation, training, saving
 
     @property
     def completed(self) -> bool:
@@ -363,47 +384,64 @@ def _check_resumable(saved: dict[str, Any], current: dict[str, Any], checkpoint:
 def train_mlm(
     model, tokenizer, train_texts: Sequence[str], heldout_texts: Sequence[str], cfg: MlmConfig, *,
     device: Device, out_dir: Path, on_step: Callable[[TrainState], None] | None = None, progress: bool = True,
+    deadline: Deadline | None = None, started: float | None = None, progress_seconds: float = 30.0,
 ) -> MlmResult:
     """Masked-LM training with held-out loss before and after; resumes from ``out_dir``.
 
     Writes ``out_dir/checkpoints/step-N`` (see training.save_checkpoint), and at the end
-    (completed or time budget used) ``out_dir/model`` (model + tokenizer, ``save_pretrained``)
+    (completed or out of budget) ``out_dir/model`` (model + tokenizer, ``save_pretrained``)
     and ``out_dir/mlm_results.json``. If a checkpoint exists, training continues from it with
     the same batches, masks and dropout as an uninterrupted run; the loss before training is
-    the one measured when the run started.
+    the one measured when the run started. The held-out loss is measured on at most
+    ``cfg.max_heldout_texts`` texts (``heldout_sample``), the same before and after.
+
+    ``deadline`` (default: ``cfg.max_minutes`` from now) bounds the whole call; the loop
+    stops early enough to leave time for the loss after training and the final save.
+    ``started``: when the run began (monotonic), if before this call (``run_mlm``).
     """
+    started = time.monotonic() if started is None else started
+    deadline = deadline or Deadline.minutes(cfg.max_minutes)
     out_dir.mkdir(parents=True, exist_ok=True)
     ckpt_root = out_dir / CHECKPOINTS
     length = cfg.encoder.max_length
     train_enc = encode_texts(tokenizer, train_texts, length)
-    held_enc = encode_texts(tokenizer, heldout_texts, length)
+    held_enc = encode_texts(tokenizer, heldout_sample(heldout_texts, cfg.max_heldout_texts, cfg.seed), length)
     steps = total_steps(cfg, len(train_enc))
     run_config = _run_config(cfg, tokenizer, len(train_enc), len(held_enc), steps)
 
     model.to(device.torch_device)
-    optimizer = adamw(model, cfg.learning_rate, cfg.weight_decay)
-    scheduler = linear_schedule(optimizer, steps, cfg.warmup_fraction)
     evaluate = lambda: masked_lm_loss(  # noqa: E731
         model, tokenizer, held_enc, seed=cfg.seed, batch_size=cfg.eval_batch_size, device=device,
         mlm_probability=cfg.mlm_probability,
     )
+    batch_at = batches(train_enc, MaskingSpec.of(tokenizer, cfg.mlm_probability), cfg.batch_size, cfg.seed)
 
     latest = latest_checkpoint(ckpt_root)
     if latest is not None:
         _check_resumable(read_run_config(latest), run_config, latest)
+        scheduled = saved_total_steps(latest)  # a resumed run keeps the schedule it started with
+    else:
+        t0 = time.monotonic()
+        before = evaluate()
+        eval_s = time.monotonic() - t0
+        logger.info(
+            "mlm: held-out loss before %.4f (perplexity %.2f, %d masked tokens, %.1f s)",
+            before.loss, before.perplexity, before.masked_tokens, eval_s,
+        )
+        scheduled = fit_schedule(model, batch_at, mlm_loss, device=device, planned=steps,
+                                 deadline=deadline.minus(time_reserve(eval_s)), desc="mlm")
+        set_seed(derive_seed(cfg.seed, "train"))  # dropout stream, independent of what ran before
+    optimizer = adamw(model, cfg.learning_rate, cfg.weight_decay)
+    plan = Plan(scheduled)
+    scheduler = linear_schedule(optimizer, plan, cfg.warmup_fraction)
+    if latest is not None:
         state = load_checkpoint(latest, model=model, optimizer=optimizer, scheduler=scheduler)
         model.to(device.torch_device)
         resumed_from: int | None = state.step
-        logger.info("mlm: resuming from %s (step %d/%d)", latest, state.step, steps)
+        logger.info("mlm: resuming from %s (step %d/%d)", latest, state.step, scheduled)
     else:
-        before = evaluate()
-        state = TrainState(total_steps=steps, extra={"before": asdict(before)})
+        state = TrainState(total_steps=scheduled, extra={"before": asdict(before), "eval_seconds": eval_s})
         resumed_from = None
-        set_seed(derive_seed(cfg.seed, "train"))  # dropout stream, independent of what ran before
-        logger.info(
-            "mlm: held-out loss before %.4f (perplexity %.2f, %d masked tokens)",
-            before.loss, before.perplexity, before.masked_tokens,
-        )
 
     examples_before, seconds_before = state.examples, state.train_seconds
 
@@ -414,14 +452,15 @@ def train_mlm(
         )
 
     loop = LoopConfig(
-        total_steps=steps, max_minutes=cfg.max_minutes, checkpoint_every=cfg.checkpoint_every,
-        grad_clip=cfg.grad_clip, progress=progress,
+        total_steps=scheduled, checkpoint_every=cfg.checkpoint_every, grad_clip=cfg.grad_clip, progress=progress,
+        progress_seconds=progress_seconds,
     )
-    batch_at = batches(train_enc, MaskingSpec.of(tokenizer, cfg.mlm_probability), cfg.batch_size, cfg.seed)
     state = train_loop(
-        model, optimizer, scheduler, batch_at,
-        device=device, cfg=loop, state=state, save=save, loss_fn=mlm_loss, on_step=on_step, desc="mlm",
+        model, optimizer, scheduler, batch_at, device=device, cfg=loop, state=state, save=save,
+        deadline=deadline.minus(time_reserve(state.extra.get("eval_seconds", 0.0))), plan=plan, loss_fn=mlm_loss,
+        on_step=on_step, desc="mlm",
     )
+    scheduled = state.total_steps
 
     after = evaluate()
     before = MlmEval(**state.extra["before"])
@@ -432,17 +471,19 @@ def train_mlm(
     result = MlmResult(
         loss_before=before.loss, loss_after=after.loss, ppl_before=before.perplexity, ppl_after=after.perplexity,
         heldout_masked_tokens=after.masked_tokens, steps=state.step, total_steps=steps,
-        stop_reason=state.stop_reason or "completed",
+        stop_reason=COMPLETED if state.step >= steps else BUDGET,
+        scheduled_steps=scheduled if scheduled < steps else None,
         examples_per_s=throughput(state.examples - examples_before, state.train_seconds - seconds_before),
         train_seconds=state.train_seconds, n_train=len(train_enc), n_heldout=len(held_enc), model_dir=model_dir,
         checkpoint_dir=latest_checkpoint(ckpt_root) or ckpt_root, resumed_from=resumed_from,
-        train_losses=list(state.losses),
+        train_losses=list(state.losses), budget_seconds=deadline.end - started if deadline.bounded else None,
+        seconds=time.monotonic() - started,
     )
     _write_json(out_dir / RESULTS_FILE, result.summary())
     logger.info(
-        "mlm: held-out loss %.4f -> %.4f (perplexity %.2f -> %.2f), %d/%d steps (%s), %.1f examples/s",
+        "mlm: held-out loss %.4f -> %.4f (perplexity %.2f -> %.2f), %d/%d steps (%s), %.1f examples/s, %s",
         result.loss_before, result.loss_after, result.ppl_before, result.ppl_after, result.steps, steps,
-        result.stop_reason, result.examples_per_s,
+        result.stop_reason, result.examples_per_s, budget_note(result.seconds, result.budget_seconds),
     )
     return result
 
@@ -455,14 +496,17 @@ def _write_json(path: Path, payload: dict[str, Any]) -> None:
 
 def run_mlm(
     catalog: pl.DataFrame, cfg: MlmConfig, *, device: Device, out_dir: Path,
-    on_step: Callable[[TrainState], None] | None = None, progress: bool = True,
+    on_step: Callable[[TrainState], None] | None = None, progress: bool = True, deadline: Deadline | None = None,
+    progress_seconds: float = 30.0,
 ) -> MlmResult:
     """The MLM stage on a catalog (contracts.CATALOG): texts, split, encoder, training.
 
     With a checkpoint in ``out_dir`` the model and tokenizer come from it (and training
     resumes); otherwise from ``cfg.encoder`` (a scratch tokenizer is trained on the
-    training texts only).
+    training texts only). ``deadline`` (default: ``cfg.max_minutes`` from now) covers all of it.
     """
+    started = time.monotonic()
+    deadline = deadline or Deadline.minutes(cfg.max_minutes)
     texts = catalog_texts(catalog)
     train, held = split_heldout(catalog[PRODUCT_ID].to_list(), texts, cfg.heldout_fraction, cfg.seed)
     latest = latest_checkpoint(out_dir / CHECKPOINTS)
@@ -475,7 +519,8 @@ def run_mlm(
     else:
         model, tokenizer = load_encoder_for_mlm(cfg.encoder, train, seed=cfg.seed)
     logger.info("mlm: %d training texts, %d held out, on %s", len(train), len(held), device.describe())
-    return train_mlm(model, tokenizer, train, held, cfg, device=device, out_dir=out_dir, on_step=on_step, progress=progress)
+    return train_mlm(model, tokenizer, train, held, cfg, device=device, out_dir=out_dir, on_step=on_step,
+                     progress=progress, deadline=deadline, started=started, progress_seconds=progress_seconds)
 
 
 # --- MLflow ----------------------------------------------------------------------------------

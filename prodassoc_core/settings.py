@@ -188,7 +188,11 @@ class MlmConfig(BaseModel):
     grad_clip: float | None = Field(1.0, gt=0)
     epochs: float = Field(3.0, gt=0)
     max_steps: int | None = Field(None, ge=1, description="overrides epochs")
-    max_minutes: float | None = Field(None, gt=0, description="time budget: stop cleanly (with a checkpoint) after it")
+    max_minutes: float | None = Field(
+        None, gt=0, description="time budget of the whole run (data, validation, training, checkpoints): "
+        "stops cleanly with a checkpoint; in the chain, training.max_minutes' share or training.mlm_minutes")
+    max_heldout_texts: int = Field(
+        500, ge=1, description="held-out texts scored before and after (a seeded sample, the same both times)")
     checkpoint_every: int = Field(500, ge=1, description="optimizer steps between checkpoints")
     keep_checkpoints: int = Field(2, ge=1)
     experiment: str = "prodassoc-mlm"
@@ -241,10 +245,14 @@ class TeacherConfig(BaseModel):
         1200, ge=1, description="length of the schedule (warm-up, decay); Online Retail's 1.8M positive pairs "
         "make an epoch ~228k steps, too long for a CPU: 1200 steps take ~8 min on 2 cores"
     )
-    max_minutes: float | None = Field(None, gt=0, description="safety stop (with a checkpoint); the schedule spans max_steps")
+    max_minutes: float | None = Field(
+        None, gt=0, description="budget of the teacher stage (pairs, validation, training, checkpoints); "
+        "None: its share of training.max_minutes. Stops cleanly with a checkpoint; the schedule spans max_steps")
     checkpoint_every: int = Field(500, ge=1)
     keep_checkpoints: int = Field(2, ge=1)
-    max_validation_pairs: int = Field(1000, ge=10, description="cap on held-out positives scored for validation")
+    max_validation_pairs: int = Field(
+        100, ge=10, description="held-out positives scored (with their negatives) before and after training: "
+        "a seeded sample, the same both times")
     registered_model: str = "prodassoc-teacher"
 
 
@@ -271,8 +279,12 @@ class StudentConfig(BaseModel):
     grad_clip: float | None = Field(1.0, gt=0)
     epochs: float = Field(1.0, gt=0, description="over the scored lists; used when max_steps is None")
     max_steps: int | None = Field(600, ge=1, description="length of the schedule (warm-up, decay)")
-    max_minutes: float | None = Field(None, gt=0, description="safety stop (with a checkpoint)")
-    teacher_minutes: float | None = Field(None, gt=0, description="budget for scoring the lists with the teacher")
+    max_minutes: float | None = Field(
+        None, gt=0, description="budget of the student stage (teacher list scoring, validation, training, "
+        "checkpoints); None: its share of training.max_minutes. Stops cleanly with a checkpoint")
+    teacher_minutes: float | None = Field(
+        None, gt=0, description="part of the student stage for scoring the lists with the teacher; "
+        "None: training.budget.student_lists of the stage's budget")
     max_lists: int | None = Field(20000, ge=1, description="cap on anchor lists scored by the teacher")
     temperature: float = Field(2.0, gt=0, description="distillation temperature T")
     kl_weight: float = Field(1.0, ge=0)
@@ -280,6 +292,10 @@ class StudentConfig(BaseModel):
     checkpoint_every: int = Field(500, ge=1)
     keep_checkpoints: int = Field(2, ge=1)
     embed_batch_size: int = Field(256, ge=1)
+    max_validation_anchors: int = Field(
+        200, ge=1, description="held-out anchors scored before and after training (seeded sample, same both times)")
+    max_validation_products: int = Field(
+        1000, ge=10, description="products they are ranked among: the anchors plus a seeded sample of the others")
     registered_model: str = "prodassoc-student"
 
 
@@ -320,21 +336,65 @@ class GnnConfig(BaseModel):
     min_delta: float = Field(1e-4, ge=0)
     eval_k: int = Field(10, ge=1)
     checkpoint_every: int = Field(5, ge=1, description="epochs between checkpoints")
-    max_minutes: float | None = Field(None, gt=0, description="time budget of one call (stops with a checkpoint)")
+    max_validation_anchors: int = Field(
+        2000, ge=1, description="held-out anchors of every validation (a seeded sample, the same every time)")
+    max_minutes: float | None = Field(
+        None, gt=0, description="budget of the GNN stage (student embeddings, graph, GNN training with its "
+        "validation and checkpoints, hybrid weights); None: its share of training.max_minutes. In train_gnn "
+        "alone: the budget of that call")
+
+
+class BudgetSplit(BaseModel):
+    """How ``training.max_minutes`` is shared among the chain's stages.
+
+    A stage's budget covers everything it does (data, validation before and after on the
+    same bounded sample, training, checkpoints). At each stage's start the time left is
+    split among the stages still to run in proportion to these shares, so time an early
+    stage leaves unused flows to the later ones. A stage with its own budget
+    (``training.mlm_minutes``, ``.teacher.max_minutes``, ``.student.max_minutes``,
+    ``.gnn.max_minutes``) gets that (capped by what is left), and the others share the rest.
+    """
+
+    mlm: float = Field(0.15, ge=0)
+    teacher: float = Field(0.25, ge=0)
+    student: float = Field(0.30, ge=0)
+    gnn: float = Field(0.30, ge=0)
+    student_lists: float = Field(
+        0.4, gt=0, le=1, description="share of the student stage for scoring its lists with the teacher")
+    hybrid_seconds: float = Field(
+        45.0, ge=0, description="seconds of the GNN stage kept for tuning the hybrid weights after the GNN's "
+        "training (at most half the stage)")
+
+    @model_validator(mode="after")
+    def _some_share(self) -> "BudgetSplit":
+        if self.mlm + self.teacher + self.student + self.gnn <= 0:
+            raise ValueError("training.budget: the stage shares sum to 0")
+        return self
 
 
 class TrainingConfig(BaseModel):
-    """The language-model chain (prodassoc_core/chain.py): MLM -> teacher -> student.
+    """The language-model chain (prodassoc_core/chain.py): MLM -> teacher -> student -> GNN.
 
     ``seed`` is required when the chain runs; the stages derive their seeds from it.
+    ``max_minutes`` bounds the whole chain (split by ``budget``, see ``BudgetSplit``).
     ``schedule`` is the retraining cron of the ``train`` deployment (timezone: the nightly's).
     """
 
     seed: int | None = Field(None, description="required to train: every stage derives its seeds from it")
     encoder: EncoderSpec = EncoderSpec()
-    mlm_minutes: float | None = Field(None, gt=0, description="time budget of the MLM stage")
+    max_minutes: float | None = Field(
+        None, gt=0, description="time budget of the whole chain, split across the stages by training.budget; "
+        "None: sized from the data, minutes_per_1k_baskets per 1,000 training baskets, between 2 and 30 minutes")
+    minutes_per_1k_baskets: float = Field(
+        1.0, gt=0, description="the default budget's size (shipped sample: 2,555 baskets -> 2.6 min)")
+    budget: BudgetSplit = BudgetSplit()
+    progress_seconds: float = Field(
+        30.0, ge=0, description="without a terminal: a progress log line (step/total, examples/s, ETA) this often")
+    mlm_minutes: float | None = Field(
+        None, gt=0, description="budget of the MLM stage; None: its share of training.max_minutes")
     mlm_epochs: float = Field(3.0, gt=0)
     mlm_learning_rate: float = Field(3e-4, gt=0)
+    mlm_heldout_texts: int = Field(500, ge=1, description="held-out texts the MLM loss is measured on (MlmConfig)")
     pairs: PairConfig = PairConfig()
     teacher: TeacherConfig = TeacherConfig()
     student: StudentConfig = StudentConfig()

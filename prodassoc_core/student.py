@@ -29,9 +29,11 @@ from prodassoc_core.pairs import PairTask
 from prodassoc_core.settings import TrainingConfig
 from prodassoc_core.teacher import score_pairs
 from prodassoc_core.training import (
+    Deadline,
     Device,
     LoopConfig,
     StageResult,
+    Progress,
     TrainState,
     derive_seed,
     quiet_transformers,
@@ -61,44 +63,63 @@ def make_student(source_dir: str | Path, layers: int, *, seed: int):
     return model, tokenizer
 
 
+LIST_CHUNK = 256  # lists scored per teacher call
+
+
 def teacher_lists(
-    task: PairTask, cfg: TrainingConfig, teacher, tokenizer, *, device: Device, out_dir: Path
+    task: PairTask, cfg: TrainingConfig, teacher, tokenizer, *, device: Device, out_dir: Path,
+    deadline: Deadline | None = None, progress: bool = False,
 ) -> tuple[np.ndarray, np.ndarray]:
     """``(lists [m, L], logits [m, L])``: for each positive (random orientation, seeded order)
     the anchor's candidates [positive, negatives...] and the teacher's logits.
 
-    Scoring stops at ``student.teacher_minutes`` or ``student.max_lists``; anchors with too few
-    negatives are skipped. The result is cached in ``out_dir/teacher_lists.npz`` (a resume
+    Scoring stops after ``student.max_lists`` lists, or when ``deadline`` would pass during
+    the next chunk of ``LIST_CHUNK`` lists (at least one chunk is scored); anchors with too
+    few negatives are skipped. The result is cached in ``out_dir/teacher_lists.npz`` (a resume
     reuses it)."""
     cache = out_dir / LISTS_FILE
     if cache.is_file():
         saved = np.load(cache)
         return saved["lists"], saved["logits"]
+    deadline = deadline or Deadline()
     p, s = cfg.pairs, cfg.student
     width = 1 + p.hard_negatives + p.popular_negatives + p.random_negatives
     rng = np.random.default_rng(derive_seed(cfg.seed, STAGE, "lists"))
-    budget = s.teacher_minutes * 60 if s.teacher_minutes else math.inf
-    limit = s.max_lists or len(task.positives)
+    limit = min(s.max_lists or len(task.positives), len(task.positives))
     started = time.monotonic()
-    lists, logits = [], []
-    for k in rng.permutation(len(task.positives)):
-        if len(lists) >= limit or time.monotonic() - started > budget:
-            break
-        a, b = task.positives[k] if rng.random() < 0.5 else task.positives[k][::-1]
-        row = [int(b), *task.space.negatives(int(a), p, rng)]
-        if len(row) < width:
-            continue
-        lists.append([int(a), *row])
-        if len(lists) % 256 == 0:
-            logits.append(_score_rows(lists[-256:], task, cfg, teacher, tokenizer, device))
-    done = sum(len(x) for x in logits)
-    if done < len(lists):
-        logits.append(_score_rows(lists[done:], task, cfg, teacher, tokenizer, device))
+    order = iter(rng.permutation(len(task.positives)))
+    lists: list[list[int]] = []
+    logits: list[np.ndarray] = []
+    bar = Progress("student: teacher lists", limit, bar=progress, every_s=cfg.progress_seconds, deadline=deadline,
+                   unit="list", log=logger)
+    stop = "completed"
+    try:
+        while len(lists) < limit:
+            chunk: list[list[int]] = []
+            for k in order:
+                a, b = task.positives[k] if rng.random() < 0.5 else task.positives[k][::-1]
+                row = [int(b), *task.space.negatives(int(a), p, rng)]
+                if len(row) == width:
+                    chunk.append([int(a), *row])
+                if len(chunk) == min(LIST_CHUNK, limit - len(lists)):
+                    break
+            if not chunk:
+                break  # every positive visited
+            logits.append(_score_rows(chunk, task, cfg, teacher, tokenizer, device))
+            lists += chunk
+            bar.update(len(chunk), len(chunk) * width)
+            per_chunk = (time.monotonic() - started) / len(logits)
+            if len(lists) < limit and deadline.remaining() < per_chunk:
+                stop = "budget"
+                break
+    finally:
+        bar.close()
     table = np.array(lists, dtype=np.int64).reshape(-1, width + 1)
     scores = np.concatenate(logits).reshape(-1, width) if logits else np.zeros((0, width), dtype=np.float32)
     out_dir.mkdir(parents=True, exist_ok=True)
     np.savez(cache, lists=table, logits=scores)
-    logger.info("student: %d teacher lists of %d candidates in %.0f s", len(table), width, time.monotonic() - started)
+    logger.info("student: %d of %d teacher lists of %d candidates in %.0f s (%s)", len(table), limit, width,
+                time.monotonic() - started, stop)
     return table, scores
 
 
@@ -174,32 +195,70 @@ def list_batches(
     return batch_at, per_epoch
 
 
-def validation_ndcg(model, tokenizer, task: PairTask, cfg: TrainingConfig, device: Device, k: int = 10) -> dict[str, float]:
-    """NDCG@k (and HR, recall) of the student's nearest products on the held-out window."""
+def validation_sample(
+    task: PairTask, seed: int, max_anchors: int, max_products: int
+) -> tuple[list[int], dict[str, set[str]]]:
+    """What the student is validated on, the same before and after training: at most
+    ``max_anchors`` held-out anchors (seeded) ranked among at most ``max_products`` products
+    (the anchors and a seeded sample of the others; every product when they fit), each
+    anchor's relevant products restricted to those (anchors left without any are dropped).
+    Its cost is bounded at any catalog size; on a sample the scores are a proxy to compare
+    before with after, not the harness's figures. Returns (product indices, sorted; relevance)."""
+    n = len(task.space.product_ids)
+    rng = np.random.default_rng(derive_seed(seed, STAGE, "validation"))
+    anchors = sorted(task.validation)
+    if len(anchors) > max_anchors:
+        anchors = [anchors[i] for i in sorted(rng.choice(len(anchors), size=max_anchors, replace=False))]
+    if n <= max_products:
+        return list(range(n)), {a: task.validation[a] for a in anchors}
+    index = task.space.index
+    keep = {index[a] for a in anchors}
+    rest = np.setdiff1d(np.arange(n), np.fromiter(keep, dtype=np.int64, count=len(keep)))
+    keep |= set(rng.choice(rest, size=min(max(0, max_products - len(keep)), len(rest)), replace=False).tolist())
+    ids = {task.space.product_ids[i] for i in keep}
+    relevant = {a: task.validation[a] & ids for a in anchors}
+    return sorted(keep), {a: qs for a, qs in relevant.items() if qs}
+
+
+def validation_ndcg(model, tokenizer, task: PairTask, cfg: TrainingConfig, device: Device, k: int = 10,
+                    sample: tuple[list[int], dict[str, set[str]]] | None = None) -> dict[str, float]:
+    """NDCG@k (and HR, recall) of the student's nearest products on the held-out window:
+    ``sample`` (``validation_sample``; default: every anchor among every product)."""
     if not task.validation:
         return {}
-    vectors = embeddings.embed_texts(model, tokenizer, task.texts, device=device,
+    products, relevant = sample or (list(range(len(task.texts))), task.validation)
+    vectors = embeddings.embed_texts(model, tokenizer, [task.texts[i] for i in products], device=device,
                                      batch_size=cfg.student.embed_batch_size,
                                      max_length=min(cfg.student.max_length, model.config.max_position_embeddings))
-    ranked = embeddings.top_k_similar(task.space.product_ids, vectors, k, queries=sorted(task.validation))
-    scores = score_associations(ranked, task.validation, set(task.validation), k)
+    ids = [task.space.product_ids[i] for i in products]
+    ranked = embeddings.top_k_similar(ids, vectors, k, queries=sorted(relevant))
+    scores = score_associations(ranked, relevant, set(relevant), k)
     return {f"val_{m}": float(scores[f"{m}_all"]) for m in ("ndcg", "hr", "recall")} | {
         "val_anchors": float(scores["n_all"])}
 
 
 def train_student(
     task: PairTask, source_dir: Path, teacher_dir: Path, cfg: TrainingConfig, *, device: Device, out_dir: Path,
-    on_step: Callable[[TrainState], None] | None = None, progress: bool = True,
+    on_step: Callable[[TrainState], None] | None = None, progress: bool = True, deadline: Deadline | None = None,
 ) -> StageResult:
     """Score the distillation lists with the teacher in ``teacher_dir``, then train the student
-    cut from ``source_dir``; resumes from ``out_dir``'s newest checkpoint (and cached lists)."""
+    cut from ``source_dir``; resumes from ``out_dir``'s newest checkpoint (and cached lists).
+
+    ``deadline`` (default: ``student.max_minutes`` from now) bounds all of it; list scoring
+    gets ``student.teacher_minutes`` of it, else ``training.budget.student_lists`` of the time
+    left. Validation: ``validation_sample``, the same before and after."""
     if cfg.seed is None:
         raise ValueError("training.seed is required")
     from prodassoc_core.teacher import load_teacher
 
+    started = time.monotonic()
     s = cfg.student
+    deadline = deadline or Deadline.minutes(s.max_minutes)
     teacher, teacher_tok = load_teacher(teacher_dir, seed=derive_seed(cfg.seed, "teacher", "init"))
-    lists, logits = teacher_lists(task, cfg, teacher, teacher_tok, device=device, out_dir=out_dir)
+    scoring = (Deadline.minutes(s.teacher_minutes) if s.teacher_minutes is not None
+               else deadline.fraction(cfg.budget.student_lists)).earliest(deadline)
+    lists, logits = teacher_lists(task, cfg, teacher, teacher_tok, device=device, out_dir=out_dir, deadline=scoring,
+                                  progress=progress)
     del teacher
     if not len(lists):
         raise ValueError("no distillation lists: every anchor lacked negatives")
@@ -212,16 +271,17 @@ def train_student(
         "pairs": cfg.pairs.model_dump(mode="json"), "student": s.model_dump(mode="json"), "task": task.summary(),
         "lists": int(len(lists)), "total_steps": total,
     }
-    loop = LoopConfig(total_steps=total, max_minutes=s.max_minutes, checkpoint_every=s.checkpoint_every,
-                      grad_clip=s.grad_clip, progress=progress)
+    loop = LoopConfig(total_steps=total, checkpoint_every=s.checkpoint_every, grad_clip=s.grad_clip, progress=progress,
+                      progress_seconds=cfg.progress_seconds)
+    sample = validation_sample(task, cfg.seed, s.max_validation_anchors, s.max_validation_products)
     result = run_stage(
         model, tokenizer, stage=STAGE, out_dir=out_dir, run_config=run_config,
         may_differ={"student.max_minutes", "student.checkpoint_every", "student.keep_checkpoints",
                     "student.embed_batch_size", "student.registered_model", "student.teacher_minutes"},
         total=total, learning_rate=s.learning_rate, weight_decay=s.weight_decay, warmup_fraction=s.warmup_fraction,
         loop=loop, batch_at=batch_at, loss_fn=make_loss(cfg),
-        evaluate=lambda: validation_ndcg(model, tokenizer, task, cfg, device), device=device, seed=cfg.seed,
-        on_step=on_step,
+        evaluate=lambda: validation_ndcg(model, tokenizer, task, cfg, device, sample=sample), device=device,
+        seed=cfg.seed, deadline=deadline, started=started, on_step=on_step,
     )
     result.extra |= {"lists": int(len(lists)), "list_width": int(lists.shape[1] - 1), "task": task.summary()}
     return result

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -25,6 +26,7 @@ from prodassoc_core.contracts import ASSOCIATED_PRODUCT_ID, PRODUCT_ID
 from prodassoc_core.pairs import PairTask, auc, examples, validation_examples
 from prodassoc_core.settings import TrainingConfig
 from prodassoc_core.training import (
+    Deadline,
     Device,
     LoopConfig,
     StageResult,
@@ -122,14 +124,19 @@ def epoch_batches(task: PairTask, cfg: TrainingConfig, tokenizer, max_length: in
 
 def train_teacher(
     task: PairTask, init_dir: Path, cfg: TrainingConfig, *, device: Device, out_dir: Path,
-    on_step: Callable[[TrainState], None] | None = None, progress: bool = True,
+    on_step: Callable[[TrainState], None] | None = None, progress: bool = True, deadline: Deadline | None = None,
+    started: float | None = None,
 ) -> StageResult:
     """Fine-tune the cross-encoder on ``task`` starting from ``init_dir`` (the MLM model);
     resumes from ``out_dir``'s newest checkpoint. Validation: AUC and loss on the held-out
-    window's positives against sampled negatives."""
+    window's positives (at most ``teacher.max_validation_pairs``, seeded) against sampled
+    negatives, the same rows before and after. ``deadline`` (default: ``teacher.max_minutes``
+    from now) bounds all of it; ``started``: when the stage began, if before this call."""
     if cfg.seed is None:
         raise ValueError("training.seed is required")
+    started = time.monotonic() if started is None else started
     t = cfg.teacher
+    deadline = deadline or Deadline.minutes(t.max_minutes)
     model, tokenizer = load_teacher(init_dir, seed=derive_seed(cfg.seed, STAGE, "init"))
     held = validation_examples(task, cfg.pairs, derive_seed(cfg.seed, STAGE, "validation"), t.max_validation_pairs)
     batch_at, per_epoch = epoch_batches(task, cfg, tokenizer, fit_length(model, t.max_length))
@@ -148,15 +155,15 @@ def train_teacher(
         "stage": STAGE, "seed": cfg.seed, "init_dir": str(init_dir), "pairs": cfg.pairs.model_dump(mode="json"),
         "teacher": t.model_dump(mode="json"), "task": task.summary(), "total_steps": total,
     }
-    loop = LoopConfig(total_steps=total, max_minutes=t.max_minutes, checkpoint_every=t.checkpoint_every,
-                      grad_clip=t.grad_clip, progress=progress)
+    loop = LoopConfig(total_steps=total, checkpoint_every=t.checkpoint_every, grad_clip=t.grad_clip, progress=progress,
+                      progress_seconds=cfg.progress_seconds)
     result = run_stage(
         model, tokenizer, stage=STAGE, out_dir=out_dir, run_config=run_config,
         may_differ={"teacher.max_minutes", "teacher.checkpoint_every", "teacher.keep_checkpoints",
                     "teacher.eval_batch_size", "teacher.registered_model"},
         total=total, learning_rate=t.learning_rate, weight_decay=t.weight_decay, warmup_fraction=t.warmup_fraction,
         loop=loop, batch_at=batch_at, loss_fn=bce_loss, evaluate=evaluate, device=device, seed=cfg.seed,
-        on_step=on_step,
+        deadline=deadline, started=started, on_step=on_step,
     )
     result.extra["task"] = task.summary()
     return result

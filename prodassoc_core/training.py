@@ -11,8 +11,13 @@
   written to a temporary directory and renamed into place, so a crash mid-write leaves
   the previous one intact. Resuming continues with the same batches, masks and dropout
   as an uninterrupted run (same final weights on the same machine).
-* ``train_loop``: the optimizer-step loop with a tqdm bar (examples/s, ETA), periodic
-  checkpoints, and a time budget that stops cleanly with a checkpoint.
+* ``Deadline``: a time budget as a point on the monotonic clock, passed down from the chain
+  to each stage and from a stage to its parts (data, validation, the loop, checkpoints).
+  Budgets measure elapsed time only; nothing here reads the calendar date.
+* ``Progress``: a tqdm bar on a terminal, else a log line every N seconds (step/total,
+  examples/s, ETA, budget left), so a scheduled run's log shows how far training got.
+* ``train_loop``: the optimizer-step loop with progress, periodic checkpoints, and a
+  deadline that stops cleanly with a checkpoint (``stop_reason`` "budget").
 * MLflow I/O for model stages (``log_model_run``, ``registered_model_dir``): a run with
   params, metrics and the model directory as artifacts, registered as a model version.
   These belong with ``prodassoc_core/tracking.py`` and reuse its experiment helper.
@@ -21,6 +26,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import json
 import logging
@@ -155,18 +161,135 @@ def adamw(model: torch.nn.Module, learning_rate: float, weight_decay: float) -> 
     return torch.optim.AdamW(groups, lr=learning_rate, fused=True)
 
 
+@dataclass
+class Plan:
+    """The schedule's length, shared by the scheduler and the loop, which may shorten it once
+    the real cost of a step is known (``train_loop``)."""
+
+    total_steps: int
+
+
 def linear_schedule(
-    optimizer: torch.optim.Optimizer, total_steps: int, warmup_fraction: float
+    optimizer: torch.optim.Optimizer, total_steps: int | Plan, warmup_fraction: float
 ) -> torch.optim.lr_scheduler.LambdaLR:
-    """Linear warm-up over ``warmup_fraction`` of the steps, then linear decay to 0."""
-    warmup = int(round(warmup_fraction * total_steps))
+    """Linear warm-up over ``warmup_fraction`` of the steps, then linear decay to 0 (over a
+    ``Plan``'s current length when given one)."""
+    plan = total_steps if isinstance(total_steps, Plan) else Plan(total_steps)
 
     def factor(step: int) -> float:
+        total = plan.total_steps
+        warmup = int(round(warmup_fraction * total))
         if step < warmup:
             return (step + 1) / warmup
-        return max(0.0, (total_steps - step) / max(1, total_steps - warmup))
+        return max(0.0, (total - step) / max(1, total - warmup))
 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+# --- time budgets and progress ---------------------------------------------------------------
+
+
+BUDGET = "budget"  # stop_reason of a stage or loop that ran out of time
+COMPLETED = "completed"
+
+
+@dataclass(frozen=True)
+class Deadline:
+    """A point on the monotonic clock by which some work must end (``math.inf``: none).
+
+    Made once by the caller (``Deadline.after(seconds)``) and passed down; parts of a stage
+    take a slice of it (``fraction``, ``minus``), never a fresh clock of their own."""
+
+    end: float = math.inf
+
+    @classmethod
+    def after(cls, seconds: float | None) -> "Deadline":
+        return cls(math.inf if seconds is None else time.monotonic() + max(0.0, seconds))
+
+    @classmethod
+    def minutes(cls, minutes: float | None) -> "Deadline":
+        return cls.after(None if minutes is None else minutes * 60)
+
+    @property
+    def bounded(self) -> bool:
+        return math.isfinite(self.end)
+
+    def remaining(self) -> float:
+        """Seconds left (negative once passed; ``inf`` when unbounded)."""
+        return self.end - time.monotonic()
+
+    def expired(self) -> bool:
+        return self.remaining() <= 0
+
+    def minus(self, seconds: float) -> "Deadline":
+        """This deadline moved ``seconds`` earlier (time kept back for what follows)."""
+        return Deadline(self.end - seconds)
+
+    def fraction(self, share: float) -> "Deadline":
+        """The first ``share`` of the time left (the rest is kept for what follows)."""
+        if not self.bounded:
+            return self
+        return Deadline(time.monotonic() + max(0.0, self.remaining()) * share)
+
+    def earliest(self, other: "Deadline") -> "Deadline":
+        return self if self.end <= other.end else other
+
+
+def format_duration(seconds: float) -> str:
+    if not math.isfinite(seconds):
+        return "?"
+    minutes, secs = divmod(int(max(0.0, seconds)), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours:d}:{minutes:02d}:{secs:02d}"
+
+
+class Progress:
+    """Progress of one loop: a tqdm bar when ``bar`` (stderr is a terminal), else a log line
+    at most every ``every_s`` seconds (and at the end) with step/total, examples/s, ETA and
+    the budget left. ``every_s`` 0 logs every update."""
+
+    def __init__(self, desc: str, total: int, *, initial: int = 0, bar: bool, every_s: float,
+                 deadline: Deadline | None = None, unit: str = "step", log: logging.Logger | None = None):
+        self.desc, self.total, self.unit, self.every_s = desc, total, unit, every_s
+        self.deadline = deadline or Deadline()
+        self.log = log or logger
+        self.step = self.first = self.logged = initial
+        self.examples = 0
+        self.started = self.last_line = time.monotonic()
+        self.postfix = ""
+        self.bar = tqdm(total=total, initial=initial, desc=desc, unit=unit, dynamic_ncols=True, mininterval=1.0,
+                        disable=not bar)
+        self.to_log = not bar
+
+    def update(self, steps: int = 1, examples: int = 0, postfix: str = "") -> None:
+        self.step += steps
+        self.examples += examples
+        self.postfix = postfix
+        self.bar.update(steps)
+        if postfix:
+            self.bar.set_postfix_str(postfix, refresh=False)
+        now = time.monotonic()
+        if self.to_log and now - self.last_line >= self.every_s:
+            self.last_line, self.logged = now, self.step
+            self.log.info("%s", self.line())
+
+    def line(self) -> str:
+        elapsed = time.monotonic() - self.started
+        done = self.step - self.first
+        rate = self.examples / elapsed if elapsed > 0 else 0.0
+        eta = (self.total - self.step) * elapsed / done if done else math.inf
+        parts = [f"{self.desc}: {self.unit} {self.step}/{self.total} ({100 * self.step / max(1, self.total):.0f}%)",
+                 f"{rate:.1f} examples/s", f"eta {format_duration(eta)}"]
+        if self.deadline.bounded:
+            parts.append(f"budget left {format_duration(self.deadline.remaining())}")
+        if self.postfix:
+            parts.append(self.postfix)
+        return ", ".join(parts)
+
+    def close(self) -> None:
+        self.bar.close()
+        if self.to_log and self.step != self.logged:  # where it ended, unless just logged
+            self.log.info("%s", self.line())
 
 
 # --- checkpoints -----------------------------------------------------------------------------
@@ -186,7 +309,7 @@ class TrainState:
     examples: int = 0
     train_seconds: float = 0.0
     losses: list[float] = field(default_factory=list)
-    stop_reason: str | None = None  # "completed" | "time_budget"
+    stop_reason: str | None = None  # "completed" | "budget"
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -305,11 +428,10 @@ def load_checkpoint(
 @dataclass(frozen=True)
 class LoopConfig:
     total_steps: int
-    max_minutes: float | None = None
     checkpoint_every: int = 500
     grad_clip: float | None = 1.0
-    log_every: int = 100
-    progress: bool = True
+    progress: bool = True  # a tqdm bar (stderr is a terminal); else log lines
+    progress_seconds: float = 30.0  # seconds between progress log lines without a bar
 
 
 Batch = Mapping[str, torch.Tensor]
@@ -324,12 +446,7 @@ def batch_examples(batch: Batch) -> int:
     return int(next(iter(batch.values())).shape[0])
 
 
-def _format_eta(seconds: float) -> str:
-    if not math.isfinite(seconds):
-        return "?"
-    minutes, secs = divmod(int(seconds), 60)
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours:d}:{minutes:02d}:{secs:02d}"
+REFIT_AFTER = 5  # steps of a call after which the schedule is checked against the deadline
 
 
 def train_loop(
@@ -342,6 +459,8 @@ def train_loop(
     cfg: LoopConfig,
     state: TrainState,
     save: Callable[[TrainState], Path],
+    deadline: Deadline | None = None,
+    plan: Plan | None = None,
     loss_fn: Callable[[torch.nn.Module, Batch], torch.Tensor] = hf_loss,
     on_step: Callable[[TrainState], None] | None = None,
     desc: str = "train",
@@ -350,19 +469,23 @@ def train_loop(
 
     ``batch_at(step)`` gives the (CPU) batch of a 0-based step, so a resumed run sees the
     same batches. A checkpoint (``save(state)``) is written every ``cfg.checkpoint_every``
-    steps, at the end, and when the time budget ``cfg.max_minutes`` (this call's wall
-    time) runs out; ``state.stop_reason`` says which end it was. ``on_step(state)`` runs
-    after each step and its checkpoint (used by tests to kill a run mid-way).
+    steps and at the end. ``deadline`` is when the loop must be done, its last checkpoint
+    written: it stops (``stop_reason`` "budget") once the time left would not cover another
+    step and the checkpoint, and always after at least one step, so every call makes progress.
+    With a ``plan`` (the scheduler's), the schedule is shortened after ``REFIT_AFTER`` steps
+    when the steps' real cost says it cannot be done by the deadline (the estimate before
+    training, ``fit_schedule``, has no optimizer step and no load from other processes).
+    ``on_step(state)`` runs after each step and its checkpoint (tests use it to kill a run).
     """
     model.train()
-    started = time.monotonic()  # wall clock of this call, for the budget
-    budget_s = cfg.max_minutes * 60 if cfg.max_minutes is not None else math.inf
-    first_step, examples_here, compute_here = state.step, 0, 0.0
-    state.stop_reason = None if state.step < cfg.total_steps else "completed"
-    bar = tqdm(
-        total=cfg.total_steps, initial=state.step, desc=desc, unit="step", disable=not cfg.progress,
-        dynamic_ncols=True, mininterval=1.0,
-    )
+    deadline = deadline or Deadline()
+    examples_here, compute_here, steps_here = 0, 0.0, 0
+    # Time kept in hand for the checkpoint at the deadline: how long the last one took; before
+    # any, a guess from the size (weights and two AdamW moments, ~200 MB/s written).
+    save_s = 12 * sum(p.numel() for p in model.parameters()) / 200e6
+    state.stop_reason = None if state.step < cfg.total_steps else COMPLETED
+    progress = Progress(desc, cfg.total_steps, initial=state.step, bar=cfg.progress, every_s=cfg.progress_seconds,
+                        deadline=deadline)
     try:
         while state.stop_reason is None:
             t0 = time.monotonic()
@@ -384,28 +507,30 @@ def train_loop(
             state.train_seconds += step_s
             examples_here += n
             compute_here += step_s
-            rate = throughput(examples_here, compute_here)
-            bar.update(1)
-            bar.set_postfix(loss=f"{state.losses[-1]:.3f}", ex_s=f"{rate:.0f}", refresh=False)
-            elapsed = time.monotonic() - started
-            if state.step % cfg.log_every == 0 and not cfg.progress:
-                eta = (cfg.total_steps - state.step) * elapsed / max(1, state.step - first_step)
-                logger.info(
-                    "%s step %d/%d loss %.4f, %.1f examples/s, eta %s",
-                    desc, state.step, cfg.total_steps, state.losses[-1], rate, _format_eta(eta),
-                )
+            steps_here += 1
+            progress.update(1, n, f"loss {state.losses[-1]:.3f}")
+            if plan is not None and steps_here == REFIT_AFTER and deadline.bounded:
+                fits = state.step + int(0.9 * max(0.0, deadline.remaining() - save_s) * steps_here / compute_here)
+                if fits < state.total_steps:
+                    logger.info("%s: schedule shortened to %d steps (%.2f s a step, %.0f s left)", desc,
+                                max(fits, state.step), compute_here / steps_here, deadline.remaining())
+                    state.total_steps = plan.total_steps = max(fits, state.step)
+                    progress.total = progress.bar.total = state.total_steps
             if state.done:
-                state.stop_reason = "completed"
-            elif elapsed >= budget_s:
-                state.stop_reason = "time_budget"
+                state.stop_reason = COMPLETED
+            elif deadline.remaining() < compute_here / steps_here + save_s:
+                state.stop_reason = BUDGET
             if state.stop_reason or state.step % cfg.checkpoint_every == 0:
+                t1 = time.monotonic()
                 save(state)
+                save_s = time.monotonic() - t1
             if on_step is not None:
                 on_step(state)
     finally:
-        bar.close()
-    if state.stop_reason == "time_budget":
-        logger.info("%s: time budget of %.1f min used at step %d/%d", desc, cfg.max_minutes, state.step, cfg.total_steps)
+        progress.close()
+    if state.stop_reason == BUDGET:
+        logger.info("%s: out of time budget at step %d of %d scheduled (%.0f%%); checkpoint saved",
+                    desc, state.step, cfg.total_steps, 100 * state.step / max(1, cfg.total_steps))
     return state
 
 
@@ -459,10 +584,56 @@ class StageResult:
     resumed_from: int | None = None
     extra: dict[str, Any] = field(default_factory=dict)
     train_losses: list[float] = field(default_factory=list, repr=False)
+    budget_seconds: float | None = None  # the stage's budget (None: unbounded)
+    seconds: float = 0.0  # wall time of the stage in this call: data, validation, loop, saving
+    scheduled_steps: int | None = None  # the schedule's length when the budget shortened it (fit_schedule)
 
     def summary(self) -> dict[str, Any]:
         out = {k: v for k, v in asdict(self).items() if k != "train_losses"}
         return json.loads(json.dumps(out, default=str))
+
+
+def saved_total_steps(checkpoint: Path) -> int:
+    """The schedule length a checkpoint's run trains to (``TrainState.total_steps``)."""
+    payload = torch.load(checkpoint / STATE_FILE, map_location="cpu", weights_only=True)
+    return int(payload["state"]["total_steps"])
+
+
+def fit_schedule(
+    model: torch.nn.Module, batch_at: Callable[[int], Batch], loss_fn: Callable[[torch.nn.Module, Batch], torch.Tensor],
+    *, device: Device, planned: int, deadline: Deadline, desc: str,
+) -> int:
+    """How many steps the learning-rate schedule spans: ``planned``, or as many as fit before
+    ``deadline`` when fewer do, so that a run cut short by its budget still warms up and
+    decays instead of stopping inside its warm-up.
+
+    The cost of a step is measured on one forward and backward pass of the first batch
+    (gradients dropped, weights untouched; run it before seeding the training's dropout);
+    90 % of the time left, less the final checkpoint, is planned. Unbounded: ``planned``."""
+    if not deadline.bounded:
+        return planned
+    model.train()
+    t0 = time.monotonic()
+    batch = {k: v.to(device.torch_device) for k, v in batch_at(0).items()}
+    with device.autocast():
+        loss = loss_fn(model, batch)
+    loss.backward()
+    float(loss.detach())
+    model.zero_grad(set_to_none=True)
+    step_s = time.monotonic() - t0
+    save_s = 12 * sum(p.numel() for p in model.parameters()) / 200e6
+    fits = max(1, int(0.9 * max(0.0, deadline.remaining() - save_s) / max(step_s, 1e-6)))
+    if fits >= planned:
+        return planned
+    logger.info("%s: schedule fitted to the budget: %d of %d planned steps (%.2f s a step, %.0f s left)",
+                desc, fits, planned, step_s, deadline.remaining())
+    return fits
+
+
+def time_reserve(eval_seconds: float) -> float:
+    """Seconds kept back from a loop's deadline for what follows it: the validation after
+    training (as long as the one before, on the same sample; +25 % for noise) and saving."""
+    return 1.25 * eval_seconds + 1.0
 
 
 def run_stage(
@@ -483,29 +654,49 @@ def run_stage(
     evaluate: Callable[[], dict[str, float]],
     device: Device,
     seed: int,
+    deadline: Deadline | None = None,
+    started: float | None = None,
     on_step: Callable[[TrainState], None] | None = None,
 ) -> StageResult:
     """Train ``model`` with AdamW + linear schedule through ``train_loop``, resuming from the
     newest checkpoint in ``out_dir/checkpoints``; ``evaluate()`` runs before (first start
-    only, kept in the checkpoint) and after. Saves ``out_dir/model`` and
-    ``out_dir/<stage>_results.json``."""
+    only, kept in the checkpoint) and after, on the same sample. Saves ``out_dir/model`` and
+    ``out_dir/<stage>_results.json``.
+
+    ``deadline`` bounds all of it: the schedule is fitted to it (``fit_schedule``) and the
+    loop stops early enough to leave time for the validation after it (measured by the one
+    before) and the final save. ``stop_reason`` is "budget" when fewer than ``total`` steps
+    were done. ``started`` is the monotonic time the stage began (its data preparation
+    included), for ``seconds``."""
+    started = time.monotonic() if started is None else started
+    deadline = deadline or Deadline()
     out_dir.mkdir(parents=True, exist_ok=True)
     ckpt_root = out_dir / "checkpoints"
     model.to(device.torch_device)
-    optimizer = adamw(model, learning_rate, weight_decay)
-    scheduler = linear_schedule(optimizer, total, warmup_fraction)
     latest = latest_checkpoint(ckpt_root)
     if latest is not None:
         check_resumable(read_run_config(latest), run_config, latest, may_differ)
+        scheduled = saved_total_steps(latest)  # a resumed run keeps the schedule it started with
+    else:
+        t0 = time.monotonic()
+        before = evaluate()
+        eval_s = time.monotonic() - t0
+        logger.info("%s: before training %s (%.1f s)", stage, before, eval_s)
+        scheduled = fit_schedule(model, batch_at, loss_fn, device=device, planned=total,
+                                 deadline=deadline.minus(time_reserve(eval_s)), desc=stage)
+        set_seed(derive_seed(seed, stage, "train"))
+    optimizer = adamw(model, learning_rate, weight_decay)
+    plan = Plan(scheduled)
+    scheduler = linear_schedule(optimizer, plan, warmup_fraction)
+    if latest is not None:
         state = load_checkpoint(latest, model=model, optimizer=optimizer, scheduler=scheduler)
         model.to(device.torch_device)
         resumed_from: int | None = state.step
-        logger.info("%s: resuming from %s (step %d/%d)", stage, latest, state.step, total)
+        logger.info("%s: resuming from %s (step %d/%d)", stage, latest, state.step, scheduled)
     else:
-        state = TrainState(total_steps=total, extra={"before": evaluate()})
+        state = TrainState(total_steps=scheduled, extra={"before": before, "eval_seconds": eval_s})
         resumed_from = None
-        set_seed(derive_seed(seed, stage, "train"))
-        logger.info("%s: before training %s", stage, state.extra["before"])
+    loop = dataclasses.replace(loop, total_steps=scheduled)
     examples_before, seconds_before = state.examples, state.train_seconds
 
     def save(s: TrainState) -> Path:
@@ -516,8 +707,10 @@ def run_stage(
 
     state = train_loop(
         model, optimizer, scheduler, batch_at, device=device, cfg=loop, state=state, save=save,
-        loss_fn=loss_fn, on_step=on_step, desc=stage,
+        deadline=deadline.minus(time_reserve(state.extra.get("eval_seconds", 0.0))), plan=plan, loss_fn=loss_fn,
+        on_step=on_step, desc=stage,
     )
+    scheduled = state.total_steps
     after = evaluate()
     model_dir = out_dir / MODEL_SUBDIR
     with quiet_transformers():
@@ -525,12 +718,23 @@ def run_stage(
         tokenizer.save_pretrained(model_dir)
     result = StageResult(
         stage=stage, before=state.extra["before"], after=after, steps=state.step, total_steps=total,
-        stop_reason=state.stop_reason or "completed",
+        stop_reason=COMPLETED if state.step >= total else BUDGET,
+        scheduled_steps=scheduled if scheduled < total else None,
         examples_per_s=throughput(state.examples - examples_before, state.train_seconds - seconds_before),
         train_seconds=state.train_seconds, model_dir=model_dir, resumed_from=resumed_from,
-        train_losses=list(state.losses),
+        train_losses=list(state.losses), budget_seconds=_budget_of(deadline, started),
+        seconds=time.monotonic() - started,
     )
     write_json(out_dir / f"{stage}_results.json", result.summary())
-    logger.info("%s: %s -> %s, %d/%d steps (%s), %.1f examples/s", stage, result.before, after, state.step, total,
-                result.stop_reason, result.examples_per_s)
+    logger.info("%s: %s -> %s, %d/%d steps (%s), %.1f examples/s, %s", stage, result.before, after, state.step, total,
+                result.stop_reason, result.examples_per_s, budget_note(result.seconds, result.budget_seconds))
     return result
+
+
+def _budget_of(deadline: Deadline, started: float) -> float | None:
+    return deadline.end - started if deadline.bounded else None
+
+
+def budget_note(seconds: float, budget: float | None) -> str:
+    """"12.3 s of a 30.0 s budget" (or "12.3 s, no budget")."""
+    return f"{seconds:.1f} s of a {budget:.1f} s budget" if budget is not None else f"{seconds:.1f} s, no budget"

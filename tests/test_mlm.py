@@ -193,13 +193,17 @@ def test_same_seed_same_model_other_seed_other_model(catalog, tmp_path):
 
 
 def test_time_budget_stops_with_checkpoint_and_resume_continues(catalog, tmp_path):
-    cfg = mlm.tiny_config(SEED, max_steps=100_000, max_minutes=0.01, checkpoint_every=100_000)
+    # 3 s for the whole run: texts, tokenizer, validation before and after, steps, checkpoint
+    cfg = mlm.tiny_config(SEED, max_steps=100_000, max_minutes=0.05, checkpoint_every=100_000)
     first = mlm.run_mlm(catalog, cfg, device=CPU, out_dir=tmp_path, progress=False)
-    assert first.stop_reason == "time_budget" and 0 < first.steps < first.total_steps
+    assert first.stop_reason == "budget" and 0 < first.steps < first.total_steps
+    assert first.budget_seconds == pytest.approx(3.0, abs=0.1) and first.train_seconds <= first.seconds < 3.0 + 5
     assert training.checkpoint_step(first.checkpoint_dir) == first.steps
     assert first.model_dir.is_dir() and first.loss_after < first.loss_before
+    # the schedule was fitted to the budget (warm-up and decay within it), not cut inside its warm-up
+    assert first.scheduled_steps is not None and first.steps <= first.scheduled_steps < first.total_steps
     second = mlm.run_mlm(catalog, cfg, device=CPU, out_dir=tmp_path, progress=False)
-    assert second.resumed_from == first.steps and second.steps > first.steps
+    assert second.resumed_from == first.steps and first.steps <= second.steps <= first.scheduled_steps
     assert second.train_losses[: first.steps] == first.train_losses
 
 
