@@ -6,6 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEMO_DIR ?= .prodassoc/demo
 DEMO_AS_OF ?= 2011-11-08
+DEMO_TRAIN_MINUTES ?= 2
 export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 export MLFLOW_DISABLE_TELEMETRY ?= true
 export DO_NOT_TRACK ?= 1
@@ -16,7 +17,7 @@ export OMP_NUM_THREADS ?= 1
 ## help: list the targets with what they do
 ## install: create .venv (Python 3.11) and install torch (CPU wheel) and prodassoc with its dev extras
 ## browser: best effort: install Debian's headless Chromium for the Data Docs browser test (root + apt)
-## demo: import the shipped Online Retail sample, run the nightly flow, print top associations (DEMO_DIR)
+## demo: the whole product on the shipped sample: import (with bad rows), train, gate, nightly, what was served (DEMO_DIR)
 ## test: the whole test suite (installs first; the browser test skips, saying why, without Chromium)
 ## test-fast: the tests not marked slow
 ## bench: rule mining against pyfim and mlxtend (benchmarks/bench_mining.py)
@@ -52,13 +53,18 @@ $(STAMP): pyproject.toml
 
 demo: $(STAMP)
 	rm -rf $(DEMO_DIR)
+	@echo "== 1/5 import the shipped Online Retail sample, and a till export with bad rows"
 	$(BIN)/prodassoc --data-dir $(DEMO_DIR) import online-retail data/sample/online_retail_sample.parquet
+	$(BIN)/python scripts/demo_bad_rows.py $(DEMO_DIR)
+	@echo "== 2/5 train the model chain (MLM, teacher, student, GNN) within $(DEMO_TRAIN_MINUTES) minutes, then the serving gate"
+	$(BIN)/prodassoc --data-dir $(DEMO_DIR) train --as-of $(DEMO_AS_OF) --seed 0 --max-minutes $(DEMO_TRAIN_MINUTES)
+	$(BIN)/python scripts/demo_serve.py $(DEMO_DIR) $(DEMO_AS_OF)
+	@echo "== 3/5 the nightly: ingest, validate, baskets, rules, associations, bundles, publish"
 	$(BIN)/prodassoc --data-dir $(DEMO_DIR) run --as-of $(DEMO_AS_OF)
+	@echo "== 4/5 top associations"
 	$(BIN)/prodassoc --data-dir $(DEMO_DIR) top --limit 10
-	@echo
-	@echo "Tables: $(DEMO_DIR)/warehouse   DuckDB: $(DEMO_DIR)/prodassoc.duckdb"
-	@echo "Data Docs: $(DEMO_DIR)/gx/uncommitted/data_docs/local_site/index.html"
-	@echo "Try: $(BIN)/python -c \"import duckdb; print(duckdb.connect('$(DEMO_DIR)/prodassoc.duckdb', read_only=True).sql('SELECT * FROM latest_association_rules ORDER BY lift DESC LIMIT 5'))\""
+	@echo "== 5/5 what was served, cold-start products, bundles, quarantine, where everything is"
+	$(BIN)/python scripts/demo_report.py $(DEMO_DIR) $(DEMO_AS_OF)
 
 test: $(STAMP) browser
 	$(BIN)/python -m pytest -q -ra
