@@ -79,7 +79,12 @@ def check_cron(value: str, setting: str = "") -> str:
 def _job_env(data_dir: Path) -> dict[str, Any]:
     # Only the data directory travels in the deployment (visible in the UI); secrets such as
     # database passwords and S3 keys stay in the worker's environment, which flow runs inherit.
-    return {"env": {"PRODASSOC_DATA_DIR": str(data_dir)}}
+    return {"env": {
+        "PRODASSOC_DATA_DIR": str(data_dir),
+        # the project's log lines reach the Prefect UI; no MLflow download progress bars in the worker's log
+        "PREFECT_LOGGING_EXTRA_LOGGERS": "prodassoc",
+        "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
+    }}
 
 
 def _one_at_a_time():

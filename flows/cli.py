@@ -33,6 +33,9 @@ from pathlib import Path
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("DO_NOT_TRACK", "1")
+# the project's log lines (counts, what was served, weights) go to the Prefect run's logs too
+os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "prodassoc")
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # no download bars in logs
 
 log = logging.getLogger("prodassoc")
 

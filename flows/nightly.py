@@ -18,7 +18,7 @@ from prodassoc_core.settings import Settings
 from tasks import nightly as t
 
 
-@flow(name="prodassoc-nightly")
+@flow(name="prodassoc-nightly", flow_run_name="nightly-{as_of}")
 def nightly(as_of: date, settings: Settings | None = None) -> dict:
     """Run the nightly chain for ``as_of``; the training window is everything before it.
 
@@ -77,7 +77,7 @@ def _timed(timings: dict[str, float], stage: str):
         timings[stage] = time.perf_counter() - start
 
 
-@flow(name="prodassoc-backfill")
+@flow(name="prodassoc-backfill", flow_run_name="backfill-{start}-to-{end}")
 def backfill(start: date, end: date, settings: Settings | None = None, force: bool = False) -> dict:
     """Run ``nightly`` for every date in [start, end] (both included), oldest first.
 

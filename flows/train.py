@@ -22,7 +22,13 @@ from prodassoc_core.settings import Settings
 from tasks import train as t
 
 
-@flow(name="prodassoc-train")
+def _train_run_name() -> str:
+    from prefect.runtime import flow_run
+
+    return f"train-{flow_run.parameters.get('as_of') or 'scheduled'}"
+
+
+@flow(name="prodassoc-train", flow_run_name=_train_run_name)
 def train(
     as_of: date | None = None,
     seed: int | None = None,

@@ -74,3 +74,20 @@ def test_rerun_ingests_nothing_twice_and_replaces_its_partition(demo):
         assert by_table[p["table"]]["path"] == p["path"]
     files = list((settings.warehouse_dir / "product_associations").rglob("*.parquet"))
     assert len(files) == 1
+
+
+def test_the_run_is_named_by_its_date_and_its_log_shows_the_work(demo):
+    """In the Prefect UI a nightly run is ``nightly-<as_of>`` and its log holds the project's own
+    lines (counts, what was served), not only the tasks' states."""
+    from prefect import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterName, LogFilter, LogFilterFlowRunId
+    from prefect.logging.handlers import APILogHandler
+
+    APILogHandler.flush()
+    with get_client(sync_client=True) as client:
+        (run,) = client.read_flow_runs(
+            flow_run_filter=FlowRunFilter(name=FlowRunFilterName(any_=[f"nightly-{AS_OF.isoformat()}"])))
+        logs = client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run.id])), limit=200)
+    ours = [entry for entry in logs if entry.name.startswith("prodassoc.")]
+    assert any("associate:" in entry.message for entry in ours), [entry.name for entry in logs][:20]
+    assert any(entry.name == "prodassoc.ingest" for entry in ours)

@@ -167,7 +167,8 @@ def test_deployments_run_module_entrypoints_on_the_cpu_pool_one_at_a_time(tmp_pa
     for d in (nightly, backfill, train):
         assert d.concurrency_limit == 1
         assert d.concurrency_options.collision_strategy == ConcurrencyLimitStrategy.ENQUEUE
-        assert d.job_variables == {"env": {"PRODASSOC_DATA_DIR": str(tmp_path)}}
+        assert d.job_variables["env"]["PRODASSOC_DATA_DIR"] == str(tmp_path)
+        assert d.job_variables["env"]["PREFECT_LOGGING_EXTRA_LOGGERS"] == "prodassoc"  # our logs in the UI
         assert d.storage is None  # imported from the installed package, nothing pulled
 
 

@@ -121,7 +121,7 @@ def test_deploy_registers_pools_queue_and_deployments(deployed):
     (schedule,) = train.schedules
     assert (schedule.schedule.cron, schedule.schedule.timezone) == ("0 3 * * 0", "Europe/London")
     assert train.global_concurrency_limit.limit == 1 and not train.pull_steps
-    assert train.job_variables == {"env": {"PRODASSOC_DATA_DIR": str(data.resolve())}}
+    assert train.job_variables["env"]["PRODASSOC_DATA_DIR"] == str(data.resolve())
     (schedule,) = nightly.schedules
     assert (schedule.schedule.cron, schedule.schedule.timezone) == ("30 1 * * *", "Europe/London")
     assert nightly.parameters == {"timezone": "Europe/London"}
@@ -129,7 +129,7 @@ def test_deploy_registers_pools_queue_and_deployments(deployed):
         assert d.entrypoint == entrypoint and not d.pull_steps
         assert (d.work_pool_name, d.work_queue_name) == (commands.CPU_POOL, "dated-runs")
         assert d.global_concurrency_limit.limit == 1
-        assert d.job_variables == {"env": {"PRODASSOC_DATA_DIR": str(data.resolve())}}
+        assert d.job_variables["env"]["PRODASSOC_DATA_DIR"] == str(data.resolve())
     assert not backfill.schedules
     # and the API refuses a client without the auth string
     with pytest.raises(urllib.error.HTTPError) as refused:
