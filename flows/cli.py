@@ -131,7 +131,23 @@ def training_settings(settings, args: argparse.Namespace):
         for parent in parents:
             node = node[parent]
         node[key] = value
+    if getattr(args, "budget_split", None):
+        training["budget"] = {**training["budget"], **args.budget_split}
     return settings.training.model_validate(training)
+
+
+def _split(text: str) -> dict[str, float]:
+    """``mlm=0.1,teacher=0.3`` -> {"mlm": 0.1, "teacher": 0.3} (training.budget's fields)."""
+    out = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        key, sep, value = part.partition("=")
+        try:
+            out[key.strip()] = float(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not KEY=NUMBER: {part!r}") from None
+        if not sep:
+            raise argparse.ArgumentTypeError(f"not KEY=NUMBER: {part!r}")
+    return out
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -264,7 +280,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, help="required unless $PRODASSOC_TRAINING__SEED is set")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], help="default: training.device (auto: CUDA if present)")
     p.add_argument("--max-minutes", type=float, help="time budget of the whole chain, split across the stages "
-                   "(training.max_minutes; default: sized from the number of training baskets, 3 to 30 min)")
+                   "(training.max_minutes; default: sized from the number of training baskets, 2 to 30 min)")
     p.add_argument("--mlm-minutes", type=float, help="budget of the MLM stage, instead of its share (training.mlm_minutes)")
     p.add_argument("--teacher-minutes", type=float,
                    help="budget of the teacher stage: pairs, validation, training (training.teacher.max_minutes)")
@@ -274,6 +290,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "teacher (training.student.teacher_minutes)")
     p.add_argument("--gnn-minutes", type=float, help="budget of the GNN stage: graph, training, hybrid weights "
                    "(training.gnn.max_minutes)")
+    p.add_argument("--budget-split", type=_split, metavar="STAGE=SHARE,...",
+                   help="how --max-minutes is shared (training.budget), e.g. mlm=0.1,teacher=0.3,student=0.3,gnn=0.3; "
+                   "also student_lists=SHARE and hybrid_seconds=S")
     p.add_argument("--progress-seconds", type=float,
                    help="without a terminal, a progress log line this often (training.progress_seconds)")
     p.set_defaults(func=cmd_train)

@@ -268,6 +268,13 @@ def test_every_budget_is_a_train_option_and_a_setting(monkeypatch):
     assert cfg.max_minutes == 12 and cfg.gnn.max_minutes == 2 and cfg.teacher.max_minutes is None
     with pytest.raises(ValidationError, match="max_minutes"):
         training_settings(settings, build_parser().parse_args(["train", "--as-of", "2011-11-08", "--max-minutes", "0"]))
+    # the split is an option too; a misspelt stage is an error, not ignored
+    split = ["train", "--as-of", "2011-11-08", "--budget-split", "mlm=0.1,teacher=0.4,hybrid_seconds=20"]
+    cfg = training_settings(settings, build_parser().parse_args(split))
+    assert (cfg.budget.mlm, cfg.budget.teacher, cfg.budget.student, cfg.budget.hybrid_seconds) == (0.1, 0.4, 0.3, 20)
+    with pytest.raises(ValidationError, match="mlmm"):
+        training_settings(settings, build_parser().parse_args(["train", "--as-of", "2011-11-08",
+                                                               "--budget-split", "mlmm=0.1"]))
     # budgets are resumable settings: a new budget continues the same run directory
     assert {"training.max_minutes", "training.gnn.max_minutes", "training.budget.teacher"} <= chain.RESUMABLE
 
