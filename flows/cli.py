@@ -386,7 +386,23 @@ def training_settings(settings, args: argparse.Namespace):
         for parent in parents:
             node = node[parent]
         node[key] = value
+    if getattr(args, "budget_split", None):
+        training["budget"] = {**training["budget"], **args.budget_split}
     return settings.training.model_validate(training)
+
+
+def _split(text: str) -> dict[str, float]:
+    """``mlm=0.1,teacher=0.3`` -> {"mlm": 0.1, "teacher": 0.3} (training.budget's fields)."""
+    out = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        key, sep, value = part.partition("=")
+        try:
+            out[key.strip()] = float(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not KEY=NUMBER: {part!r}") from None
+        if not sep:
+            raise argparse.ArgumentTypeError(f"not KEY=NUMBER: {part!r}")
+    return out
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -688,7 +704,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="auto: CUDA (bf16) if present, else CPU (default: training.device, auto)")
     p.add_argument("--max-minutes", type=float, metavar="M",
                    help="time budget of the whole chain in minutes, split across the stages "
-                        "(default: training.max_minutes, else sized from the number of training baskets, 3 to 30 min)")
+                        "(default: training.max_minutes, else sized from the number of training baskets, 2 to 30 min)")
     p.add_argument("--mlm-minutes", type=float, metavar="M",
                    help="budget of the MLM stage, instead of its share (default: training.mlm_minutes, its share)")
     p.add_argument("--teacher-minutes", type=float, metavar="M",
@@ -703,6 +719,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gnn-minutes", type=float, metavar="M",
                    help="budget of the GNN stage: graph, training, hybrid weights "
                         "(default: training.gnn.max_minutes, its share)")
+    p.add_argument("--budget-split", type=_split, metavar="STAGE=SHARE,...",
+                   help="how --max-minutes is shared, e.g. mlm=0.1,teacher=0.3,student=0.3,gnn=0.3; also "
+                        "student_lists=SHARE and hybrid_seconds=S (default: training.budget, "
+                        "mlm=0.15,teacher=0.25,student=0.3,gnn=0.3)")
     p.add_argument("--progress-seconds", type=float, metavar="S",
                    help="without a terminal, a progress log line this often (default: training.progress_seconds)")
     p.add_argument("--no-promote", action="store_true",

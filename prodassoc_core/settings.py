@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 # Online Retail's non-product stock codes (postage, fees, manual adjustments, ...).
@@ -352,8 +352,10 @@ class BudgetSplit(BaseModel):
     split among the stages still to run in proportion to these shares, so time an early
     stage leaves unused flows to the later ones. A stage with its own budget
     (``training.mlm_minutes``, ``.teacher.max_minutes``, ``.student.max_minutes``,
-    ``.gnn.max_minutes``) gets that (capped by what is left), and the others share the rest.
+    ``.gnn.max_minutes``) gets that, and the others share the rest of the total.
     """
+
+    model_config = ConfigDict(extra="forbid")  # a misspelt stage must not be ignored
 
     mlm: float = Field(0.15, ge=0)
     teacher: float = Field(0.25, ge=0)

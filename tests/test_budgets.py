@@ -268,6 +268,13 @@ def test_every_budget_is_a_train_option_and_a_setting(monkeypatch):
     assert cfg.max_minutes == 12 and cfg.gnn.max_minutes == 2 and cfg.teacher.max_minutes is None
     with pytest.raises(ValidationError, match="max_minutes"):
         training_settings(settings, build_parser().parse_args(["train", "--as-of", "2011-11-08", "--max-minutes", "0"]))
+    # the split is an option too; a misspelt stage is an error, not ignored
+    split = ["train", "--as-of", "2011-11-08", "--budget-split", "mlm=0.1,teacher=0.4,hybrid_seconds=20"]
+    cfg = training_settings(settings, build_parser().parse_args(split))
+    assert (cfg.budget.mlm, cfg.budget.teacher, cfg.budget.student, cfg.budget.hybrid_seconds) == (0.1, 0.4, 0.3, 20)
+    with pytest.raises(ValidationError, match="mlmm"):
+        training_settings(settings, build_parser().parse_args(["train", "--as-of", "2011-11-08",
+                                                               "--budget-split", "mlmm=0.1"]))
     # budgets are resumable settings: a new budget continues the same run directory
     assert {"training.max_minutes", "training.gnn.max_minutes", "training.budget.teacher"} <= chain.RESUMABLE
 
@@ -290,3 +297,28 @@ def test_deadline_slices():
     assert d.earliest(training.Deadline()) is d and not training.Deadline().bounded
     assert training.Deadline.minutes(None).remaining() == float("inf")
     assert training.Deadline.after(-5).expired()
+
+
+def test_a_crashed_budgeted_stage_resumes_its_fitted_schedule(data, tmp_path):
+    catalog, frame = data
+    cfg = endless(teacher=endless().teacher.model_copy(update={"checkpoint_every": 3}))
+    task = pairs.build_task(catalog, mlm.catalog_texts(catalog), frame, AS_OF, cfg.pairs)
+    init = mlm.run_mlm(catalog, mlm.tiny_config(SEED, max_steps=2), device=CPU, out_dir=tmp_path / "mlm",
+                       progress=False).model_dir
+
+    def crash(state):
+        if state.step == 4:
+            raise RuntimeError("killed")
+
+    with pytest.raises(RuntimeError, match="killed"):
+        teacher.train_teacher(task, init, cfg, device=CPU, out_dir=tmp_path / "t", progress=False,
+                              deadline=training.Deadline.after(8), on_step=crash)
+    checkpoint = training.latest_checkpoint(tmp_path / "t" / "checkpoints")
+    assert training.checkpoint_step(checkpoint) == 3
+    fitted = training.saved_total_steps(checkpoint)
+    assert 4 <= fitted < 100_000  # the schedule was fitted to the 8 s budget
+    # the rerun keeps that schedule (its warm-up and decay), whatever its own budget
+    resumed = teacher.train_teacher(task, init, cfg, device=CPU, out_dir=tmp_path / "t", progress=False,
+                                    deadline=training.Deadline.after(120))
+    assert resumed.resumed_from == 3 and resumed.steps == resumed.scheduled_steps == fitted
+    assert resumed.stop_reason == "budget" and resumed.total_steps == 100_000
