@@ -25,9 +25,15 @@ def nightly(as_of: date, settings: Settings | None = None) -> dict:
     Holds the run lock for ``as_of`` throughout: a second run for the same date fails at
     once with RunLockedError naming the holder (or waits ``settings.run_lock_timeout_s``).
     Returns a summary: ingestion counts, the published partitions and the MLflow run id.
-    When a student holds the champion alias, its ``product_embeddings`` are published too.
-    After publishing, the run's counts, stage timings and models are recorded as the Prefect
-    Markdown artifact ``nightly-<as_of>`` and as an MLflow run in experiment ``prodassoc-nightly``.
+    What is served follows the serving plan (prodassoc_core/serving.py); with a served student
+    its ``product_embeddings`` are published too. After publishing, the run's counts, stage
+    timings and what was served are recorded as the Prefect Markdown artifact ``nightly-<as_of>``
+    and as an MLflow run in experiment ``prodassoc-nightly``.
+
+    Args:
+        as_of: the run date, YYYY-MM-DD: trains on orders before it and publishes run_date=as_of.
+        settings: leave empty: settings come from the worker's environment (PRODASSOC_* variables,
+            README "Settings"); set only to override one run.
     """
     settings = settings or Settings()
     logger = get_run_logger()
@@ -83,6 +89,13 @@ def backfill(start: date, end: date, settings: Settings | None = None, force: bo
 
     Dates whose tables are already published are skipped unless ``force``. Stops at the
     first failing date; rerunning the backfill resumes there.
+
+    Args:
+        start: first run date, YYYY-MM-DD.
+        end: last run date, YYYY-MM-DD, included.
+        settings: leave empty: settings come from the worker's environment (PRODASSOC_* variables,
+            README "Settings"); set only to override one run.
+        force: rerun dates already published, replacing their partitions (default: skip them).
     """
     settings = settings or Settings()
     logger = get_run_logger()
@@ -107,6 +120,12 @@ def scheduled_nightly(
 
     The logical date comes from the scheduler, not from the wall clock, so a late or
     retried run still processes the day it was scheduled for.
+
+    Args:
+        settings: leave empty: settings come from the worker's environment (PRODASSOC_* variables,
+            README "Settings"); set only to override one run.
+        as_of: leave empty for the scheduled date; YYYY-MM-DD to run another date.
+        timezone: IANA zone of the schedule, e.g. Europe/London: which calendar day "scheduled" means.
     """
     return nightly(as_of=as_of or scheduled_date(timezone), settings=settings)
 

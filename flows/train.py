@@ -43,6 +43,15 @@ def train(
     ``scheduled_nightly`` does. ``seed`` overrides ``settings.training.seed``; one of them is
     required. ``promote`` False: a trial run, the gate decides and records but promotes nothing.
     Returns ``train_summary.summary``: versions, gate scores and verdict, stage timings.
+
+    Args:
+        as_of: leave empty for the scheduled date; YYYY-MM-DD trains on orders before that date.
+        seed: integer every stage derives its seeds from; empty: PRODASSOC_TRAINING__SEED on the worker.
+        settings: leave empty: settings come from the worker's environment (PRODASSOC_* variables,
+            README "Settings"); set only to override one run.
+        timezone: IANA zone of the schedule, e.g. Europe/London: which calendar day "scheduled" means.
+        progress: tqdm bars (a terminal); off in deployments, where progress is a log line.
+        promote: off for a trial run: the serving gate decides and records, nothing is promoted.
     """
     settings = settings or Settings()
     if seed is not None:

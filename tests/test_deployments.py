@@ -9,3 +9,17 @@ def test_nightly_deployment_schedule_and_single_concurrency():
     assert d.parameters == {"timezone": "Europe/London"}
     assert d.concurrency_limit == 1
 
+
+
+def test_every_deployed_flow_parameter_is_described_for_the_run_form():
+    """The Prefect UI's run form shows each parameter's description (from the flow's docstring)."""
+    from prefect.utilities.callables import parameter_schema
+
+    from flows.nightly import backfill, nightly, scheduled_nightly
+    from flows.train import train
+
+    for f in (nightly, backfill, scheduled_nightly, train):
+        props = parameter_schema(f.fn).properties
+        missing = [name for name, p in props.items() if not p.get("description")]
+        assert not missing, f"{f.name}: parameters without a description: {missing}"
+    assert "YYYY-MM-DD" in parameter_schema(nightly.fn).properties["as_of"]["description"]
