@@ -303,6 +303,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     for p in result["published"]:
         print(f"published {p['table']}: {p['rows']:,} rows -> {p['path']}")
     print(f"DuckDB views: {settings.duckdb_path}")
+    print(f"report: {result['report']}")
     return 0
 
 
