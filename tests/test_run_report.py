@@ -8,6 +8,8 @@ is installed (skipped otherwise, saying so).
 
 from __future__ import annotations
 
+import contextlib
+import io
 import re
 from datetime import date
 from pathlib import Path
@@ -20,6 +22,7 @@ from prodassoc_core import importers, pipeline, run_report, run_summary
 from prodassoc_core.settings import Settings
 
 DAY = date(2024, 3, 2)
+AS_OF = date(2011, 10, 8)  # the end-to-end run: a week of the sample
 SERVED = {
     "served": "warm: classic count; cold: none", "segments": {"warm": "classic", "cold": "classic"},
     "classic": "count", "classic_reason": "count, the floor", "reason": "no student passed the gate",
@@ -124,20 +127,28 @@ def test_network_is_a_circle_of_the_top_products_with_their_associations():
 
 @pytest.fixture(scope="module")
 def nightly_run(tmp_path_factory, prefect_harness):
-    from flows.nightly import nightly
+    """``prodassoc run`` on a week of the sample (quick): (settings, what it printed, the report's path)."""
+    from flows.cli import main
 
     settings = Settings(data_dir=tmp_path_factory.mktemp("report"))
     importers.import_source(kind="online-retail", inputs=[SAMPLE], landing_dir=settings.landing_dir)
-    return settings, nightly(as_of=date(2011, 10, 8), settings=settings)  # a week of data: quick
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        assert main(["--data-dir", str(settings.data_dir), "run", "--as-of", "2011-10-08"]) == 0
+    last = printed.getvalue().splitlines()[-1]
+    assert last.startswith("report: "), printed.getvalue()
+    return settings, printed.getvalue(), Path(last.removeprefix("report: "))
+
+
+def _served(settings: Settings) -> dict:
+    return pipeline.served_summary(pipeline.run_dir(settings, AS_OF) / pipeline.BASKETS_FILE)
 
 
 def test_the_nightly_writes_the_report_and_links_it(nightly_run):
-    settings, out = nightly_run
-    report = Path(out["report"])
+    settings, _, report = nightly_run
     assert report == settings.reports_dir / "nightly_as_of=2011-10-08.html" and report.is_file()
     page = report.read_text()
-    served = pipeline.served_summary(pipeline.run_dir(settings, date(2011, 10, 8)) / pipeline.BASKETS_FILE)
-    assert f"Served: <code>{run_summary.served_model(served)}</code>" in page
+    assert f"Served: <code>{run_summary.served_model(_served(settings))}</code>" in page
     assert "<svg" in page and "First run: no committed run before 2011-10-08" in page
     assert "PAPER CHAIN KIT 50&#x27;S CHRISTMAS" in page  # a title of the sample's top pairs, escaped
     assert not list(settings.reports_dir.glob(".*.tmp"))  # written atomically, nothing left over
@@ -152,11 +163,15 @@ def test_the_nightly_writes_the_report_and_links_it(nightly_run):
 
 @pytest.mark.filterwarnings("ignore:Logger 'prodassoc.pipeline' attempted to send logs")  # called outside a flow
 def test_the_next_run_compares_with_the_previous_committed_one(nightly_run):
-    settings, out = nightly_run
+    from prodassoc_core import warehouse
+
+    settings, _, _ = nightly_run
+    tables = warehouse.committed_dates(settings.warehouse_dir)[AS_OF]
+    published = [{"table": t, "rows": info["rows"],
+                  "path": warehouse.partition_dir(settings.warehouse_dir, t, AS_OF) / warehouse.DATA_FILE}
+                 for t, info in sorted(tables.items())]
     # the report of a later date over the same published tables: nothing changed since 2011-10-08
-    later = pipeline.write_run_report(settings, date(2011, 10, 9), out["ingest"], out["published"],
-                                      pipeline.served_summary(pipeline.run_dir(settings, date(2011, 10, 8))
-                                                              / pipeline.BASKETS_FILE))
+    later = pipeline.write_run_report(settings, date(2011, 10, 9), INGEST, published, _served(settings))
     page = later.read_text()
     assert later.name == "nightly_as_of=2011-10-09.html"
     assert "Compared with the run of 2011-10-08" in page and "0 pairs new, 0 dropped, 0 moved rank" in page
@@ -168,7 +183,7 @@ def test_the_report_reads_in_a_headless_browser_offline(nightly_run):
     browser = find_browser()
     if browser is None:
         pytest.skip("no headless Chromium on this machine; install one: apt-get install -y chromium")
-    _, out = nightly_run
-    text = dom(browser, Path(out["report"]))
+    _, _, report = nightly_run
+    text = dom(browser, report)
     assert "What was served" in text and "Top associations" in text and "<svg" in text
     assert "PAPER CHAIN KIT 50'S CHRISTMAS" in text
