@@ -236,7 +236,9 @@ def counts_section(ingest: Mapping, published: Sequence[Mapping]) -> str:
     files = [("files seen", ingest.get("files_seen", 0)), ("ingested", ingest.get("files_ingested", 0)),
              ("skipped (already ingested)", ingest.get("files_skipped", 0)), ("failed", ingest.get("files_failed", 0)),
              ("duplicate", ingest.get("files_duplicate", 0)), ("deferred (after as_of)", ingest.get("files_deferred", 0))]
-    out = ["<h2>Counts</h2>", "<p>" + "; ".join(f"{_e(k)}: {v:,}" for k, v in files) + ".</p>"]
+    out = ["<h2>Counts</h2><p>What this run ingested (files ingested by earlier runs are skipped), what it "
+           "quarantined and what it published.</p>",
+           "<p>" + "; ".join(f"{_e(k)}: {v:,}" for k, v in files) + ".</p>"]
     tables = sorted({p["table"] for p in ingest.get("partitions", ())})
     rows = []
     for table in tables:
