@@ -166,7 +166,8 @@ def network_svg(associations: pl.DataFrame, titles: Mapping[str, str], n: int = 
         for i, p in enumerate(products)
     }
     top = max((s for _, _, s in edges), default=1.0) or 1.0
-    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" viewBox="0 0 {width} {height}" '
+    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+             f'viewBox="0 0 {width} {height}" '
              f'role="img" aria-label="association network of the top {len(products)} products">']
     for a, b, s in edges:
         (x1, y1), (x2, y2) = pos[a], pos[b]
@@ -235,7 +236,8 @@ def counts_section(ingest: Mapping, published: Sequence[Mapping]) -> str:
     """Files and rows of this run's ingestion per table, the quarantine breakdown, the published partitions."""
     files = [("files seen", ingest.get("files_seen", 0)), ("ingested", ingest.get("files_ingested", 0)),
              ("skipped (already ingested)", ingest.get("files_skipped", 0)), ("failed", ingest.get("files_failed", 0)),
-             ("duplicate", ingest.get("files_duplicate", 0)), ("deferred (after as_of)", ingest.get("files_deferred", 0))]
+             ("duplicate", ingest.get("files_duplicate", 0)),
+             ("deferred (after as_of)", ingest.get("files_deferred", 0))]
     out = ["<h2>Counts</h2><p>What this run ingested (files ingested by earlier runs are skipped), what it "
            "quarantined and what it published.</p>",
            "<p>" + "; ".join(f"{_e(k)}: {v:,}" for k, v in files) + ".</p>"]
