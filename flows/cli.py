@@ -303,6 +303,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     for p in result["published"]:
         print(f"published {p['table']}: {p['rows']:,} rows -> {p['path']}")
     print(f"DuckDB views: {settings.duckdb_path}")
+    print(f"report: {result['report']}")
     return 0
 
 
@@ -321,7 +322,7 @@ def cmd_backfill(args: argparse.Namespace) -> int:
     result = backfill(start=args.start, end=args.end, settings=settings, force=args.force)
     for run in result["runs"]:
         rows = ", ".join(f"{p['table']} {p['rows']:,}" for p in run["published"])
-        print(f"as_of {run['as_of']}: published {rows}")
+        print(f"as_of {run['as_of']}: published {rows}; report {run['report']}")
     if result["skipped"]:
         print(f"skipped (already published): {', '.join(result['skipped'])}")
     return 0

@@ -24,11 +24,12 @@ def nightly(as_of: date, settings: Settings | None = None) -> dict:
 
     Holds the run lock for ``as_of`` throughout: a second run for the same date fails at
     once with RunLockedError naming the holder (or waits ``settings.run_lock_timeout_s``).
-    Returns a summary: ingestion counts, the published partitions and the MLflow run id.
+    Returns a summary: ingestion counts, the published partitions, the MLflow run id and the report path.
     What is served follows the serving plan (prodassoc_core/serving.py); with a served student
     its ``product_embeddings`` are published too. After publishing, the run's counts, stage
     timings and what was served are recorded as the Prefect Markdown artifact ``nightly-<as_of>``
-    and as an MLflow run in experiment ``prodassoc-nightly``.
+    and as an MLflow run in experiment ``prodassoc-nightly``, and the run's report page is written
+    to ``<data>/reports/nightly_as_of=<as_of>.html`` (returned as ``report``, linked from the artifact).
 
     Args:
         as_of: the run date, YYYY-MM-DD: trains on orders before it and publishes run_date=as_of.
@@ -70,8 +71,13 @@ def nightly(as_of: date, settings: Settings | None = None) -> dict:
     timings["total"] = time.perf_counter() - start
     for p in published:
         logger.info("published %s: %d rows at %s", p["table"], p["rows"], p["path"])
-    mlflow_run = t.record_run(settings, as_of, ingest_report, published, baskets_path, timings)
-    return {"as_of": as_of.isoformat(), "ingest": ingest_report, "published": published, "mlflow_run": mlflow_run}
+    report = t.run_report(settings, as_of, ingest_report, published, baskets_path)
+    logger.info("run report: %s", report)
+    mlflow_run = t.record_run(settings, as_of, ingest_report, published, baskets_path, timings, report)
+    return {
+        "as_of": as_of.isoformat(), "ingest": ingest_report, "published": published, "mlflow_run": mlflow_run,
+        "report": str(report),
+    }
 
 
 @contextmanager

@@ -225,6 +225,58 @@ def embedding_model(path: Path) -> str:
     return uris[0]
 
 
+def run_report_path(settings: Settings, as_of: date) -> Path:
+    """``<data>/reports/nightly_as_of=YYYY-MM-DD.html``: the run's report page."""
+    return settings.reports_dir / f"nightly_as_of={as_of.isoformat()}.html"
+
+
+def _read_columns(path: Path, columns) -> pl.DataFrame:
+    """The columns of ``columns`` that the Parquet file at ``path`` has (older partitions lack some)."""
+    names = set(pq.read_schema(path).names)
+    return pl.from_arrow(pq.read_table(path, columns=[c for c in columns if c in names]))
+
+
+def write_run_report(
+    settings: Settings, as_of: date, ingest_report: dict, published: list[dict], served: dict
+) -> Path:
+    """Write the run's HTML report (prodassoc_core/run_report.py) to ``run_report_path``, atomically.
+
+    Reads this run's published product_associations and bundles, the staged catalog's titles and,
+    for "what changed", the product_associations of the newest committed run before ``as_of``.
+    """
+    import os
+
+    from prodassoc_core import run_report
+
+    paths = {p["table"]: Path(p["path"]) for p in published}
+    pairs_path = paths.get(PRODUCT_ASSOCIATIONS.name) or (
+        warehouse.partition_dir(settings.warehouse_dir, PRODUCT_ASSOCIATIONS.name, as_of) / warehouse.DATA_FILE)
+    associations = _read_columns(pairs_path, run_report.PAIR_COLUMNS)
+    bundles = _read_columns(paths[BUNDLES.name], run_report.BUNDLE_COLUMNS) if BUNDLES.name in paths else None
+    earlier = [d for d, tables in warehouse.committed_dates(settings.warehouse_dir).items()
+               if d < as_of and PRODUCT_ASSOCIATIONS.name in tables]
+    previous = None
+    if earlier:
+        before = warehouse.partition_dir(settings.warehouse_dir, PRODUCT_ASSOCIATIONS.name, earlier[-1])
+        previous = (earlier[-1], _read_columns(before / warehouse.DATA_FILE, run_report.PAIR_COLUMNS))
+    try:
+        catalog = ingest.read_staged_catalog(settings.staging_dir)
+        titles = dict(zip(catalog[PRODUCT_ID].to_list(), catalog["title"].to_list()))
+    except FileNotFoundError:
+        titles = {}
+    page = run_report.render(as_of, served, ingest_report, published, associations, bundles, titles, previous)
+    path = run_report_path(settings, as_of)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_text(page, encoding="utf-8")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    log.info("run report for %s: %s", as_of, path)
+    return path
+
+
 def publish(settings: Settings, as_of: date, staged: dict[str, Path]) -> list[warehouse.WriteResult]:
     """Move finished tables into the warehouse partition for as_of, commit them as one, refresh the views.
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from datetime import date
+from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 from prodassoc_core.contracts import CATALOG, TRANSACTIONS
@@ -127,9 +128,11 @@ def nightly_markdown(
     published: Sequence[Mapping],
     tracking: str,
     embedding_model: str | None = None,
+    report: Path | str | None = None,
 ) -> str:
     """The run's page: models used, counts, quarantine, published partitions, timings, and where
-    MLflow has it. ``embedding_model``: the model version behind product_embeddings, if published."""
+    MLflow has it. ``embedding_model``: the model version behind product_embeddings, if published;
+    ``report``: the path of the run's HTML report (prodassoc_core/run_report.py), if written."""
     m = metrics
     embeddings = f"`{embedding_model}` (the served student)" if embedding_model else "none (no student served)"
     lines = [
@@ -141,6 +144,8 @@ def nightly_markdown(
         f"- classic method: {served['classic_reason']}",
         f"- models: {served['reason']}",
         "",
+        *([f"Report (HTML, one page: served, counts, top associations and bundles, network, changes): `{report}`", ""]
+          if report else []),
         "## Ingestion",
         "",
         "| files seen | ingested | skipped | failed | duplicate | deferred |",

@@ -49,13 +49,20 @@ def publish(settings: Settings, as_of: date, staged: dict[str, Path]) -> list[di
     return [asdict(r) for r in pipeline.publish(settings, as_of, staged)]
 
 
+@task(name="run-report", cache_policy=NO_CACHE)
+def run_report(settings: Settings, as_of: date, ingest_report: dict, published: list[dict], baskets_path: Path) -> Path:
+    """The run's HTML report page, ``<data>/reports/nightly_as_of=<as_of>.html``; returns its path."""
+    return pipeline.write_run_report(settings, as_of, ingest_report, published, pipeline.served_summary(baskets_path))
+
+
 @task(name="record-run", cache_policy=NO_CACHE)
 def record_run(
     settings: Settings, as_of: date, ingest_report: dict, published: list[dict], baskets_path: Path,
-    timings: dict[str, float],
+    timings: dict[str, float], report: Path | None = None,
 ) -> str:
     """The run's counts, timings and model versions as one MLflow run (experiment prodassoc-nightly)
-    and as the Markdown artifact ``nightly-<as_of>``; returns the MLflow run id.
+    and as the Markdown artifact ``nightly-<as_of>`` (linking the HTML ``report`` when given);
+    returns the MLflow run id.
 
     The artifact is written even when MLflow is unreachable (saying so), then the error is raised.
     """
@@ -94,13 +101,15 @@ def record_run(
         reason = str(exc).replace(settings.tracking_uri, uri)
         error = f"{where}: **logging failed** ({type(exc).__name__}: {reason})"
         create_markdown_artifact(
-            run_summary.nightly_markdown(as_of, served, metrics, ingest_report, published, error, embedding_model),
+            run_summary.nightly_markdown(
+                as_of, served, metrics, ingest_report, published, error, embedding_model, report
+            ),
             key=key, description=f"prodassoc nightly {as_of.isoformat()} (MLflow logging failed)",
         )
         raise
     create_markdown_artifact(
         run_summary.nightly_markdown(
-            as_of, served, metrics, ingest_report, published, f"{where}, run `{run_id}`", embedding_model
+            as_of, served, metrics, ingest_report, published, f"{where}, run `{run_id}`", embedding_model, report
         ),
         key=key, description=f"prodassoc nightly {as_of.isoformat()}: counts, quarantine, timings",
     )
