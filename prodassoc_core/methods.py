@@ -92,10 +92,12 @@ def decayed_associations(baskets: pl.DataFrame, as_of: datetime, cfg: DecayedCon
     return decayed_grid(baskets, as_of, [cfg])[0]
 
 
-def decayed_grid(baskets: pl.DataFrame, as_of: datetime, cfgs: Sequence[DecayedConfig]) -> list[pl.DataFrame]:
+def decayed_grid(baskets: pl.DataFrame, as_of: datetime, cfgs: Sequence[DecayedConfig],
+                 queries: Iterable[str] | None = None) -> list[pl.DataFrame]:
     """``decayed_associations`` for several settings, sharing the co-purchase counts (one pass
     over the baskets) and each (half-life, size exponent)'s weighted counts. All ``cfgs`` must
-    share ``min_pair_count``."""
+    share ``min_pair_count``. ``queries``: rank only these products (the rest of the rows are
+    not made)."""
     if len({c.min_pair_count for c in cfgs}) > 1:
         raise ValueError("decayed_grid: every setting must share min_pair_count")
     if baskets.height == 0:
@@ -109,7 +111,7 @@ def decayed_grid(baskets: pl.DataFrame, as_of: datetime, cfgs: Sequence[DecayedC
             weighted[key] = support.weighted(cfg)
         c_ab, c_b = weighted[key]
         score = c_ab / np.where(c_ab > 0, c_b[support.b], 1.0) ** cfg.popularity_exponent
-        out.append(support.top_k(score, cfg.top_k))
+        out.append(support.top_k(score, cfg.top_k, queries=queries))
     return out
 
 
@@ -162,13 +164,20 @@ class DecayedSupport:
         c_ab = np.asarray(weighted[self.a, self.b]).ravel() if len(self.a) else np.zeros(0)
         return c_ab, np.asarray(self.x.T @ weight).ravel()
 
-    def top_k(self, score: np.ndarray, top_k: int, method: str = "decayed_damped") -> pl.DataFrame:
+    def top_k(self, score: np.ndarray, top_k: int, method: str = "decayed_damped",
+              queries: Iterable[str] | None = None) -> pl.DataFrame:
         """Top k per product on integer ids (their order is the ids' sort order): score, then
-        n_rule, descending, then associated id; strings are made for the kept rows only."""
+        n_rule, descending, then associated id; strings are made for the kept rows only.
+        ``queries``: only these products' lists."""
         a, b, n_ab = self.a, self.b, self.n_ab
         bounds = np.searchsorted(a, np.arange(len(self.items) + 1))
         picked = []
-        for p in range(len(self.items)):
+        if queries is None:
+            wanted = range(len(self.items))
+        else:
+            position = {item: k for k, item in enumerate(self.items)}
+            wanted = sorted(position[q] for q in set(queries) if q in position)
+        for p in wanted:
             lo, hi = bounds[p], bounds[p + 1]
             if hi > lo:
                 picked.append(lo + np.lexsort((b[lo:hi], -n_ab[lo:hi], -score[lo:hi]))[:top_k])

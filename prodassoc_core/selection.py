@@ -28,7 +28,7 @@ import polars as pl
 from prodassoc_core import evaluation, methods
 from prodassoc_core.associations import pair_counts
 from prodassoc_core.baskets import ITEMS
-from prodassoc_core.contracts import ORDERED_AT
+from prodassoc_core.contracts import ORDERED_AT, PRODUCT_ID
 from prodassoc_core.settings import AssociationConfig, SelectionConfig
 
 FLOOR = "count"
@@ -90,18 +90,24 @@ def label(cfg: AssociationConfig) -> str:
     return f"decayed_damped(half_life={half},size={cfg.size_exponent:g},pop={cfg.popularity_exponent:g})"
 
 
-def rankings(fit: pl.DataFrame, cut: datetime, configs: Sequence[AssociationConfig]) -> list[pl.DataFrame]:
-    """Each setting's ranking from the fit baskets (pair counts and decayed counts computed once)."""
+def rankings(fit: pl.DataFrame, cut: datetime, configs: Sequence[AssociationConfig],
+             queries: Sequence[str] | None = None) -> list[pl.DataFrame]:
+    """Each setting's ranking from the fit baskets (pair counts and decayed counts computed once),
+    of ``queries`` only when given (scoring needs the scored products' lists, not the catalog's)."""
     items = fit[ITEMS].to_list()
     min_counts = {c.min_pair_count for c in configs}
     pairs = {m: pair_counts(items, m) for m in min_counts}
+    if queries is not None:
+        wanted = pl.Series(list(queries), dtype=pl.String)
+        pairs = {m: p.filter(pl.col(PRODUCT_ID).is_in(wanted)) for m, p in pairs.items()}
     decayed = [c for c in configs if c.method == "decayed_damped"]
     by_count: dict[int, list[AssociationConfig]] = {}
     for c in decayed:
         by_count.setdefault(c.min_pair_count, []).append(c)
     decayed_out: dict[int, pl.DataFrame] = {}
     for group in by_count.values():
-        for c, frame in zip(group, methods.decayed_grid(fit, cut, [methods.decayed_config(c) for c in group])):
+        for c, frame in zip(group, methods.decayed_grid(fit, cut, [methods.decayed_config(c) for c in group],
+                                                        queries=queries)):
             decayed_out[id(c)] = frame
     out = []
     for c in configs:
@@ -117,7 +123,8 @@ def per_product(ranking: pl.DataFrame, relevant: Mapping[str, set[str]], warm: s
                 k: int) -> pl.DataFrame:
     """Per scored product: warm, hr, recall, ndcg of ``ranking`` padded with ``popular``
     (every method gets the same fallback, as in the harness)."""
-    filled = evaluation.fill_with_popular(ranking, relevant, popular, k)
+    wanted = pl.Series(sorted(relevant), dtype=pl.String)  # the scored products' lists only
+    filled = evaluation.fill_with_popular(ranking.filter(pl.col(PRODUCT_ID).is_in(wanted)), relevant, popular, k)
     return evaluation.per_product_metrics(filled, relevant, warm, k)
 
 
@@ -172,7 +179,7 @@ def select_on(
     popular = methods.popular_products(fit_items)
     scores = [
         float(per_product(r, relevant, warm, popular, cfg.k)["ndcg"].mean())
-        for r in rankings(fit, cut, configs)
+        for r in rankings(fit, cut, configs, queries=sorted(relevant))
     ]
     table = pl.DataFrame({"label": [label(c) for c in configs], "ndcg": scores})
     best = max(range(len(configs)), key=lambda i: (scores[i], -i))  # ties: the earlier candidate
