@@ -170,7 +170,9 @@ def _hybrid_rows(settings: Settings, plan, train: pl.DataFrame, as_of: date, bas
     from prodassoc_core.training import device_of
 
     models = plan.models
-    catalog = ingest.read_staged_catalog(settings.staging_dir).sort(PRODUCT_ID)
+    # non-product codes (postage, discounts, samples: the basket rules) are never associated products
+    catalog = ingest.read_staged_catalog(settings.staging_dir).filter(
+        ~baskets.is_non_product(settings.baskets)).sort(PRODUCT_ID)
     with tempfile.TemporaryDirectory(prefix=".champions-", dir=baskets_path.parent) as work:
         found = champions.download(settings, models, Path(work))
         model = champions.hybrid_model(settings, found, catalog, train, device_of(settings.training))

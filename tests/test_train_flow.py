@@ -39,6 +39,13 @@ def _artifacts(key: str, flow_run_id) -> list:
         return client.read_artifacts(artifact_filter=only)
 
 
+def _products(settings: Settings) -> pl.DataFrame:
+    """The staged catalog without the non-product codes (postage, discounts, ...)."""
+    from prodassoc_core.baskets import is_non_product
+
+    return ingest.read_staged_catalog(settings.staging_dir).filter(~is_non_product(settings.baskets))
+
+
 def _champion(settings: Settings, name: str = "prodassoc-student"):
     return tracking.aliased_version(settings.tracking_uri, name, settings.training.champion_alias)
 
@@ -167,7 +174,7 @@ def test_nightly_publishes_the_champions_embeddings(trained, nightly_with_champi
     champion = _champion(settings)
     table = pq.read_table(published[PRODUCT_EMBEDDINGS.name]["path"])
     assert table.schema == PRODUCT_EMBEDDINGS.schema
-    catalog = ingest.read_staged_catalog(settings.staging_dir)
+    catalog = _products(settings)
     assert table.column(PRODUCT_ID).to_pylist() == sorted(catalog[PRODUCT_ID].to_list())  # one row per product
     vectors = np.array(table.column("embedding").to_pylist(), dtype=np.float32)
     assert vectors.shape == (catalog.height, table.column("dim")[0].as_py())
@@ -185,9 +192,11 @@ def test_nightly_publishes_the_hybrid_for_every_product_with_explanations(traine
     settings, _, _ = trained
     published = {p["table"]: p for p in nightly_with_champion["published"]}
     table = pl.read_parquet(published["product_associations"]["path"])
-    catalog = ingest.read_staged_catalog(settings.staging_dir)
+    catalog = _products(settings)
     assert table["method"].unique().to_list() == ["hybrid"]
     assert set(table[PRODUCT_ID]) == set(catalog[PRODUCT_ID])  # every catalog product, sold or not
+    # postage, discounts, samples (the basket rules' non-product codes) are never associated
+    assert set(table["associated_product_id"]) <= set(catalog[PRODUCT_ID])
     assert table["explanation"].null_count() == 0
     for column in ("cooc_score", "text_score", "gnn_score"):
         assert table[column].null_count() == 0
