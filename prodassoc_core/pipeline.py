@@ -146,11 +146,12 @@ def associate(settings: Settings, baskets_path: Path, as_of: date) -> dict[str, 
     train = pl.read_parquet(baskets_path, glob=False)
     plan = serving.plan(settings, as_of)
     log.info("associate: %s", plan.describe())
-    ranking = methods.config_associations(train, datetime.combine(as_of, time()), plan.classic)
-    classic = pl.from_arrow(methods.publishable(ranking, train[baskets.ITEMS].to_list()))
-    classic = classic.with_columns(source=pl.lit(serving.CLASSIC), is_cold_start=pl.lit(False))
     staged: dict[str, Path] = {}
-    parts = [classic] if plan.source("warm") == serving.CLASSIC else []
+    parts = []
+    if plan.source("warm") == serving.CLASSIC:  # the classic ranking only where it is served
+        ranking = methods.config_associations(train, datetime.combine(as_of, time()), plan.classic)
+        classic = pl.from_arrow(methods.publishable(ranking, train[baskets.ITEMS].to_list()))
+        parts.append(classic.with_columns(source=pl.lit(serving.CLASSIC), is_cold_start=pl.lit(False)))
     if plan.serves_hybrid:
         hybrid_rows, embeddings = _hybrid_rows(settings, plan, train, as_of, baskets_path)
         parts.append(hybrid_rows)
