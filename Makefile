@@ -31,7 +31,7 @@ help:
 	     /^[A-Za-z][-A-Za-z_]*:/ { t = substr($$0, 1, index($$0, ":") - 1); if (!(t in seen)) { seen[t] = 1; order[++n] = t } } \
 	     END { for (k = 1; k <= n; k++) printf "  make %-10s %s\n", order[k], (order[k] in d) ? d[order[k]] : "(undocumented)" }' $(MAKEFILE_LIST)
 
-# Headless Chromium for tests/test_data_docs_browser.py. Never fails the build: without root or
+# Headless Chromium for tests/data/test_data_docs_browser.py. Never fails the build: without root or
 # apt-get the browser test skips and says why.
 browser:
 	@if command -v chromium >/dev/null || command -v chromium-browser >/dev/null || command -v google-chrome >/dev/null; then :; \

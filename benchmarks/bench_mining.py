@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/bench_mining.py [--repeats 5] [--min-support 0.003]
         [--min-confidence 0.5] [--data-dir ../shared/data/online_retail] [--skip-mlxtend]
 
-(a) ours: prodassoc_core.mining.mine_rules (pyfim + exact integer thresholds + metrics
+(a) ours: prodassoc_core.mining.rules.mine_rules (pyfim + exact integer thresholds + metrics
     table); (b) raw pyfim, the rules alone as Python tuples: the same engine call that
     mine_rules makes (fim.eclat, target 'r') and pyfim's simplified fim.arules;
 (c) mlxtend: TransactionEncoder + fpgrowth + association_rules, single-item consequents
@@ -23,9 +23,9 @@ from typing import Any
 
 import fim
 
-from prodassoc_core import baskets, importers
-from prodassoc_core.mining import min_count, mine_rules
-from prodassoc_core.settings import BasketConfig, MiningConfig
+from prodassoc_core.data import baskets, importers
+from prodassoc_core.mining.rules import min_count, mine_rules
+from prodassoc_core.ops.settings import BasketConfig, MiningConfig
 
 REPO = Path(__file__).resolve().parents[1]
 RETAIL_2010_2011 = "online_retail_2010_2011.parquet"  # InvoiceNo, UnitPrice

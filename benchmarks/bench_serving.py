@@ -106,8 +106,9 @@ def train_tiny(data_dir: Path) -> None:
     code = f"""
 from datetime import date
 from pathlib import Path
-from prodassoc_core import chain, retrain, serving
-from prodassoc_core.settings import Settings
+from prodassoc_core.models import chain, serving
+from prodassoc_core.pipeline import retrain
+from prodassoc_core.ops.settings import Settings
 s = Settings(data_dir=Path({str(data_dir)!r}), training=chain.tiny_training_config(0))
 r = retrain.train_models(s, date.fromisoformat({AS_OF.isoformat()!r}))
 serving.promote(s, r.versions["student"], {{"warm": "hybrid", "cold": "hybrid"}}, "benchmark")

@@ -34,10 +34,11 @@ from pathlib import Path
 
 import polars as pl
 
-from prodassoc_core import baskets, evaluation, importers
-from prodassoc_core import methods as assoc_methods
-from prodassoc_core.associations import pair_counts
-from prodassoc_core.settings import BasketConfig
+from prodassoc_core.data import baskets, importers
+from prodassoc_core.mining import methods as assoc_methods
+from prodassoc_core.mining import protocol
+from prodassoc_core.mining.associations import pair_counts
+from prodassoc_core.ops.settings import BasketConfig
 
 REPO = Path(__file__).resolve().parents[1]
 FILES = ("online_retail_ii_2009_2010.parquet", "online_retail_2010_2011.parquet")
@@ -103,9 +104,9 @@ def evaluate_method(
 ) -> dict[str, float | int]:
     """One method: ranking metrics on the scored products plus basket completion (bc_*)."""
     table = assoc_methods.method_associations(method, train, as_of, top_k, pairs=pairs, decayed=decayed)
-    filled = evaluation.fill_with_popular(table, relevant, popular, k)
-    out = evaluation.score_associations(filled, relevant, warm, k)
-    bc = evaluation.basket_completion(test_items, table, popular, seed, k)
+    filled = protocol.fill_with_popular(table, relevant, popular, k)
+    out = protocol.score_associations(filled, relevant, warm, k)
+    bc = protocol.basket_completion(test_items, table, popular, seed, k)
     return out | {"bc_hr": bc["hr"], "bc_ndcg": bc["ndcg"], "bc_n": bc["n"]}
 
 
@@ -120,20 +121,20 @@ def _fold_score(job: tuple[int, dict, int]) -> tuple[int, dict, float]:
     fold, config, k = job
     f = _FOLDS[fold]
     table = assoc_methods.decayed_associations(f["train"], f["start"], assoc_methods.DecayedConfig(**config, top_k=k))
-    filled = evaluation.fill_with_popular(table, f["relevant"], f["popular"], k)
-    return fold, config, evaluation.score_associations(filled, f["relevant"], f["warm"], k)["ndcg_all"]
+    filled = protocol.fill_with_popular(table, f["relevant"], f["popular"], k)
+    return fold, config, protocol.score_associations(filled, f["relevant"], f["warm"], k)["ndcg_all"]
 
 
 def select_decayed(all_baskets: pl.DataFrame, as_of: datetime, test_end: datetime, k: int) -> dict:
     """Grid over DecayedConfig on the training-window folds; prints the ranking, returns the best."""
-    train_all, _ = evaluation.split_baskets(all_baskets, as_of)
+    train_all, _ = protocol.split_baskets(all_baskets, as_of)
     folds = validation_folds(as_of, test_end)
     fold_data = []
     for f, (start, end) in enumerate(folds):
-        train, rest = evaluation.split_baskets(train_all, start)
-        val, _ = evaluation.split_baskets(rest, end)
+        train, rest = protocol.split_baskets(train_all, start)
+        val, _ = protocol.split_baskets(rest, end)
         items = train[baskets.ITEMS].to_list()
-        relevant = evaluation.relevant_sets(val[baskets.ITEMS].to_list())
+        relevant = protocol.relevant_sets(val[baskets.ITEMS].to_list())
         warm = {i for b in items for i in b}
         fold_data.append(dict(train=train, start=start, relevant=relevant, warm=warm,
                            popular=assoc_methods.popular_products(items)))
@@ -183,9 +184,9 @@ def main() -> None:
 
     t0 = time.perf_counter()
     all_baskets = load_baskets(args.data_dir)
-    train, test = evaluation.split_baskets(all_baskets, args.as_of)
+    train, test = protocol.split_baskets(all_baskets, args.as_of)
     train_items, test_items = train[baskets.ITEMS].to_list(), test[baskets.ITEMS].to_list()
-    relevant = evaluation.relevant_sets(test_items)
+    relevant = protocol.relevant_sets(test_items)
     warm = {i for b in train_items for i in b}
     popular = assoc_methods.popular_products(train_items)
     n_warm = sum(p in warm for p in relevant)

@@ -41,11 +41,11 @@ sys.path.insert(0, str(REPO))
 import numpy as np  # noqa: E402
 import polars as pl  # noqa: E402
 
-from prodassoc_core import (  # noqa: E402
-    baskets, chain, embeddings, encoders, evaluation, gnn, graph, importers, mlm, pairs, training,
-)
-from prodassoc_core.methods import method_associations, popular_products  # noqa: E402
-from prodassoc_core.settings import BasketConfig, TrainingConfig  # noqa: E402
+from prodassoc_core.data import baskets, importers
+from prodassoc_core.mining import protocol
+from prodassoc_core.mining.methods import method_associations, popular_products
+from prodassoc_core.models import chain, embeddings, encoders, gnn, graph, mlm, pairs, training
+from prodassoc_core.ops.settings import BasketConfig, TrainingConfig
 
 FILES = ("online_retail_ii_2009_2010.parquet", "online_retail_2010_2011.parquet")
 
@@ -67,8 +67,8 @@ def parse_args() -> argparse.Namespace:
 
 
 def score(table: pl.DataFrame, relevant: dict, popular: list[str], warm: set[str]) -> dict:
-    filled = evaluation.fill_with_popular(table, relevant, popular, 10)
-    return evaluation.score_associations(filled, relevant, warm, 10)
+    filled = protocol.fill_with_popular(table, relevant, popular, 10)
+    return protocol.score_associations(filled, relevant, warm, 10)
 
 
 def main() -> None:
@@ -88,7 +88,7 @@ def main() -> None:
     lines = importers.online_retail_lines(paths)
     catalog = importers.derive_catalog(lines)
     frame = baskets.baskets(lines, BasketConfig()).collect()
-    train, test = evaluation.split_baskets(frame, as_of)
+    train, test = protocol.split_baskets(frame, as_of)
     ids = catalog["product_id"].to_list()
     timings["load"] = time.perf_counter() - t0
     print(f"catalog {catalog.height} products; {train.height} training baskets, {test.height} test baskets; "
@@ -132,7 +132,7 @@ def main() -> None:
           f"{result.edges_per_s:.0f} scored pairs/s, {result.train_seconds:.0f} s training")
 
     test_items, train_items = test[baskets.ITEMS].to_list(), train[baskets.ITEMS].to_list()
-    relevant = evaluation.relevant_sets(test_items)
+    relevant = protocol.relevant_sets(test_items)
     warm = {i for b in train_items for i in b}
     popular = popular_products(train_items)
     queries = sorted(relevant)

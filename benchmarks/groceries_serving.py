@@ -36,9 +36,12 @@ def main() -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
-    from prodassoc_core import chain, harness, importers, retrain, train_summary
-    from prodassoc_core.report import markdown_table
-    from prodassoc_core.settings import EvaluationConfig, Settings
+    from prodassoc_core.data import importers
+    from prodassoc_core.evaluation import harness
+    from prodassoc_core.evaluation.report import markdown_table
+    from prodassoc_core.models import chain
+    from prodassoc_core.ops.settings import EvaluationConfig, Settings
+    from prodassoc_core.pipeline import retrain, train_summary
 
     data = Path(args.shared) / "data" / "groceries"
     work = Path(args.work)

@@ -5,7 +5,7 @@
         [--student-minutes 8] [--student-steps 600]
         [--seed 0] [--out .prodassoc/bench/chain] [--fresh] [--device cpu|cuda]
 
-Trains MLM -> teacher -> student (prodassoc_core/chain.py) on the catalog (every product of
+Trains MLM -> teacher -> student (prodassoc_core/models/chain.py) on the catalog (every product of
 both files, titles only) and the baskets before --as-of, with the given time budgets; a
 rerun resumes (or reuses finished stages; --fresh starts over). Then scores, on the test
 window (baskets from --as-of on), every text method: the pretrained encoder, the MLM encoder,
@@ -35,9 +35,11 @@ sys.path.insert(0, str(REPO))
 
 import polars as pl  # noqa: E402
 
-from prodassoc_core import baskets, chain, encoders, evaluation, importers, training  # noqa: E402
-from prodassoc_core.methods import popular_products  # noqa: E402
-from prodassoc_core.settings import BasketConfig, TrainingConfig  # noqa: E402
+from prodassoc_core.data import baskets, importers
+from prodassoc_core.mining import protocol
+from prodassoc_core.mining.methods import popular_products
+from prodassoc_core.models import chain, encoders, training
+from prodassoc_core.ops.settings import BasketConfig, TrainingConfig
 
 FILES = ("online_retail_ii_2009_2010.parquet", "online_retail_2010_2011.parquet")
 
@@ -75,7 +77,7 @@ def main() -> None:
     lines = importers.online_retail_lines(paths)
     catalog = importers.derive_catalog(lines)
     frame = baskets.baskets(lines, BasketConfig()).collect()
-    train, test = evaluation.split_baskets(frame, as_of)
+    train, test = protocol.split_baskets(frame, as_of)
     print(f"catalog {catalog.height} products; {train.height} training baskets, {test.height} test baskets")
 
     base = TrainingConfig(seed=args.seed)
@@ -91,7 +93,7 @@ def main() -> None:
     result = chain.train_chain(catalog, train, as_of, cfg, device=device, out_dir=args.out, progress=False)
 
     test_items, train_items = test[baskets.ITEMS].to_list(), train[baskets.ITEMS].to_list()
-    relevant = evaluation.relevant_sets(test_items)
+    relevant = protocol.relevant_sets(test_items)
     warm = {i for b in train_items for i in b}
     popular = popular_products(train_items)
     queries = sorted(relevant)
@@ -115,8 +117,8 @@ def main() -> None:
                                                         seed=args.seed)
     timings["teacher_reranked"] = time.perf_counter() - t0
     for name, table in ranked.items():
-        filled = evaluation.fill_with_popular(table, relevant, popular, 10)
-        scores = evaluation.score_associations(filled, relevant, warm, 10)
+        filled = protocol.fill_with_popular(table, relevant, popular, 10)
+        scores = protocol.score_associations(filled, relevant, warm, 10)
         rows.append({"method": name, **{k: round(v, 3) if isinstance(v, float) else v for k, v in scores.items()},
                      "seconds": round(timings[name], 1)})
     table = pl.DataFrame(rows).select("method", "ndcg_all", "ndcg_warm", "ndcg_cold", "hr_all", "n_all", "n_warm",

@@ -31,8 +31,9 @@ os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from prodassoc_core import encoders, importers, mlm, training  # noqa: E402
-from prodassoc_core.settings import EncoderSpec, MlmConfig  # noqa: E402
+from prodassoc_core.data import importers
+from prodassoc_core.models import encoders, mlm, training
+from prodassoc_core.ops.settings import EncoderSpec, MlmConfig
 
 FILES = ("online_retail_ii_2009_2010.parquet", "online_retail_2010_2011.parquet")
 

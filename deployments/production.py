@@ -23,7 +23,7 @@ from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from deployments.commands import CPU_POOL, GPU_POOL
-from prodassoc_core.settings import TrainingConfig
+from prodassoc_core.ops import TrainingConfig
 
 NIGHTLY = "prodassoc-scheduled-nightly/nightly"
 BACKFILL = "prodassoc-backfill/backfill"

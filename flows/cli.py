@@ -55,7 +55,7 @@ class CliError(Exception):
 
 
 def _settings(args: argparse.Namespace):
-    from prodassoc_core.settings import Settings
+    from prodassoc_core.ops import Settings
 
     settings = Settings(data_dir=args.data_dir) if args.data_dir else Settings()
     if settings.data_dir.exists() and not settings.data_dir.is_dir():
@@ -77,7 +77,7 @@ def _writable(settings) -> None:
 
 def _landed_days(settings) -> list[date]:
     """Transaction days landed or staged (``dt=YYYY-MM-DD`` partitions), sorted."""
-    from prodassoc_core import ingest
+    from prodassoc_core.data import ingest
 
     days = {d for root in (settings.landing_dir, settings.staging_dir)
             for d, _ in ingest._partition_dirs(root / "transactions")}
@@ -116,7 +116,7 @@ def _check_as_of(settings, as_of: date, *, allow_stale: bool, window: bool = Tru
 
 def _check_run_locks(settings, dates: list[date]) -> None:
     """Fail now, before Prefect starts, when another run holds one of these dates (lock free: nothing held)."""
-    from prodassoc_core import locks
+    from prodassoc_core.ops import locks
 
     if settings.run_lock_timeout_s > 0:  # the run waits for the lock: nothing to say in advance
         return
@@ -209,11 +209,10 @@ def _classify(exc: BaseException) -> tuple[int | None, str]:
     """(exit code, message) for an expected failure; (None, "") for a bug (traceback shown)."""
     from pydantic import ValidationError
 
-    from prodassoc_core.ingest import IngestError
-    from prodassoc_core.locks import LockBusyError
+    from prodassoc_core.data import IngestError, StorageError
+    from prodassoc_core.models import StoreError
+    from prodassoc_core.ops import LockBusyError
     from prodassoc_core.pipeline import NoDataError
-    from prodassoc_core.tracking import StoreError
-    from prodassoc_core.warehouse import StorageError
 
     if isinstance(exc, CliError):
         return exc.code, f"error: {exc}"
@@ -255,7 +254,7 @@ def _input_file(path: str, what: str = "input") -> Path:
 
 
 def cmd_import(args: argparse.Namespace) -> int:
-    from prodassoc_core import importers
+    from prodassoc_core.data import importers
 
     settings = _settings(args)
     for path in args.inputs:
@@ -329,7 +328,7 @@ def cmd_backfill(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from prodassoc_core.settings import EVALUATION_METHODS
+    from prodassoc_core.ops import EVALUATION_METHODS
 
     settings = _settings(args)
     if args.methods:
@@ -346,7 +345,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     _check_as_of(settings, args.as_of, allow_stale=True)
     _writable(settings)
     from flows.evaluate import evaluate
-    from prodassoc_core.report import markdown_table
+    from prodassoc_core.evaluation import markdown_table
 
     _start_prefect()
     out = evaluate(as_of=args.as_of, settings=settings, end=args.end)
@@ -415,7 +414,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     _writable(settings)  # the options first, then the data they apply to
     _check_as_of(settings, args.as_of, allow_stale=True)
     if settings.training.device == "cuda":
-        from prodassoc_core.training import choose_device
+        from prodassoc_core.models import choose_device
 
         try:
             choose_device("cuda")
@@ -439,7 +438,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_promote(args: argparse.Namespace) -> int:
     """An operator's override of the serving gate (serving.promote / serving.revoke)."""
-    from prodassoc_core import serving
+    from prodassoc_core.models import serving
 
     settings = _settings(args)
     if args.revoke:
@@ -485,8 +484,10 @@ def cmd_deploy(args: argparse.Namespace) -> int:
 def cmd_rules(args: argparse.Namespace) -> int:
     import pyarrow.parquet as pq
 
-    from prodassoc_core import mining, pipeline, warehouse
-    from prodassoc_core.settings import MiningConfig
+    from prodassoc_core.data import warehouse
+    from prodassoc_core.mining import mine_rules
+    from prodassoc_core.ops import MiningConfig
+    from prodassoc_core.pipeline import stages
 
     source = _input_file(args.input, "--input")
     out = Path(args.output)
@@ -501,9 +502,9 @@ def cmd_rules(args: argparse.Namespace) -> int:
         min_len=args.min_len,
         max_len=args.max_len,
     )
-    baskets = pipeline.load_baskets_file(source)
+    baskets = stages.load_baskets_file(source)
     log.info("mining %d baskets from %s", len(baskets), source)
-    rules = mining.mine_rules(baskets, cfg, max_candidates=args.max_rules)
+    rules = mine_rules(baskets, cfg, max_candidates=args.max_rules)
     tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -549,17 +550,17 @@ def _find_product(con, text: str) -> tuple[str, str] | list[tuple[str, str]]:
 
 
 def cmd_top(args: argparse.Namespace) -> int:
-    import duckdb
 
-    from prodassoc_core import pipeline, warehouse
+    from prodassoc_core.data import warehouse
+    from prodassoc_core.pipeline import stages
 
     settings = _settings(args)
     if not settings.data_dir.is_dir():
         raise CliError(EXIT_NO_DATA, f"no data directory at {settings.data_dir}: import a source and run the nightly first")
-    pipeline.adopt_legacy(settings)
+    stages.adopt_legacy(settings)
     if not warehouse.committed_dates(settings.warehouse_dir):
         raise CliError(EXIT_NO_DATA, f"nothing published in {settings.data_dir} yet: run 'prodassoc run --as-of …' first")
-    with pipeline.open_views(settings) as con:
+    with stages.open_views(settings) as con:
         views = {r[0] for r in con.execute("SELECT view_name FROM duckdb_views() WHERE NOT internal").fetchall()}
         if "product_associations_named" not in views:
             raise CliError(EXIT_NO_DATA,

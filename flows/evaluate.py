@@ -8,8 +8,8 @@ import polars as pl
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 
-from prodassoc_core.report import markdown_table
-from prodassoc_core.settings import Settings
+from prodassoc_core.evaluation import markdown_table
+from prodassoc_core.ops import Settings
 from tasks import evaluate as t
 
 

@@ -1,20 +1,19 @@
-"""The nightly flow: ingest -> validate -> baskets -> mine (and embed) -> publish, for one as_of date.
+"""The nightly flow: ``prodassoc_core.pipeline.stages.nightly_stages`` with each stage a Prefect task, then
+the run's record (Prefect artifact, MLflow run), for one as_of date.
 
 ``backfill`` runs ``nightly`` once per date of a range, in order. Both are rerun-safe:
-see ``prodassoc_core.pipeline`` for what a rerun skips and replaces.
+see ``prodassoc_core.pipeline.stages`` for what a rerun skips and replaces.
 """
 
 from __future__ import annotations
 
-import time
-from contextlib import contextmanager
+from dataclasses import asdict
 from datetime import date
 
 from prefect import flow, get_run_logger
 
-from prodassoc_core import locks, pipeline
-from prodassoc_core.contracts import ASSOCIATION_RULES, BUNDLES, PRODUCT_ASSOCIATIONS, PRODUCT_EMBEDDINGS
-from prodassoc_core.settings import Settings
+from prodassoc_core.ops import Settings
+from prodassoc_core.pipeline import stages
 from tasks import nightly as t
 
 
@@ -25,7 +24,7 @@ def nightly(as_of: date, settings: Settings | None = None) -> dict:
     Holds the run lock for ``as_of`` throughout: a second run for the same date fails at
     once with RunLockedError naming the holder (or waits ``settings.run_lock_timeout_s``).
     Returns a summary: ingestion counts, the published partitions, the MLflow run id and the report path.
-    What is served follows the serving plan (prodassoc_core/serving.py); with a served student
+    What is served follows the serving plan (prodassoc_core/models/serving.py); with a served student
     its ``product_embeddings`` are published too. After publishing, the run's counts, stage
     timings and what was served are recorded as the Prefect Markdown artifact ``nightly-<as_of>``
     and as an MLflow run in experiment ``prodassoc-nightly``, and the run's report page is written
@@ -38,55 +37,17 @@ def nightly(as_of: date, settings: Settings | None = None) -> dict:
     """
     settings = settings or Settings()
     logger = get_run_logger()
-    timings: dict[str, float] = {}  # stage -> wall seconds, recorded with the run's counts
-    start = time.perf_counter()
-    with locks.run_lock(settings.locks_dir, as_of, timeout=settings.run_lock_timeout_s):
-        with _timed(timings, "ingest"):
-            ingest_report = t.ingest_landing(settings, as_of)
-        logger.info(
-            "ingested %d file(s): %d rows read, %d accepted, %d quarantined",
-            ingest_report["files_ingested"],
-            ingest_report["rows_read"],
-            ingest_report["rows_accepted"],
-            ingest_report["rows_quarantined"],
-        )
-        with _timed(timings, "baskets"):
-            baskets_path = t.build_baskets(settings, as_of)
-        submitted = time.perf_counter()
-        rules = t.mine_rules.submit(settings, baskets_path, as_of)
-        pairs = t.product_associations.submit(settings, baskets_path, as_of)
-        for name, future in (("mine_rules", rules), ("product_associations", pairs)):
-            # they run side by side
-            future.add_done_callback(lambda _, name=name: timings.setdefault(name, time.perf_counter() - submitted))
-        staged = {ASSOCIATION_RULES.name: rules.result()} | pairs.result()
-        with _timed(timings, "bundles"):
-            staged[BUNDLES.name] = t.bundles(settings, baskets_path, staged[PRODUCT_ASSOCIATIONS.name])
-        if PRODUCT_EMBEDDINGS.name not in staged:
-            logger.info("no student served for %s: product_embeddings not published", as_of)
-        served = pipeline.served_summary(baskets_path)
-        logger.info("served: %s", served["served"])
-        logger.info("classic method: %s; models: %s", served["classic_reason"], served["reason"])
-        with _timed(timings, "publish"):
-            published = t.publish(settings, as_of, staged)
-    timings["total"] = time.perf_counter() - start
-    for p in published:
-        logger.info("published %s: %d rows at %s", p["table"], p["rows"], p["path"])
-    report = t.run_report(settings, as_of, ingest_report, published, baskets_path)
-    logger.info("run report: %s", report)
-    mlflow_run = t.record_run(settings, as_of, ingest_report, published, baskets_path, timings, report)
+    result = stages.nightly_stages(settings, as_of, t.PrefectStages())
+    for p in result.published:
+        logger.info("published %s: %d rows at %s", p.table, p.rows, p.path)
+    logger.info("run report: %s", result.report)
+    ingest_report, published = asdict(result.ingest), [asdict(p) for p in result.published]
+    mlflow_run = t.record_run(settings, as_of, ingest_report, published, result.baskets_path, result.timings,
+                              result.report)
     return {
         "as_of": as_of.isoformat(), "ingest": ingest_report, "published": published, "mlflow_run": mlflow_run,
-        "report": str(report),
+        "report": str(result.report),
     }
-
-
-@contextmanager
-def _timed(timings: dict[str, float], stage: str):
-    start = time.perf_counter()
-    try:
-        yield
-    finally:
-        timings[stage] = time.perf_counter() - start
 
 
 @flow(name="prodassoc-backfill", flow_run_name="backfill-{start}-to-{end}")
@@ -105,7 +66,7 @@ def backfill(start: date, end: date, settings: Settings | None = None, force: bo
     """
     settings = settings or Settings()
     logger = get_run_logger()
-    to_run, skipped = pipeline.backfill_dates(settings, start, end, force)
+    to_run, skipped = stages.backfill_dates(settings, start, end, force)
     logger.info(
         "backfill %s..%s: %d date(s) to run, %d already published and skipped%s",
         start, end, len(to_run), len(skipped), f" ({', '.join(map(str, skipped))})" if skipped else "",

@@ -17,8 +17,8 @@ from datetime import date
 from prefect import flow, get_run_logger
 
 from flows.nightly import scheduled_date
-from prodassoc_core import train_summary
-from prodassoc_core.settings import Settings
+from prodassoc_core.ops import Settings
+from prodassoc_core.pipeline import train_summary
 from tasks import train as t
 
 
@@ -66,7 +66,7 @@ def train(
         "as_of %s: registered %s in %.0f s",
         as_of, ", ".join(f"{names[s]} v{v}" for s, v in report.versions.items()), total,
     )
-    from prodassoc_core.chain import budget_lines  # torch: imported by the training task already
+    from prodassoc_core.models import budget_lines
 
     for line in budget_lines(report.chain):  # how far each stage got within its time budget
         logger.info("%s", line)

@@ -12,8 +12,8 @@ import sys
 from datetime import date
 from pathlib import Path
 
-from prodassoc_core import serving, tracking
-from prodassoc_core.settings import Settings
+from prodassoc_core.models import serving, tracking
+from prodassoc_core.ops.settings import Settings
 
 
 def main(data_dir: str, as_of: str) -> None:

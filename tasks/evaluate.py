@@ -1,4 +1,4 @@
-"""Prefect tasks of the evaluation flow: each wraps one function of prodassoc_core.harness."""
+"""Prefect tasks of the evaluation flow: each wraps one function of prodassoc_core.evaluation.harness."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import polars as pl
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from prodassoc_core import harness
-from prodassoc_core.settings import Settings
+from prodassoc_core.evaluation import harness
+from prodassoc_core.ops import Settings
 
 
 @task(name="prepare-split", cache_policy=NO_CACHE)

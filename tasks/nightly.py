@@ -1,4 +1,4 @@
-"""Prefect tasks: each wraps one stage of prodassoc_core.pipeline.
+"""Prefect tasks: the nightly's stages (prodassoc_core.pipeline.stages) as tasks, and the run's record.
 
 Tasks hand each other paths and small summaries, never large frames. Caching is
 off: every stage is already incremental or rerun-safe on its own (the ingestion
@@ -7,52 +7,41 @@ manifest, partition replacement), and a stale cache hit would hide new data.
 
 from __future__ import annotations
 
-from dataclasses import asdict
+from collections.abc import Callable
 from datetime import date
 from pathlib import Path
+from time import perf_counter
+from typing import TypeVar
 
-from prefect import task
+from prefect import Task, task
 from prefect.cache_policies import NO_CACHE
 
-from prodassoc_core import pipeline
-from prodassoc_core.settings import Settings
+from prodassoc_core.ops import Settings
+from prodassoc_core.pipeline import stages
+
+T = TypeVar("T")
 
 
-@task(name="ingest", cache_policy=NO_CACHE)
-def ingest_landing(settings: Settings, as_of: date) -> dict:
-    return asdict(pipeline.ingest_landing(settings, as_of))
+class PrefectStages(stages.StageRunner):
+    """Runs each stage of ``stages.nightly_stages`` as a Prefect task of the stage's name (what the UI
+    shows), timing it; ``side_by_side`` submits its stages to the flow's task runner together."""
+
+    def call(self, name: str, fn: Callable[..., T], *args) -> T:
+        return super().call(name, _task(name, fn), *args)
+
+    def side_by_side(self, *calls: tuple[str, Callable, tuple]) -> list:
+        submitted = perf_counter()
+        futures = []
+        for name, fn, args in calls:
+            future = _task(name, fn).submit(*args)
+            future.add_done_callback(
+                lambda _, key=stages.timing_key(name): self.timings.setdefault(key, perf_counter() - submitted))
+            futures.append(future)
+        return [future.result() for future in futures]
 
 
-@task(name="baskets", cache_policy=NO_CACHE)
-def build_baskets(settings: Settings, as_of: date) -> Path:
-    return pipeline.build_baskets(settings, as_of)
-
-
-@task(name="mine-rules", cache_policy=NO_CACHE)
-def mine_rules(settings: Settings, baskets_path: Path, as_of: date) -> Path:
-    return pipeline.mine(settings, baskets_path, as_of)
-
-
-@task(name="product-associations", cache_policy=NO_CACHE)
-def product_associations(settings: Settings, baskets_path: Path, as_of: date) -> dict[str, Path]:
-    """product_associations (and the served student's product_embeddings), as the serving plan says."""
-    return pipeline.associate(settings, baskets_path, as_of)
-
-
-@task(name="bundles", cache_policy=NO_CACHE)
-def bundles(settings: Settings, baskets_path: Path, associations_path: Path) -> Path:
-    return pipeline.bundle(settings, baskets_path, associations_path)
-
-
-@task(name="publish", cache_policy=NO_CACHE)
-def publish(settings: Settings, as_of: date, staged: dict[str, Path]) -> list[dict]:
-    return [asdict(r) for r in pipeline.publish(settings, as_of, staged)]
-
-
-@task(name="run-report", cache_policy=NO_CACHE)
-def run_report(settings: Settings, as_of: date, ingest_report: dict, published: list[dict], baskets_path: Path) -> Path:
-    """The run's HTML report page, ``<data>/reports/nightly_as_of=<as_of>.html``; returns its path."""
-    return pipeline.write_run_report(settings, as_of, ingest_report, published, pipeline.served_summary(baskets_path))
+def _task(name: str, fn: Callable) -> Task:
+    return task(fn, name=name, cache_policy=NO_CACHE)
 
 
 @task(name="record-run", cache_policy=NO_CACHE)
@@ -70,13 +59,14 @@ def record_run(
     from prefect.artifacts import create_markdown_artifact
     from prefect.runtime import flow_run
 
-    from prodassoc_core import run_summary, tracking
-    from prodassoc_core.contracts import PRODUCT_EMBEDDINGS
+    from prodassoc_core.data import PRODUCT_EMBEDDINGS
+    from prodassoc_core.models import tracking
+    from prodassoc_core.pipeline import run_summary
 
-    served = pipeline.served_summary(baskets_path)
+    served = stages.served_summary(baskets_path)
     model = run_summary.served_model(served)
     embedded = [p["path"] for p in published if p["table"] == PRODUCT_EMBEDDINGS.name]
-    embedding_model = pipeline.embedding_model(embedded[0]) if embedded else None
+    embedding_model = stages.embedding_model(embedded[0]) if embedded else None
     metrics = run_summary.nightly_metrics(ingest_report, published, pq.read_metadata(baskets_path).num_rows, timings)
     params = run_summary.nightly_params(
         as_of, served, settings.lookback_days, settings.mining, settings.associations, embedding_model

@@ -11,13 +11,13 @@ from datetime import date
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from prodassoc_core.settings import Settings
+from prodassoc_core.ops import Settings
 
 
 @task(name="train-models", cache_policy=NO_CACHE, retries=0)
 def train_models(settings: Settings, as_of: date, progress: bool = False, promote: bool = True):
     """``retrain.train_models``: data, MLM -> teacher -> student -> GNN, registration, serving gate."""
-    from prodassoc_core import retrain  # torch and transformers: only where a run trains
+    from prodassoc_core.pipeline import retrain
 
     return retrain.train_models(settings, as_of, progress=progress, promote=promote)
 
@@ -27,7 +27,7 @@ def record_training(settings: Settings, report, total_seconds: float) -> str:
     """The run's page as the Markdown artifact ``train-<as_of>``; returns its key."""
     from prefect.artifacts import create_markdown_artifact
 
-    from prodassoc_core import run_summary, train_summary
+    from prodassoc_core.pipeline import run_summary, train_summary
 
     key = train_summary.artifact_key(report.as_of)
     where = f"`{run_summary.redact_uri(settings.tracking_uri)}`, experiment `{settings.training.experiment}`"

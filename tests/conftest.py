@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import random
 import tempfile
+from datetime import date, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -15,9 +17,49 @@ os.environ["DO_NOT_TRACK"] = "1"
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "prodassoc")  # as the CLI and the deployments set it
+os.environ.setdefault("PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW", "ignore")  # plain runs log to stderr only
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE = REPO / "data" / "sample" / "online_retail_sample.parquet"
+
+
+# --- a small synthetic landing zone (reliability tests) ------------------------------------------
+
+PRODUCTS = list("ABCDEFGH")  # small: the default mining settings stay cheap
+FIRST = date(2024, 1, 1)
+N_DAYS = 6
+
+
+def land(landing: Path, first: date = FIRST, n_days: int = N_DAYS, seed: int = 0) -> list[Path]:
+    """A catalog and ``n_days`` daily partitions of 12 orders with 2-4 products each."""
+    import polars as pl
+
+    from prodassoc_core.data import contracts
+
+    rng = random.Random(seed)
+    (landing / "catalog").mkdir(parents=True, exist_ok=True)
+    pl.DataFrame({contracts.PRODUCT_ID: PRODUCTS, contracts.TITLE: [f"product {p}" for p in PRODUCTS]}).write_parquet(
+        landing / "catalog" / "catalog-2024-01-01.parquet"
+    )
+    paths = []
+    for d in range(n_days):
+        day = first + timedelta(days=d)
+        rows = [
+            (f"{day:%m%d}-{o}", p, 1 + k, 1.5, "cust", datetime(day.year, day.month, day.day, 9, o))
+            for o in range(12)
+            for k, p in enumerate(rng.sample(PRODUCTS, rng.randint(2, 4)))
+        ]
+        frame = pl.DataFrame(
+            rows,
+            schema={contracts.ORDER_ID: pl.String, contracts.PRODUCT_ID: pl.String, contracts.QUANTITY: pl.Int64,
+                    contracts.UNIT_PRICE: pl.Float64, contracts.CUSTOMER_ID: pl.String, contracts.ORDERED_AT: pl.Datetime("us")},
+            orient="row",
+        )
+        path = landing / "transactions" / f"dt={day.isoformat()}" / "part-0.parquet"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        frame.write_parquet(path)
+        paths.append(path)
+    return paths
 
 
 def shared_data_dir() -> Path | None:

@@ -1,0 +1,41 @@
+"""Data in: contracts, importers, ingestion with validation and quarantine, baskets, storage, the warehouse.
+
+Owns every table's schema (``contracts``), turning a source export into landed Parquet
+(``importers``), validating and staging what lands, quarantining what fails (``ingest``,
+``validation``), grouping lines into baskets (``baskets``), object-store locations (``storage``)
+and the partitioned warehouse with its commit markers and views (``warehouse``).
+
+May import: ops. Other packages import this one through the names below
+(``from prodassoc_core.data import ...``), never through its modules' private names;
+the names load on first use, so importing the package costs nothing until one is used.
+"""
+
+from prodassoc_core._exports import lazy_exports
+
+MODULES = ("baskets", "contracts", "importers", "ingest", "storage", "validation", "warehouse")
+NAMES = {
+    "ITEMS": "baskets",
+    "ALL_TABLES": "contracts",
+    "ASSOCIATED_PRODUCT_ID": "contracts",
+    "ASSOCIATION_RULES": "contracts",
+    "BRAND": "contracts",
+    "BUNDLES": "contracts",
+    "CATALOG": "contracts",
+    "CATEGORY": "contracts",
+    "DESCRIPTION": "contracts",
+    "OPTIONAL_TABLES": "contracts",
+    "ORDERED_AT": "contracts",
+    "PRODUCT_ASSOCIATIONS": "contracts",
+    "PRODUCT_EMBEDDINGS": "contracts",
+    "PRODUCT_ID": "contracts",
+    "PUBLISHED_TABLES": "contracts",
+    "TITLE": "contracts",
+    "TRANSACTIONS": "contracts",
+    "read_basket_csv": "importers",
+    "IngestError": "ingest",
+    "StorageError": "warehouse",
+    "fault_point": "warehouse",
+    "remove_stale_temp": "warehouse",
+}
+
+__all__, __getattr__ = lazy_exports(__name__, MODULES, NAMES)

@@ -1,0 +1,410 @@
+"""The language-model chain end to end, and what uses its models.
+
+    catalog --run_mlm (mlm.py)--> domain-adapted encoder            out_dir/mlm/model
+    catalog + training baskets --build_task (pairs.py)--> pairs
+    pairs + MLM encoder --train_teacher (teacher.py)--> cross-encoder out_dir/teacher/model
+    pairs + teacher --train_student (student.py)--> bi-encoder      out_dir/student/model
+
+Every stage resumes from its own checkpoints under ``out_dir``, so rerunning ``train_chain``
+after a crash continues where it stopped (a finished stage is not retrained: its model
+directory and results file are reused).
+
+Time: one budget for the whole chain (``training.max_minutes``; by default sized from the
+number of training baskets, ``chain_minutes``) is split across the stages by
+``training.budget`` (``ChainBudget``). Each stage gets a ``Deadline`` that covers all it does:
+its data (pairs, teacher lists, graph), validation before and after on one bounded sample,
+training and checkpoints. A stage that runs out stops cleanly with a checkpoint and a usable
+model (``stop_reason`` "budget") and the chain goes on; time a stage leaves unused flows to
+the stages after it.
+
+``text_associations`` ranks products by the cosine of an encoder's embeddings (any stage, or
+the pretrained base); ``teacher_reranked`` reorders a shortlist with the teacher;
+``embeddings_table`` is the published ``product_embeddings`` table.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+import pyarrow as pa
+
+from prodassoc_core.data import PRODUCT_EMBEDDINGS, PRODUCT_ID
+from prodassoc_core.models import embeddings, mlm, pairs, student, teacher
+from prodassoc_core.models.encoders import resolve_pretrained
+from prodassoc_core.models.training import MODEL_SUBDIR, Deadline, Device, StageResult, budget_note
+from prodassoc_core.ops import HybridConfig, MlmConfig, SelectionConfig, TrainingConfig
+
+logger = logging.getLogger("prodassoc.chain")
+
+STAGES = ("mlm", "teacher", "student", "gnn")
+# The default budget (training.max_minutes None): minutes_per_1k_baskets, within these bounds.
+AUTO_MINUTES = (2.0, 30.0)
+
+
+def chain_minutes(cfg: TrainingConfig, training_baskets: int) -> float:
+    """The chain's budget in minutes: ``training.max_minutes``, or by default
+    ``minutes_per_1k_baskets`` per 1,000 training baskets within ``AUTO_MINUTES`` (the shipped
+    sample's 2,555 baskets: 2.6 min; Online Retail's 19,773: 19.8 min)."""
+    if cfg.max_minutes is not None:
+        return cfg.max_minutes
+    low, high = AUTO_MINUTES
+    return min(high, max(low, cfg.minutes_per_1k_baskets * training_baskets / 1000))
+
+
+def stage_minutes(cfg: TrainingConfig, stage: str) -> float | None:
+    """A stage's own budget, when one is set (it replaces the stage's share of the total)."""
+    return {"mlm": cfg.mlm_minutes, "teacher": cfg.teacher.max_minutes, "student": cfg.student.max_minutes,
+            "gnn": cfg.gnn.max_minutes}[stage]
+
+
+@dataclass
+class ChainBudget:
+    """The chain's time: ``total`` (a deadline for all stages) and how it is split.
+
+    ``deadline(stage, pending)`` is called when a stage starts; ``pending`` are the stages
+    still to run after it. A stage with its own budget gets that; the others share what is
+    left of the total — less the own budgets of pending stages — in proportion to
+    ``training.budget``'s shares among this stage and the pending ones, so time an early
+    stage did not use goes to the later ones."""
+
+    cfg: TrainingConfig
+    total: Deadline
+
+    def deadline(self, stage: str, pending: Sequence[str]) -> Deadline:
+        own = stage_minutes(self.cfg, stage)
+        if own is not None:
+            return Deadline.minutes(own)
+        left = max(0.0, self.total.remaining())
+        kept = sum(60 * (stage_minutes(self.cfg, p) or 0.0) for p in pending)
+        shares = self.cfg.budget.model_dump()
+        sharing = [stage, *(p for p in pending if stage_minutes(self.cfg, p) is None)]
+        weight = sum(shares[p] for p in sharing)
+        part = shares[stage] / weight if weight > 0 else 1.0 / len(sharing)
+        return Deadline.after(max(0.0, left - kept) * part)
+
+
+@dataclass
+class ChainResult:
+    mlm: mlm.MlmResult
+    teacher: StageResult
+    student: StageResult
+    task: pairs.PairTask
+    gnn: Any = None  # gnn.GnnResult
+    weights: dict[str, dict[str, float]] = field(default_factory=dict)  # hybrid weights: warm, cold
+    seconds: dict[str, float] = field(default_factory=dict)  # wall time per stage (this call)
+    budgets: dict[str, float] = field(default_factory=dict)  # seconds each stage was given (this call)
+    budget_seconds: float | None = None  # the chain's whole budget
+
+    def model_dir(self, stage: str) -> Path:
+        return getattr(self, stage).model_dir
+
+
+def mlm_config(cfg: TrainingConfig) -> MlmConfig:
+    """The MLM stage's configuration inside the chain."""
+    return MlmConfig(
+        seed=_seed(cfg), encoder=cfg.encoder, epochs=cfg.mlm_epochs, learning_rate=cfg.mlm_learning_rate,
+        max_minutes=cfg.mlm_minutes, max_heldout_texts=cfg.mlm_heldout_texts, registered_model="prodassoc-mlm",
+    )
+
+
+def _seed(cfg: TrainingConfig) -> int:
+    if cfg.seed is None:
+        raise ValueError("training.seed is required to train (set PRODASSOC_TRAINING__SEED or --seed)")
+    return cfg.seed
+
+
+def student_source(cfg: TrainingConfig, mlm_dir: Path) -> Path | str:
+    """Where the student's layers come from: the base encoder (default) or the MLM model. A
+    scratch encoder has no base worth keeping (it is random before MLM): the MLM model then."""
+    if cfg.student.init == "mlm" or cfg.encoder.kind != "pretrained":
+        return mlm_dir
+    return resolve_pretrained(cfg.encoder)
+
+
+def train_chain(
+    catalog: pl.DataFrame, train: pl.DataFrame, as_of: datetime, cfg: TrainingConfig, *, device: Device,
+    out_dir: Path, progress: bool = True, mlm_cfg: MlmConfig | None = None, hybrid_cfg: HybridConfig | None = None,
+    selection_cfg: SelectionConfig | None = None,
+) -> ChainResult:
+    """Train MLM -> teacher -> student -> GNN on ``catalog`` and the training baskets ``train``
+    (order_id, ordered_at, items; all before ``as_of``), within ``chain_minutes`` split by
+    ``ChainBudget``. ``progress``: tqdm bars (a terminal), else progress log lines."""
+    _seed(cfg)
+    _claim(out_dir, cfg, catalog, train, as_of)
+    minutes = chain_minutes(cfg, train.height)
+    budget = ChainBudget(cfg, Deadline.minutes(minutes))
+    logger.info("chain: time budget %.1f min for %d training baskets (%s), split %s", minutes, train.height,
+                "training.max_minutes" if cfg.max_minutes is not None else "sized from the data",
+                {k: v for k, v in cfg.budget.model_dump().items() if k in STAGES})
+    seconds: dict[str, float] = {}
+    budgets: dict[str, float] = {}
+    pending = [s for s in STAGES if not _is_finished(out_dir, s)]
+
+    def begin(stage: str) -> Deadline:
+        later = pending[pending.index(stage) + 1:] if stage in pending else []
+        deadline = budget.deadline(stage, later) if stage in pending else Deadline()
+        if deadline.bounded:
+            budgets[stage] = max(0.0, deadline.remaining())
+        return deadline
+
+    def end(stage: str, t0: float, how_far: str) -> None:
+        seconds[stage] = time.monotonic() - t0
+        logger.info("chain: %s %s; %s", stage, how_far, budget_note(seconds[stage], budgets.get(stage)))
+
+    t0 = time.monotonic()
+    deadline = begin("mlm")
+    mlm_result = _finished_mlm(out_dir / "mlm") or mlm.run_mlm(
+        catalog, (mlm_cfg or mlm_config(cfg)).model_copy(update={"max_minutes": None}), device=device,
+        out_dir=out_dir / "mlm", progress=progress, deadline=deadline, progress_seconds=cfg.progress_seconds,
+    )
+    end("mlm", t0, f"{mlm_result.steps}/{mlm_result.total_steps} steps ({mlm_result.stop_reason})")
+
+    t0 = time.monotonic()
+    deadline = begin("teacher")  # the pairs are the teacher's data: its budget covers them
+    task = pairs.build_task(catalog, mlm.catalog_texts(catalog), train, as_of, cfg.pairs)
+    seconds["pairs"] = time.monotonic() - t0
+    logger.info("chain: %s", task.summary())
+    teacher_result = _finished(out_dir / "teacher", "teacher") or teacher.train_teacher(
+        task, mlm_result.model_dir, cfg, device=device, out_dir=out_dir / "teacher", progress=progress,
+        deadline=deadline, started=t0,
+    )
+    end("teacher", t0, _how_far(teacher_result))
+
+    t0 = time.monotonic()
+    deadline = begin("student")
+    student_result = _finished(out_dir / "student", "student") or student.train_student(
+        task, Path(student_source(cfg, mlm_result.model_dir)), teacher_result.model_dir, cfg, device=device,
+        out_dir=out_dir / "student", progress=progress, deadline=deadline,
+    )
+    end("student", t0, _how_far(student_result))
+
+    from prodassoc_core.models import gnn
+
+    t0 = time.monotonic()
+    deadline = begin("gnn")
+    # The stage embeds the catalog and builds the graph, trains the GNN, then chooses the hybrid's
+    # co-purchase setting and tunes its weights (~20-40 s on the sample and on Online Retail): the
+    # GNN's training (validation and checkpoints included) must end budget.hybrid_seconds before
+    # the stage's deadline, or halfway through the stage when that is earlier.
+    keep = min(cfg.budget.hybrid_seconds, 0.5 * max(0.0, deadline.remaining()))
+    with gnn.deadline_scope(deadline.minus(keep)):
+        gnn_result, warm, cold = train_graph_stage(
+            catalog, train, as_of, cfg, task, student_result.model_dir, device=device, out_dir=out_dir / "gnn",
+            hybrid_cfg=hybrid_cfg or HybridConfig(), selection_cfg=selection_cfg,
+        )
+    end("gnn", t0, f"{gnn_result.epochs}/{cfg.gnn.max_epochs} epochs ({gnn_result.stop_reason})")
+    logger.info("chain: trained in %.0f s (budget %.0f s)", sum(v for k, v in seconds.items() if k in STAGES),
+                minutes * 60)
+    return ChainResult(mlm_result, teacher_result, student_result, task, gnn_result,
+                       {"warm": warm.as_dict(), "cold": cold.as_dict()}, seconds, budgets, minutes * 60)
+
+
+def _how_far(result: StageResult) -> str:
+    return f"{result.steps}/{result.total_steps} steps ({result.stop_reason})"
+
+
+def train_graph_stage(
+    catalog: pl.DataFrame, train: pl.DataFrame, as_of: datetime, cfg: TrainingConfig, task: pairs.PairTask,
+    student_dir: Path, *, device: Device, out_dir: Path, hybrid_cfg: HybridConfig,
+    selection_cfg: SelectionConfig | None = None,
+):
+    """Stage 4: the GNN over the fit window's graph (student embeddings as node features and
+    text edges), then the hybrid weights tuned on the held-out tail; the weights are saved
+    with the GNN model (hybrid.WEIGHTS_FILE). Returns (GnnResult, warm, cold weights)."""
+    from prodassoc_core.models import gnn, graph, hybrid
+
+    text = catalog_vectors(student_dir, catalog, device=device, max_length=cfg.student.max_length)
+    fit_graph = graph.fit_window_graph(catalog[PRODUCT_ID].to_list(), train, as_of, cfg.pairs.validation_days, text,
+                                       cfg.graph)
+    logger.info("chain: graph %s", fit_graph.summary())
+    result = gnn.train_gnn(fit_graph, task, cfg.gnn.model_copy(update={"seed": _seed(cfg)}), device=device,
+                           out_dir=out_dir)
+    saved = hybrid.read_weights(result.model_dir)
+    if saved is not None:
+        return result, *saved
+    model, _ = gnn.load_gnn(result.model_dir)
+    node_vectors = gnn.node_embeddings(model, fit_graph, device)
+    tune_half, cooc = tuning_half(train, as_of, cfg, selection_cfg or SelectionConfig())
+    warm, cold, grid = hybrid.tune_weights(
+        catalog, train, as_of, hybrid.HybridModel(text, node_vectors, hybrid.Weights(), hybrid.Weights()), cfg.pairs,
+        candidates_k=hybrid_cfg.candidates_k, decayed=cooc, step=hybrid_cfg.weight_step, queries=tune_half,
+    )
+    grid.write_parquet(out_dir / "hybrid_weight_grid.parquet")
+    hybrid.write_weights(result.model_dir, warm, cold, cooc)
+    logger.info("chain: hybrid weights warm %s cold %s, co-purchase %s", warm, cold, cooc)
+    return result, warm, cold
+
+
+def tuning_half(train: pl.DataFrame, as_of: datetime, cfg: TrainingConfig, selection_cfg: SelectionConfig):
+    """(the tail products the hybrid is tuned on, its co-purchase settings chosen on them): the
+    other half of the tail's products is kept for the serving gate (retrain.gate)."""
+    from prodassoc_core.mining import selection
+    from prodassoc_core.models import pairs
+
+    fit, held = pairs.split_fit_validation(train, as_of, cfg.pairs.validation_days)
+    tune_half, _ = selection.split_queries(sorted({i for b in pairs.items_of(train) for i in b}))
+    wanted = set(tune_half)
+    relevant = {p: qs for p, qs in selection.tail_relevance(held, selection_cfg).items() if p in wanted}
+    cut = as_of - timedelta(days=cfg.pairs.validation_days)
+    return tune_half, selection.best_decayed(fit, cut, relevant, selection_cfg)
+
+
+CHAIN_CONFIG = "chain_config.json"
+# Settings a rerun into the same directory may change: time budgets and bookkeeping.
+RESUMABLE = {
+    "training.max_minutes", "training.minutes_per_1k_baskets", "training.progress_seconds",
+    *(f"training.budget.{k}" for k in ("mlm", "teacher", "student", "gnn", "student_lists", "hybrid_seconds")),
+    "training.mlm_minutes", "training.teacher.max_minutes", "training.student.max_minutes", "training.gnn.max_minutes",
+    "training.student.teacher_minutes", "training.teacher.checkpoint_every", "training.student.checkpoint_every",
+    "training.teacher.eval_batch_size", "training.student.embed_batch_size", "training.schedule",
+    "training.experiment", "training.device",
+}
+
+
+def chain_key(cfg: TrainingConfig, catalog: pl.DataFrame, train: pl.DataFrame, as_of: datetime) -> dict[str, Any]:
+    """What a chain directory is trained from: the settings and the data's shape and window."""
+    return {
+        "training": cfg.model_dump(mode="json"),
+        "as_of": as_of.isoformat(),
+        "catalog_products": catalog.height,
+        "training_baskets": train.height,
+    }
+
+
+def _claim(out_dir: Path, cfg: TrainingConfig, catalog: pl.DataFrame, train: pl.DataFrame, as_of: datetime) -> None:
+    """Record what ``out_dir`` is trained from, or refuse a directory trained from something else
+    (finished stages are reused, so a silent mismatch would mix two runs)."""
+    from prodassoc_core.models.training import check_resumable, write_json
+
+    key = chain_key(cfg, catalog, train, as_of)
+    path = out_dir / CHAIN_CONFIG
+    if path.is_file():
+        check_resumable(json.loads(path.read_text()), key, out_dir, RESUMABLE)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_json(path, key)
+
+
+def _is_finished(out_dir: Path, stage: str) -> bool:
+    """Whether a rerun reuses the stage as it is (the GNN stage always runs: it resumes itself)."""
+    if stage == "gnn":
+        return False
+    results = mlm.RESULTS_FILE if stage == "mlm" else f"{stage}_results.json"
+    return (out_dir / stage / results).is_file() and (out_dir / stage / MODEL_SUBDIR).is_dir()
+
+
+def _finished(out_dir: Path, stage: str) -> StageResult | None:
+    """A stage finished by an earlier call (its results file and model exist), else None."""
+    path = out_dir / f"{stage}_results.json"
+    if not path.is_file() or not (out_dir / MODEL_SUBDIR).is_dir():
+        return None
+    data = json.loads(path.read_text())
+    data["model_dir"] = Path(data["model_dir"])
+    logger.info("chain: %s already trained (%s), reused", stage, path)
+    return StageResult(**data)
+
+
+def _finished_mlm(out_dir: Path) -> mlm.MlmResult | None:
+    path = out_dir / mlm.RESULTS_FILE
+    if not path.is_file() or not (out_dir / MODEL_SUBDIR).is_dir():
+        return None
+    data = json.loads(path.read_text())
+    data["model_dir"], data["checkpoint_dir"] = Path(data["model_dir"]), Path(data["checkpoint_dir"])
+    logger.info("chain: mlm already trained (%s), reused", path)
+    return mlm.MlmResult(**data)
+
+
+# --- using the models ------------------------------------------------------------------------
+
+
+def catalog_vectors(model_dir: str | Path, catalog: pl.DataFrame, *, device: Device, batch_size: int = 256,
+                    max_length: int = 64) -> np.ndarray:
+    """Unit embeddings of every catalog product's text with the encoder in ``model_dir``."""
+    model, tokenizer = embeddings.load_encoder(model_dir)
+    return embeddings.embed_texts(model, tokenizer, mlm.catalog_texts(catalog), device=device,
+                                  batch_size=batch_size, max_length=max_length)
+
+
+def text_associations(
+    model_dir: str | Path, catalog: pl.DataFrame, top_k: int, *, device: Device, method: str,
+    queries: Sequence[str] | None = None, max_length: int = 64,
+) -> pl.DataFrame:
+    """Each product's (or each query's) ``top_k`` nearest catalog products by embedding cosine."""
+    vectors = catalog_vectors(model_dir, catalog, device=device, max_length=max_length)
+    return embeddings.top_k_similar(catalog[PRODUCT_ID].to_list(), vectors, top_k, queries=queries, method=method)
+
+
+def teacher_reranked(
+    teacher_dir: str | Path, catalog: pl.DataFrame, shortlist: pl.DataFrame, *, device: Device, seed: int,
+    max_length: int = 64,
+) -> pl.DataFrame:
+    """``shortlist`` (product_id, associated_product_id) reordered by the teacher's logits."""
+    model, tokenizer = teacher.load_teacher(teacher_dir, seed=seed)
+    return teacher.rerank(model, tokenizer, mlm.catalog_texts(catalog), catalog[PRODUCT_ID].to_list(), shortlist,
+                          device=device, max_length=max_length)
+
+
+def embeddings_table(catalog: pl.DataFrame, vectors: np.ndarray, model_uri: str) -> pa.Table:
+    """The ``product_embeddings`` table: one unit vector per catalog product and the model it came from."""
+    dim = vectors.shape[1]
+    flat = pa.array(vectors.astype(np.float32).ravel(), type=pa.float32())
+    return PRODUCT_EMBEDDINGS.conform(pa.table({
+        PRODUCT_ID: pa.array(catalog[PRODUCT_ID].to_list(), type=pa.string()),
+        "embedding": pa.FixedSizeListArray.from_arrays(flat, dim).cast(pa.list_(pa.float32())),
+        "dim": pa.array(np.full(len(vectors), dim, dtype=np.int32)),
+        "model_uri": pa.array([model_uri] * len(vectors), type=pa.string()),
+    }))
+
+
+def summary(result: ChainResult) -> dict[str, Any]:
+    return {
+        "task": result.task.summary(),
+        "seconds": result.seconds,
+        "budgets": result.budgets,
+        "budget_seconds": result.budget_seconds,
+        "mlm": result.mlm.summary(),
+        "teacher": result.teacher.summary(),
+        "student": result.student.summary(),
+        "gnn": result.gnn.summary() if result.gnn is not None else None,
+        "hybrid_weights": result.weights,
+    }
+
+
+def budget_lines(chain_summary: dict[str, Any]) -> list[str]:
+    """One line per stage of a ``summary``: how far it got, why it stopped, its time and budget."""
+    seconds, budgets = chain_summary.get("seconds", {}), chain_summary.get("budgets", {})
+    out = []
+    for stage in STAGES:
+        s = chain_summary.get(stage)
+        if not s:
+            continue
+        done = f"{s['epochs']} epochs" if stage == "gnn" else f"{s['steps']}/{s['total_steps']} steps"
+        out.append(f"{stage}: {done} ({s['stop_reason']}), {budget_note(seconds.get(stage, 0.0), budgets.get(stage))}")
+    return out
+
+
+def tiny_training_config(seed: int, **overrides: Any) -> TrainingConfig:
+    """The tests' chain: the 2-layer hidden-64 scratch BERT (mlm.TINY_ENCODER), a few dozen
+    steps per stage, a 7-day held-out tail (the shipped sample spans 32 days)."""
+    base = TrainingConfig(seed=seed)
+    values: dict[str, Any] = dict(
+        encoder=mlm.TINY_ENCODER, mlm_epochs=1.0, mlm_learning_rate=5e-3,
+        pairs=base.pairs.model_copy(update={"validation_days": 7, "validation_min_baskets": 3}),
+        teacher=base.teacher.model_copy(update={"max_steps": 30, "max_length": 32, "learning_rate": 1e-3,
+                                                "max_validation_pairs": 200, "checkpoint_every": 10}),
+        student=base.student.model_copy(update={"max_steps": 30, "layers": 1, "max_lists": 300, "learning_rate": 1e-3,
+                                                "checkpoint_every": 10}),
+        gnn=base.gnn.model_copy(update={"max_epochs": 6, "steps_per_epoch": 4, "batch_size": 256, "hidden_dim": 32,
+                                        "out_dim": 32, "eval_every": 2, "checkpoint_every": 2}),
+        device="cpu",
+    )
+    values.update(overrides)
+    return base.model_copy(update=values)

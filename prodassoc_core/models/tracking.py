@@ -1,0 +1,383 @@
+"""MLflow I/O: the only module that talks to the tracking server.
+
+The default backend is a SQLite database under the data directory, with artifacts in
+``<data_dir>/mlartifacts`` (set per experiment, so nothing lands in the working
+directory). Any ``tracking_uri`` MLflow accepts works, e.g. an ``http://`` server.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+
+logger = logging.getLogger("prodassoc.tracking")
+
+
+def _client(tracking_uri: str):
+    from mlflow.tracking import MlflowClient
+
+    ensure_store(tracking_uri)
+    return MlflowClient(tracking_uri=tracking_uri)
+
+
+# --- the sqlite store: created once, whole -------------------------------------------------------
+
+_READY: set[Path] = set()
+STORE_LOCK_TIMEOUT_S = 600.0
+
+
+class StoreError(RuntimeError):
+    """The sqlite tracking store is damaged in a way that is not safe to repair automatically."""
+
+
+def sqlite_path(tracking_uri: str) -> Path | None:
+    """The database file of a ``sqlite:///`` tracking URI; None for any other URI (or in-memory)."""
+    if not tracking_uri.lower().startswith("sqlite:///"):
+        return None
+    path = tracking_uri[len("sqlite:///"):].split("?", 1)[0]
+    return Path(path) if path and path != ":memory:" else None
+
+
+def _store_state(path: Path) -> str:
+    """``complete``; ``incomplete`` (no Alembic version, missing tables or leftover
+    ``_alembic_tmp_*`` tables: created part way) with no user data in it; or
+    ``incomplete-with-data`` (the same holding runs, registered models or experiments
+    besides MLflow's default one: possibly an older store mid-upgrade, never rebuilt here)."""
+    import sqlite3
+
+    import mlflow.store.tracking.dbmodels.models  # noqa: F401 - registers the ORM tables on Base
+    from mlflow.store.db.base_sql_model import Base
+
+    def count(con, table: str) -> int:
+        return con.execute(f"SELECT count(*) FROM {table}").fetchone()[0] if table in tables else 0
+
+    con = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        version = con.execute("SELECT version_num FROM alembic_version").fetchall() if "alembic_version" in tables else []
+        data = count(con, "runs") + count(con, "registered_models") + max(0, count(con, "experiments") - 1)
+    except sqlite3.DatabaseError:
+        return "incomplete"
+    finally:
+        con.close()
+    leftovers = any(t.startswith("_alembic_tmp_") for t in tables)
+    if version and not leftovers and set(Base.metadata.tables) <= tables:
+        return "complete"
+    return "incomplete-with-data" if data else "incomplete"
+
+
+def ensure_store(tracking_uri: str) -> None:
+    """Make sure a ``sqlite:///`` tracking store exists, complete; other URIs: nothing to do.
+
+    MLflow creates its sqlite store in place by running ~60 Alembic migrations; a process
+    killed part way leaves a store every later start refuses (``table _alembic_tmp_… already
+    exists``), and two first runs at once race on the same tables. Here the store is created
+    once, under a file lock next to it, in a temporary file that is renamed into place when
+    complete, so the database file is either absent or whole. A half-created store left by
+    an earlier version (no data in it) is moved aside to ``.<name>.incomplete`` and rebuilt;
+    one that holds data is not touched (StoreError, naming it). Temporary files of killed
+    creators are removed.
+    """
+    path = sqlite_path(tracking_uri)
+    if path is None:
+        return
+    path = path.resolve()
+    if path in _READY:
+        return
+    from prodassoc_core.data import remove_stale_temp
+    from prodassoc_core.ops import locks
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lock = path.with_name(f".{path.name}.lock")
+    with locks.exclusive(lock, timeout=STORE_LOCK_TIMEOUT_S, purpose=f"create MLflow store {path}"):
+        state = _store_state(path) if path.exists() else "absent"
+        if state == "incomplete-with-data":
+            raise StoreError(
+                f"MLflow store {path} is incomplete (an interrupted or pending schema migration) and holds "
+                f"data, so it is not rebuilt: back it up, then run 'mlflow db upgrade sqlite:///{path}' "
+                "or restore the backup"
+            )
+        if state == "incomplete":
+            aside = path.with_name(f".{path.name}.incomplete")
+            os.replace(path, aside)
+            logger.warning("MLflow store %s was created only part way (killed?); moved to %s and rebuilt", path, aside)
+        if state != "complete":
+            remove_stale_temp(path.parent, f".{path.name}.*.tmp", _tmp_pid)
+            tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+            tmp.unlink(missing_ok=True)
+            try:
+                _create_store(tmp, path.parent / "mlartifacts")
+                os.replace(tmp, path)
+            finally:
+                tmp.unlink(missing_ok=True)
+            logger.info("MLflow store created: %s", path)
+    _READY.add(path)
+
+
+def _tmp_pid(name: str) -> int | None:
+    parts = name.split(".")
+    return int(parts[-2]) if len(parts) >= 3 and parts[-2].isdigit() else None
+
+
+def _create_store(db: Path, artifact_root: Path) -> None:
+    """All of MLflow's tables and its default experiment in the sqlite file ``db``."""
+    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+    from prodassoc_core.data import fault_point
+
+    uri = f"sqlite:///{db}"
+    fault_point("mlflow.create")
+    try:
+        SqlAlchemyStore(uri, artifact_root.resolve().as_uri())
+    finally:
+        engine = SqlAlchemyStore._engine_map.pop(uri, None)
+        if engine is not None:
+            engine.dispose()
+    with open(db, "rb") as f:
+        os.fsync(f.fileno())
+
+
+def serves_artifacts(tracking_uri: str) -> bool:
+    """Whether the tracking URI is a server (http/https), which stores artifacts itself (``mlflow
+    server --serve-artifacts --artifacts-destination s3://…``): clients upload through it."""
+    return tracking_uri.split(":", 1)[0].lower() in ("http", "https")
+
+
+def experiment_id(tracking_uri: str, name: str, artifact_root: Path) -> str:
+    """The id of experiment ``name``, created if needed.
+
+    With a local backend (sqlite, file) its artifacts go under ``artifact_root``; with a tracking
+    server the server's artifact destination is used (an explicit client path there would write
+    artifacts to whichever machine ran the client, out of reach of the others)."""
+    client = _client(tracking_uri)
+    found = client.get_experiment_by_name(name)
+    if found is not None:
+        return found.experiment_id
+    if serves_artifacts(tracking_uri):
+        return client.create_experiment(name)
+    artifact_root.mkdir(parents=True, exist_ok=True)
+    return client.create_experiment(name, artifact_location=artifact_root.resolve().as_uri())
+
+
+def log_run(
+    tracking_uri: str,
+    experiment: str,
+    artifact_root: Path,
+    run_name: str,
+    params: Mapping[str, object],
+    metrics: Mapping[str, float | int],
+    tags: Mapping[str, str] | None = None,
+    artifacts: list[Path] | None = None,
+) -> str:
+    """One finished run with params, finite metrics, tags and artifact files; returns its id."""
+    from mlflow.entities import Metric, Param, RunTag
+
+    client = _client(tracking_uri)
+    run = client.create_run(
+        experiment_id(tracking_uri, experiment, artifact_root), run_name=run_name, tags=dict(tags or {})
+    )
+    run_id = run.info.run_id
+    finite = {k: float(v) for k, v in metrics.items() if v is not None and not math.isnan(float(v))}
+    client.log_batch(
+        run_id,
+        metrics=[Metric(k, v, 0, 0) for k, v in sorted(finite.items())],
+        params=[Param(k, str(v)) for k, v in sorted(params.items())],
+        tags=[RunTag(k, v) for k, v in sorted((tags or {}).items())],
+    )
+    for path in artifacts or []:
+        client.log_artifact(run_id, str(path))
+    client.set_terminated(run_id)
+    return run_id
+
+
+def runs(tracking_uri: str, experiment: str) -> list:
+    """All runs of an experiment (newest first), for reports and tests."""
+    client = _client(tracking_uri)
+    found = client.get_experiment_by_name(experiment)
+    if found is None:
+        return []
+    return client.search_runs([found.experiment_id], order_by=["attributes.start_time DESC"])
+
+
+# --- model stages: a run holding a model directory, registered ----------------------------------
+
+
+@dataclass(frozen=True)
+class RegisteredRun:
+    run_id: str
+    model_name: str
+    model_version: str
+    model_uri: str  # models:/<name>/<version>
+
+
+def _flat_params(params: Mapping[str, Any], prefix: str = "") -> Iterator[tuple[str, str]]:
+    for key, value in params.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            yield from _flat_params(value, f"{name}.")
+        else:
+            yield name, str(value)
+
+
+def log_model_run(
+    tracking_uri: str,
+    experiment: str,
+    artifact_root: Path,
+    *,
+    run_name: str,
+    params: Mapping[str, Any],
+    metrics: Mapping[str, float],
+    model_dir: Path,
+    registered_model: str,
+    series: Mapping[str, list[float]] | None = None,
+    tags: Mapping[str, str] | None = None,
+    files: list[Path] | None = None,
+) -> RegisteredRun:
+    """One finished MLflow run holding ``model_dir`` (as artifact path ``model``), registered.
+
+    ``params`` may nest (flattened with dots); ``series`` are per-step metrics (index = step - 1,
+    thinned to at most 1000 points). The model version's source is the run's ``model``
+    artifact directory, so ``registered_model_dir`` gets back what ``save_pretrained`` wrote.
+    """
+    from mlflow.entities import Metric, Param
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=tracking_uri)
+    run = client.create_run(
+        experiment_id(tracking_uri, experiment, artifact_root), run_name=run_name, tags=dict(tags or {})
+    )
+    run_id = run.info.run_id
+    now = int(time.time() * 1000)
+    finite = {k: float(v) for k, v in metrics.items() if v is not None and math.isfinite(float(v))}
+    entries = [Metric(k, v, now, 0) for k, v in sorted(finite.items())]
+    for key, values in (series or {}).items():
+        stride = max(1, math.ceil(len(values) / 1000))
+        entries += [
+            Metric(key, float(v), now, i + 1) for i, v in enumerate(values) if (i + 1) % stride == 0 and math.isfinite(v)
+        ]
+    flat = [Param(k, v[:6000]) for k, v in sorted(_flat_params(params))]
+    for start in range(0, len(flat), 100):  # MLflow's per-call limits: 100 params, 1000 metrics
+        client.log_batch(run_id, params=flat[start : start + 100])
+    for start in range(0, len(entries), 1000):
+        client.log_batch(run_id, metrics=entries[start : start + 1000])
+    client.log_artifacts(run_id, str(model_dir), artifact_path="model")
+    for path in files or []:
+        client.log_artifact(run_id, str(path))
+    client.set_terminated(run_id)
+
+    try:
+        client.create_registered_model(registered_model)
+    except MlflowException as exc:
+        if "RESOURCE_ALREADY_EXISTS" not in str(exc.error_code):
+            raise
+    version = client.create_model_version(
+        registered_model, source=f"{run.info.artifact_uri}/model", run_id=run_id, tags=dict(tags or {})
+    )
+    logger.info("MLflow run %s registered as %s version %s", run_id, registered_model, version.version)
+    return RegisteredRun(run_id, registered_model, str(version.version), f"models:/{registered_model}/{version.version}")
+
+
+def registered_model_dir(tracking_uri: str, model_uri: str, dst: Path) -> Path:
+    """Download a registered model version (``models:/name/version`` or ``models:/name@alias``)
+    into ``dst``; returns the directory to hand to ``from_pretrained``."""
+    import mlflow
+
+    dst.mkdir(parents=True, exist_ok=True)
+    ensure_store(tracking_uri)
+    previous = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(tracking_uri)
+    try:
+        return Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=str(dst)))
+    finally:
+        mlflow.set_tracking_uri(previous)
+
+
+# --- aliases: the champion gate's state ---------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ModelVersion:
+    name: str
+    version: str
+    run_id: str
+    tags: dict[str, str]
+
+    @property
+    def uri(self) -> str:
+        return f"models:/{self.name}/{self.version}"
+
+
+def aliased_version(tracking_uri: str, name: str, alias: str) -> ModelVersion | None:
+    """The version of ``name`` that ``alias`` points to, or None (no model, or no such alias)."""
+    if _sqlite_missing(tracking_uri):
+        # nothing can be registered in a database that does not exist, and opening it would
+        # create it (MLflow's migrations: seconds, paid by every nightly of a fresh data dir)
+        return None
+    from mlflow.exceptions import MlflowException
+
+    client = _client(tracking_uri)
+    try:
+        mv = client.get_model_version_by_alias(name, alias)
+    except MlflowException as exc:
+        if exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "NOT_FOUND"):
+            return None
+        raise
+    return ModelVersion(mv.name, str(mv.version), mv.run_id, dict(mv.tags or {}))
+
+
+def model_versions(tracking_uri: str, name: str) -> list[ModelVersion]:
+    """Every registered version of ``name`` with its tags, oldest first; [] without the model."""
+    if _sqlite_missing(tracking_uri):
+        return []
+    from mlflow.exceptions import MlflowException
+
+    if "'" in name:
+        raise ValueError(f"registered model name {name!r}: quotes are not allowed")
+    try:
+        found = _client(tracking_uri).search_model_versions(f"name = '{name}'")
+    except MlflowException as exc:
+        if exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "NOT_FOUND"):
+            return []
+        raise
+    out = [ModelVersion(mv.name, str(mv.version), mv.run_id, dict(mv.tags or {})) for mv in found]
+    return sorted(out, key=lambda v: int(v.version))
+
+
+def model_version(tracking_uri: str, name: str, version: str) -> ModelVersion | None:
+    """One registered version with its tags, or None."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        mv = _client(tracking_uri).get_model_version(name, version)
+    except MlflowException as exc:
+        if exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "NOT_FOUND"):
+            return None
+        raise
+    return ModelVersion(mv.name, str(mv.version), mv.run_id, dict(mv.tags or {}))
+
+
+def set_alias(tracking_uri: str, name: str, version: str, alias: str) -> None:
+    _client(tracking_uri).set_registered_model_alias(name, alias, version)
+
+
+def tag_version(tracking_uri: str, name: str, version: str, tags: Mapping[str, Any]) -> None:
+    client = _client(tracking_uri)
+    for key, value in tags.items():
+        client.set_model_version_tag(name, version, key, str(value))
+
+
+def _sqlite_missing(tracking_uri: str) -> bool:
+    """Whether ``tracking_uri`` is ``sqlite:///<file>`` and the file does not exist yet."""
+    if not tracking_uri.startswith("sqlite:///"):
+        return False
+    path = tracking_uri.removeprefix("sqlite:///").split("?", 1)[0]
+    return path not in ("", ":memory:") and not Path(path).exists()

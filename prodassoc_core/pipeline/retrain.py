@@ -1,0 +1,325 @@
+"""Retraining: the language-model chain on the training window, registered, behind the champion gate.
+
+    landing --ingest, baskets (stages.py)--> training baskets before as_of, staged catalog
+            --train_chain (chain.py)--> MLM, teacher, student under <data>/models/as_of=D
+            --register--> MLflow runs + versions of prodassoc-mlm / -teacher / -student
+            --gate--> served (and @champion) only if its hybrid beats, on held-out data, both the
+                      classic method this catalog would otherwise be served and the model
+                      served now
+
+The serving gate works on the held-out tail of the training window (``pairs.validation_days``
+before ``as_of``), which no model trained on, with EVAL.md's protocol (NDCG@k, lists padded
+with popular products). The tail's products are split in two by a hash of their id
+(selection.split_queries): the hybrid weights, its co-purchase settings and the classic method
+are tuned on one half; the decision is made on the other, so it is not the tuning's optimism.
+Per segment (warm: sold before the tail; cold: never sold) the hybrid is served only where it
+beats the classic ranking by ``selection.gate_margin`` on at least ``selection.gate_min_products``
+gate products. The candidate is promoted only if it wins at least one segment and, when a model
+is served now (trained with data up to ``as_of``), its served ranking (per segment, what won)
+beats that model's served ranking on the same products. There is no promotion because nothing
+is served yet. A promoted student takes its teacher, MLM model and GNN with it (all get the
+alias and ``prodassoc.gate=champion``); a student that does not win stays a registered version
+tagged ``prodassoc.gate=candidate`` (``trial`` with ``--no-promote``). Scores and the decision
+are tags of the student version.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from datetime import date, datetime, time
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from prodassoc_core.data import PRODUCT_ID, ingest
+from prodassoc_core.mining import methods, protocol
+from prodassoc_core.models import AS_OF_TAG, Device, StageResult, chain, device_of, embeddings, mlm, pairs, tracking
+from prodassoc_core.ops import Settings
+from prodassoc_core.pipeline import stages
+
+logger = logging.getLogger("prodassoc.retrain")
+
+
+
+@dataclass
+class GateDecision:
+    promoted: bool
+    segments: dict[str, str]  # warm / cold -> hybrid | classic: what the candidate would serve
+    scores: dict[str, dict[str, float]]  # classic / candidate / champion -> warm, cold, served (NDCG@k)
+    n_products: dict[str, int]  # gate products per segment
+    classic: str  # the classic setting compared with (selection.label)
+    champion_version: str | None  # the student served now, if any
+    reason: str
+    trial: bool = False  # --no-promote: decided and recorded, nothing promoted
+    metric: str = "gate_ndcg"
+
+    @property
+    def candidate_score(self) -> float:
+        return self.scores["candidate"]["served"]
+
+    @property
+    def champion_score(self) -> float | None:
+        return self.scores["champion"]["served"] if "champion" in self.scores else None
+
+    @property
+    def message(self) -> str:
+        c, h = self.scores["classic"], self.scores["candidate"]
+        seg = ", ".join(
+            f"{s} {h[s]:.4f} vs classic {c[s]:.4f} on {self.n_products[s]} products -> {self.segments[s]}"
+            for s in ("warm", "cold")
+        )
+        text = f"hybrid vs {self.classic} on the held-out tail: {seg}; {self.reason}"
+        return text + (" (trial run: --no-promote)" if self.trial else "")
+
+
+@dataclass
+class TrainReport:
+    as_of: date
+    versions: dict[str, str]  # stage -> registered version
+    decision: GateDecision
+    chain: dict[str, Any]
+    seconds: dict[str, float] = field(default_factory=dict)
+
+
+def training_data(settings: Settings, as_of: date) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """(catalog, training baskets): ingest what landed before as_of, then build the window's baskets."""
+    stages.ingest_landing(settings, as_of)
+    baskets_path = stages.build_baskets(settings, as_of)
+    return ingest.read_staged_catalog(settings.staging_dir), pl.read_parquet(baskets_path)
+
+
+def models_dir(settings: Settings, as_of: date) -> Path:
+    """``<data>/models/as_of=D/cfg-<hash>``: a rerun with the same settings resumes (and reuses
+    finished stages); different settings (other than time budgets) train in a new directory."""
+    import hashlib
+    import json
+
+    from prodassoc_core.models import flatten
+
+    flat = {k: v for k, v in flatten({"training": settings.training.model_dump(mode="json")}).items()
+            if k not in chain.RESUMABLE}
+    digest = hashlib.sha256(json.dumps(flat, sort_keys=True).encode()).hexdigest()[:10]
+    return settings.data_dir / "models" / f"as_of={as_of.isoformat()}" / f"cfg-{digest}"
+
+
+def gate_score(model_dir: str | Path, catalog: pl.DataFrame, task: pairs.PairTask, popular: list[str],
+               device: Device, k: int = 10) -> float:
+    """NDCG@k of an encoder's nearest products on the held-out tail (lists padded with popular ones)."""
+    if not task.validation:
+        raise ValueError("the held-out tail has no product with associations: cannot gate; widen pairs.validation_days")
+    model, tokenizer = embeddings.load_encoder(model_dir)
+    vectors = embeddings.embed_texts(model, tokenizer, mlm.catalog_texts(catalog), device=device)
+    ranked = embeddings.top_k_similar(catalog[PRODUCT_ID].to_list(), vectors, k, queries=sorted(task.validation))
+    filled = protocol.fill_with_popular(ranked, task.validation, popular, k)
+    return float(protocol.score_associations(filled, task.validation, set(), k)["ndcg_all"])
+
+
+@dataclass
+class GateData:
+    """The held-out tail's gate half: fit baskets (before the tail), relevance of the gate
+    products, warm products (sold in the fit baskets), popular fill, and the tune half's relevance."""
+
+    fit: pl.DataFrame
+    cut: datetime
+    relevant: dict[str, set[str]]
+    tune_relevant: dict[str, set[str]]
+    warm: set[str]
+    popular: list[str]
+
+    @classmethod
+    def build(cls, settings: Settings, train: pl.DataFrame, as_of: date) -> "GateData":
+        from datetime import timedelta
+
+        from prodassoc_core.mining import selection
+
+        start = datetime.combine(as_of, time())
+        fit, held = pairs.split_fit_validation(train, start, settings.training.pairs.validation_days)
+        relevant = selection.tail_relevance(held, settings.selection)
+        tune, gate_half = selection.split_queries(sorted(relevant))
+        fit_items = pairs.items_of(fit)
+        return cls(fit, start - timedelta(days=settings.training.pairs.validation_days),
+                   {p: relevant[p] for p in gate_half}, {p: relevant[p] for p in tune},
+                   {i for b in fit_items for i in b}, methods.popular_products(fit_items))
+
+    def per_product(self, ranking: pl.DataFrame, k: int) -> pl.DataFrame:
+        from prodassoc_core.mining import selection
+
+        return selection.per_product(ranking, self.relevant, self.warm, self.popular, k)
+
+
+def segment_means(table: pl.DataFrame) -> dict[str, float]:
+    """Mean NDCG per segment of a per-product table (nan for an empty segment)."""
+    out = {}
+    for name, frame in (("warm", table.filter(pl.col("warm"))), ("cold", table.filter(~pl.col("warm")))):
+        out[name] = float(frame["ndcg"].mean()) if frame.height else float("nan")
+    return out
+
+
+def served_mean(classic: pl.DataFrame, hybrid_table: pl.DataFrame, segments: dict[str, str]) -> float:
+    """Mean NDCG over every gate product of the list it would be served: per segment, hybrid or classic."""
+    joined = classic.select(PRODUCT_ID, "warm", pl.col("ndcg").alias("classic")).join(
+        hybrid_table.select(PRODUCT_ID, pl.col("ndcg").alias("hybrid")), on=PRODUCT_ID)
+    served = pl.when(pl.col("warm")).then(pl.col(segments["warm"])).otherwise(pl.col(segments["cold"]))
+    return float(joined.select(served.mean()).item()) if joined.height else float("nan")
+
+
+def _hybrid_per_product(settings: Settings, found, catalog: pl.DataFrame, data: GateData, device: Device,
+                        k: int) -> pl.DataFrame:
+    from prodassoc_core.models import champions, hybrid
+
+    model = champions.hybrid_model(settings, found, catalog, data.fit, device)
+    ranked = hybrid.hybrid_associations(catalog, data.fit, data.cut, model, top_k=k,
+                                        candidates_k=settings.hybrid.candidates_k, decayed=found.cooc,
+                                        queries=sorted(set(data.relevant) & set(catalog[PRODUCT_ID].to_list())))
+    return data.per_product(ranked, k)
+
+
+def gate(
+    settings: Settings, registered: dict[str, tracking.RegisteredRun], result: chain.ChainResult,
+    catalog: pl.DataFrame, train: pl.DataFrame, as_of: date, device: Device, work_dir: Path, *, promote: bool = True,
+) -> GateDecision:
+    """The serving gate (module docstring): decide, tag the candidate's versions, move the alias on a win."""
+    from prodassoc_core.mining import selection
+    from prodassoc_core.models import champions, serving
+
+    sel, cfg = settings.selection, settings.training
+    k = sel.k
+    data = GateData.build(settings, train, as_of)
+    classic = settings.associations  # what the catalog would otherwise be served: as set, or chosen on the tune half
+    if classic.method == "auto":
+        classic = selection.select_on(data.fit, data.cut, data.tune_relevant, classic, sel).chosen
+    classic_pp = data.per_product(methods.config_associations(data.fit, data.cut, classic), k)
+    gnn_dir = result.gnn.model_dir if result.gnn is not None else None
+    weights = champions.read_weights(gnn_dir) if gnn_dir is not None else None
+    warm_w, cold_w = weights or (hybrid_weights_default())
+    candidate = champions.ChampionSet(
+        result.student.model_dir, registered["student"].model_uri, gnn_dir,
+        registered["gnn"].model_uri if "gnn" in registered else None, warm_w, cold_w,
+        (champions.read_cooc(gnn_dir) if gnn_dir is not None else None) or methods.DecayedConfig(),
+    )
+    cand_pp = _hybrid_per_product(settings, candidate, catalog, data, device, k)
+    classic_s, cand_s = segment_means(classic_pp), segment_means(cand_pp)
+    n = {"warm": int(classic_pp["warm"].sum()), "cold": int((~classic_pp["warm"]).sum())}
+    segments = {
+        s: serving.HYBRID if n[s] >= sel.gate_min_products and cand_s[s] > classic_s[s] + sel.gate_margin
+        else serving.CLASSIC
+        for s in serving.SEGMENTS
+    }
+    scores = {"classic": classic_s | {"served": float(classic_pp["ndcg"].mean()) if classic_pp.height else float("nan")},
+              "candidate": cand_s | {"served": served_mean(classic_pp, cand_pp, segments)}}
+    current = serving.served_models(settings, as_of)
+    champion_version = None if isinstance(current, str) else current.student.version
+    if serving.HYBRID not in segments.values():
+        promoted, reason = False, f"the hybrid does not beat {selection.label(classic)} by {sel.gate_margin:g} in any segment"
+    elif isinstance(current, str):
+        promoted, reason = True, f"no model is served for {as_of}; the hybrid beats the classic method where it serves"
+    else:
+        found = champions.download(settings, current, work_dir / "champion")
+        champ_pp = _hybrid_per_product(settings, found, catalog, data, device, k)
+        scores["champion"] = segment_means(champ_pp) | {"served": served_mean(classic_pp, champ_pp, current.segments)}
+        promoted = scores["candidate"]["served"] > scores["champion"]["served"]
+        verdict = "beats" if promoted else "does not beat"
+        reason = (f"served NDCG@{k} {scores['candidate']['served']:.4f} {verdict} the served {current.student.uri} "
+                  f"({scores['champion']['served']:.4f})")
+    decision = GateDecision(promoted and promote, segments, scores, n, selection.label(classic), champion_version, reason,
+                            trial=not promote)
+    _tag_decision(settings, registered, decision, promoted)
+    logger.info("gate: %s", decision.message)
+    return decision
+
+
+def hybrid_weights_default():
+    from prodassoc_core.models import hybrid
+
+    return hybrid.Weights(1.0, 0.0, 0.0), hybrid.Weights(0.0, 1.0, 0.0)
+
+
+def _tag_decision(settings: Settings, registered: dict[str, tracking.RegisteredRun], d: GateDecision,
+                  won: bool) -> None:
+    from prodassoc_core.models import serving
+
+    state = "trial" if d.trial else ("champion" if d.promoted else "candidate")
+    tags = {serving.GATE_TAG: state, "prodassoc.gate_classic": d.classic, "prodassoc.gate_reason": d.reason[:4000],
+            "prodassoc.gate_won": str(won).lower()}
+    tags |= {serving.segment_tag(s): d.segments[s] for s in serving.SEGMENTS}
+    tags |= {f"prodassoc.gate_{who}_{what}": f"{v:.6f}" for who, vals in d.scores.items() for what, v in vals.items()}
+    tags |= {f"prodassoc.gate_n_{s}": str(v) for s, v in d.n_products.items()}
+    for reg in registered.values():
+        tracking.tag_version(settings.tracking_uri, reg.model_name, reg.model_version, tags)
+
+
+def _log_stage(settings: Settings, result: StageResult, registered: str, as_of: date, tags: dict[str, str]):
+    metrics = {f"before_{k}": v for k, v in result.before.items()} | {f"after_{k}": v for k, v in result.after.items()}
+    metrics |= {"steps": result.steps, "examples_per_s": result.examples_per_s, "train_seconds": result.train_seconds}
+    params = {"stage": result.stage, "total_steps": result.total_steps, "as_of": as_of.isoformat(),
+              "training": settings.training.model_dump(mode="json"), **{f"task.{k}": v for k, v in result.extra.get(
+                  "task", {}).items()}}
+    results_file = result.model_dir.parent / f"{result.stage}_results.json"
+    return tracking.log_model_run(
+        settings.tracking_uri, settings.training.experiment, settings.data_dir / "mlartifacts",
+        run_name=f"{result.stage} as_of={as_of.isoformat()}", params=params, metrics=metrics,
+        model_dir=result.model_dir, registered_model=registered, series={"train_loss": result.train_losses},
+        tags={"stage": result.stage, "stop_reason": result.stop_reason, **tags},
+        files=[results_file] if results_file.is_file() else None,
+    )
+
+
+def _log_gnn(settings: Settings, result: chain.ChainResult, as_of: date, tags: dict[str, str]):
+    g = result.gnn
+    metrics = {f"before_{k}": v for k, v in g.before.items()} | {f"after_{k}": v for k, v in g.after.items()}
+    metrics |= {"epochs": g.epochs, "best_epoch": g.best_epoch, "edges_per_s": g.edges_per_s,
+                "train_seconds": g.train_seconds}
+    metrics |= {f"hybrid_{seg}_{c}": w for seg, ws in result.weights.items() for c, w in ws.items()}
+    params = {"stage": "gnn", "as_of": as_of.isoformat(), "gnn": settings.training.gnn.model_dump(mode="json"),
+              "graph": settings.training.graph.model_dump(mode="json")}
+    results_file = g.model_dir.parent / "gnn_results.json"
+    return tracking.log_model_run(
+        settings.tracking_uri, settings.training.experiment, settings.data_dir / "mlartifacts",
+        run_name=f"gnn as_of={as_of.isoformat()}", params=params, metrics=metrics, model_dir=g.model_dir,
+        registered_model=settings.training.gnn_registered_model, series={"train_loss": g.losses},
+        tags={"stage": "gnn", "stop_reason": g.stop_reason, **tags},
+        files=[results_file] if results_file.is_file() else None,
+    )
+
+
+def register(settings: Settings, result: chain.ChainResult, as_of: date) -> dict[str, tracking.RegisteredRun]:
+    """One MLflow run per stage, each registered (prodassoc-mlm, -teacher, -student)."""
+    cfg = settings.training
+    tags = {AS_OF_TAG: as_of.isoformat(), "prodassoc.seed": str(cfg.seed)}
+    out = {
+        "mlm": mlm.log_mlm_run(result.mlm, chain.mlm_config(cfg), tracking_uri=settings.tracking_uri,
+                               artifact_root=settings.data_dir / "mlartifacts", run_name=f"mlm as_of={as_of}"),
+        "teacher": _log_stage(settings, result.teacher, cfg.teacher.registered_model, as_of, tags),
+        "student": _log_stage(settings, result.student, cfg.student.registered_model, as_of, tags),
+    }
+    if result.gnn is not None:
+        out["gnn"] = _log_gnn(settings, result, as_of, tags)
+    for stage in ("mlm",):
+        tracking.tag_version(settings.tracking_uri, out[stage].model_name, out[stage].model_version, tags)
+    lineage = {f"prodassoc.{s}_version": r.model_version for s, r in out.items()}
+    for reg in out.values():
+        tracking.tag_version(settings.tracking_uri, reg.model_name, reg.model_version, lineage)
+    return out
+
+
+def train_models(settings: Settings, as_of: date, *, progress: bool = False, promote: bool = True) -> TrainReport:
+    """The whole retraining run for ``as_of``: data, chain, registration, gate (``promote``
+    False: the gate decides and records, nothing is promoted)."""
+    cfg = settings.training
+    if cfg.seed is None:
+        raise ValueError("training.seed is required to train (PRODASSOC_TRAINING__SEED or `prodassoc train --seed`)")
+    device = device_of(cfg)
+    catalog, train = training_data(settings, as_of)
+    start = datetime.combine(as_of, time())
+    out_dir = models_dir(settings, as_of)
+    result = chain.train_chain(catalog, train, start, cfg, device=device, out_dir=out_dir, progress=progress,
+                               hybrid_cfg=settings.hybrid, selection_cfg=settings.selection)
+    registered = register(settings, result, as_of)
+    decision = gate(settings, registered, result, catalog, train, as_of, device, out_dir / "gate", promote=promote)
+    if decision.promoted:
+        for reg in registered.values():
+            tracking.set_alias(settings.tracking_uri, reg.model_name, reg.model_version, cfg.champion_alias)
+    return TrainReport(as_of, {s: r.model_version for s, r in registered.items()}, decision, chain.summary(result),
+                       result.seconds)

@@ -1,0 +1,68 @@
+"""The `prodassoc` command line, called in-process."""
+
+from __future__ import annotations
+
+import polars as pl
+import pytest
+
+from flows.cli import main
+
+from conftest import SAMPLE
+
+
+def test_rules_from_a_basket_csv(tmp_path, capsys):
+    csv = tmp_path / "baskets.csv"
+    csv.write_text("bread,butter\nbread,butter,jam\nbread,jam\nmilk\nbread,butter\n")
+    out = tmp_path / "rules.parquet"
+    rc = main(["rules", "--input", str(csv), "--min-support", "0.4", "--min-confidence", "0.75",
+               "--output", str(out)])
+    assert rc == 0
+    rules = pl.read_parquet(out)
+    # butter (3 baskets) and jam (2) always come with bread; bread => butter is 3/4, exactly
+    # at the threshold; bread => jam is 2/4 and {butter, jam} is in 1 basket only
+    got = {(tuple(r["antecedent"]), r["consequent"]): r["confidence"] for r in rules.iter_rows(named=True)}
+    assert got == {(("butter",), "bread"): 1.0, (("jam",), "bread"): 1.0, (("bread",), "butter"): 0.75}
+    assert "3 rules from 5 baskets" in capsys.readouterr().out
+
+
+def test_rules_from_canonical_transactions_apply_basket_rules(tmp_path):
+    from prodassoc_core.data import importers
+
+    lines = importers.online_retail_transactions([SAMPLE]).collect()
+    path = tmp_path / "tx.parquet"
+    lines.write_parquet(path)
+    out = tmp_path / "rules.parquet"
+    assert main(["rules", "--input", str(path), "--min-support", "0.02", "--min-confidence", "0.6",
+                 "--max-len", "3", "--output", str(out)]) == 0
+    rules = pl.read_parquet(out)
+    assert rules.height > 0
+    assert not rules["consequent"].is_in(["POST", "DOT", "M"]).any()
+
+
+@pytest.mark.shared
+def test_rules_on_groceries_match_arules(shared_data, tmp_path):
+    out = tmp_path / "rules.parquet"
+    csv = shared_data / "groceries" / "groceries.csv"
+    assert main(["rules", "--input", str(csv), "--min-support", "0.001", "--min-confidence", "0.8",
+                 "--max-len", "10", "--output", str(out)]) == 0
+    assert pl.read_parquet(out).height == 410
+
+
+def test_bad_input_is_a_clear_error(tmp_path, capsys):
+    rc = main(["rules", "--input", str(tmp_path / "missing.csv"), "--min-support", "0.1",
+               "--min-confidence", "0.5", "--output", str(tmp_path / "r.parquet")])
+    assert rc == 2
+    assert "missing.csv" in capsys.readouterr().err
+
+
+def test_import_run_backfill_and_top_through_the_cli(tmp_path, capsys, prefect_harness):
+    data = ["--data-dir", str(tmp_path)]
+    assert main([*data, "import", "online-retail", str(SAMPLE)]) == 0
+    assert main([*data, "run", "--as-of", "2011-11-01"]) == 0
+    out = capsys.readouterr().out
+    assert "transactions:" in out and "published product_associations" in out
+    assert main([*data, "backfill", "--start", "2011-10-31", "--end", "2011-11-01"]) == 0
+    out = capsys.readouterr().out
+    assert "as_of 2011-10-31: published" in out and "skipped (already published): 2011-11-01" in out
+    assert main([*data, "top", "--limit", "3"]) == 0
+    assert len([line for line in capsys.readouterr().out.splitlines() if " -> " in line]) == 3

@@ -1,0 +1,293 @@
+"""The training flow and `prodassoc train` on the shipped sample with the tiny chain, then the nightly
+flow publishing the champion student's product_embeddings (and not publishing them without one).
+
+Real Prefect (the test harness's ephemeral API), real MLflow (sqlite under the data dir), real
+training (chain.tiny_training_config: scratch 2-layer BERT, a few dozen steps per stage). One
+trained data directory is shared by the module's tests; about a minute on 2 CPU cores.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import date
+
+import duckdb
+import numpy as np
+import polars as pl
+import pyarrow.parquet as pq
+import pytest
+
+from flows.cli import main
+from prodassoc_core.data import importers, ingest
+from prodassoc_core.data.contracts import PRODUCT_EMBEDDINGS, PRODUCT_ID, PUBLISHED_TABLES
+from prodassoc_core.models import chain, tracking
+from prodassoc_core.ops.settings import Settings
+from prodassoc_core.pipeline import run_summary, stages
+
+from conftest import SAMPLE
+
+AS_OF = date(2011, 11, 8)  # the sample's last landed day is 2011-11-07
+SEED = 7
+STAGE_MODELS = {
+    "mlm": "prodassoc-mlm", "teacher": "prodassoc-teacher", "student": "prodassoc-student", "gnn": "prodassoc-gnn",
+}
+
+
+def _artifacts(key: str, flow_run_id) -> list:
+    from prefect import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, ArtifactFilterKey
+
+    only = ArtifactFilter(key=ArtifactFilterKey(any_=[key]), flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id]))
+    with get_client(sync_client=True) as client:
+        return client.read_artifacts(artifact_filter=only)
+
+
+def _products(settings: Settings) -> pl.DataFrame:
+    """The staged catalog without the non-product codes (postage, discounts, ...)."""
+    from prodassoc_core.data.baskets import is_non_product
+
+    return ingest.read_staged_catalog(settings.staging_dir).filter(~is_non_product(settings.baskets))
+
+
+def _champion(settings: Settings, name: str = "prodassoc-student"):
+    return tracking.aliased_version(settings.tracking_uri, name, settings.training.champion_alias)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, prefect_harness):
+    """The sample imported and the train flow run once: (settings, flow run id, the flow's summary)."""
+    from flows.train import train
+
+    settings = Settings(data_dir=tmp_path_factory.mktemp("trained"), training=chain.tiny_training_config(SEED))
+    importers.import_source(kind="online-retail", inputs=[SAMPLE], landing_dir=settings.landing_dir)
+    state = train(as_of=AS_OF, settings=settings, return_state=True)
+    assert state.is_completed(), state
+    return settings, state.state_details.flow_run_id, state.result()
+
+
+@pytest.fixture(scope="module")
+def nightly_with_champion(trained, promoted):
+    """The nightly flow for the training date, in the trained data directory, v1 served."""
+    from flows.nightly import nightly
+
+    settings, _, _ = trained
+    return nightly(as_of=AS_OF, settings=settings)
+
+
+@pytest.fixture(scope="module")
+def promoted(trained):
+    """v1 served by hand for both segments (`prodassoc promote`), whatever the gate decided: the
+    tiny chain rarely beats the classic method on the sample's tail, and the serving path must
+    be tested with a served model."""
+    settings, _, _ = trained
+    args = ["--data-dir", str(settings.data_dir), "promote", "--version", "1", "--reason", "test: serve the tiny chain"]
+    assert main(args) == 0
+    return settings
+
+
+def test_train_registers_every_stage_and_records_the_gate(trained):
+    settings, _, out = trained
+    assert out["as_of"] == AS_OF.isoformat()
+    assert out["versions"] == {"mlm": "1", "teacher": "1", "student": "1", "gnn": "1"}
+    for stage, name in STAGE_MODELS.items():
+        assert out["model_uris"][stage] == f"models:/{name}/1"
+    # no promotion because nothing is served yet: only a segment the hybrid won on the gate half
+    won = [s for s, v in out["segments"].items() if v == "hybrid"]
+    assert out["promoted"] == bool(won) and out["champion_score"] is None
+    scores = out["gate_scores"]
+    for s in won:
+        assert scores["candidate"][s] > scores["classic"][s] + settings.selection.gate_margin
+        assert out["gate_products"][s] >= settings.selection.gate_min_products
+    version = tracking.model_version(settings.tracking_uri, "prodassoc-student", "1")
+    assert version.tags["prodassoc.gate"] == ("champion" if won else "candidate")
+    assert version.tags["prodassoc.serve_warm"] == out["segments"]["warm"]
+    assert version.tags["prodassoc.gate_classic"] == out["classic"]
+    assert float(version.tags["prodassoc.gate_classic_warm"]) == pytest.approx(scores["classic"]["warm"], abs=1e-6)
+    assert (_champion(settings) is not None) == out["promoted"]
+    assert set(out["seconds"]) >= {"mlm", "teacher", "student", "gnn"}
+    assert json.loads(json.dumps(out))  # plain values only: the flow's result is readable anywhere
+
+
+def test_train_writes_the_markdown_artifact(trained):
+    _, flow_run_id, out = trained
+    (artifact,) = _artifacts(f"train-{AS_OF.isoformat()}", flow_run_id)
+    text = artifact.data
+    assert f"as_of {AS_OF.isoformat()}" in text and out["verdict"] in text
+    for name in STAGE_MODELS.values():
+        assert f"`models:/{name}/1`" in text
+    for line in out["gate_table"]:
+        assert line in text
+    c = out["gate_scores"]["classic"]
+    assert f"| classic {out['classic']} | {c['warm']:.4f} | {c['cold']:.4f} | {c['served']:.4f} |" in text
+    for stage in ("mlm", "teacher", "student"):
+        s = out["chain"][stage]
+        row = [line for line in text.splitlines() if line.startswith(f"| {stage} |")][-1]  # the stages table
+        assert f"| {out['seconds'][stage]:.2f} |" in row  # wall seconds
+        assert f"{s['examples_per_s']:,.1f}" in row and f"{s['steps']:,}/{s['total_steps']:,}" in row
+        assert s["stop_reason"] in row
+    assert "val_ndcg" in text and "ppl" in text  # validation before / after
+    gnn_row = [line for line in text.splitlines() if line.startswith("| gnn |")][-1]
+    assert f"{out['chain']['gnn']['epochs']} epochs" in gnn_row and "Hybrid weights" in text
+
+
+def test_cli_promote_serves_by_hand_and_revoke_rolls_back(promoted):
+    settings = promoted
+    version = tracking.model_version(settings.tracking_uri, "prodassoc-student", "1")
+    assert version.tags["prodassoc.gate"] == "manual" and version.tags["prodassoc.serve_cold"] == "hybrid"
+    gnn = tracking.model_version(settings.tracking_uri, "prodassoc-gnn", "1")
+    assert gnn.tags["prodassoc.gate"] == "manual"  # the GNN trained with it goes with it
+    for name in STAGE_MODELS.values():
+        assert _champion(settings, name).version == "1"
+    from prodassoc_core.models import serving
+
+    assert serving.served_models(settings, AS_OF).student.version == "1"
+    assert "never used for it" in serving.served_models(settings, date(2011, 11, 7))  # point in time
+
+
+def test_cli_train_prints_versions_and_the_gate(promoted, capsys, monkeypatch):
+    settings = promoted
+    # the tiny chain through the environment, as an operator would set any training option
+    monkeypatch.setenv("PRODASSOC_TRAINING", settings.training.model_dump_json(exclude={"seed"}))
+    args = ["--data-dir", str(settings.data_dir), "train", "--as-of", AS_OF.isoformat(), "--seed", str(SEED),
+            "--device", "cpu", "--student-minutes", "5", "--no-promote"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    for name in STAGE_MODELS.values():
+        assert f"models:/{name}/2" in out
+    # a trial run: the gate decides and records, nothing moves
+    assert "gate: trial run, not promoted: prodassoc-student v2 is registered, v1 stays served" in out
+    assert "| classic " in out and "| decision |" in out
+    assert _champion(settings).version == "1"
+    assert tracking.model_version(settings.tracking_uri, "prodassoc-student", "2").tags["prodassoc.gate"] == "trial"
+
+
+def test_cli_train_refuses_bad_options_and_a_missing_seed(tmp_path, capsys, prefect_harness, monkeypatch):
+    monkeypatch.delenv("PRODASSOC_TRAINING__SEED", raising=False)
+    data = ["--data-dir", str(tmp_path)]
+    assert main([*data, "train", "--as-of", "2011-11-08", "--seed", "1", "--teacher-minutes", "0"]) == 2
+    assert "max_minutes" in capsys.readouterr().err
+    assert main([*data, "train", "--as-of", "2011-11-08"]) == 2
+    assert "training.seed is required" in capsys.readouterr().err
+
+
+def test_nightly_publishes_the_champions_embeddings(trained, nightly_with_champion):
+    settings, _, _ = trained
+    published = {p["table"]: p for p in nightly_with_champion["published"]}
+    assert set(published) == set(PUBLISHED_TABLES) | {PRODUCT_EMBEDDINGS.name, "bundles"}
+    champion = _champion(settings)
+    table = pq.read_table(published[PRODUCT_EMBEDDINGS.name]["path"])
+    assert table.schema == PRODUCT_EMBEDDINGS.schema
+    catalog = _products(settings)
+    assert table.column(PRODUCT_ID).to_pylist() == sorted(catalog[PRODUCT_ID].to_list())  # one row per product
+    vectors = np.array(table.column("embedding").to_pylist(), dtype=np.float32)
+    assert vectors.shape == (catalog.height, table.column("dim")[0].as_py())
+    np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-4)
+    assert set(table.column("model_uri").to_pylist()) == {champion.uri} == {"models:/prodassoc-student/1"}
+
+    with duckdb.connect(str(settings.duckdb_path), read_only=True) as con:
+        rows, dims, run_date = con.execute(
+            "SELECT count(*), min(dim), max(run_date) FROM latest_product_embeddings e JOIN catalog c USING (product_id)"
+        ).fetchone()
+    assert (rows, dims, str(run_date)) == (catalog.height, vectors.shape[1], AS_OF.isoformat())
+
+
+def test_nightly_publishes_the_hybrid_for_every_product_with_explanations(trained, nightly_with_champion):
+    settings, _, _ = trained
+    published = {p["table"]: p for p in nightly_with_champion["published"]}
+    table = pl.read_parquet(published["product_associations"]["path"])
+    catalog = _products(settings)
+    assert table["method"].unique().to_list() == ["hybrid"]
+    assert set(table[PRODUCT_ID]) == set(catalog[PRODUCT_ID])  # every catalog product, sold or not
+    # postage, discounts, samples (the basket rules' non-product codes) are never associated
+    assert set(table["associated_product_id"]) <= set(catalog[PRODUCT_ID])
+    assert table["explanation"].null_count() == 0
+    for column in ("cooc_score", "text_score", "gnn_score"):
+        assert table[column].null_count() == 0
+    assert table["gnn_score"].std() > 0  # the champion GNN scored the candidates
+    # provenance in every row: what served it, which versions, trained on data before which date
+    assert table["source"].unique().to_list() == ["hybrid"]
+    assert table["student_model"].unique().to_list() == ["models:/prodassoc-student/1"]
+    assert table["gnn_model"].unique().to_list() == ["models:/prodassoc-gnn/1"]
+    assert table["model_as_of"].unique().to_list() == [AS_OF]
+    # explanations agree with the evidence columns: co-purchase is cited exactly where it was seen
+    cites = table["explanation"].str.contains("bought together in")
+    assert (cites == (table["n_rule"] > 0)).all() and (cites == (table["cooc_score"] > 0)).all()
+    cold = table.filter(pl.col("is_cold_start"))
+    assert cold["n_antecedent"].eq(0).all() and cold["lift"].is_null().all()
+    bundles = pl.read_parquet(published["bundles"]["path"])
+    assert bundles.height > 0 and (bundles["products"].list.len() == bundles["titles"].list.len()).all()
+    with duckdb.connect(str(settings.duckdb_path), read_only=True) as con:
+        assert con.execute("SELECT count(*) FROM latest_bundles").fetchone()[0] == bundles.height
+
+
+def test_nightly_records_the_champion_as_a_model_used(trained, nightly_with_champion):
+    settings, _, _ = trained
+    uri = _champion(settings).uri
+    (run,) = [r for r in tracking.runs(settings.tracking_uri, run_summary.NIGHTLY_EXPERIMENT)
+              if r.info.run_id == nightly_with_champion["mlflow_run"]]
+    assert run.data.params["embedding_model"] == run.data.tags["embedding_model"] == uri
+    assert run.data.metrics["published_rows_product_embeddings"] > 0
+    (artifact,) = _artifacts(f"nightly-{AS_OF.isoformat()}", run.data.tags["prefect_flow_run_id"])
+    assert f"product embeddings: `{uri}` (the served student)" in artifact.data
+    served = "hybrid[warm,cold]:models:/prodassoc-student/1,models:/prodassoc-gnn/1"
+    assert f"Served: `{served}`" in artifact.data
+    assert run.data.params["model"] == served and run.data.params["student_model"] == uri
+    assert "| product_embeddings |" in artifact.data
+
+
+def test_run_nightly_without_prefect_publishes_the_same_embeddings(trained, nightly_with_champion):
+    settings, _, _ = trained
+    path = settings.warehouse_dir / PRODUCT_EMBEDDINGS.name / f"run_date={AS_OF.isoformat()}" / "data.parquet"
+    before = path.read_bytes()
+    result = stages.run_nightly(settings, AS_OF)
+    assert {p.table for p in result.published} == set(PUBLISHED_TABLES) | {PRODUCT_EMBEDDINGS.name, "bundles"}
+    assert path.read_bytes() == before  # a rerun replaces the partition with identical bytes
+    assert not list(stages.run_dir(settings, AS_OF).glob(".champion-*"))  # the downloaded model is removed
+
+
+def test_nightly_without_a_champion_publishes_no_embeddings(tmp_path, prefect_harness):
+    from flows.nightly import nightly
+
+    settings = Settings(data_dir=tmp_path)
+    importers.import_source(kind="online-retail", inputs=[SAMPLE], landing_dir=settings.landing_dir)
+    out = nightly(as_of=date(2011, 10, 8), settings=settings)  # a week of data: quick
+    assert {p["table"] for p in out["published"]} == set(PUBLISHED_TABLES) | {"bundles"}
+    assert not (settings.warehouse_dir / PRODUCT_EMBEDDINGS.name).exists()
+    # without models the classic method chosen for the catalog is published (no cold-start rows,
+    # no explanations), and every row says so
+    table = pl.read_parquet(settings.warehouse_dir / "product_associations" / "run_date=2011-10-08" / "data.parquet")
+    chosen = json.loads(next((settings.data_dir / "selection").glob("as_of=*.json")).read_text())
+    assert table["method"].unique().to_list() == [chosen["chosen"]["method"]]
+    assert table["explanation"].null_count() == table.height
+    assert table["source"].unique().to_list() == ["classic"] and table["student_model"].null_count() == table.height
+    assert stages.is_published(settings, date(2011, 10, 8))
+    with duckdb.connect(str(settings.duckdb_path), read_only=True) as con:
+        views = {r[0] for r in con.execute("SELECT view_name FROM duckdb_views() WHERE NOT internal").fetchall()}
+    assert "latest_association_rules" in views and "product_embeddings" not in views
+    (run,) = tracking.runs(settings.tracking_uri, run_summary.NIGHTLY_EXPERIMENT)
+    assert "embedding_model" not in run.data.params
+
+
+def test_a_backfill_never_serves_a_model_trained_after_its_date(trained, nightly_with_champion):
+    """Point in time: v1 is trained on data before 2011-11-08 and served; a backfill of the two
+    days before serves the classic method on them, and says so in every row and in the record."""
+    from flows.nightly import backfill
+
+    settings, _, _ = trained
+    out = backfill(start=date(2011, 11, 6), end=date(2011, 11, 7), settings=settings)
+    assert out["ran"] == ["2011-11-06", "2011-11-07"]
+    for day in out["ran"]:
+        table = pl.read_parquet(settings.warehouse_dir / "product_associations" / f"run_date={day}" / "data.parquet")
+        assert table["source"].unique().to_list() == ["classic"]
+        assert table["student_model"].null_count() == table.height and table["model_as_of"].null_count() == table.height
+        assert not (settings.warehouse_dir / PRODUCT_EMBEDDINGS.name / f"run_date={day}").exists()
+        served = json.loads((stages.run_dir(settings, date.fromisoformat(day)) / stages.SERVING_FILE).read_text())
+        assert served["segments"] == {"warm": "classic", "cold": "classic"} and "never used for it" in served["reason"]
+    with duckdb.connect(str(settings.duckdb_path), read_only=True) as con:
+        late = con.execute(
+            "SELECT count(*) FROM product_associations WHERE model_as_of > run_date"
+        ).fetchone()[0]
+        hybrid_days = con.execute(
+            "SELECT DISTINCT run_date FROM product_associations WHERE source = 'hybrid'"
+        ).fetchall()
+    assert late == 0 and [str(d) for (d,) in hybrid_days] == [AS_OF.isoformat()]
