@@ -31,6 +31,7 @@ NAMES = {
     "PUBLISHED_TABLES": "contracts",
     "TITLE": "contracts",
     "TRANSACTIONS": "contracts",
+    "quarantine_schema": "contracts",
     "read_basket_csv": "importers",
     "IngestError": "ingest",
     "StorageError": "warehouse",

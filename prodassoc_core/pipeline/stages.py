@@ -42,6 +42,7 @@ from prodassoc_core.data import (
     ALL_TABLES,
     ASSOCIATION_RULES,
     BUNDLES,
+    CATALOG,
     OPTIONAL_TABLES,
     PRODUCT_ASSOCIATIONS,
     PRODUCT_EMBEDDINGS,
@@ -50,6 +51,7 @@ from prodassoc_core.data import (
     TRANSACTIONS,
     baskets,
     ingest,
+    quarantine_schema,
     storage,
     warehouse,
 )
@@ -92,6 +94,7 @@ def ingest_landing(settings: Settings, as_of: date) -> ingest.IngestReport:
     shared by the runs of all dates.
     """
     warehouse.fault_point("ingest")
+    settings.quarantine_dir.mkdir(parents=True, exist_ok=True)  # where analysts look, even while empty
     with locks.ingest_lock(settings.locks_dir, timeout=settings.ingest_lock_timeout_s):
         # an s3:// landing (storage.object_store_locations) is first copied into the local landing dir
         storage.sync_configured_landing(settings.landing_dir, settings.landing_url)
@@ -360,8 +363,9 @@ def refresh_views(settings: Settings) -> list[str]:
         "manifest": [manifest],
     }
     meta = {"data_dir": str(settings.data_dir.resolve())}
+    empty = {"quarantine_transactions": quarantine_schema(TRANSACTIONS), "quarantine_catalog": quarantine_schema(CATALOG)}
     with locks.views_lock(settings.locks_dir, timeout=VIEWS_LOCK_TIMEOUT_S):
-        return warehouse.refresh_views(settings.duckdb_path, sources, meta)
+        return warehouse.refresh_views(settings.duckdb_path, sources, meta, empty)
 
 
 def open_views(settings: Settings):
