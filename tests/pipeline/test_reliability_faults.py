@@ -108,8 +108,8 @@ def start_child(settings: Settings, staged: dict[str, Path], fault: str | None) 
     return subprocess.Popen(args, cwd=REPO, env=env, stderr=subprocess.PIPE, text=True)
 
 
-def wait_for(proc: subprocess.Popen, needle: str, timeout: float = 60) -> str:
-    """Read the child's stderr until a line contains ``needle``."""
+def wait_for(proc: subprocess.Popen, needle: str, timeout: float = 180) -> str:
+    """Read the child's stderr until a line contains ``needle`` (bounded: a loaded CI machine is slow, not hung)."""
     if not hasattr(proc, "lines"):
         proc.lines = queue.Queue()
         threading.Thread(target=lambda: [proc.lines.put(x) for x in proc.stderr], daemon=True).start()
