@@ -2,7 +2,8 @@
 
 Owns every table's schema (``contracts``), turning a source export into landed Parquet
 (``importers``), validating and staging what lands, quarantining what fails (``ingest``,
-``validation``), grouping lines into baskets (``baskets``), object-store locations (``storage``)
+``validation``), grouping lines into baskets (``baskets``), the Spark session and Spark baskets of
+``engine: spark`` (``spark``), object-store locations (``storage``)
 and the partitioned warehouse with its commit markers and views (``warehouse``).
 
 May import: ops. Other packages import this one through the names below
@@ -12,7 +13,7 @@ the names load on first use, so importing the package costs nothing until one is
 
 from prodassoc_core._exports import lazy_exports
 
-MODULES = ("baskets", "contracts", "importers", "ingest", "storage", "validation", "warehouse")
+MODULES = ("baskets", "contracts", "importers", "ingest", "spark", "storage", "validation", "warehouse")
 NAMES = {
     "ITEMS": "baskets",
     "ALL_TABLES": "contracts",
