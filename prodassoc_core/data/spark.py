@@ -46,13 +46,13 @@ def session(cfg: SparkConfig) -> "SparkSession":
     """The process's Spark session: the active one when there is one (spark-submit, Databricks),
     else a new one from ``cfg``. Thread-safe: the nightly's side-by-side stages share it."""
     with _LOCK:
-        with warnings.catch_warnings():  # pyspark 4.3 warns that pandas >= 3 is "not fully supported"
-            warnings.simplefilter("ignore", FutureWarning)
-            try:
-                from pyspark.sql import SparkSession
-            except ImportError as exc:
-                raise SparkUnavailableError(
-                    "engine 'spark' needs pyspark: pip install 'prodassoc[spark]' (and Java 17)") from exc
+        # pyspark 4.3 warns that pandas >= 3 is "not fully supported": data moves through Arrow here
+        warnings.filterwarnings("ignore", message="PySpark does not yet fully support pandas", category=FutureWarning)
+        try:
+            from pyspark.sql import SparkSession
+        except ImportError as exc:
+            raise SparkUnavailableError(
+                "engine 'spark' needs pyspark: pip install 'prodassoc[spark]' (and Java 17)") from exc
         active = SparkSession.getActiveSession()
         if active is not None:
             return active

@@ -41,47 +41,53 @@ COUNT = "count"
 
 
 def _basket_items(baskets: "DataFrame") -> "DataFrame":
-    """(basket, item), each item once per basket; baskets numbered here (cached: the number must
-    not change between the jobs that use it)."""
+    """(basket, item), each item once per basket; baskets numbered here (materialised: the numbers
+    must not change between the jobs that use them)."""
     from pyspark.sql import functions as F
 
     numbered = baskets.select(F.monotonically_increasing_id().alias(BASKET), F.array_distinct(ITEMS).alias(ITEMS))
-    return numbered.select(BASKET, F.explode(ITEMS).alias(ITEM)).cache()
+    return numbered.select(BASKET, F.explode(ITEMS).alias(ITEM)).localCheckpoint()
 
 
 def itemset_counts(baskets: "DataFrame", count: int, max_len: int | None) -> tuple[list["DataFrame"], int]:
     """([level 1, level 2, ...], N): level k holds (itemset: sorted array of k items, count) of
-    every item set of k items in at least ``count`` baskets, cached; N counts every basket."""
+    every item set of k items in at least ``count`` baskets; N counts every basket.
+
+    Each level is materialised (``localCheckpoint``) before the next is built from it: the plan of
+    level k would otherwise hold every level below it twice over (the self-join), and Spark's
+    plan strings alone exhaust the driver's memory by level 4.
+    """
     from pyspark.sql import functions as F
 
     n = baskets.count()
     pairs = _basket_items(baskets)
-    items = pairs.groupBy(ITEM).agg(F.count(F.lit(1)).alias(COUNT)).filter(F.col(COUNT) >= count).cache()
-    levels = [items.select(F.array(ITEM).alias(ITEMSET), COUNT).cache()]
-    frequent = pairs.join(F.broadcast(items.select(ITEM)), ITEM).cache()  # lines of frequent items only
+    items = pairs.groupBy(ITEM).agg(F.count(F.lit(1)).alias(COUNT)).filter(F.col(COUNT) >= count)
+    levels = [items.select(F.array(ITEM).alias(ITEMSET), COUNT).localCheckpoint()]
+    frequent = pairs.join(F.broadcast(levels[0].select(F.element_at(ITEMSET, 1).alias(ITEM))), ITEM)
+    frequent = frequent.localCheckpoint()  # (basket, item) of frequent items only
+    nexts = frequent.withColumnRenamed(ITEM, "next")
     occurrences = frequent.select(BASKET, F.array(ITEM).alias(ITEMSET), F.col(ITEM).alias("last"))
-    k = 1
-    while (max_len is None or k < max_len) and not levels[-1].isEmpty():
+    k, found = 1, levels[0].count()
+    while (max_len is None or k < max_len) and found:
         k += 1
         if k == 2:  # every pair of frequent items of a basket
-            candidates = occurrences.join(frequent.withColumnRenamed(ITEM, "next"), BASKET).filter(
-                F.col("next") > F.col("last"))
+            candidates = occurrences.join(nexts, BASKET).filter(F.col("next") > F.col("last"))
         else:  # apriori's join: two frequent (k-1)-sets that share all but their last item
             prev = levels[-1].select(ITEMSET, F.slice(ITEMSET, 1, k - 2).alias("_prefix"),
                                      F.element_at(ITEMSET, k - 1).alias("last"))
             grown = prev.alias("p").join(prev.alias("q"), (F.col("p._prefix") == F.col("q._prefix"))
                                          & (F.col("p.last") < F.col("q.last")))
             grown = grown.select(F.col(f"p.{ITEMSET}").alias(ITEMSET), F.col("q.last").alias("next"))
-            candidates = (occurrences.select(BASKET, ITEMSET).join(grown, ITEMSET)
-                          .join(frequent.withColumnRenamed(ITEM, "next"), [BASKET, "next"]))
+            candidates = occurrences.select(BASKET, ITEMSET).join(grown, ITEMSET).join(nexts, [BASKET, "next"])
         extended = candidates.select(
-            BASKET, F.concat(ITEMSET, F.array("next")).alias(ITEMSET), F.col("next").alias("last")).cache()
-        level = extended.groupBy(ITEMSET).agg(F.count(F.lit(1)).alias(COUNT)).filter(F.col(COUNT) >= count).cache()
-        if level.isEmpty():
-            extended.unpersist()
-            break
-        levels.append(level)
-        occurrences = extended.join(level.select(ITEMSET), ITEMSET)
+            BASKET, F.concat(ITEMSET, F.array("next")).alias(ITEMSET), F.col("next").alias("last")).localCheckpoint()
+        level = extended.groupBy(ITEMSET).agg(F.count(F.lit(1)).alias(COUNT)).filter(F.col(COUNT) >= count)
+        level = level.localCheckpoint()
+        found = level.count()
+        if found:
+            levels.append(level)
+            if max_len is None or k < max_len:
+                occurrences = extended.join(level.select(ITEMSET), ITEMSET).localCheckpoint()
     return levels, n
 
 
@@ -153,8 +159,6 @@ def mine_rules(baskets: "DataFrame", cfg: MiningConfig) -> pa.Table:
         "antecedent", "consequent", F.lit(n).cast("long").alias("n_transactions"),
         *[F.col(c).cast("long").alias(c) for c in ("n_antecedent", "n_consequent", "n_rule")],
     ).toArrow()
-    for level in levels:
-        level.unpersist()
     return rules_table(pl.from_arrow(table))
 
 
@@ -219,7 +223,13 @@ PAIR_METHODS = ("count", "confidence", "jaccard", "lift")
 def product_associations(baskets: "DataFrame", cfg: AssociationConfig) -> pa.Table:
     """``associations.product_associations`` of a Spark frame of baskets, for the pair methods:
     the same PRODUCT_ASSOCIATIONS rows. Only each product's top K pairs reach the driver."""
-    cut = top_pairs(pair_counts(baskets, cfg.min_pair_count), cfg.method, cfg.top_k).toArrow()
+    return rank_pairs(pair_counts(baskets, cfg.min_pair_count), cfg)
+
+
+def rank_pairs(pairs: "DataFrame", cfg: AssociationConfig) -> pa.Table:
+    """``associations.rank_associations`` of Spark pair counts (``pair_counts``, any
+    ``min_pair_count``): each product's top K cut in Spark, collected, finished locally."""
+    cut = top_pairs(pairs, cfg.method, cfg.top_k).toArrow()
     frame = pl.from_arrow(cut).with_columns(pl.col(c).cast(pl.Int64) for c in
                                             ("n_rule", "n_antecedent", "n_consequent", "n_transactions"))
     return rank_associations(frame, cfg)
