@@ -5,7 +5,7 @@ on Groceries (../shared/data; skipped when absent), and the whole nightly on a s
 from __future__ import annotations
 
 import math
-from datetime import date
+from datetime import date, timedelta
 from pathlib import Path
 
 import polars as pl
@@ -88,11 +88,12 @@ def test_baskets_are_the_local_engines(retail):
     assert pl.from_arrow(on_spark.toArrow()).equals(local)
 
 
-# The nightly's defaults, a lower support with rules of one item ({} => c) and longer ones.
-RETAIL_MINING = [MiningConfig(), MiningConfig(min_support=0.02, min_confidence=0.3, min_len=1, max_len=None)]
+# The nightly's confidence and lengths (2..4 items) at a support the slice mines in seconds, and
+# rules of one item ({} => c) with no length bound.
+RETAIL_MINING = [MiningConfig(min_support=0.02), MiningConfig(min_support=0.03, min_confidence=0.3, min_len=1, max_len=None)]
 
 
-@pytest.mark.parametrize("cfg", RETAIL_MINING, ids=["defaults", "len1-unbounded"])
+@pytest.mark.parametrize("cfg", RETAIL_MINING, ids=["nightly-lengths", "len1-unbounded"])
 def test_association_rules_are_the_local_engines_on_online_retail(retail, cfg):
     local, on_spark = retail
     expected = rules.mine_rules(local["items"].to_list(), cfg)
@@ -113,9 +114,9 @@ def test_frequent_itemsets_at_a_threshold_reached_exactly(spark):
     sets in exactly 2 baskets are frequent; and an item repeated in a basket counts once."""
     items = [["a", "b"], ["a", "b", "b"], ["a", "c"], ["c"], ["d"], ["a"], ["b", "c"], []]
     frame = spark.createDataFrame([(b,) for b in items], "items array<string>")
-    for min_len, max_len in ((1, None), (2, 2)):
-        expected = rules.frequent_itemsets(items, 0.25, min_len=min_len, max_len=max_len)
-        assert_same_table(spark_mining.frequent_itemsets(frame, 0.25, min_len=min_len, max_len=max_len), expected)
+    expected = rules.frequent_itemsets(items, 0.25)
+    assert expected.num_rows == 4  # a, b, c and {a, b} in 2+ of 8 baskets ({b, c}, {a, c}: 1 each)
+    assert_same_table(spark_mining.frequent_itemsets(frame, 0.25), expected)
     cfg = MiningConfig(min_support=0.25, min_confidence=0.5, min_len=1)
     assert_same_table(spark_mining.mine_rules(frame, cfg), rules.mine_rules(items, cfg))
 
@@ -140,3 +141,37 @@ def test_product_associations_are_the_local_engines(request, data):
         expected = associations.product_associations(items, cfg)
         assert expected.num_rows > 100
         assert_same_table(spark_mining.rank_pairs(pairs, cfg), expected)
+
+
+def test_the_nightly_publishes_the_local_engines_tables(spark, tmp_path):
+    """The whole nightly (ingest, baskets, rules, associations with the classic method chosen on
+    the tail, bundles, publish) with ``engine: spark`` publishes the tables the local engine
+    publishes for the same landing (the synthetic one of tests/conftest.py)."""
+    import pyarrow.parquet as pq
+
+    from conftest import FIRST, N_DAYS, land
+    from prodassoc_core.data import warehouse
+    from prodassoc_core.ops import HybridConfig, Settings, SparkConfig
+    from prodassoc_core.pipeline import stages
+
+    as_of = FIRST + timedelta(days=N_DAYS)
+    published = {}
+    for engine in ("local", "spark"):
+        settings = Settings(
+            data_dir=tmp_path / engine, engine=engine, spark=SparkConfig(master="local[2]", shuffle_partitions=2),
+            mining=MiningConfig(min_support=0.05, min_confidence=0.3, min_len=1),
+            associations=AssociationConfig(top_k=5),
+            hybrid=HybridConfig(enabled=False, bundle_min_support=0.05),
+        )
+        land(settings.landing_dir)
+        result = stages.run_nightly(settings, as_of)
+        assert (settings.data_dir / "runs" / f"as_of={as_of}" / stages.BASKETS_FILE).is_dir() == (engine == "spark")
+        published[engine] = {
+            p.table: pq.read_table(warehouse.partition_dir(settings.warehouse_dir, p.table, as_of) / warehouse.DATA_FILE)
+            for p in result.published}
+        assert stages.is_published(settings, as_of)
+    assert sorted(published["spark"]) == sorted(published["local"]) == ["association_rules", "bundles",
+                                                                          "product_associations"]
+    for table, expected in published["local"].items():
+        assert expected.num_rows > 0 or table == "bundles", table  # 8 products sold at random: no bundle
+        assert_same_table(published["spark"][table], expected)
