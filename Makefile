@@ -49,6 +49,10 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q torch==2.13.0
 	$(BIN)/python -m pip install -q -e '.[dev]'
+	@if ! command -v java >/dev/null; then \
+	  echo "NOTE: java is not on PATH: the spark engine (PRODASSOC_ENGINE=spark) needs Java 17 (apt-get install openjdk-17-jre-headless); tests/spark will skip"; \
+	elif [ "$$(java -version 2>&1 | awk -F'"' '/version/ { split($$2, v, "."); print v[1]; exit }')" -lt 17 ] 2>/dev/null; then \
+	  echo "NOTE: $$(java -version 2>&1 | head -1): the spark engine needs Java 17 or newer; tests/spark will fail to start Spark"; fi
 	touch $(STAMP)
 
 demo: $(STAMP)

@@ -174,3 +174,23 @@ def wait_http(url: str, proc: subprocess.Popen, log: Path, timeout_s: float = 90
             pass
         time.sleep(0.5)
     pytest.fail(f"{url} did not answer within {timeout_s:.0f} s:\n{log_tail(log)}")
+
+
+# --- the spark engine (tests/spark): one local Spark session for every test that needs it ---------
+
+
+@pytest.fixture(scope="session")
+def spark():
+    """A ``local[2]`` Spark session shared by the whole run (starting one costs ~15 s); skips,
+    saying why, without pyspark or Java."""
+    import shutil
+
+    pytest.importorskip("pyspark", reason="pyspark is not installed (pip install 'prodassoc[spark]')")
+    if shutil.which("java") is None and not os.environ.get("JAVA_HOME"):
+        pytest.skip("java is not on PATH: the spark engine needs Java 17")
+    from prodassoc_core.data import spark as spark_data
+    from prodassoc_core.ops import SparkConfig
+
+    session = spark_data.session(SparkConfig(master="local[2]", shuffle_partitions=2, driver_memory="1g"))
+    yield session
+    session.stop()
