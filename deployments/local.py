@@ -14,18 +14,19 @@ import argparse
 
 from prefect.schedules import Cron
 
+from deployments.production import operator_form
 from flows.nightly import scheduled_nightly
 
 
 def nightly_deployment(cron: str = "0 2 * * *", timezone: str = "UTC"):
     """The `nightly` deployment: one run at a time, as_of = the scheduled date."""
-    return scheduled_nightly.to_deployment(
+    return operator_form(scheduled_nightly.to_deployment(
         name="nightly",
         schedule=Cron(cron, timezone=timezone),
         parameters={"timezone": timezone},
         concurrency_limit=1,
         tags=["prodassoc", "nightly"],
-    )
+    ))
 
 
 def main() -> None:

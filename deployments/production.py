@@ -94,6 +94,19 @@ def _one_at_a_time():
     return ConcurrencyLimitConfig(limit=1, collision_strategy=ConcurrencyLimitStrategy.ENQUEUE)
 
 
+def operator_form(deployment):
+    """Keep the deployment's run form to what an operator sets: the flows' ``settings`` parameter
+    (a whole Settings object, which the worker's PRODASSOC_* environment supplies) is left out of
+    the parameter schema, with the definitions only it used. Returns the deployment."""
+    import json
+
+    schema = deployment._parameter_openapi_schema  # what `deploy` sends as the run form
+    schema.properties.pop("settings", None)
+    used = json.dumps(schema.properties)
+    schema.definitions = {k: v for k, v in (schema.definitions or {}).items() if f"/{k}\"" in used}
+    return deployment
+
+
 def nightly_deployment(cfg: DeployConfig, data_dir: Path):
     """`nightly` on the cpu pool: the cron schedule in cfg.timezone, as_of = the scheduled date.
 
@@ -104,7 +117,7 @@ def nightly_deployment(cfg: DeployConfig, data_dir: Path):
 
     from flows.nightly import scheduled_nightly
 
-    return scheduled_nightly.to_deployment(
+    return operator_form(scheduled_nightly.to_deployment(
         name="nightly",
         schedule=Cron(cfg.cron, timezone=cfg.timezone),
         parameters={"timezone": cfg.timezone},
@@ -114,7 +127,7 @@ def nightly_deployment(cfg: DeployConfig, data_dir: Path):
         work_queue_name=cfg.queue,
         job_variables=_job_env(data_dir),
         entrypoint_type=EntrypointType.MODULE_PATH,
-    )
+    ))
 
 
 def backfill_deployment(cfg: DeployConfig, data_dir: Path):
@@ -123,7 +136,7 @@ def backfill_deployment(cfg: DeployConfig, data_dir: Path):
 
     from flows.nightly import backfill
 
-    return backfill.to_deployment(
+    return operator_form(backfill.to_deployment(
         name="backfill",
         concurrency_limit=_one_at_a_time(),
         tags=["prodassoc", "backfill"],
@@ -131,7 +144,7 @@ def backfill_deployment(cfg: DeployConfig, data_dir: Path):
         work_queue_name=cfg.queue,
         job_variables=_job_env(data_dir),
         entrypoint_type=EntrypointType.MODULE_PATH,
-    )
+    ))
 
 
 def train_deployment(cfg: DeployConfig, data_dir: Path, training: TrainingConfig):
@@ -152,7 +165,7 @@ def train_deployment(cfg: DeployConfig, data_dir: Path, training: TrainingConfig
     parameters: dict[str, Any] = {"timezone": cfg.timezone}
     if training.seed is not None:
         parameters["seed"] = training.seed
-    return train.to_deployment(
+    return operator_form(train.to_deployment(
         name="train",
         schedule=Cron(schedule, timezone=cfg.timezone),
         parameters=parameters,
@@ -161,7 +174,7 @@ def train_deployment(cfg: DeployConfig, data_dir: Path, training: TrainingConfig
         work_pool_name=cfg.gpu_pool,
         job_variables=_job_env(data_dir),
         entrypoint_type=EntrypointType.MODULE_PATH,
-    )
+    ))
 
 
 def deployments(cfg: DeployConfig, data_dir: Path, training: TrainingConfig) -> list:

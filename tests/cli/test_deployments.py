@@ -23,3 +23,19 @@ def test_every_deployed_flow_parameter_is_described_for_the_run_form():
         missing = [name for name, p in props.items() if not p.get("description")]
         assert not missing, f"{f.name}: parameters without a description: {missing}"
     assert "YYYY-MM-DD" in parameter_schema(nightly.fn).properties["as_of"]["description"]
+
+
+def test_the_run_forms_show_what_an_operator_sets_not_the_settings_object(tmp_path):
+    """Deployed run forms leave out ``settings`` (the worker's environment supplies it) and keep
+    every other parameter, each described."""
+    from deployments.production import DeployConfig, deployments
+    from prodassoc_core.ops import TrainingConfig
+
+    forms = {d.name: d._parameter_openapi_schema for d in deployments(DeployConfig(), tmp_path, TrainingConfig())}
+    forms["local-nightly"] = nightly_deployment()._parameter_openapi_schema
+    assert set(forms["backfill"].properties) == {"start", "end", "force"}
+    assert {"as_of", "timezone"} <= set(forms["nightly"].properties) and "seed" in forms["train"].properties
+    for name, schema in forms.items():
+        assert "settings" not in schema.properties, name
+        assert not schema.definitions or "Settings" not in schema.definitions, name
+        assert all(p.get("description") for p in schema.properties.values()), name
