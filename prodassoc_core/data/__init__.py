@@ -15,6 +15,8 @@ from prodassoc_core._exports import lazy_exports
 MODULES = ("baskets", "contracts", "importers", "ingest", "storage", "validation", "warehouse")
 NAMES = {
     "ITEMS": "baskets",
+    "load_basket_codes": "baskets",
+    "load_baskets_file": "baskets",
     "ALL_TABLES": "contracts",
     "ASSOCIATED_PRODUCT_ID": "contracts",
     "ASSOCIATION_RULES": "contracts",
