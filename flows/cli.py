@@ -21,11 +21,14 @@ from __future__ import annotations
 
 import argparse
 import errno
+import gc
+import importlib
 import logging
 import os
 import subprocess
 import sys
 import traceback
+from dataclasses import dataclass
 from datetime import date, timedelta
 from pathlib import Path
 
@@ -205,14 +208,25 @@ def _expected(exc: BaseException | None) -> bool:
     return exc is not None and _classify(exc)[0] is not None
 
 
+def _loaded_class(package: str, name: str) -> type | tuple[()]:
+    """The class a core package exports as ``name`` if its module is loaded, else ``()`` (no class).
+
+    An exception of a class that was never loaded was never raised; loading it to find out
+    would import its module (MLflow, Great Expectations) for a failed `prodassoc rules`.
+    """
+    module = sys.modules.get(f"{package}.{importlib.import_module(package).NAMES[name]}")
+    return getattr(module, name) if module is not None else ()
+
+
 def _classify(exc: BaseException) -> tuple[int | None, str]:
     """(exit code, message) for an expected failure; (None, "") for a bug (traceback shown)."""
-    from pydantic import ValidationError
-
-    from prodassoc_core.data import IngestError, StorageError
-    from prodassoc_core.models import StoreError
-    from prodassoc_core.ops import LockBusyError
-    from prodassoc_core.pipeline import NoDataError
+    pydantic = sys.modules.get("pydantic")
+    ValidationError = pydantic.ValidationError if pydantic is not None else ()
+    IngestError = _loaded_class("prodassoc_core.data", "IngestError")
+    StorageError = _loaded_class("prodassoc_core.data", "StorageError")
+    StoreError = _loaded_class("prodassoc_core.models", "StoreError")
+    LockBusyError = _loaded_class("prodassoc_core.ops", "LockBusyError")
+    NoDataError = _loaded_class("prodassoc_core.pipeline", "NoDataError")
 
     if isinstance(exc, CliError):
         return exc.code, f"error: {exc}"
@@ -481,13 +495,37 @@ def cmd_deploy(args: argparse.Namespace) -> int:
     return 0
 
 
+@dataclass(frozen=True)
+class _RuleThresholds:
+    """The options of `rules` as mining reads them (``mining.rules.RuleThresholds``)."""
+
+    min_support: float
+    min_confidence: float
+    min_len: int
+    max_len: int | None
+
+
+def _rule_thresholds(args: argparse.Namespace):
+    """The thresholds, checked as ``MiningConfig`` checks them (--min-len and --max-len are at least 1
+    by their types). Pydantic, whose import and models cost as much start-up as polars, is loaded
+    only to word a refusal: ``MiningConfig`` raises its ValidationError naming the setting."""
+    values = {"min_support": args.min_support, "min_confidence": args.min_confidence, "min_len": args.min_len,
+              "max_len": args.max_len}
+    if (0 < args.min_support <= 1 and 0 <= args.min_confidence <= 1
+            and (args.max_len is None or args.max_len >= args.min_len)):
+        return _RuleThresholds(**values)
+    from prodassoc_core.ops import MiningConfig
+
+    return MiningConfig(**values)
+
+
 def cmd_rules(args: argparse.Namespace) -> int:
+    # Only what mining a file needs: no Prefect, Great Expectations, pandas (pyarrow's dataset
+    # reader would import it), torch or MLflow; tests/cli/test_rules_imports.py guards this.
     import pyarrow.parquet as pq
 
-    from prodassoc_core.data import warehouse
+    from prodassoc_core.data import load_basket_codes
     from prodassoc_core.mining import mine_rules
-    from prodassoc_core.ops import MiningConfig
-    from prodassoc_core.pipeline import stages
 
     source = _input_file(args.input, "--input")
     out = Path(args.output)
@@ -496,23 +534,28 @@ def cmd_rules(args: argparse.Namespace) -> int:
     blocking = next((p for p in out.parents if p.exists() and not p.is_dir()), None)
     if blocking is not None:
         raise CliError(EXIT_USAGE, f"--output {out}: {blocking} is a file, not a directory")
-    cfg = MiningConfig(
-        min_support=args.min_support,
-        min_confidence=args.min_confidence,
-        min_len=args.min_len,
-        max_len=args.max_len,
-    )
-    baskets = stages.load_baskets_file(source)
-    log.info("mining %d baskets from %s", len(baskets), source)
-    rules = mine_rules(baskets, cfg, max_candidates=args.max_rules)
+    cfg = _rule_thresholds(args)
+    # ~100k lists and tuples and no reference cycles: the collector would only walk them again and again
+    gc.disable()
+    try:
+        baskets, items = load_basket_codes(source)  # integer codes: pyfim reads them faster than strings
+        log.info("mining %d baskets from %s", len(baskets), source)
+        rules = mine_rules(baskets, cfg, max_candidates=args.max_rules, items=items)
+    finally:
+        gc.enable()
     tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
-        pq.write_table(rules, tmp, compression="zstd")
+        # zstd level 1 with dictionaries for the item columns only (rule ids are unique): half
+        # the time of the defaults, and a smaller file
+        pq.write_table(rules, tmp, compression="zstd", compression_level=1,
+                       use_dictionary=["antecedent.list.element", "consequent"])
         os.replace(tmp, out)
     except OSError as exc:
         tmp.unlink(missing_ok=True)
         if exc.errno in _STORAGE_ERRNOS:
+            from prodassoc_core.data import warehouse
+
             raise warehouse.storage_error(exc, out, warehouse._parquet_size(rules)) from exc
         raise
     print(f"{rules.num_rows:,} rules from {len(baskets):,} baskets -> {out}")

@@ -21,6 +21,8 @@ MODULES = (
 )
 NAMES = {
     "ITEMS": "baskets",
+    "load_basket_codes": "baskets",
+    "load_baskets_file": "baskets",
     "ALL_TABLES": "contracts",
     "ASSOCIATED_PRODUCT_ID": "contracts",
     "ASSOCIATION_RULES": "contracts",

@@ -10,19 +10,39 @@ Basket rules (explicit, in this order; each is a BasketConfig setting):
    ``non_product_codes`` or matching ``non_product_pattern``.
 5. A product bought on several lines of one order counts once in that basket.
 Orders left with no product line are not baskets.
+
+``load_baskets_file`` and ``load_basket_codes`` read a basket file (a basket CSV, or canonical
+transactions Parquet through these rules) for ad-hoc mining (``prodassoc rules``). They read
+with polars' own Parquet reader and build nothing with ``pa.array``: pyarrow's dataset reader
+and ``pa.array`` import pandas, which would cost more than reading.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import TYPE_CHECKING
+
 import polars as pl
 
-from prodassoc_core.data.contracts import ORDER_ID, ORDERED_AT, PRODUCT_ID, QUANTITY, UNIT_PRICE
-from prodassoc_core.ops import BasketConfig
+from prodassoc_core.data.contracts import (
+    ORDER_ID,
+    ORDERED_AT,
+    PRODUCT_ID,
+    QUANTITY,
+    TRANSACTIONS,
+    UNIT_PRICE,
+)
+from prodassoc_core.ops import BasketRules
+
+if TYPE_CHECKING:
+    from prodassoc_core.ops import BasketConfig
 
 ITEMS = "items"
+# The transactions columns the basket rules read.
+BASKET_COLUMNS = (ORDER_ID, PRODUCT_ID, QUANTITY, UNIT_PRICE, ORDERED_AT)
 
 
-def is_non_product(cfg: BasketConfig) -> pl.Expr:
+def is_non_product(cfg: BasketConfig | BasketRules) -> pl.Expr:
     """True for lines whose product_id is a non-product code."""
     expr = pl.col(PRODUCT_ID).is_in(list(cfg.non_product_codes))
     if cfg.non_product_pattern:
@@ -30,7 +50,7 @@ def is_non_product(cfg: BasketConfig) -> pl.Expr:
     return expr
 
 
-def product_lines(lines: pl.LazyFrame, cfg: BasketConfig) -> pl.LazyFrame:
+def product_lines(lines: pl.LazyFrame, cfg: BasketConfig | BasketRules) -> pl.LazyFrame:
     """Apply basket rules 1-4 to canonical transaction lines."""
     keep = (pl.col(QUANTITY) > 0) & ~is_non_product(cfg)
     if cfg.drop_cancellations:
@@ -40,7 +60,7 @@ def product_lines(lines: pl.LazyFrame, cfg: BasketConfig) -> pl.LazyFrame:
     return lines.filter(keep)
 
 
-def baskets(lines: pl.LazyFrame, cfg: BasketConfig) -> pl.LazyFrame:
+def baskets(lines: pl.LazyFrame, cfg: BasketConfig | BasketRules) -> pl.LazyFrame:
     """One row per order: ``order_id``, ``ordered_at`` (first line), ``items`` (sorted, unique).
 
     Sorted by (ordered_at, order_id) so that everything built from it is deterministic.
@@ -54,3 +74,85 @@ def baskets(lines: pl.LazyFrame, cfg: BasketConfig) -> pl.LazyFrame:
         )
         .sort(ORDERED_AT, ORDER_ID)
     )
+
+
+def read_transactions_file(path: Path) -> pl.LazyFrame:
+    """The columns the basket rules read (``BASKET_COLUMNS``) of a canonical transactions Parquet file.
+
+    As ``TRANSACTIONS.conform``: ValueError naming the missing required columns; a column stored with
+    another type is cast to the contract's with Arrow's (safe) cast. Only these columns are read.
+    """
+    import pyarrow as pa
+
+    try:
+        stored = pl.read_parquet_schema(path)
+        missing = [c for c in TRANSACTIONS.required if c not in stored]
+        if missing:
+            raise ValueError(f"{TRANSACTIONS.name}: missing required column(s) {missing}")
+        frame = pl.read_parquet(path, columns=list(BASKET_COLUMNS))
+    except pl.exceptions.PolarsError as exc:  # not Parquet, or unreadable: bad input, like Arrow's errors
+        raise ValueError(f"{path}: not a readable transactions Parquet file: {exc}") from exc
+    missing_values = [c for c in BASKET_COLUMNS if c in TRANSACTIONS.non_nullable and frame[c].null_count()]
+    if missing_values:
+        raise ValueError(f"{path}: {TRANSACTIONS.name} column(s) {missing_values} have missing values")
+    wanted = TRANSACTIONS.polars_schema
+    other = [c for c in BASKET_COLUMNS if frame.schema[c] != wanted[c]]
+    if other:
+        table = frame.select(other).to_arrow()
+        cast = pl.from_arrow(pa.table({c: table[c].cast(TRANSACTIONS.schema.field(c).type) for c in other}))
+        frame = frame.with_columns(cast)
+    return frame.lazy()
+
+
+def _check_input(path: Path) -> Path:
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"no such input: {path}")
+    return path
+
+
+def load_baskets_file(path: Path, cfg: BasketConfig | BasketRules | None = None) -> list[list[str]]:
+    """Baskets from a basket CSV (one basket per line) or a canonical transactions Parquet.
+
+    Transactions go through the same basket rules as the nightly flow (``baskets``; by default
+    ``BasketRules()``, the defaults of ``BasketConfig`` without pydantic); each basket is its
+    sorted, distinct product ids.
+    """
+    path = _check_input(path)
+    if path.suffix.lower() == ".parquet":
+        lines = read_transactions_file(path)
+        return baskets(lines, cfg or BasketRules()).collect()[ITEMS].to_list()
+    from prodassoc_core.data.importers import read_basket_csv
+
+    return read_basket_csv(path)
+
+
+def load_basket_codes(
+    path: Path, cfg: BasketConfig | BasketRules | None = None
+) -> tuple[list[list[int]], list[str]]:
+    """``load_baskets_file`` as integer codes: (baskets of codes, items), code k standing for ``items[k]``.
+
+    The same baskets in the same order; ``items`` lists each id once (sorted for Parquet input, in
+    order of appearance for a CSV). Python ints are built and hashed faster than strings: this is
+    the input ``mine_rules(..., items=items)`` mines fastest.
+    """
+    path = _check_input(path)
+    if path.suffix.lower() != ".parquet":
+        from prodassoc_core.data.importers import read_basket_csv
+
+        index: dict[str, int] = {}
+        coded = [[index.setdefault(item, len(index)) for item in basket] for basket in read_basket_csv(path)]
+        return coded, list(index)
+    lines = product_lines(read_transactions_file(path), cfg or BasketRules()).select(ORDER_ID, ORDERED_AT, PRODUCT_ID)
+    lines = lines.collect()
+    items = lines[PRODUCT_ID].unique().sort()
+    # an Enum's physical value is the index of its category: code k is items[k]
+    code = pl.col(PRODUCT_ID).cast(pl.Enum(items)).to_physical().cast(pl.Int64)
+    coded = (
+        lines.lazy()
+        .group_by(ORDER_ID)
+        .agg(pl.col(ORDERED_AT).min(), code.unique().sort().alias(ITEMS))
+        .sort(ORDERED_AT, ORDER_ID)
+        .collect()
+    )
+    return coded[ITEMS].to_list(), items.to_list()

@@ -60,7 +60,14 @@ class TableContract:
 
     @property
     def polars_schema(self) -> pl.Schema:
-        return pl.Schema(pl.from_arrow(self.schema.empty_table()).schema)
+        return pl.Schema(pl.from_arrow(self.empty_table()).schema)
+
+    def empty_table(self) -> pa.Table:
+        """A table of the contract's schema with no rows.
+
+        Built from no record batches: ``pa.Schema.empty_table()`` imports pandas (a second's start-up).
+        """
+        return pa.Table.from_batches([], schema=self.schema)
 
     def conform(self, table: pa.Table) -> pa.Table:
         """Select and order the contract's columns (adding absent optional ones as nulls) and cast.

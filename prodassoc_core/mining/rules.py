@@ -30,7 +30,8 @@ import hashlib
 import math
 from collections.abc import Sequence
 from fractions import Fraction
-from itertools import chain
+from itertools import chain, compress
+from typing import TYPE_CHECKING, Protocol
 
 import fim
 import numpy as np
@@ -39,7 +40,19 @@ import pyarrow as pa
 
 from prodassoc_core.data import ASSOCIATION_RULES
 from prodassoc_core.mining.metrics import rule_metrics
-from prodassoc_core.ops import MiningConfig
+
+if TYPE_CHECKING:
+    from prodassoc_core.ops import MiningConfig
+
+
+class RuleThresholds(Protocol):
+    """What mining reads of a ``MiningConfig`` (which has these, validated); `prodassoc rules` passes
+    its checked options without building one, so that it never imports pydantic."""
+
+    min_support: float
+    min_confidence: float
+    min_len: int
+    max_len: int | None
 
 # Output of ``frequent_itemsets``: a working table, not a published one.
 FREQUENT_ITEMSETS_SCHEMA = pa.schema(
@@ -104,16 +117,42 @@ def _transactions(baskets: Sequence[Sequence[str]]) -> list[Sequence[str]]:
     return [*baskets, ()]
 
 
-def _sorted_lists(groups: Sequence[Sequence[str]]) -> pa.ListArray:
-    """A list<string> array of each group's items, sorted.
+def _int_array(values: np.ndarray) -> pa.Array:
+    """An int64 Arrow array over a numpy array's buffer (``pa.array`` would import pandas)."""
+    values = np.ascontiguousarray(values, dtype=np.int64)
+    return pa.Array.from_buffers(pa.int64(), len(values), [None, pa.py_buffer(values)])
 
-    Built from flat values and offsets: polars' row-by-row list construction and its
-    ``list.sort()`` on strings are each slower than the mining itself.
+
+def _item_lists(
+    groups: Sequence[Sequence], heads: Sequence = (), items: Sequence[str] | None = None
+) -> tuple[pl.Series, pl.Series]:
+    """(each group's items as a sorted list<string> Series, ``heads`` (one item each) as a string Series).
+
+    Groups and heads hold item ids, or, with ``items``, integer codes: code k stands for
+    ``items[k]``, in any order. Everything after coding is vectorised: Python's ``sorted`` per
+    group, polars' row-by-row list construction and its ``list.sort()`` on strings are each
+    slower than the mining itself.
     """
-    groups = [sorted(g) for g in groups]
     sizes = np.fromiter(map(len, groups), dtype=np.int64, count=len(groups))
-    offsets = pa.array(np.concatenate([[0], np.cumsum(sizes)]), pa.int32())
-    return pa.ListArray.from_arrays(offsets, pa.array(list(chain.from_iterable(groups)), pa.string()))
+    total = int(sizes.sum())
+    if items is None:  # code the ids by first appearance
+        index: dict = {}
+        head_codes = np.fromiter((index.setdefault(h, len(index)) for h in heads), np.int64, count=len(heads))
+        flat = np.fromiter((index.setdefault(i, len(index)) for i in chain.from_iterable(groups)), np.int64, count=total)
+        items = list(index)
+    else:
+        head_codes = np.fromiter(heads, np.int64, count=len(heads))
+        flat = np.fromiter(chain.from_iterable(groups), np.int64, count=total)
+    vocabulary = pl.Series(values=items, dtype=pl.String)
+    rank = np.empty(len(vocabulary), dtype=np.int64)  # each code's place in the ids' sort order
+    rank[vocabulary.arg_sort().to_numpy()] = np.arange(len(vocabulary), dtype=np.int64)
+    rows = np.repeat(np.arange(len(groups), dtype=np.int64), sizes)
+    flat = flat[np.lexsort((rank[flat], rows))]  # by group, then by id within the group
+    offsets = np.zeros(len(groups) + 1, dtype=np.int64)
+    np.cumsum(sizes, out=offsets[1:])
+    values = vocabulary.gather(flat).to_arrow()
+    lists = pl.Series(values=pa.LargeListArray.from_arrays(_int_array(offsets), values))
+    return lists, vocabulary.gather(head_codes)
 
 
 def _length_bounds(min_len: int, max_len: int | None) -> dict[str, int]:
@@ -135,7 +174,7 @@ def frequent_itemsets(
     """
     n = len(baskets)
     if n == 0:
-        return FREQUENT_ITEMSETS_SCHEMA.empty_table()
+        return pa.Table.from_batches([], schema=FREQUENT_ITEMSETS_SCHEMA)
     raw = fim.eclat(
         _transactions(baskets),
         target="s",
@@ -144,12 +183,12 @@ def frequent_itemsets(
         **_length_bounds(min_len, max_len),
     )
     if not raw:
-        return FREQUENT_ITEMSETS_SCHEMA.empty_table()
+        return pa.Table.from_batches([], schema=FREQUENT_ITEMSETS_SCHEMA)
     itemsets, counts = zip(*raw)
     counts = np.array(counts, dtype=np.int64)
     frame = pl.DataFrame(
         {
-            "itemset": pl.Series(values=_sorted_lists(itemsets)),
+            "itemset": _item_lists(itemsets)[0],
             "count": counts,
             "support": counts / n,  # numpy divides exactly; polars' array / scalar multiplies by 1/n
         }
@@ -173,7 +212,7 @@ class MiningTooLargeError(ValueError):
     """The thresholds admit more candidate rules than the caller's bound (``mine_rules(max_candidates=…)``)."""
 
 
-def candidate_counts(baskets: Sequence[Sequence[str]], cfg: MiningConfig) -> tuple[int, int]:
+def candidate_counts(baskets: Sequence[Sequence[str]], cfg: MiningConfig | RuleThresholds) -> tuple[int, int]:
     """(frequent item sets of 2..max_len items, candidate rules) for ``cfg``, exactly, before mining.
 
     An item set of k items gives k candidate rules (one per consequent) before the confidence
@@ -185,7 +224,7 @@ def candidate_counts(baskets: Sequence[Sequence[str]], cfg: MiningConfig) -> tup
     if n == 0 or (cfg.max_len is not None and cfg.max_len < 2):
         return 0, 0
     spectrum = fim.eclat(
-        _transactions(baskets), target="s", supp=-min_count(cfg.min_support, n), report="#",
+        _transactions(baskets), target="s", supp=-min_count(cfg.min_support, n), report="#", algo="o",
         **_length_bounds(max(2, cfg.min_len), cfg.max_len),
     )
     itemsets = sum(int(v) for v in spectrum.values())
@@ -194,7 +233,11 @@ def candidate_counts(baskets: Sequence[Sequence[str]], cfg: MiningConfig) -> tup
 
 
 def mine_rules(
-    baskets: Sequence[Sequence[str]], cfg: MiningConfig, *, max_candidates: int | None = None
+    baskets: Sequence[Sequence[str]] | Sequence[Sequence[int]],
+    cfg: MiningConfig | RuleThresholds,
+    *,
+    max_candidates: int | None = None,
+    items: Sequence[str] | None = None,
 ) -> pa.Table:
     """Association rules A => c of ``baskets`` (each a sequence of item ids), arules semantics.
 
@@ -204,10 +247,14 @@ def mine_rules(
 
     ``max_candidates``: refuse (MiningTooLargeError, before mining) when the thresholds admit
     more candidate rules than this (``candidate_counts``); None: no bound.
+
+    ``items``: the baskets hold integer codes instead of ids, code k standing for ``items[k]``
+    (``data.baskets.load_basket_codes``). The rules are the same as for the baskets of ids;
+    pyfim reads and hashes integers faster than strings.
     """
     n = len(baskets)
     if n == 0:
-        return ASSOCIATION_RULES.schema.empty_table()
+        return ASSOCIATION_RULES.empty_table()
     if max_candidates is not None:
         itemsets, candidates = candidate_counts(baskets, cfg)
         if candidates > max_candidates:
@@ -220,8 +267,8 @@ def mine_rules(
     count = min_count(cfg.min_support, n)
     tracts = _transactions(baskets)
 
-    heads: list[str] = []
-    bodies: list[tuple[str, ...]] = []
+    heads: list = []
+    bodies: list[tuple] = []
     n_rule = n_ante = n_cons = np.zeros(0, dtype=np.int64)
     if cfg.max_len is None or cfg.max_len >= 2:
         raw = fim.eclat(
@@ -234,13 +281,15 @@ def mine_rules(
             **_length_bounds(max(2, cfg.min_len), cfg.max_len),
         )
         if raw:
-            heads, bodies, r, a, c = (list(col) for col in zip(*raw))
-            n_rule, n_ante, n_cons = (np.array(col, dtype=np.int64) for col in (r, a, c))
+            heads, bodies, r, a, c = zip(*raw)
+            heads, bodies = list(heads), list(bodies)
+            n_rule, n_ante, n_cons = (np.fromiter(col, dtype=np.int64, count=len(col)) for col in (r, a, c))
+        del raw
     if cfg.min_len <= 1:
         # {} => {c}: n_antecedent = N, n_rule = n_consequent = count of c.
-        items = fim.eclat(tracts, target="s", supp=-count, zmin=1, zmax=1, report="a")
-        if items:
-            singles, single_counts = zip(*items)
+        frequent_items = fim.eclat(tracts, target="s", supp=-count, zmin=1, zmax=1, report="a")
+        if frequent_items:
+            singles, single_counts = zip(*frequent_items)
             single_counts = np.array(single_counts, dtype=np.int64)
             heads += [s[0] for s in singles]
             bodies += [()] * len(singles)
@@ -251,20 +300,21 @@ def mine_rules(
     # pyfim applied both thresholds, looser; these are the exact ones.
     keep = (n_rule >= count) & _meets_confidence(n_rule, n_ante, cfg.min_confidence)
     if not keep.any():
-        return ASSOCIATION_RULES.schema.empty_table()
+        return ASSOCIATION_RULES.empty_table()
 
-    counts = (
-        pl.DataFrame(
-            {
-                "antecedent": pl.Series(values=_sorted_lists(bodies)),
-                "consequent": pl.Series(values=heads, dtype=pl.String),
-                "n_transactions": np.full(len(heads), n, dtype=np.int64),
-                "n_antecedent": n_ante,
-                "n_consequent": n_cons,
-                "n_rule": n_rule,
-            }
-        )
-        .filter(pl.Series(values=keep))
+    if not keep.all():
+        heads, bodies = list(compress(heads, keep)), list(compress(bodies, keep))
+        n_rule, n_ante, n_cons = n_rule[keep], n_ante[keep], n_cons[keep]
+    antecedent, consequent = _item_lists(bodies, heads, items)
+    counts = pl.DataFrame(
+        {
+            "antecedent": antecedent,
+            "consequent": consequent,
+            "n_transactions": np.full(len(heads), n, dtype=np.int64),
+            "n_antecedent": n_ante,
+            "n_consequent": n_cons,
+            "n_rule": n_rule,
+        }
     )
     return rules_table(counts)
 
@@ -279,7 +329,7 @@ def rules_table(counts: pl.DataFrame) -> pa.Table:
     if counts.height == 0:
         return ASSOCIATION_RULES.schema.empty_table()
     keys = counts.select(_rule_key(pl.col("antecedent"), pl.col("consequent"))).to_series()
-    ids = [_hash_key(key) for key in keys]
+    ids = [_hash_key(key) for key in keys.to_list()]
     rules = (
         rule_metrics(counts.with_columns(rule_id=pl.Series(values=ids, dtype=pl.String)).lazy())
         .with_columns(length=(pl.col("antecedent").list.len() + 1).cast(pl.Int32))

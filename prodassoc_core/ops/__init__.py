@@ -10,8 +10,9 @@ the names load on first use, so importing the package costs nothing until one is
 
 from prodassoc_core._exports import lazy_exports
 
-MODULES = ("locks", "settings")
+MODULES = ("basket_rules", "locks", "settings")
 NAMES = {
+    "BasketRules": "basket_rules",
     "LockBusyError": "locks",
     "ASSOCIATION_METHODS": "settings",
     "AssociationConfig": "settings",

@@ -14,13 +14,13 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-# Online Retail's non-product stock codes (postage, fees, manual adjustments, ...).
-DEFAULT_NON_PRODUCT_CODES = (
-    "POST", "DOT", "M", "m", "C2", "C3", "D", "S", "B", "CRUK", "PADS", "BANK CHARGES",
-    "AMAZONFEE", "ADJUST", "ADJUST2", "TEST001", "TEST002",
+from prodassoc_core.ops.basket_rules import (  # noqa: F401 - the constants are this module's names too
+    DEFAULT_NON_PRODUCT_CODES,
+    DEFAULT_NON_PRODUCT_PATTERN,
+    BasketRules,
 )
-# Codes matching this are not products either (gift vouchers, DCGS carriage lines, ...).
-DEFAULT_NON_PRODUCT_PATTERN = r"(?i)^(gift_\d+_\d+|DCGS.*|SP1002)$"
+
+_BASKET_RULES = BasketRules()
 
 
 class ValidationConfig(BaseModel):
@@ -35,11 +35,12 @@ class ValidationConfig(BaseModel):
 
 
 class BasketConfig(BaseModel):
-    drop_cancellations: bool = True
-    cancellation_prefix: str = "C"
-    non_product_codes: tuple[str, ...] = DEFAULT_NON_PRODUCT_CODES
-    non_product_pattern: str | None = DEFAULT_NON_PRODUCT_PATTERN
-    require_positive_price: bool = True
+    # the basket rules (data/baskets.py); defaults from basket_rules.BasketRules
+    drop_cancellations: bool = _BASKET_RULES.drop_cancellations
+    cancellation_prefix: str = _BASKET_RULES.cancellation_prefix
+    non_product_codes: tuple[str, ...] = _BASKET_RULES.non_product_codes
+    non_product_pattern: str | None = _BASKET_RULES.non_product_pattern
+    require_positive_price: bool = _BASKET_RULES.require_positive_price
 
 
 class MiningConfig(BaseModel):

@@ -66,7 +66,7 @@ from prodassoc_core.data import (
     warehouse,
 )
 from prodassoc_core.mining import methods, mine_rules, spark_mining
-from prodassoc_core.ops import BasketConfig, Settings, locks
+from prodassoc_core.ops import Settings, locks
 
 log = logging.getLogger("prodassoc.pipeline")
 T = TypeVar("T")
@@ -584,18 +584,3 @@ def backfill(settings: Settings, start: date, end: date, *, force: bool = False)
     to_run, skipped = backfill_dates(settings, start, end, force)
     log.info("backfill %s..%s: %d date(s) to run, %d already published", start, end, len(to_run), len(skipped))
     return BackfillResult([run_nightly(settings, d) for d in to_run], skipped)
-
-
-def load_baskets_file(path: Path, cfg: BasketConfig | None = None) -> list[list[str]]:
-    """Baskets from a basket CSV (one basket per line) or a canonical transactions Parquet.
-
-    Transactions go through the same basket rules as the nightly flow.
-    """
-    if not path.exists():
-        raise FileNotFoundError(f"no such input: {path}")
-    if path.suffix.lower() == ".parquet":
-        lines = pl.from_arrow(TRANSACTIONS.conform(pq.read_table(path))).lazy()
-        return baskets.baskets(lines, cfg or BasketConfig()).collect()[baskets.ITEMS].to_list()
-    from prodassoc_core.data import read_basket_csv
-
-    return read_basket_csv(path)

@@ -282,7 +282,9 @@ def test_the_prefect_server_dies_with_a_killed_run_and_startup_is_retried(work):
 
 
 def test_a_full_disk_is_one_line_naming_the_path_and_the_bytes(tmp_path):
-    """``rules`` writes to a real 64 KB tmpfs (private mount namespace): exit 4, one line."""
+    """``rules`` writes to a real 16 KB tmpfs (private mount namespace): exit 4, one line.
+
+    The rules file is about 63 KB (zstd, dictionaries for the item columns)."""
     if shutil.which("unshare") is None or subprocess.run(["unshare", "-rm", "true"], capture_output=True).returncode:
         pytest.skip("unshare -rm (user and mount namespaces) is not available here")
     import random
@@ -291,7 +293,7 @@ def test_a_full_disk_is_one_line_naming_the_path_and_the_bytes(tmp_path):
     items = [f"item{k}" for k in range(40)]
     (tmp_path / "b.csv").write_text("".join(",".join(rnd.sample(items, 8)) + "\n" for _ in range(300)))
     (tmp_path / "small").mkdir()
-    script = (f"mount -t tmpfs -o size=64k tmpfs small && exec {venv_command(['prodassoc'])[0]} rules --input b.csv "
+    script = (f"mount -t tmpfs -o size=16k tmpfs small && exec {venv_command(['prodassoc'])[0]} rules --input b.csv "
               "--min-support 0.02 --min-confidence 0.1 --max-len 3 --output small/rules.parquet")
     proc = subprocess.run(["unshare", "-rm", "sh", "-c", script], cwd=tmp_path, capture_output=True, text=True,
                           env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=120)

@@ -1,9 +1,19 @@
+from dataclasses import asdict
 from datetime import datetime
 
 import polars as pl
+import pytest
 
-from prodassoc_core.data.baskets import ITEMS, baskets, product_lines
+from prodassoc_core.data.baskets import (
+    ITEMS,
+    baskets,
+    load_basket_codes,
+    load_baskets_file,
+    product_lines,
+    read_transactions_file,
+)
 from prodassoc_core.data.contracts import TRANSACTIONS
+from prodassoc_core.ops.basket_rules import BasketRules
 from prodassoc_core.ops.settings import BasketConfig
 
 
@@ -39,3 +49,58 @@ def test_rules_are_configurable():
     frame = lines([("C1", "A", 1, 1.0), ("2", "X", 1, 0.0)])
     cfg = BasketConfig(drop_cancellations=False, require_positive_price=False)
     assert product_lines(frame, cfg).collect().height == 2
+
+
+# --- basket files, as `prodassoc rules` reads them --------------------------------------------
+
+def transactions_file(tmp_path, rows, **overrides):
+    frame = lines(rows).collect().with_columns(**overrides)
+    path = tmp_path / "transactions.parquet"
+    frame.write_parquet(path)
+    return path
+
+
+SHOP_LINES = [
+    ("1", "A", 2, 1.0), ("1", "K", 1, 1.0), ("1", "POST", 1, 18.0), ("C2", "A", -1, 1.0),
+    ("3", "K", 1, 1.0), ("3", "X", 1, 2.0), ("3", "A", 1, 1.0), ("4", "X", 3, 2.0), ("5", "Z", -1, 1.0),
+]
+
+
+def test_basket_files_apply_the_basket_rules_and_codes_decode_to_the_same_baskets(tmp_path):
+    path = transactions_file(tmp_path, SHOP_LINES)
+    assert load_baskets_file(path) == [["A", "K"], ["A", "K", "X"], ["X"]]
+    codes, items = load_basket_codes(path)
+    assert items == ["A", "K", "X"]  # sorted: codes order as the ids do
+    assert [[items[c] for c in basket] for basket in codes] == load_baskets_file(path)
+    assert all(isinstance(c, int) for basket in codes for c in basket)
+
+    csv = tmp_path / "baskets.csv"
+    csv.write_text("bread,butter\nmilk\n\nbread,jam,bread\n")
+    codes, items = load_basket_codes(csv)
+    assert [[items[c] for c in basket] for basket in codes] == load_baskets_file(csv) == [
+        ["bread", "butter"], ["milk"], ["bread", "jam"]]
+
+
+def test_a_transactions_file_is_checked_and_cast_as_the_contract_says(tmp_path):
+    # stored types other than the contract's are cast as TRANSACTIONS.conform casts them
+    path = transactions_file(tmp_path, [("17", "A", 1, 1.0), ("18", "K", 1, 1.0)],
+                             order_id=pl.col("order_id").cast(pl.Int64), quantity=pl.col("quantity").cast(pl.Int32))
+    assert read_transactions_file(path).collect_schema()["order_id"] == pl.String
+    assert load_baskets_file(path) == [["A"], ["K"]]
+    # a missing required column, missing ids, a file that is not Parquet: ValueError naming the problem
+    pl.DataFrame({"order_id": ["1"], "product_id": ["A"]}).write_parquet(path)
+    with pytest.raises(ValueError, match=r"transactions: missing required column\(s\) \['quantity'"):
+        load_basket_codes(path)
+    transactions_file(tmp_path, [("1", "A", 1, 1.0), ("2", None, 1, 1.0)])
+    with pytest.raises(ValueError, match=r"\['product_id'\] have missing values"):
+        load_basket_codes(path)
+    path.write_text("order_id,product_id\n1,A\n")
+    with pytest.raises(ValueError, match="not a readable transactions Parquet file"):
+        load_basket_codes(path)
+    with pytest.raises(FileNotFoundError):
+        load_baskets_file(tmp_path / "missing.parquet")
+
+
+def test_the_plain_basket_rules_are_the_settings_defaults():
+    """`prodassoc rules` applies BasketRules() without pydantic; the nightly BasketConfig(): the same rules."""
+    assert asdict(BasketRules()) == BasketConfig().model_dump()

@@ -270,6 +270,17 @@ def test_output_does_not_depend_on_basket_or_item_order():
     assert mine_rules(shuffled, params).equals(mine_rules(SHOP, params))
 
 
+@pytest.mark.parametrize("params", [dict(min_support=0.2, min_confidence=0.3, min_len=1),
+                                    dict(min_support=0.4, min_confidence=0.5), dict(min_support=0.9)])
+def test_integer_codes_give_the_rules_of_the_ids(params):
+    """``items=``: baskets of codes into a vocabulary in any order mine to the very table of the ids."""
+    baskets = [*SHOP, ["café", "日本茶", "a,b", "=>x", "bread"], ["日本茶", "a,b", "milk"]]
+    items = sorted({i for b in baskets for i in b}, reverse=True)  # codes order unlike the ids
+    index = {item: k for k, item in enumerate(items)}
+    codes = [[index[i] for i in b] for b in baskets]
+    assert mine_rules(codes, cfg(**params), items=items).equals(mine_rules(baskets, cfg(**params)))
+
+
 def test_rule_id_is_stable_and_order_free():
     assert rule_id(["b", "a"], "c") == rule_id(["a", "b"], "c")
     assert rule_id(["a", "b"], "c") != rule_id(["a"], "b,c")
