@@ -91,6 +91,7 @@ from prodassoc_core.models.training import (
     budget_note,
     check_resumable,
     derive_seed,
+    record,
     rng_state,
     set_rng_state,
     set_seed,
@@ -411,7 +412,8 @@ def _train_epoch(model: GnnModel, optimizer: torch.optim.Optimizer, graph: Produ
     rng = np.random.default_rng(derive_seed(seed, "gnn", "sample", epoch))
     model.train()
     total, scored = 0.0, 0
-    for _ in range(cfg.steps_per_epoch):
+    for i in range(cfg.steps_per_epoch):
+        t0 = time.monotonic()
         drawn = sampler.draw_positives(cfg.batch_size, rng)
         pos = sampler.positives[drawn]
         flip = rng.random(len(pos)) < 0.5
@@ -444,9 +446,14 @@ def _train_epoch(model: GnnModel, optimizer: torch.optim.Optimizer, graph: Produ
         loss.backward()
         if cfg.grad_clip is not None:
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        learning_rate = optimizer.param_groups[0]["lr"]
         optimizer.step()
-        total += float(loss.detach()) * n_scored
+        step_loss = float(loss.detach())
+        total += step_loss * n_scored
         scored += n_scored
+        record((epoch - 1) * cfg.steps_per_epoch + i + 1, {
+            "train_loss": step_loss, "learning_rate": learning_rate,
+            "step_pairs_per_s": throughput(n_scored, time.monotonic() - t0)})
     return total / max(scored, 1), scored
 
 
@@ -554,6 +561,7 @@ def train_gnn(graph: ProductGraph, task: PairTask, cfg: GnnConfig, *, device: De
         state = GnnState(before=evaluate())
         state.eval_seconds = time.monotonic() - t0
         state.best_val = state.before.get("val_ndcg", -math.inf)
+        record(0, state.before)
         best_state = copy.deepcopy(model.state_dict())
         logger.info("gnn: before training %s", state.before)
     if state.epoch >= cfg.max_epochs and state.stop_reason is None:
@@ -571,8 +579,11 @@ def train_gnn(graph: ProductGraph, task: PairTask, cfg: GnnConfig, *, device: De
         seconds_here, examples_here, epochs_here = seconds_here + spent, examples_here + scored, epochs_here + 1
         state.losses.append(loss)
         line = f"gnn epoch {epoch} loss {loss:.4f} ({throughput(scored, spent):.0f} pairs/s)"
+        at_step = epoch * cfg.steps_per_epoch
+        record(at_step, {"epoch": epoch, "epoch_loss": loss, "pairs_per_s": throughput(scored, spent)})
         if epoch % cfg.eval_every == 0 or epoch == cfg.max_epochs:
             scores = evaluate()
+            record(at_step, scores)
             state.history.append({"epoch": epoch, "loss": loss, **scores})
             line += f" val_ndcg {scores.get('val_ndcg', float('nan')):.4f}"
             if not scores:  # no held-out tail to select on: keep the latest state

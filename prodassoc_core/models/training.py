@@ -18,14 +18,15 @@
   examples/s, ETA, budget left), so a scheduled run's log shows how far training got.
 * ``train_loop``: the optimizer-step loop with progress, periodic checkpoints, and a
   deadline that stops cleanly with a checkpoint (``stop_reason`` "budget").
-* MLflow I/O for model stages (``log_model_run``, ``registered_model_dir``): a run with
-  params, metrics and the model directory as artifacts, registered as a model version.
-  These belong with ``prodassoc_core/models/tracking.py`` and reuse its experiment helper.
+* ``recording`` / ``record``: per-step metrics (loss, learning rate, examples/s, validation)
+  go to the sink of the enclosing ``recording`` block, if any (the chain's MLflow stage run,
+  ``tracking.LiveRun``, which writes them in batches); without one they go nowhere.
 """
 
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import dataclasses
 import hashlib
 import json
@@ -39,7 +40,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -292,6 +293,39 @@ class Progress:
             self.log.info("%s", self.line())
 
 
+# --- per-step metrics ------------------------------------------------------------------------
+
+
+class MetricSink(Protocol):
+    """Where ``record`` sends metrics (``tracking.LiveRun``: buffered, written in batches)."""
+
+    def log(self, step: int, metrics: Mapping[str, float | int | None]) -> None: ...
+
+
+_SINK: contextvars.ContextVar[MetricSink | None] = contextvars.ContextVar("metric_sink", default=None)
+
+
+@contextlib.contextmanager
+def recording(sink: MetricSink | None) -> Iterator[MetricSink | None]:
+    """Metrics ``record``-ed inside this block (in this thread or task) go to ``sink``."""
+    token = _SINK.set(sink)
+    try:
+        yield sink
+    finally:
+        _SINK.reset(token)
+
+
+def record(step: int, metrics: Mapping[str, float | int | None]) -> None:
+    """Send ``metrics`` at ``step`` to the enclosing ``recording`` block's sink (none: dropped)."""
+    sink = _SINK.get()
+    if sink is not None:
+        sink.log(step, metrics)
+
+
+def recording_active() -> bool:
+    return _SINK.get() is not None
+
+
 # --- checkpoints -----------------------------------------------------------------------------
 
 
@@ -495,6 +529,7 @@ def train_loop(
             loss.backward()
             if cfg.grad_clip is not None:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            learning_rate = optimizer.param_groups[0]["lr"]  # the rate this step is taken with
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
@@ -509,6 +544,8 @@ def train_loop(
             compute_here += step_s
             steps_here += 1
             progress.update(1, n, f"loss {state.losses[-1]:.3f}")
+            record(state.step, {"train_loss": state.losses[-1], "learning_rate": learning_rate,
+                                "step_examples_per_s": throughput(n, step_s)})
             if plan is not None and steps_here == REFIT_AFTER and deadline.bounded:
                 fits = state.step + int(0.9 * max(0.0, deadline.remaining() - save_s) * steps_here / compute_here)
                 if fits < state.total_steps:
@@ -682,6 +719,7 @@ def run_stage(
         before = evaluate()
         eval_s = time.monotonic() - t0
         logger.info("%s: before training %s (%.1f s)", stage, before, eval_s)
+        record(0, before)
         scheduled = fit_schedule(model, batch_at, loss_fn, device=device, planned=total,
                                  deadline=deadline.minus(time_reserve(eval_s)), desc=stage)
         set_seed(derive_seed(seed, stage, "train"))
@@ -712,6 +750,7 @@ def run_stage(
     )
     scheduled = state.total_steps
     after = evaluate()
+    record(state.step, after)
     model_dir = out_dir / MODEL_SUBDIR
     with quiet_transformers():
         model.save_pretrained(model_dir)
