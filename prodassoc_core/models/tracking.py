@@ -3,6 +3,10 @@
 The default backend is a SQLite database under the data directory, with artifacts in
 ``<data_dir>/mlartifacts`` (set per experiment, so nothing lands in the working
 directory). Any ``tracking_uri`` MLflow accepts works, e.g. an ``http://`` server.
+
+Training logs each stage's run while the stage runs (``TrainingRun``, ``LiveRun``: real start
+and end times, metrics per step written in batches); runs of finished work (evaluation, the
+nightly, a chain trained without a tracker) are logged after it (``log_run``, ``log_model_run``).
 """
 
 from __future__ import annotations
@@ -127,20 +131,42 @@ def _tmp_pid(name: str) -> int | None:
     return int(parts[-2]) if len(parts) >= 3 and parts[-2].isdigit() else None
 
 
+# The first store this process created, as bytes: MLflow's ~60 migrations take seconds (3 s of CPU,
+# more on a loaded machine); a second store in the same process (tests, one process serving several
+# data directories) is a copy of it with its own default experiment's artifact location.
+_TEMPLATE: bytes | None = None
+
+
 def _create_store(db: Path, artifact_root: Path) -> None:
     """All of MLflow's tables and its default experiment in the sqlite file ``db``."""
+    global _TEMPLATE
+    import sqlite3
+
     from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
 
     from prodassoc_core.data import fault_point
 
     uri = f"sqlite:///{db}"
     fault_point("mlflow.create")
-    try:
-        SqlAlchemyStore(uri, artifact_root.resolve().as_uri())
-    finally:
-        engine = SqlAlchemyStore._engine_map.pop(uri, None)
-        if engine is not None:
-            engine.dispose()
+    location = artifact_root.resolve().as_uri()
+    if _TEMPLATE is None:
+        try:
+            SqlAlchemyStore(uri, location)
+        finally:
+            engine = SqlAlchemyStore._engine_map.pop(uri, None)
+            if engine is not None:
+                engine.dispose()
+        _TEMPLATE = db.read_bytes()
+    else:
+        db.write_bytes(_TEMPLATE)
+        now = int(time.time() * 1000)
+        con = sqlite3.connect(db)
+        try:
+            with con:  # what SqlAlchemyStore._create_default_experiment writes for this store
+                con.execute("UPDATE experiments SET artifact_location = ?, creation_time = ?, last_update_time = ? "
+                            "WHERE experiment_id = 0", (f"{location}/0", now, now))
+        finally:
+            con.close()
     with open(db, "rb") as f:
         os.fsync(f.fileno())
 
