@@ -87,6 +87,7 @@ from prodassoc_core.models.training import (
     COMPLETED,
     Deadline,
     Device,
+    StepMetrics,
     adamw,
     budget_note,
     check_resumable,
@@ -404,9 +405,10 @@ def _seed(cfg: GnnConfig) -> int:
 
 
 def _train_epoch(model: GnnModel, optimizer: torch.optim.Optimizer, graph: ProductGraph, sampler: _Sampler,
-                 x: torch.Tensor | None, epoch: int, cfg: GnnConfig, device: torch.device) -> tuple[float, int]:
+                 x: torch.Tensor | None, epoch: int, cfg: GnnConfig, device: torch.device,
+                 metrics: StepMetrics | None = None) -> tuple[float, int]:
     """One epoch of ``steps_per_epoch`` optimizer steps; returns (mean loss, pairs scored).
-    Everything it draws is seeded from the epoch number."""
+    Everything it draws is seeded from the epoch number. ``metrics``: where each step goes."""
     seed = _seed(cfg)
     set_seed(derive_seed(seed, "gnn", "epoch", epoch))  # dropout
     rng = np.random.default_rng(derive_seed(seed, "gnn", "sample", epoch))
@@ -451,9 +453,9 @@ def _train_epoch(model: GnnModel, optimizer: torch.optim.Optimizer, graph: Produ
         step_loss = float(loss.detach())
         total += step_loss * n_scored
         scored += n_scored
-        record((epoch - 1) * cfg.steps_per_epoch + i + 1, {
-            "train_loss": step_loss, "learning_rate": learning_rate,
-            "step_pairs_per_s": throughput(n_scored, time.monotonic() - t0)})
+        if metrics is not None:
+            metrics.update((epoch - 1) * cfg.steps_per_epoch + i + 1, step_loss, learning_rate, n_scored,
+                           time.monotonic() - t0)
     return total / max(scored, 1), scored
 
 
@@ -570,10 +572,12 @@ def train_gnn(graph: ProductGraph, task: PairTask, cfg: GnnConfig, *, device: De
     sampler = _Sampler(graph, task, cfg.positive_power)
     reserve = time_reserve(state.eval_seconds)  # validation after training and the final save
     seconds_here, examples_here, epochs_here, save_s = 0.0, 0, 0, 0.0
+    step_metrics = StepMetrics("pairs")
     while state.stop_reason is None:
         epoch = state.epoch + 1
         t0 = time.monotonic()
-        loss, scored = _train_epoch(model, optimizer, graph, sampler, x, epoch, cfg, dev)
+        loss, scored = _train_epoch(model, optimizer, graph, sampler, x, epoch, cfg, dev, step_metrics)
+        step_metrics.flush()  # the epoch's last steps, before its validation
         spent = time.monotonic() - t0
         state.epoch, state.examples, state.train_seconds = epoch, state.examples + scored, state.train_seconds + spent
         seconds_here, examples_here, epochs_here = seconds_here + spent, examples_here + scored, epochs_here + 1

@@ -20,7 +20,8 @@
   deadline that stops cleanly with a checkpoint (``stop_reason`` "budget").
 * ``recording`` / ``record``: per-step metrics (loss, learning rate, examples/s, validation)
   go to the sink of the enclosing ``recording`` block, if any (the chain's MLflow stage run,
-  ``tracking.LiveRun``, which writes them in batches); without one they go nowhere.
+  ``tracking.LiveRun``, which writes them in batches); without one they go nowhere. Loops
+  record training metrics through ``StepMetrics``: at most 4 points a second, fast steps averaged.
 """
 
 from __future__ import annotations
@@ -326,6 +327,47 @@ def recording_active() -> bool:
     return _SINK.get() is not None
 
 
+RECORD_EVERY_S = 0.25  # the most often a loop records its training metrics (StepMetrics)
+
+
+class StepMetrics:
+    """A loop's training metrics, ``record``-ed at most every ``every_s`` seconds of wall time:
+    ``train_loss`` (the mean over the steps since the last point), ``learning_rate`` (the last
+    step's) and ``step_<unit>_per_s`` (over those steps' compute time), at the last step. Steps
+    slower than ``every_s`` are each a point; fast steps are averaged, so the points written
+    per second (and what writing them costs) do not grow with the step rate. Does nothing
+    outside a ``recording`` block."""
+
+    def __init__(self, unit: str = "examples", every_s: float = RECORD_EVERY_S):
+        self.active = recording_active()
+        self.rate_key, self.every_s = f"step_{unit}_per_s", every_s
+        self._start(time.monotonic())
+
+    def _start(self, now: float) -> None:
+        self.since, self.steps, self.loss_sum, self.count, self.seconds = now, 0, 0.0, 0, 0.0
+        self.step, self.learning_rate = 0, 0.0
+
+    def update(self, step: int, loss: float, learning_rate: float, count: int, seconds: float) -> None:
+        """One optimizer step: its number, loss, learning rate, examples (or pairs) and compute seconds."""
+        if not self.active:
+            return
+        self.steps += 1
+        self.loss_sum += loss
+        self.count += count
+        self.seconds += seconds
+        self.step, self.learning_rate = step, learning_rate
+        now = time.monotonic()
+        if now - self.since >= self.every_s:
+            self.flush(now)
+
+    def flush(self, now: float | None = None) -> None:
+        """Record what is pending (the loop calls it when it ends)."""
+        if self.active and self.steps:
+            record(self.step, {"train_loss": self.loss_sum / self.steps, "learning_rate": self.learning_rate,
+                               self.rate_key: throughput(self.count, self.seconds)})
+        self._start(time.monotonic() if now is None else now)
+
+
 # --- checkpoints -----------------------------------------------------------------------------
 
 
@@ -520,6 +562,7 @@ def train_loop(
     state.stop_reason = None if state.step < cfg.total_steps else COMPLETED
     progress = Progress(desc, cfg.total_steps, initial=state.step, bar=cfg.progress, every_s=cfg.progress_seconds,
                         deadline=deadline)
+    metrics = StepMetrics()
     try:
         while state.stop_reason is None:
             t0 = time.monotonic()
@@ -544,8 +587,7 @@ def train_loop(
             compute_here += step_s
             steps_here += 1
             progress.update(1, n, f"loss {state.losses[-1]:.3f}")
-            record(state.step, {"train_loss": state.losses[-1], "learning_rate": learning_rate,
-                                "step_examples_per_s": throughput(n, step_s)})
+            metrics.update(state.step, state.losses[-1], learning_rate, n, step_s)
             if plan is not None and steps_here == REFIT_AFTER and deadline.bounded:
                 fits = state.step + int(0.9 * max(0.0, deadline.remaining() - save_s) * steps_here / compute_here)
                 if fits < state.total_steps:
@@ -565,6 +607,7 @@ def train_loop(
                 on_step(state)
     finally:
         progress.close()
+        metrics.flush()
     if state.stop_reason == BUDGET:
         logger.info("%s: out of time budget at step %d of %d scheduled (%.0f%%); checkpoint saved",
                     desc, state.step, cfg.total_steps, 100 * state.step / max(1, cfg.total_steps))
