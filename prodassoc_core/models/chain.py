@@ -17,6 +17,13 @@ training and checkpoints. A stage that runs out stops cleanly with a checkpoint 
 model (``stop_reason`` "budget") and the chain goes on; time a stage leaves unused flows to
 the stages after it.
 
+MLflow: given a ``tracking.TrainingRun`` (``tracker``), each stage's run is opened when the
+stage starts and ended when it ends (FAILED or KILLED when the stage raised), under the
+training's parent run, in one experiment; the stage's configuration is logged at its start,
+per-step metrics while it runs (``training.record``: loss, learning rate, throughput,
+validation), its summary at its end. ``ChainResult.runs`` names the runs, which
+``retrain.register`` then gives the models (``stage_record``: what each run holds).
+
 ``text_associations`` ranks products by the cosine of an encoder's embeddings (any stage, or
 the pretrained base); ``teacher_reranked`` reorders a shortlist with the teacher;
 ``embeddings_table`` is the published ``product_embeddings`` table.
@@ -24,12 +31,13 @@ the pretrained base); ``teacher_reranked`` reorders a shortlist with the teacher
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -38,9 +46,9 @@ import polars as pl
 import pyarrow as pa
 
 from prodassoc_core.data import PRODUCT_EMBEDDINGS, PRODUCT_ID
-from prodassoc_core.models import embeddings, mlm, pairs, student, teacher
+from prodassoc_core.models import embeddings, mlm, pairs, student, teacher, tracking
 from prodassoc_core.models.encoders import resolve_pretrained
-from prodassoc_core.models.training import MODEL_SUBDIR, Deadline, Device, StageResult, budget_note
+from prodassoc_core.models.training import MODEL_SUBDIR, Deadline, Device, StageResult, budget_note, recording
 from prodassoc_core.ops import HybridConfig, MlmConfig, SelectionConfig, TrainingConfig
 
 logger = logging.getLogger("prodassoc.chain")
@@ -103,17 +111,111 @@ class ChainResult:
     seconds: dict[str, float] = field(default_factory=dict)  # wall time per stage (this call)
     budgets: dict[str, float] = field(default_factory=dict)  # seconds each stage was given (this call)
     budget_seconds: float | None = None  # the chain's whole budget
+    runs: dict[str, str] = field(default_factory=dict)  # stage -> its MLflow run id (with a tracker)
 
     def model_dir(self, stage: str) -> Path:
         return getattr(self, stage).model_dir
 
 
 def mlm_config(cfg: TrainingConfig) -> MlmConfig:
-    """The MLM stage's configuration inside the chain."""
+    """The MLM stage's configuration inside the chain (its run goes to the training experiment)."""
     return MlmConfig(
         seed=_seed(cfg), encoder=cfg.encoder, epochs=cfg.mlm_epochs, learning_rate=cfg.mlm_learning_rate,
         max_minutes=cfg.mlm_minutes, max_heldout_texts=cfg.mlm_heldout_texts, registered_model="prodassoc-mlm",
+        experiment=cfg.experiment,
     )
+
+
+# --- what each stage's MLflow run holds -------------------------------------------------------
+
+
+@dataclass
+class StageRecord:
+    """A stage's MLflow run: params, summary metrics (logged at step 0), tags, per-step series
+    (only for a run logged after the fact: a live run has them already) and result files."""
+
+    params: dict[str, Any]
+    metrics: dict[str, float]
+    tags: dict[str, str]
+    series: dict[str, list[float]]
+    files: list[Path]
+
+
+def registered_name(cfg: TrainingConfig, stage: str) -> str:
+    return {"mlm": mlm_config(cfg).registered_model, "teacher": cfg.teacher.registered_model,
+            "student": cfg.student.registered_model, "gnn": cfg.gnn_registered_model}[stage]
+
+
+def start_params(stage: str, cfg: TrainingConfig, as_of: date, mlm_cfg: MlmConfig | None = None) -> dict[str, Any]:
+    """The params a stage's run gets when the stage starts: its configuration."""
+    if stage == "mlm":
+        return (mlm_cfg or mlm_config(cfg)).model_dump(mode="json")
+    if stage == "gnn":
+        return {"stage": "gnn", "as_of": as_of.isoformat(), "gnn": cfg.gnn.model_dump(mode="json"),
+                "graph": cfg.graph.model_dump(mode="json")}
+    return {"stage": stage, "as_of": as_of.isoformat(), "training": cfg.model_dump(mode="json")}
+
+
+def stage_record(stage: str, result: Any, cfg: TrainingConfig, as_of: date, *,
+                 weights: dict[str, dict[str, float]] | None = None, mlm_cfg: MlmConfig | None = None) -> StageRecord:
+    """What the MLflow run of ``stage`` (its ``result``: MlmResult, StageResult or GnnResult)
+    holds; ``weights``: the hybrid weights (GNN stage)."""
+    if stage == "mlm":
+        params, metrics, tags = mlm.run_record(result, mlm_cfg or mlm_config(cfg))
+        files_of, series = result.model_dir.parent / mlm.RESULTS_FILE, {"train_loss": result.train_losses}
+    elif stage == "gnn":
+        params = start_params(stage, cfg, as_of)
+        metrics = _before_after(result)
+        metrics |= {"epochs": result.epochs, "best_epoch": result.best_epoch, "edges_per_s": result.edges_per_s,
+                    "train_seconds": result.train_seconds}
+        metrics |= {f"hybrid_{seg}_{c}": w for seg, ws in (weights or {}).items() for c, w in ws.items()}
+        tags = {"stage": "gnn", "stop_reason": result.stop_reason}
+        files_of, series = result.model_dir.parent / "gnn_results.json", {"epoch_loss": result.losses}
+    else:
+        metrics = _before_after(result)
+        metrics |= {"steps": result.steps, "examples_per_s": result.examples_per_s,
+                    "train_seconds": result.train_seconds}
+        params = start_params(stage, cfg, as_of) | {"total_steps": result.total_steps} | {
+            f"task.{k}": v for k, v in result.extra.get("task", {}).items()}
+        tags = {"stage": stage, "stop_reason": result.stop_reason}
+        files_of, series = result.model_dir.parent / f"{stage}_results.json", {"train_loss": result.train_losses}
+    return StageRecord(params, metrics, tags, series, [files_of] if files_of.is_file() else [])
+
+
+def _before_after(result: Any) -> dict[str, float]:
+    return {f"before_{k}": v for k, v in result.before.items()} | {f"after_{k}": v for k, v in result.after.items()}
+
+
+@contextlib.contextmanager
+def _stage_run(tracker: tracking.TrainingRun | None, stage: str, cfg: TrainingConfig, as_of: date,
+               mlm_cfg: MlmConfig) -> Iterator[tracking.LiveRun | None]:
+    """The stage's MLflow run, open while the stage runs and receiving its per-step metrics
+    (nothing without a tracker); ended FAILED or KILLED if the stage raises."""
+    if tracker is None:
+        yield None
+        return
+    tags = {"encoder": mlm_cfg.encoder.kind} if stage == "mlm" else {}
+    with tracker.stage(stage, run_name=f"{stage} as_of={as_of.isoformat()}", tags=tags) as run, recording(run):
+        run.log_params(start_params(stage, cfg, as_of, mlm_cfg))
+        yield run
+
+
+def _end_stage_run(run: tracking.LiveRun | None, record: StageRecord, cfg: TrainingConfig, stage: str, as_of: date,
+                   mlm_cfg: MlmConfig, reused: bool) -> None:
+    """The stage's summary in its run, before the run ends: params known only now, summary
+    metrics, ``stop_reason`` (and, for a stage reused from an earlier call, its loss series)."""
+    if run is None:
+        return
+    started = start_params(stage, cfg, as_of, mlm_cfg)
+    flat_start = dict(tracking.flat_params(started))
+    run.log_params({k: v for k, v in tracking.flat_params(record.params) if k not in flat_start})
+    run.log(0, record.metrics)
+    if reused:  # trained by an earlier call: nothing was logged while it trained here
+        for key, values in record.series.items():
+            for i, v in enumerate(values):
+                run.log(i + 1, {key: v})
+    tags = {k: v for k, v in record.tags.items() if k != "stage"}
+    run.set_tags(tags | ({"prodassoc.reused": "true"} if reused else {}))
 
 
 def _seed(cfg: TrainingConfig) -> int:
@@ -133,11 +235,12 @@ def student_source(cfg: TrainingConfig, mlm_dir: Path) -> Path | str:
 def train_chain(
     catalog: pl.DataFrame, train: pl.DataFrame, as_of: datetime, cfg: TrainingConfig, *, device: Device,
     out_dir: Path, progress: bool = True, mlm_cfg: MlmConfig | None = None, hybrid_cfg: HybridConfig | None = None,
-    selection_cfg: SelectionConfig | None = None,
+    selection_cfg: SelectionConfig | None = None, tracker: tracking.TrainingRun | None = None,
 ) -> ChainResult:
     """Train MLM -> teacher -> student -> GNN on ``catalog`` and the training baskets ``train``
     (order_id, ordered_at, items; all before ``as_of``), within ``chain_minutes`` split by
-    ``ChainBudget``. ``progress``: tqdm bars (a terminal), else progress log lines."""
+    ``ChainBudget``. ``progress``: tqdm bars (a terminal), else progress log lines. ``tracker``:
+    each stage's MLflow run, live, under it (module docstring)."""
     _seed(cfg)
     _claim(out_dir, cfg, catalog, train, as_of)
     minutes = chain_minutes(cfg, train.height)
@@ -148,6 +251,8 @@ def train_chain(
     seconds: dict[str, float] = {}
     budgets: dict[str, float] = {}
     pending = [s for s in STAGES if not _is_finished(out_dir, s)]
+    day = as_of.date()
+    mlm_cfg = mlm_cfg or mlm_config(cfg)
 
     def begin(stage: str) -> Deadline:
         later = pending[pending.index(stage) + 1:] if stage in pending else []
@@ -160,52 +265,65 @@ def train_chain(
         seconds[stage] = time.monotonic() - t0
         logger.info("chain: %s %s; %s", stage, how_far, budget_note(seconds[stage], budgets.get(stage)))
 
-    t0 = time.monotonic()
-    deadline = begin("mlm")
-    mlm_result = _finished_mlm(out_dir / "mlm") or mlm.run_mlm(
-        catalog, (mlm_cfg or mlm_config(cfg)).model_copy(update={"max_minutes": None}), device=device,
-        out_dir=out_dir / "mlm", progress=progress, deadline=deadline, progress_seconds=cfg.progress_seconds,
-    )
-    end("mlm", t0, f"{mlm_result.steps}/{mlm_result.total_steps} steps ({mlm_result.stop_reason})")
+    def close(run, stage: str, result: Any, **kw: Any) -> None:
+        _end_stage_run(run, stage_record(stage, result, cfg, day, mlm_cfg=mlm_cfg, **kw), cfg, stage, day, mlm_cfg,
+                       reused=stage not in pending)
 
-    t0 = time.monotonic()
-    deadline = begin("teacher")  # the pairs are the teacher's data: its budget covers them
-    task = pairs.build_task(catalog, mlm.catalog_texts(catalog), train, as_of, cfg.pairs)
-    seconds["pairs"] = time.monotonic() - t0
-    logger.info("chain: %s", task.summary())
-    teacher_result = _finished(out_dir / "teacher", "teacher") or teacher.train_teacher(
-        task, mlm_result.model_dir, cfg, device=device, out_dir=out_dir / "teacher", progress=progress,
-        deadline=deadline, started=t0,
-    )
-    end("teacher", t0, _how_far(teacher_result))
+    with _stage_run(tracker, "mlm", cfg, day, mlm_cfg) as run:
+        t0 = time.monotonic()
+        deadline = begin("mlm")
+        mlm_result = _finished_mlm(out_dir / "mlm") or mlm.run_mlm(
+            catalog, mlm_cfg.model_copy(update={"max_minutes": None}), device=device,
+            out_dir=out_dir / "mlm", progress=progress, deadline=deadline, progress_seconds=cfg.progress_seconds,
+        )
+        end("mlm", t0, f"{mlm_result.steps}/{mlm_result.total_steps} steps ({mlm_result.stop_reason})")
+        close(run, "mlm", mlm_result)
 
-    t0 = time.monotonic()
-    deadline = begin("student")
-    student_result = _finished(out_dir / "student", "student") or student.train_student(
-        task, Path(student_source(cfg, mlm_result.model_dir)), teacher_result.model_dir, cfg, device=device,
-        out_dir=out_dir / "student", progress=progress, deadline=deadline,
-    )
-    end("student", t0, _how_far(student_result))
+    with _stage_run(tracker, "teacher", cfg, day, mlm_cfg) as run:
+        t0 = time.monotonic()
+        deadline = begin("teacher")  # the pairs are the teacher's data: its budget covers them
+        task = pairs.build_task(catalog, mlm.catalog_texts(catalog), train, as_of, cfg.pairs)
+        seconds["pairs"] = time.monotonic() - t0
+        logger.info("chain: %s", task.summary())
+        teacher_result = _finished(out_dir / "teacher", "teacher") or teacher.train_teacher(
+            task, mlm_result.model_dir, cfg, device=device, out_dir=out_dir / "teacher", progress=progress,
+            deadline=deadline, started=t0,
+        )
+        end("teacher", t0, _how_far(teacher_result))
+        close(run, "teacher", teacher_result)
+
+    with _stage_run(tracker, "student", cfg, day, mlm_cfg) as run:
+        t0 = time.monotonic()
+        deadline = begin("student")
+        student_result = _finished(out_dir / "student", "student") or student.train_student(
+            task, Path(student_source(cfg, mlm_result.model_dir)), teacher_result.model_dir, cfg, device=device,
+            out_dir=out_dir / "student", progress=progress, deadline=deadline,
+        )
+        end("student", t0, _how_far(student_result))
+        close(run, "student", student_result)
 
     from prodassoc_core.models import gnn
 
-    t0 = time.monotonic()
-    deadline = begin("gnn")
-    # The stage embeds the catalog and builds the graph, trains the GNN, then chooses the hybrid's
-    # co-purchase setting and tunes its weights (~20-40 s on the sample and on Online Retail): the
-    # GNN's training (validation and checkpoints included) must end budget.hybrid_seconds before
-    # the stage's deadline, or halfway through the stage when that is earlier.
-    keep = min(cfg.budget.hybrid_seconds, 0.5 * max(0.0, deadline.remaining()))
-    with gnn.deadline_scope(deadline.minus(keep)):
-        gnn_result, warm, cold = train_graph_stage(
-            catalog, train, as_of, cfg, task, student_result.model_dir, device=device, out_dir=out_dir / "gnn",
-            hybrid_cfg=hybrid_cfg or HybridConfig(), selection_cfg=selection_cfg,
-        )
-    end("gnn", t0, f"{gnn_result.epochs}/{cfg.gnn.max_epochs} epochs ({gnn_result.stop_reason})")
+    with _stage_run(tracker, "gnn", cfg, day, mlm_cfg) as run:
+        t0 = time.monotonic()
+        deadline = begin("gnn")
+        # The stage embeds the catalog and builds the graph, trains the GNN, then chooses the hybrid's
+        # co-purchase setting and tunes its weights (~20-40 s on the sample and on Online Retail): the
+        # GNN's training (validation and checkpoints included) must end budget.hybrid_seconds before
+        # the stage's deadline, or halfway through the stage when that is earlier.
+        keep = min(cfg.budget.hybrid_seconds, 0.5 * max(0.0, deadline.remaining()))
+        with gnn.deadline_scope(deadline.minus(keep)):
+            gnn_result, warm, cold = train_graph_stage(
+                catalog, train, as_of, cfg, task, student_result.model_dir, device=device, out_dir=out_dir / "gnn",
+                hybrid_cfg=hybrid_cfg or HybridConfig(), selection_cfg=selection_cfg,
+            )
+        weights = {"warm": warm.as_dict(), "cold": cold.as_dict()}
+        end("gnn", t0, f"{gnn_result.epochs}/{cfg.gnn.max_epochs} epochs ({gnn_result.stop_reason})")
+        close(run, "gnn", gnn_result, weights=weights)
     logger.info("chain: trained in %.0f s (budget %.0f s)", sum(v for k, v in seconds.items() if k in STAGES),
                 minutes * 60)
-    return ChainResult(mlm_result, teacher_result, student_result, task, gnn_result,
-                       {"warm": warm.as_dict(), "cold": cold.as_dict()}, seconds, budgets, minutes * 60)
+    return ChainResult(mlm_result, teacher_result, student_result, task, gnn_result, weights, seconds, budgets,
+                       minutes * 60, dict(tracker.runs) if tracker is not None else {})
 
 
 def _how_far(result: StageResult) -> str:

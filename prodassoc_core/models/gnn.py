@@ -87,10 +87,12 @@ from prodassoc_core.models.training import (
     COMPLETED,
     Deadline,
     Device,
+    StepMetrics,
     adamw,
     budget_note,
     check_resumable,
     derive_seed,
+    record,
     rng_state,
     set_rng_state,
     set_seed,
@@ -403,15 +405,17 @@ def _seed(cfg: GnnConfig) -> int:
 
 
 def _train_epoch(model: GnnModel, optimizer: torch.optim.Optimizer, graph: ProductGraph, sampler: _Sampler,
-                 x: torch.Tensor | None, epoch: int, cfg: GnnConfig, device: torch.device) -> tuple[float, int]:
+                 x: torch.Tensor | None, epoch: int, cfg: GnnConfig, device: torch.device,
+                 metrics: StepMetrics | None = None) -> tuple[float, int]:
     """One epoch of ``steps_per_epoch`` optimizer steps; returns (mean loss, pairs scored).
-    Everything it draws is seeded from the epoch number."""
+    Everything it draws is seeded from the epoch number. ``metrics``: where each step goes."""
     seed = _seed(cfg)
     set_seed(derive_seed(seed, "gnn", "epoch", epoch))  # dropout
     rng = np.random.default_rng(derive_seed(seed, "gnn", "sample", epoch))
     model.train()
     total, scored = 0.0, 0
-    for _ in range(cfg.steps_per_epoch):
+    for i in range(cfg.steps_per_epoch):
+        t0 = time.monotonic()
         drawn = sampler.draw_positives(cfg.batch_size, rng)
         pos = sampler.positives[drawn]
         flip = rng.random(len(pos)) < 0.5
@@ -444,9 +448,14 @@ def _train_epoch(model: GnnModel, optimizer: torch.optim.Optimizer, graph: Produ
         loss.backward()
         if cfg.grad_clip is not None:
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        learning_rate = optimizer.param_groups[0]["lr"]
         optimizer.step()
-        total += float(loss.detach()) * n_scored
+        step_loss = float(loss.detach())
+        total += step_loss * n_scored
         scored += n_scored
+        if metrics is not None:
+            metrics.update((epoch - 1) * cfg.steps_per_epoch + i + 1, step_loss, learning_rate, n_scored,
+                           time.monotonic() - t0)
     return total / max(scored, 1), scored
 
 
@@ -554,6 +563,7 @@ def train_gnn(graph: ProductGraph, task: PairTask, cfg: GnnConfig, *, device: De
         state = GnnState(before=evaluate())
         state.eval_seconds = time.monotonic() - t0
         state.best_val = state.before.get("val_ndcg", -math.inf)
+        record(0, state.before)
         best_state = copy.deepcopy(model.state_dict())
         logger.info("gnn: before training %s", state.before)
     if state.epoch >= cfg.max_epochs and state.stop_reason is None:
@@ -562,17 +572,22 @@ def train_gnn(graph: ProductGraph, task: PairTask, cfg: GnnConfig, *, device: De
     sampler = _Sampler(graph, task, cfg.positive_power)
     reserve = time_reserve(state.eval_seconds)  # validation after training and the final save
     seconds_here, examples_here, epochs_here, save_s = 0.0, 0, 0, 0.0
+    step_metrics = StepMetrics("pairs")
     while state.stop_reason is None:
         epoch = state.epoch + 1
         t0 = time.monotonic()
-        loss, scored = _train_epoch(model, optimizer, graph, sampler, x, epoch, cfg, dev)
+        loss, scored = _train_epoch(model, optimizer, graph, sampler, x, epoch, cfg, dev, step_metrics)
+        step_metrics.flush()  # the epoch's last steps, before its validation
         spent = time.monotonic() - t0
         state.epoch, state.examples, state.train_seconds = epoch, state.examples + scored, state.train_seconds + spent
         seconds_here, examples_here, epochs_here = seconds_here + spent, examples_here + scored, epochs_here + 1
         state.losses.append(loss)
         line = f"gnn epoch {epoch} loss {loss:.4f} ({throughput(scored, spent):.0f} pairs/s)"
+        at_step = epoch * cfg.steps_per_epoch
+        record(at_step, {"epoch": epoch, "epoch_loss": loss, "pairs_per_s": throughput(scored, spent)})
         if epoch % cfg.eval_every == 0 or epoch == cfg.max_epochs:
             scores = evaluate()
+            record(at_step, scores)
             state.history.append({"epoch": epoch, "loss": loss, **scores})
             line += f" val_ndcg {scores.get('val_ndcg', float('nan')):.4f}"
             if not scores:  # no held-out tail to select on: keep the latest state

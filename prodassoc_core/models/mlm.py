@@ -58,6 +58,7 @@ from prodassoc_core.models.training import (
     load_checkpoint,
     quiet_transformers,
     read_run_config,
+    record,
     save_checkpoint,
     saved_total_steps,
     set_seed,
@@ -428,6 +429,7 @@ def train_mlm(
             "mlm: held-out loss before %.4f (perplexity %.2f, %d masked tokens, %.1f s)",
             before.loss, before.perplexity, before.masked_tokens, eval_s,
         )
+        record(0, {"heldout_loss": before.loss, "heldout_perplexity": before.perplexity})
         scheduled = fit_schedule(model, batch_at, mlm_loss, device=device, planned=steps,
                                  deadline=deadline.minus(time_reserve(eval_s)), desc="mlm")
         set_seed(derive_seed(cfg.seed, "train"))  # dropout stream, independent of what ran before
@@ -463,6 +465,7 @@ def train_mlm(
     scheduled = state.total_steps
 
     after = evaluate()
+    record(state.step, {"heldout_loss": after.loss, "heldout_perplexity": after.perplexity})
     before = MlmEval(**state.extra["before"])
     model_dir = out_dir / MODEL_SUBDIR
     with quiet_transformers():
@@ -526,11 +529,9 @@ def run_mlm(
 # --- MLflow ----------------------------------------------------------------------------------
 
 
-def log_mlm_run(
-    result: MlmResult, cfg: MlmConfig, *, tracking_uri: str, artifact_root: Path, run_name: str = "mlm"
-) -> RegisteredRun:
-    """The MLM stage as an MLflow run (params, before/after metrics, per-step training loss,
-    the model + tokenizer directory) registered as ``cfg.registered_model``."""
+def run_record(result: MlmResult, cfg: MlmConfig) -> tuple[dict[str, Any], dict[str, float], dict[str, str]]:
+    """(params, metrics, tags) of the MLM stage's MLflow run: the configuration and data sizes,
+    the held-out loss and perplexity before and after, steps and throughput."""
     metrics = {
         "heldout_loss_before": result.loss_before,
         "heldout_loss_after": result.loss_after,
@@ -544,6 +545,16 @@ def log_mlm_run(
     params = {**cfg.model_dump(mode="json"), "n_train": result.n_train, "n_heldout": result.n_heldout,
               "total_steps": result.total_steps}
     tags = {"stage": "mlm", "stop_reason": result.stop_reason, "encoder": cfg.encoder.kind}
+    return params, metrics, tags
+
+
+def log_mlm_run(
+    result: MlmResult, cfg: MlmConfig, *, tracking_uri: str, artifact_root: Path, run_name: str = "mlm"
+) -> RegisteredRun:
+    """The MLM stage as an MLflow run logged after the fact (params, before/after metrics, per-step
+    training loss, the model + tokenizer directory) registered as ``cfg.registered_model``, in
+    ``cfg.experiment``. The training chain logs its MLM stage live instead (chain.train_chain)."""
+    params, metrics, tags = run_record(result, cfg)
     results_file = result.model_dir.parent / RESULTS_FILE
     return log_model_run(
         tracking_uri, cfg.experiment, artifact_root, run_name=run_name, params=params, metrics=metrics,

@@ -3,6 +3,10 @@
 The default backend is a SQLite database under the data directory, with artifacts in
 ``<data_dir>/mlartifacts`` (set per experiment, so nothing lands in the working
 directory). Any ``tracking_uri`` MLflow accepts works, e.g. an ``http://`` server.
+
+Training logs each stage's run while the stage runs (``TrainingRun``, ``LiveRun``: real start
+and end times, metrics per step written in batches); runs of finished work (evaluation, the
+nightly, a chain trained without a tracker) are logged after it (``log_run``, ``log_model_run``).
 """
 
 from __future__ import annotations
@@ -127,20 +131,42 @@ def _tmp_pid(name: str) -> int | None:
     return int(parts[-2]) if len(parts) >= 3 and parts[-2].isdigit() else None
 
 
+# The first store this process created, as bytes: MLflow's ~60 migrations take seconds (3 s of CPU,
+# more on a loaded machine); a second store in the same process (tests, one process serving several
+# data directories) is a copy of it with its own default experiment's artifact location.
+_TEMPLATE: bytes | None = None
+
+
 def _create_store(db: Path, artifact_root: Path) -> None:
     """All of MLflow's tables and its default experiment in the sqlite file ``db``."""
+    global _TEMPLATE
+    import sqlite3
+
     from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
 
     from prodassoc_core.data import fault_point
 
     uri = f"sqlite:///{db}"
     fault_point("mlflow.create")
-    try:
-        SqlAlchemyStore(uri, artifact_root.resolve().as_uri())
-    finally:
-        engine = SqlAlchemyStore._engine_map.pop(uri, None)
-        if engine is not None:
-            engine.dispose()
+    location = artifact_root.resolve().as_uri()
+    if _TEMPLATE is None:
+        try:
+            SqlAlchemyStore(uri, location)
+        finally:
+            engine = SqlAlchemyStore._engine_map.pop(uri, None)
+            if engine is not None:
+                engine.dispose()
+        _TEMPLATE = db.read_bytes()
+    else:
+        db.write_bytes(_TEMPLATE)
+        now = int(time.time() * 1000)
+        con = sqlite3.connect(db)
+        try:
+            with con:  # what SqlAlchemyStore._create_default_experiment writes for this store
+                con.execute("UPDATE experiments SET artifact_location = ?, creation_time = ?, last_update_time = ? "
+                            "WHERE experiment_id = 0", (f"{location}/0", now, now))
+        finally:
+            con.close()
     with open(db, "rb") as f:
         os.fsync(f.fileno())
 
@@ -207,6 +233,196 @@ def runs(tracking_uri: str, experiment: str) -> list:
     return client.search_runs([found.experiment_id], order_by=["attributes.start_time DESC"])
 
 
+# --- live runs: open while the work runs ---------------------------------------------------------
+
+PARENT_TAG = "mlflow.parentRunId"  # MLflow's own tag: the UI nests a run under its parent
+FLUSH_SECONDS = 5.0  # a live run writes its buffered metrics at most this often (one log_batch)
+MAX_BATCH = 1000  # MLflow's per-call limit on metrics
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def end_status(exc: BaseException | None) -> str:
+    """The MLflow status a run ends with: FINISHED; FAILED for an exception; KILLED for an
+    interrupt, exit or cancellation (a BaseException that is not an Exception: Ctrl-C,
+    SystemExit, an orchestrator's termination signal)."""
+    if exc is None:
+        return "FINISHED"
+    return "FAILED" if isinstance(exc, Exception) else "KILLED"
+
+
+class LiveRun:
+    """An MLflow run opened when its work starts and ended when it ends, so MLflow's start and end
+    times and duration are the work's. Use as a context manager (``with LiveRun.start(...) as
+    run``): an exception inside ends the run FAILED, an interrupt KILLED, else FINISHED.
+
+    Metrics (``log``) are buffered and written in one ``log_batch`` every ``flush_seconds`` (or
+    ``MAX_BATCH`` metrics), by a writer thread: the caller (a training loop) only appends to a
+    list, and a write costs one sqlite transaction every few seconds whatever the step rate
+    (``benchmarks/mlflow_live_overhead.py``). One write is in flight at a time. A failed write is
+    logged and its metrics dropped; the work goes on. Params, tags and the end are written
+    synchronously, after any write in flight."""
+
+    def __init__(self, client, run_id: str, name: str, flush_seconds: float = FLUSH_SECONDS):
+        self.client, self.run_id, self.name, self.flush_seconds = client, run_id, name, flush_seconds
+        self._buffer: list = []
+        self._last_flush = time.monotonic()
+        self._writer = None  # a one-thread executor, made on the first write
+        self._pending = None  # the write in flight (a Future)
+        self.metrics_logged = 0
+        self.metrics_dropped = 0
+        self.writes = 0
+        self.write_seconds = 0.0  # in the writer thread
+        self.wait_seconds = 0.0  # the caller waiting for a write in flight
+        self.status: str | None = None
+
+    @classmethod
+    def start(cls, tracking_uri: str, experiment: str, artifact_root: Path, run_name: str, *,
+              tags: Mapping[str, str] | None = None, parent: LiveRun | None = None,
+              flush_seconds: float = FLUSH_SECONDS) -> LiveRun:
+        """Create the run (status RUNNING, start time now) in ``experiment``, under ``parent``."""
+        client = _client(tracking_uri)
+        all_tags = {k: str(v) for k, v in (tags or {}).items()}
+        if parent is not None:
+            all_tags[PARENT_TAG] = parent.run_id
+        run = client.create_run(experiment_id(tracking_uri, experiment, artifact_root), start_time=_now_ms(),
+                                run_name=run_name, tags=all_tags)
+        return cls(client, run.info.run_id, run_name, flush_seconds)
+
+    def log(self, step: int, metrics: Mapping[str, float | int | None]) -> None:
+        """Buffer ``metrics`` at ``step`` (time: now); non-finite values are skipped."""
+        from mlflow.entities import Metric
+
+        ts = _now_ms()
+        new = [Metric(k, float(v), ts, int(step)) for k, v in metrics.items()
+               if v is not None and math.isfinite(float(v))]
+        if len(self._buffer) + len(new) > MAX_BATCH:
+            self.flush()
+        self._buffer += new
+        if time.monotonic() - self._last_flush >= self.flush_seconds:
+            self.flush()
+
+    def flush(self, wait: bool = False) -> None:
+        """Hand what is buffered to the writer thread (``wait``: and wait until it is written)."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        batch, self._buffer = self._buffer, []
+        self._last_flush = time.monotonic()
+        if batch:
+            self._wait()
+            if self._writer is None:
+                self._writer = ThreadPoolExecutor(1, thread_name_prefix="mlflow-live")
+            self._pending = self._writer.submit(self._write, batch)
+        if wait:
+            self._wait()
+
+    def _write(self, batch: list) -> None:
+        t0 = time.monotonic()
+        for start in range(0, len(batch), MAX_BATCH):
+            part = batch[start: start + MAX_BATCH]
+            try:
+                self.client.log_batch(self.run_id, metrics=part)
+                self.metrics_logged += len(part)
+            except Exception as exc:  # noqa: BLE001 - metrics are not worth the training run
+                self.metrics_dropped += len(part)
+                logger.warning("MLflow run %s (%s): %d metrics not logged: %s", self.run_id, self.name, len(part), exc)
+            self.writes += 1
+        self.write_seconds += time.monotonic() - t0
+
+    def _wait(self) -> None:
+        if self._pending is not None:
+            t0 = time.monotonic()
+            self._pending.result()
+            self._pending = None
+            self.wait_seconds += time.monotonic() - t0
+
+    def log_params(self, params: Mapping[str, Any]) -> None:
+        """Params (nested mappings flattened with dots), in batches of MLflow's limit of 100."""
+        from mlflow.entities import Param
+
+        self._wait()
+        flat = [Param(k, v[:6000]) for k, v in sorted(flat_params(params))]
+        for start in range(0, len(flat), 100):
+            self.client.log_batch(self.run_id, params=flat[start: start + 100])
+
+    def set_tags(self, tags: Mapping[str, Any]) -> None:
+        from mlflow.entities import RunTag
+
+        self._wait()
+        if tags:
+            self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in sorted(tags.items())])
+
+    def end(self, status: str = "FINISHED") -> None:
+        """Write what is buffered and end the run (end time now)."""
+        try:
+            self.flush(wait=True)
+        finally:
+            if self._writer is not None:
+                self._writer.shutdown(wait=True)
+                self._writer = None
+        self.client.set_terminated(self.run_id, status=status, end_time=_now_ms())
+        self.status = status
+        logger.info("MLflow run %s (%s) %s: %d metrics in %d writes (%.2f s in the writer thread, %.2f s waited)%s",
+                    self.run_id, self.name, status, self.metrics_logged, self.writes, self.write_seconds,
+                    self.wait_seconds, f", {self.metrics_dropped} dropped" if self.metrics_dropped else "")
+
+    def __enter__(self) -> LiveRun:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        status = end_status(exc)
+        if exc is None:
+            self.end(status)
+            return
+        try:
+            self.end(status)
+        except Exception as err:  # noqa: BLE001 - the work's own error is the one to see
+            logger.warning("MLflow run %s (%s) could not be ended %s: %s", self.run_id, self.name, status, err)
+
+
+class TrainingRun:
+    """One parent run per training (``as_of``) and a child run per stage, all in one experiment.
+
+    ``stage(name)`` opens the stage's run when the stage starts and ends it when the stage ends
+    (FINISHED, or FAILED / KILLED when it raised); ``runs`` maps each stage to its run id. Every
+    run carries ``tags``; a stage's run also ``stage`` = its name."""
+
+    def __init__(self, tracking_uri: str, experiment: str, artifact_root: Path, *, run_name: str,
+                 tags: Mapping[str, str] | None = None, flush_seconds: float = FLUSH_SECONDS):
+        self.tracking_uri, self.experiment, self.artifact_root = tracking_uri, experiment, artifact_root
+        self.tags = dict(tags or {})
+        self.flush_seconds = flush_seconds
+        self.parent = LiveRun.start(tracking_uri, experiment, artifact_root, run_name, tags=self.tags,
+                                    flush_seconds=flush_seconds)
+        self.runs: dict[str, str] = {}
+
+    @property
+    def run_id(self) -> str:
+        return self.parent.run_id
+
+    def stage(self, stage: str, *, run_name: str | None = None, tags: Mapping[str, str] | None = None) -> LiveRun:
+        """The stage's run, started now (use it as a context manager around the stage)."""
+        run = LiveRun.start(self.tracking_uri, self.experiment, self.artifact_root, run_name or stage,
+                            tags=self.tags | {"stage": stage} | dict(tags or {}), parent=self.parent,
+                            flush_seconds=self.flush_seconds)
+        self.runs[stage] = run.run_id
+        return run
+
+    def __enter__(self) -> TrainingRun:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        self.parent.__exit__(exc_type, exc, tb)
+
+
+def runs_experiment(tracking_uri: str, run_id: str) -> str:
+    """The name of the experiment a run is in."""
+    client = _client(tracking_uri)
+    return client.get_experiment(client.get_run(run_id).info.experiment_id).name
+
+
 # --- model stages: a run holding a model directory, registered ----------------------------------
 
 
@@ -218,11 +434,11 @@ class RegisteredRun:
     model_uri: str  # models:/<name>/<version>
 
 
-def _flat_params(params: Mapping[str, Any], prefix: str = "") -> Iterator[tuple[str, str]]:
+def flat_params(params: Mapping[str, Any], prefix: str = "") -> Iterator[tuple[str, str]]:
     for key, value in params.items():
         name = f"{prefix}{key}"
         if isinstance(value, Mapping):
-            yield from _flat_params(value, f"{name}.")
+            yield from flat_params(value, f"{name}.")
         else:
             yield name, str(value)
 
@@ -241,39 +457,54 @@ def log_model_run(
     tags: Mapping[str, str] | None = None,
     files: list[Path] | None = None,
 ) -> RegisteredRun:
-    """One finished MLflow run holding ``model_dir`` (as artifact path ``model``), registered.
+    """One MLflow run, logged after the fact, holding ``model_dir`` (as artifact path ``model``),
+    registered. For work that ran without a ``LiveRun`` (its times are the logging's, not the
+    work's); the training chain logs each stage live (``TrainingRun``) and then ``register_model``.
 
     ``params`` may nest (flattened with dots); ``series`` are per-step metrics (index = step - 1,
     thinned to at most 1000 points). The model version's source is the run's ``model``
     artifact directory, so ``registered_model_dir`` gets back what ``save_pretrained`` wrote.
     """
-    from mlflow.entities import Metric, Param
-    from mlflow.exceptions import MlflowException
-    from mlflow.tracking import MlflowClient
+    from mlflow.entities import Metric
 
-    client = MlflowClient(tracking_uri=tracking_uri)
-    run = client.create_run(
-        experiment_id(tracking_uri, experiment, artifact_root), run_name=run_name, tags=dict(tags or {})
-    )
-    run_id = run.info.run_id
-    now = int(time.time() * 1000)
-    finite = {k: float(v) for k, v in metrics.items() if v is not None and math.isfinite(float(v))}
-    entries = [Metric(k, v, now, 0) for k, v in sorted(finite.items())]
-    for key, values in (series or {}).items():
-        stride = max(1, math.ceil(len(values) / 1000))
-        entries += [
-            Metric(key, float(v), now, i + 1) for i, v in enumerate(values) if (i + 1) % stride == 0 and math.isfinite(v)
-        ]
-    flat = [Param(k, v[:6000]) for k, v in sorted(_flat_params(params))]
-    for start in range(0, len(flat), 100):  # MLflow's per-call limits: 100 params, 1000 metrics
-        client.log_batch(run_id, params=flat[start : start + 100])
-    for start in range(0, len(entries), 1000):
-        client.log_batch(run_id, metrics=entries[start : start + 1000])
+    run = LiveRun.start(tracking_uri, experiment, artifact_root, run_name, tags=tags)
+    with run:
+        now = _now_ms()
+        finite = {k: float(v) for k, v in metrics.items() if v is not None and math.isfinite(float(v))}
+        entries = [Metric(k, v, now, 0) for k, v in sorted(finite.items())]
+        for key, values in (series or {}).items():
+            stride = max(1, math.ceil(len(values) / 1000))
+            entries += [Metric(key, float(v), now, i + 1) for i, v in enumerate(values)
+                        if (i + 1) % stride == 0 and math.isfinite(v)]
+        run.log_params(params)
+        for start in range(0, len(entries), MAX_BATCH):  # MLflow's per-call limit: 1000 metrics
+            run.client.log_batch(run.run_id, metrics=entries[start: start + MAX_BATCH])
+    return register_model(tracking_uri, run.run_id, model_dir=model_dir, registered_model=registered_model,
+                          tags=tags, files=files)
+
+
+MODEL_TAG = "prodassoc.registered_model"  # a run's tag once it holds a registered model: "name/version"
+
+
+def holds_model(tracking_uri: str, run_id: str) -> bool:
+    """Whether the run already holds a registered model (``register_model`` ran for it)."""
+    return MODEL_TAG in _client(tracking_uri).get_run(run_id).data.tags
+
+
+def register_model(
+    tracking_uri: str, run_id: str, *, model_dir: Path, registered_model: str,
+    tags: Mapping[str, str] | None = None, files: list[Path] | None = None,
+) -> RegisteredRun:
+    """Upload ``model_dir`` to the run (artifact path ``model``, plus ``files``) and register it as
+    a new version of ``registered_model`` with ``tags``. The run may have ended (its start and end
+    times stay the work's); one model per run (``holds_model``)."""
+    from mlflow.exceptions import MlflowException
+
+    client = _client(tracking_uri)
+    run = client.get_run(run_id)
     client.log_artifacts(run_id, str(model_dir), artifact_path="model")
     for path in files or []:
         client.log_artifact(run_id, str(path))
-    client.set_terminated(run_id)
-
     try:
         client.create_registered_model(registered_model)
     except MlflowException as exc:
@@ -282,6 +513,7 @@ def log_model_run(
     version = client.create_model_version(
         registered_model, source=f"{run.info.artifact_uri}/model", run_id=run_id, tags=dict(tags or {})
     )
+    client.set_tag(run_id, MODEL_TAG, f"{registered_model}/{version.version}")
     logger.info("MLflow run %s registered as %s version %s", run_id, registered_model, version.version)
     return RegisteredRun(run_id, registered_model, str(version.version), f"models:/{registered_model}/{version.version}")
 

@@ -18,14 +18,16 @@
   examples/s, ETA, budget left), so a scheduled run's log shows how far training got.
 * ``train_loop``: the optimizer-step loop with progress, periodic checkpoints, and a
   deadline that stops cleanly with a checkpoint (``stop_reason`` "budget").
-* MLflow I/O for model stages (``log_model_run``, ``registered_model_dir``): a run with
-  params, metrics and the model directory as artifacts, registered as a model version.
-  These belong with ``prodassoc_core/models/tracking.py`` and reuse its experiment helper.
+* ``recording`` / ``record``: per-step metrics (loss, learning rate, examples/s, validation)
+  go to the sink of the enclosing ``recording`` block, if any (the chain's MLflow stage run,
+  ``tracking.LiveRun``, which writes them in batches); without one they go nowhere. Loops
+  record training metrics through ``StepMetrics``: at most 4 points a second, fast steps averaged.
 """
 
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import dataclasses
 import hashlib
 import json
@@ -39,7 +41,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -292,6 +294,80 @@ class Progress:
             self.log.info("%s", self.line())
 
 
+# --- per-step metrics ------------------------------------------------------------------------
+
+
+class MetricSink(Protocol):
+    """Where ``record`` sends metrics (``tracking.LiveRun``: buffered, written in batches)."""
+
+    def log(self, step: int, metrics: Mapping[str, float | int | None]) -> None: ...
+
+
+_SINK: contextvars.ContextVar[MetricSink | None] = contextvars.ContextVar("metric_sink", default=None)
+
+
+@contextlib.contextmanager
+def recording(sink: MetricSink | None) -> Iterator[MetricSink | None]:
+    """Metrics ``record``-ed inside this block (in this thread or task) go to ``sink``."""
+    token = _SINK.set(sink)
+    try:
+        yield sink
+    finally:
+        _SINK.reset(token)
+
+
+def record(step: int, metrics: Mapping[str, float | int | None]) -> None:
+    """Send ``metrics`` at ``step`` to the enclosing ``recording`` block's sink (none: dropped)."""
+    sink = _SINK.get()
+    if sink is not None:
+        sink.log(step, metrics)
+
+
+def recording_active() -> bool:
+    return _SINK.get() is not None
+
+
+RECORD_EVERY_S = 0.25  # the most often a loop records its training metrics (StepMetrics)
+
+
+class StepMetrics:
+    """A loop's training metrics, ``record``-ed at most every ``every_s`` seconds of wall time:
+    ``train_loss`` (the mean over the steps since the last point), ``learning_rate`` (the last
+    step's) and ``step_<unit>_per_s`` (over those steps' compute time), at the last step. Steps
+    slower than ``every_s`` are each a point; fast steps are averaged, so the points written
+    per second (and what writing them costs) do not grow with the step rate. Does nothing
+    outside a ``recording`` block."""
+
+    def __init__(self, unit: str = "examples", every_s: float = RECORD_EVERY_S):
+        self.active = recording_active()
+        self.rate_key, self.every_s = f"step_{unit}_per_s", every_s
+        self._start(time.monotonic())
+
+    def _start(self, now: float) -> None:
+        self.since, self.steps, self.loss_sum, self.count, self.seconds = now, 0, 0.0, 0, 0.0
+        self.step, self.learning_rate = 0, 0.0
+
+    def update(self, step: int, loss: float, learning_rate: float, count: int, seconds: float) -> None:
+        """One optimizer step: its number, loss, learning rate, examples (or pairs) and compute seconds."""
+        if not self.active:
+            return
+        self.steps += 1
+        self.loss_sum += loss
+        self.count += count
+        self.seconds += seconds
+        self.step, self.learning_rate = step, learning_rate
+        now = time.monotonic()
+        if now - self.since >= self.every_s:
+            self.flush(now)
+
+    def flush(self, now: float | None = None) -> None:
+        """Record what is pending (the loop calls it when it ends)."""
+        if self.active and self.steps:
+            record(self.step, {"train_loss": self.loss_sum / self.steps, "learning_rate": self.learning_rate,
+                               self.rate_key: throughput(self.count, self.seconds)})
+        self._start(time.monotonic() if now is None else now)
+
+
 # --- checkpoints -----------------------------------------------------------------------------
 
 
@@ -486,6 +562,7 @@ def train_loop(
     state.stop_reason = None if state.step < cfg.total_steps else COMPLETED
     progress = Progress(desc, cfg.total_steps, initial=state.step, bar=cfg.progress, every_s=cfg.progress_seconds,
                         deadline=deadline)
+    metrics = StepMetrics()
     try:
         while state.stop_reason is None:
             t0 = time.monotonic()
@@ -495,6 +572,7 @@ def train_loop(
             loss.backward()
             if cfg.grad_clip is not None:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            learning_rate = optimizer.param_groups[0]["lr"]  # the rate this step is taken with
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
@@ -509,6 +587,7 @@ def train_loop(
             compute_here += step_s
             steps_here += 1
             progress.update(1, n, f"loss {state.losses[-1]:.3f}")
+            metrics.update(state.step, state.losses[-1], learning_rate, n, step_s)
             if plan is not None and steps_here == REFIT_AFTER and deadline.bounded:
                 fits = state.step + int(0.9 * max(0.0, deadline.remaining() - save_s) * steps_here / compute_here)
                 if fits < state.total_steps:
@@ -528,6 +607,7 @@ def train_loop(
                 on_step(state)
     finally:
         progress.close()
+        metrics.flush()
     if state.stop_reason == BUDGET:
         logger.info("%s: out of time budget at step %d of %d scheduled (%.0f%%); checkpoint saved",
                     desc, state.step, cfg.total_steps, 100 * state.step / max(1, cfg.total_steps))
@@ -682,6 +762,7 @@ def run_stage(
         before = evaluate()
         eval_s = time.monotonic() - t0
         logger.info("%s: before training %s (%.1f s)", stage, before, eval_s)
+        record(0, before)
         scheduled = fit_schedule(model, batch_at, loss_fn, device=device, planned=total,
                                  deadline=deadline.minus(time_reserve(eval_s)), desc=stage)
         set_seed(derive_seed(seed, stage, "train"))
@@ -712,6 +793,7 @@ def run_stage(
     )
     scheduled = state.total_steps
     after = evaluate()
+    record(state.step, after)
     model_dir = out_dir / MODEL_SUBDIR
     with quiet_transformers():
         model.save_pretrained(model_dir)

@@ -1,8 +1,11 @@
 """Retraining: the language-model chain on the training window, registered, behind the champion gate.
 
     landing --ingest, baskets (stages.py)--> training baskets before as_of, staged catalog
-            --train_chain (chain.py)--> MLM, teacher, student under <data>/models/as_of=D
-            --register--> MLflow runs + versions of prodassoc-mlm / -teacher / -student
+            --train_chain (chain.py)--> MLM, teacher, student, GNN under <data>/models/as_of=D,
+                      each stage an MLflow run logged while it runs (experiment training.experiment,
+                      children of one run "train as_of=D")
+            --register--> each stage's run holds its model: versions of prodassoc-mlm / -teacher /
+                      -student / -gnn
             --gate--> served (and @champion) only if its hybrid beats, on held-out data, both the
                       classic method this catalog would otherwise be served and the model
                       served now
@@ -35,7 +38,7 @@ import polars as pl
 
 from prodassoc_core.data import PRODUCT_ID, ingest
 from prodassoc_core.mining import methods, protocol
-from prodassoc_core.models import AS_OF_TAG, Device, StageResult, chain, device_of, embeddings, mlm, pairs, tracking
+from prodassoc_core.models import AS_OF_TAG, Device, chain, device_of, embeddings, mlm, pairs, tracking
 from prodassoc_core.ops import Settings
 from prodassoc_core.pipeline import stages
 
@@ -250,54 +253,28 @@ def _tag_decision(settings: Settings, registered: dict[str, tracking.RegisteredR
         tracking.tag_version(settings.tracking_uri, reg.model_name, reg.model_version, tags)
 
 
-def _log_stage(settings: Settings, result: StageResult, registered: str, as_of: date, tags: dict[str, str]):
-    metrics = {f"before_{k}": v for k, v in result.before.items()} | {f"after_{k}": v for k, v in result.after.items()}
-    metrics |= {"steps": result.steps, "examples_per_s": result.examples_per_s, "train_seconds": result.train_seconds}
-    params = {"stage": result.stage, "total_steps": result.total_steps, "as_of": as_of.isoformat(),
-              "training": settings.training.model_dump(mode="json"), **{f"task.{k}": v for k, v in result.extra.get(
-                  "task", {}).items()}}
-    results_file = result.model_dir.parent / f"{result.stage}_results.json"
-    return tracking.log_model_run(
-        settings.tracking_uri, settings.training.experiment, settings.data_dir / "mlartifacts",
-        run_name=f"{result.stage} as_of={as_of.isoformat()}", params=params, metrics=metrics,
-        model_dir=result.model_dir, registered_model=registered, series={"train_loss": result.train_losses},
-        tags={"stage": result.stage, "stop_reason": result.stop_reason, **tags},
-        files=[results_file] if results_file.is_file() else None,
-    )
-
-
-def _log_gnn(settings: Settings, result: chain.ChainResult, as_of: date, tags: dict[str, str]):
-    g = result.gnn
-    metrics = {f"before_{k}": v for k, v in g.before.items()} | {f"after_{k}": v for k, v in g.after.items()}
-    metrics |= {"epochs": g.epochs, "best_epoch": g.best_epoch, "edges_per_s": g.edges_per_s,
-                "train_seconds": g.train_seconds}
-    metrics |= {f"hybrid_{seg}_{c}": w for seg, ws in result.weights.items() for c, w in ws.items()}
-    params = {"stage": "gnn", "as_of": as_of.isoformat(), "gnn": settings.training.gnn.model_dump(mode="json"),
-              "graph": settings.training.graph.model_dump(mode="json")}
-    results_file = g.model_dir.parent / "gnn_results.json"
-    return tracking.log_model_run(
-        settings.tracking_uri, settings.training.experiment, settings.data_dir / "mlartifacts",
-        run_name=f"gnn as_of={as_of.isoformat()}", params=params, metrics=metrics, model_dir=g.model_dir,
-        registered_model=settings.training.gnn_registered_model, series={"train_loss": g.losses},
-        tags={"stage": "gnn", "stop_reason": g.stop_reason, **tags},
-        files=[results_file] if results_file.is_file() else None,
-    )
-
-
 def register(settings: Settings, result: chain.ChainResult, as_of: date) -> dict[str, tracking.RegisteredRun]:
-    """One MLflow run per stage, each registered (prodassoc-mlm, -teacher, -student)."""
+    """Each stage's model registered (prodassoc-mlm, -teacher, -student, -gnn) from its MLflow run:
+    the run the chain logged while the stage ran (``result.runs``), or, for a chain trained
+    without one (or whose run already holds a model), a run logged now with the stage's record."""
     cfg = settings.training
     tags = {AS_OF_TAG: as_of.isoformat(), "prodassoc.seed": str(cfg.seed)}
-    out = {
-        "mlm": mlm.log_mlm_run(result.mlm, chain.mlm_config(cfg), tracking_uri=settings.tracking_uri,
-                               artifact_root=settings.data_dir / "mlartifacts", run_name=f"mlm as_of={as_of}"),
-        "teacher": _log_stage(settings, result.teacher, cfg.teacher.registered_model, as_of, tags),
-        "student": _log_stage(settings, result.student, cfg.student.registered_model, as_of, tags),
-    }
-    if result.gnn is not None:
-        out["gnn"] = _log_gnn(settings, result, as_of, tags)
-    for stage in ("mlm",):
-        tracking.tag_version(settings.tracking_uri, out[stage].model_name, out[stage].model_version, tags)
+    stages = [s for s in chain.STAGES if s != "gnn" or result.gnn is not None]
+    out = {}
+    for stage in stages:
+        record = chain.stage_record(stage, getattr(result, stage), cfg, as_of, weights=result.weights)
+        name, model_dir = chain.registered_name(cfg, stage), result.model_dir(stage)
+        run_id = result.runs.get(stage)
+        if run_id is not None and not tracking.holds_model(settings.tracking_uri, run_id):
+            out[stage] = tracking.register_model(settings.tracking_uri, run_id, model_dir=model_dir,
+                                                 registered_model=name, tags=tags | record.tags, files=record.files)
+        else:
+            out[stage] = tracking.log_model_run(
+                settings.tracking_uri, cfg.experiment, settings.data_dir / "mlartifacts",
+                run_name=f"{stage} as_of={as_of.isoformat()}", params=record.params, metrics=record.metrics,
+                model_dir=model_dir, registered_model=name, series=record.series, tags=tags | record.tags,
+                files=record.files,
+            )
     lineage = {f"prodassoc.{s}_version": r.model_version for s, r in out.items()}
     for reg in out.values():
         tracking.tag_version(settings.tracking_uri, reg.model_name, reg.model_version, lineage)
@@ -311,15 +288,24 @@ def train_models(settings: Settings, as_of: date, *, progress: bool = False, pro
     if cfg.seed is None:
         raise ValueError("training.seed is required to train (PRODASSOC_TRAINING__SEED or `prodassoc train --seed`)")
     device = device_of(cfg)
-    catalog, train = training_data(settings, as_of)
-    start = datetime.combine(as_of, time())
-    out_dir = models_dir(settings, as_of)
-    result = chain.train_chain(catalog, train, start, cfg, device=device, out_dir=out_dir, progress=progress,
-                               hybrid_cfg=settings.hybrid, selection_cfg=settings.selection)
-    registered = register(settings, result, as_of)
-    decision = gate(settings, registered, result, catalog, train, as_of, device, out_dir / "gate", promote=promote)
-    if decision.promoted:
-        for reg in registered.values():
-            tracking.set_alias(settings.tracking_uri, reg.model_name, reg.model_version, cfg.champion_alias)
+    tags = {AS_OF_TAG: as_of.isoformat(), "prodassoc.seed": str(cfg.seed)}
+    # One MLflow run for the whole training, open while it runs; each stage's run is its child.
+    with tracking.TrainingRun(settings.tracking_uri, cfg.experiment, settings.data_dir / "mlartifacts",
+                              run_name=f"train as_of={as_of.isoformat()}", tags=tags) as tracker:
+        catalog, train = training_data(settings, as_of)
+        start = datetime.combine(as_of, time())
+        out_dir = models_dir(settings, as_of)
+        tracker.parent.log_params({"as_of": as_of.isoformat(), "models_dir": str(out_dir), "device": device.describe(),
+                                   "promote": promote})
+        result = chain.train_chain(catalog, train, start, cfg, device=device, out_dir=out_dir, progress=progress,
+                                   hybrid_cfg=settings.hybrid, selection_cfg=settings.selection, tracker=tracker)
+        registered = register(settings, result, as_of)
+        decision = gate(settings, registered, result, catalog, train, as_of, device, out_dir / "gate", promote=promote)
+        if decision.promoted:
+            for reg in registered.values():
+                tracking.set_alias(settings.tracking_uri, reg.model_name, reg.model_version, cfg.champion_alias)
+        tracker.parent.log(0, {f"seconds_{k}": v for k, v in result.seconds.items()})
+        tracker.parent.set_tags({f"prodassoc.{s}_version": r.model_version for s, r in registered.items()}
+                                | {"prodassoc.promoted": str(decision.promoted).lower()})
     return TrainReport(as_of, {s: r.model_version for s, r in registered.items()}, decision, chain.summary(result),
                        result.seconds)

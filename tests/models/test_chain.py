@@ -251,6 +251,10 @@ def test_the_gate_serves_only_what_beats_the_classic_method_and_the_served_model
     assert first.promoted == ("hybrid" in first.segments.values()) and first.champion_version is None
     student = tracking.model_version(settings.tracking_uri, cfg.student.registered_model, "1")
     assert student.tags["prodassoc.gate"] == ("champion" if first.promoted else "candidate")
+    # trained without a tracker: each stage's run is logged at registration, the MLM's beside the others
+    experiments = {stage: tracking.runs_experiment(settings.tracking_uri, tracking.model_version(
+        settings.tracking_uri, chain.registered_name(cfg, stage), "1").run_id) for stage in chain.STAGES}
+    assert set(experiments.values()) == {cfg.experiment}
 
     serving.promote(settings, "1", {"warm": "hybrid", "cold": "hybrid"}, "test: served by hand")
     bad_dir = _spoiled_copy(result.student.model_dir, tmp_path / "bad")

@@ -141,3 +141,21 @@ def test_an_incomplete_store_holding_data_is_never_rebuilt(tmp_path):
     with pytest.raises(tracking.StoreError, match=r"incomplete .* holds data, so it is not rebuilt.*mlflow db upgrade"):
         tracking.ensure_store(uri)
     assert db.read_bytes() == before
+
+
+def test_a_second_store_in_a_process_is_a_copy_with_its_own_artifact_location(tmp_path):
+    """The migrations run once per process; a later store is a copy of the first, complete, whose
+    default experiment keeps its artifacts beside it (as MLflow would have created it)."""
+    from mlflow.tracking import MlflowClient
+
+    first, second = tmp_path / "a", tmp_path / "b"
+    for d in (first, second):
+        tracking.ensure_store(_uri(d))
+        assert _complete(d / "mlflow.db")
+    assert tracking._TEMPLATE is not None
+    for d in (first, second):
+        default = MlflowClient(tracking_uri=_uri(d)).get_experiment("0")
+        assert default.artifact_location == (d / "mlartifacts").resolve().as_uri() + "/0"
+    run_id = tracking.log_run(_uri(second), "copy", tmp_path / "art", "r", {"p": 1}, {"m": 1.0})
+    assert [r.info.run_id for r in tracking.runs(_uri(second), "copy")] == [run_id]
+    assert tracking.runs(_uri(first), "copy") == []

@@ -108,6 +108,72 @@ def test_train_registers_every_stage_and_records_the_gate(trained):
     assert json.loads(json.dumps(out))  # plain values only: the flow's result is readable anywhere
 
 
+def test_every_stage_is_logged_live_in_the_training_experiment(trained):
+    """MLflow shows each stage as it ran: a run opened when the stage started and ended when it
+    ended (duration = the stage's wall time), its loss logged step by step, all four (the MLM
+    too) sibling runs under the training's parent run in the training experiment."""
+    from mlflow.tracking import MlflowClient
+
+    settings, _, out = trained
+    client = MlflowClient(tracking_uri=settings.tracking_uri)
+    experiment = client.get_experiment_by_name(settings.training.experiment).experiment_id
+    runs = {stage: client.get_run(client.get_model_version(name, out["versions"][stage]).run_id)
+            for stage, name in STAGE_MODELS.items()}
+    (parent_id,) = {r.data.tags[tracking.PARENT_TAG] for r in runs.values()}
+    parent = client.get_run(parent_id)
+    assert parent.info.experiment_id == experiment and parent.info.status == "FINISHED"
+    assert parent.data.tags["prodassoc.as_of"] == AS_OF.isoformat()
+    validation = {"mlm": "heldout_loss", "teacher": "val_auc", "student": "val_ndcg", "gnn": "val_ndcg"}
+    previous_end = parent.info.start_time
+    for stage, run in runs.items():
+        info, tags = run.info, run.data.tags
+        assert info.experiment_id == experiment, stage
+        assert info.status == "FINISHED"
+        assert tags["stage"] == stage and tags["prodassoc.as_of"] == AS_OF.isoformat()
+        assert tags["prodassoc.seed"] == str(SEED) and tags["stop_reason"] == out["chain"][stage]["stop_reason"]
+        wall = out["seconds"][stage]
+        assert wall > 1.0  # the tiny stages take seconds, not the ~100 ms of a run logged afterwards
+        assert info.start_time < info.end_time
+        assert (info.end_time - info.start_time) / 1000 == pytest.approx(wall, abs=0.5 + 0.05 * wall), stage
+        assert previous_end <= info.start_time and info.end_time <= parent.info.end_time  # in order, inside
+        previous_end = info.end_time
+        losses = client.get_metric_history(info.run_id, "train_loss")
+        assert len({m.step for m in losses}) > 1, stage
+        assert info.start_time <= min(m.timestamp for m in losses) < max(m.timestamp for m in losses) <= info.end_time
+        assert len(client.get_metric_history(info.run_id, "learning_rate")) == len(losses)
+        assert len(client.get_metric_history(info.run_id, validation[stage])) >= 2, stage  # before, after (gnn: each eval)
+    assert runs["mlm"].data.tags["encoder"] == "scratch"
+    assert runs["mlm"].data.metrics["heldout_loss_after"] == pytest.approx(out["chain"]["mlm"]["loss_after"])
+
+
+def test_a_stage_that_dies_ends_its_run_killed(trained, monkeypatch):
+    """An interrupted stage's run (and the training's) ends KILLED, not RUNNING forever; the stage
+    before it, reused from the models directory, ends FINISHED."""
+    from mlflow.tracking import MlflowClient
+
+    from prodassoc_core.models import pairs
+    from prodassoc_core.pipeline import retrain
+
+    settings, _, _ = trained
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(pairs, "build_task", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        retrain.train_models(settings, AS_OF)
+    client = MlflowClient(tracking_uri=settings.tracking_uri)
+    experiment = client.get_experiment_by_name(settings.training.experiment).experiment_id
+    parent = next(r for r in client.search_runs([experiment], order_by=["attributes.start_time DESC"])
+                  if tracking.PARENT_TAG not in r.data.tags)
+    assert parent.info.status == "KILLED" and parent.info.end_time >= parent.info.start_time
+    children = client.search_runs([experiment], f"tags.`{tracking.PARENT_TAG}` = '{parent.info.run_id}'")
+    status = {r.data.tags["stage"]: r.info.status for r in children}
+    assert status == {"mlm": "FINISHED", "teacher": "KILLED"}
+    assert [r.data.tags.get("prodassoc.reused") for r in children if r.data.tags["stage"] == "mlm"] == ["true"]
+    assert tracking.end_status(RuntimeError()) == "FAILED" and tracking.end_status(None) == "FINISHED"
+
+
 def test_train_writes_the_markdown_artifact(trained):
     _, flow_run_id, out = trained
     (artifact,) = _artifacts(f"train-{AS_OF.isoformat()}", flow_run_id)
