@@ -80,10 +80,10 @@ def _writable(settings) -> None:
 
 def _landed_days(settings) -> list[date]:
     """Transaction days landed or staged (``dt=YYYY-MM-DD`` partitions), sorted."""
-    from prodassoc_core.data import ingest
+    from prodassoc_core.data import landing
 
     days = {d for root in (settings.landing_dir, settings.staging_dir)
-            for d, _ in ingest._partition_dirs(root / "transactions")}
+            for d, _ in landing.partition_dirs(root / "transactions")}
     return sorted(days)
 
 

@@ -80,7 +80,6 @@ import polars as pl
 
 from prodassoc_core.data import contracts as c
 from prodassoc_core.data.landing import Landed, current_snapshot, find_transactions, sha256
-from prodassoc_core.data.landing import partition_dirs as _partition_dirs  # flows/cli.py lists landed days by it
 from prodassoc_core.data.loading import REJECTED, UNREADABLE, Loaded, load, quarantine_rows
 from prodassoc_core.data.manifest import (
     DUPLICATE,

@@ -187,7 +187,7 @@ def gate(
     from prodassoc_core.mining import selection
     from prodassoc_core.models import champions, serving
 
-    sel, cfg = settings.selection, settings.training
+    sel = settings.selection
     k = sel.k
     data = GateData.build(settings, train, as_of)
     classic = settings.associations  # what the catalog would otherwise be served: as set, or chosen on the tune half

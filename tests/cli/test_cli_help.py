@@ -10,8 +10,9 @@ import subprocess
 
 import pytest
 
-from conftest import REPO
 from flows.cli import _date, build_parser
+
+from conftest import REPO
 
 
 def options():

@@ -20,14 +20,13 @@ from pathlib import Path
 
 import polars as pl
 import pytest
-from conftest import land
 
 from prodassoc_core.data import warehouse
 from prodassoc_core.ops import locks
 from prodassoc_core.ops.settings import MiningConfig, Settings
 from prodassoc_core.pipeline import stages
 
-from conftest import REPO, venv_command
+from conftest import REPO, land, venv_command
 
 AS_OF = "2024-01-07"  # land(): 2024-01-01 .. 2024-01-06
 PREFECT_STARTED = "Starting temporary server"  # Prefect's log line when its ephemeral API starts
@@ -144,7 +143,7 @@ def test_a_read_only_data_dir_is_one_line(work):
                           env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=120)
     assert proc.returncode == 4, proc.stderr[-2000:]
     lines = stderr_lines(proc)
-    assert lines == [f"prodassoc: error: data dir data is not writable: Read-only file system"]
+    assert lines == ["prodassoc: error: data dir data is not writable: Read-only file system"]
 
 
 # --- 7. an ingestion error through the whole flow: no Prefect traceback before the message -------

@@ -13,12 +13,13 @@ from pathlib import Path
 import duckdb
 import polars as pl
 import pytest
-from conftest import land
 
 from prodassoc_core.data import contracts as c
 from prodassoc_core.data import warehouse
 from prodassoc_core.ops.settings import Settings
 from prodassoc_core.pipeline import stages
+
+from conftest import land
 
 EVIL = "x'); DROP VIEW catalog; --"
 

@@ -17,14 +17,13 @@ from datetime import date
 import duckdb
 import polars as pl
 import pytest
-from conftest import land
 
 from prodassoc_core.data import contracts as c
 from prodassoc_core.data import ingest, warehouse
 from prodassoc_core.ops.settings import Settings, ValidationConfig
 from prodassoc_core.pipeline import stages
 
-from conftest import REPO
+from conftest import REPO, land
 
 AS_OF = date(2024, 1, 7)
 REAL = "transactions/dt=2024-01-05/part-0.parquet"

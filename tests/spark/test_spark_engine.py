@@ -149,10 +149,11 @@ def test_the_nightly_publishes_the_local_engines_tables(spark, tmp_path):
     publishes for the same landing (the synthetic one of tests/conftest.py)."""
     import pyarrow.parquet as pq
 
-    from conftest import FIRST, N_DAYS, land
     from prodassoc_core.data import warehouse
     from prodassoc_core.ops import HybridConfig, Settings, SparkConfig
     from prodassoc_core.pipeline import stages
+
+    from conftest import FIRST, N_DAYS, land
 
     as_of = FIRST + timedelta(days=N_DAYS)
     published = {}
