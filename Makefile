@@ -7,6 +7,8 @@ STAMP := $(VENV)/.installed
 DEMO_DIR ?= .prodassoc/demo
 DEMO_AS_OF ?= 2011-11-08
 DEMO_TRAIN_MINUTES ?= 2
+# pytest-xdist workers for make test and test-fast: one per core
+TEST_WORKERS ?= auto
 export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 export MLFLOW_DISABLE_TELEMETRY ?= true
 export DO_NOT_TRACK ?= 1
@@ -18,8 +20,8 @@ export OMP_NUM_THREADS ?= 1
 ## install: create .venv (Python 3.11) and install torch (CPU wheel) and prodassoc with its dev extras
 ## browser: best effort: install Debian's headless Chromium for the Data Docs browser test (root + apt)
 ## demo: the whole product on the shipped sample: import (with bad rows), train, gate, nightly, what was served (DEMO_DIR)
-## test: the whole test suite (installs first; the browser test skips, saying why, without Chromium)
-## test-fast: the tests not marked slow
+## test: the whole test suite on every core (installs first; tiers in tests/conftest.py; production tests need CI=true)
+## test-fast: the unit tier only (not slow, production, spark or gpu), for the edit loop
 ## bench: rule mining against pyfim and mlxtend (benchmarks/bench_mining.py)
 ## clean: remove .venv, .prodassoc and the pytest cache
 
@@ -49,6 +51,10 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q torch==2.13.0
 	$(BIN)/python -m pip install -q -e '.[dev]'
+	@if ! command -v java >/dev/null; then \
+	  echo "NOTE: java is not on PATH: the spark engine (PRODASSOC_ENGINE=spark) needs Java 17 (apt-get install openjdk-17-jre-headless); tests/spark will skip"; \
+	elif [ "$$(java -version 2>&1 | awk -F'"' '/version/ { split($$2, v, "."); print v[1]; exit }')" -lt 17 ] 2>/dev/null; then \
+	  echo "NOTE: $$(java -version 2>&1 | head -1): the spark engine needs Java 17 or newer; tests/spark will fail to start Spark"; fi
 	touch $(STAMP)
 
 demo: $(STAMP)
@@ -67,10 +73,10 @@ demo: $(STAMP)
 	$(BIN)/python scripts/demo_report.py $(DEMO_DIR) $(DEMO_AS_OF)
 
 test: $(STAMP) browser
-	$(BIN)/python -m pytest -q -ra
+	$(BIN)/python -m pytest -q -ra -n $(TEST_WORKERS) --dist loadfile
 
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest -q -ra -m "not slow"
+	$(BIN)/python -m pytest -q -ra -n $(TEST_WORKERS) --dist loadfile -m "not slow"
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_mining.py

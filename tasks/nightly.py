@@ -55,7 +55,6 @@ def record_run(
 
     The artifact is written even when MLflow is unreachable (saying so), then the error is raised.
     """
-    import pyarrow.parquet as pq
     from prefect.artifacts import create_markdown_artifact
     from prefect.runtime import flow_run
 
@@ -67,7 +66,7 @@ def record_run(
     model = run_summary.served_model(served)
     embedded = [p["path"] for p in published if p["table"] == PRODUCT_EMBEDDINGS.name]
     embedding_model = stages.embedding_model(embedded[0]) if embedded else None
-    metrics = run_summary.nightly_metrics(ingest_report, published, pq.read_metadata(baskets_path).num_rows, timings)
+    metrics = run_summary.nightly_metrics(ingest_report, published, stages.basket_count(baskets_path), timings)
     params = run_summary.nightly_params(
         as_of, served, settings.lookback_days, settings.mining, settings.associations, embedding_model
     )

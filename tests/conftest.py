@@ -111,6 +111,36 @@ production = [
 ]
 
 
+# --- test tiers -------------------------------------------------------------------------------------
+# unit (no marker): in-process, seconds; `make test-fast` runs only these.
+# slow: runs flows, trains models, starts processes, servers or a browser (listed here, one place).
+# production: real Prefect / MLflow servers on loopback (tests/production; CI=true runs them).
+# spark: a local Spark session (tests/spark). gpu: needs CUDA (skipped without it).
+# `make test` runs every tier, spread over the machine's cores (pytest-xdist, one file per worker).
+SLOW_MODULES = {
+    "cli/test_cli.py", "cli/test_reliability_cli.py",
+    "data/test_object_store.py", "data/test_online_retail_ingest.py", "data/test_data_docs_browser.py",
+    "evaluation/test_evaluate_flow.py", "evaluation/test_evaluate_models.py",
+    "models/test_budgets.py", "models/test_chain.py", "models/test_graph.py", "models/test_hybrid.py",
+    "models/test_mlm.py", "models/test_reliability_mlflow_store.py",
+    "pipeline/test_nightly_flow.py", "pipeline/test_train_flow.py", "pipeline/test_run_report.py",
+    "pipeline/test_reliability_concurrency.py", "pipeline/test_reliability_faults.py",
+    "pipeline/test_reliability_loss.py", "pipeline/test_reliability_reruns.py",
+}
+TIER_FOLDERS = {"production": "production", "spark": "spark", "gpu": "gpu"}
+
+
+def pytest_collection_modifyitems(config, items):
+    tests = Path(__file__).resolve().parent
+    for item in items:
+        rel = item.path.resolve().relative_to(tests).as_posix()
+        folder = rel.split("/")[0]
+        if folder in TIER_FOLDERS:
+            item.add_marker(TIER_FOLDERS[folder])
+        if rel in SLOW_MODULES or folder in TIER_FOLDERS:
+            item.add_marker(pytest.mark.slow)
+
+
 def free_port() -> int:
     """A TCP port free on 127.0.0.1 right now."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
@@ -174,3 +204,23 @@ def wait_http(url: str, proc: subprocess.Popen, log: Path, timeout_s: float = 90
             pass
         time.sleep(0.5)
     pytest.fail(f"{url} did not answer within {timeout_s:.0f} s:\n{log_tail(log)}")
+
+
+# --- the spark engine (tests/spark): one local Spark session for every test that needs it ---------
+
+
+@pytest.fixture(scope="session")
+def spark():
+    """A ``local[2]`` Spark session shared by the whole run (starting one costs ~15 s); skips,
+    saying why, without pyspark or Java."""
+    import shutil
+
+    pytest.importorskip("pyspark", reason="pyspark is not installed (pip install 'prodassoc[spark]')")
+    if shutil.which("java") is None and not os.environ.get("JAVA_HOME"):
+        pytest.skip("java is not on PATH: the spark engine needs Java 17")
+    from prodassoc_core.data import spark as spark_data
+    from prodassoc_core.ops import SparkConfig
+
+    session = spark_data.session(SparkConfig(master="local[2]", shuffle_partitions=2, driver_memory="1g"))
+    yield session
+    session.stop()

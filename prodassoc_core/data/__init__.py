@@ -1,9 +1,12 @@
 """Data in: contracts, importers, ingestion with validation and quarantine, baskets, storage, the warehouse.
 
 Owns every table's schema (``contracts``), turning a source export into landed Parquet
-(``importers``), validating and staging what lands, quarantining what fails (``ingest``,
-``validation``), grouping lines into baskets (``baskets``), object-store locations (``storage``)
-and the partitioned warehouse with its commit markers and views (``warehouse``).
+(``importers``), validating and staging what lands, quarantining what fails (``ingest``, which
+runs its steps: discover ``landing``, read ``loading``, validate ``verdicts`` with the rules and
+Great Expectations of ``validation``, ``reconcile``, stage ``staging``, record ``manifest``),
+grouping lines into baskets (``baskets``), the Spark session and Spark baskets of ``engine: spark``
+(``spark``), object-store locations (``storage``) and the partitioned warehouse with its commit
+markers and views (``warehouse``).
 
 May import: ops. Other packages import this one through the names below
 (``from prodassoc_core.data import ...``), never through its modules' private names;
@@ -12,7 +15,10 @@ the names load on first use, so importing the package costs nothing until one is
 
 from prodassoc_core._exports import lazy_exports
 
-MODULES = ("baskets", "contracts", "importers", "ingest", "storage", "validation", "warehouse")
+MODULES = (
+    "baskets", "contracts", "importers", "ingest", "landing", "loading", "manifest", "reconcile", "spark",
+    "staging", "storage", "validation", "verdicts", "warehouse",
+)
 NAMES = {
     "ITEMS": "baskets",
     "ALL_TABLES": "contracts",
@@ -31,6 +37,7 @@ NAMES = {
     "PUBLISHED_TABLES": "contracts",
     "TITLE": "contracts",
     "TRANSACTIONS": "contracts",
+    "quarantine_schema": "contracts",
     "read_basket_csv": "importers",
     "IngestError": "ingest",
     "StorageError": "warehouse",

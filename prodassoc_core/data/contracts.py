@@ -165,6 +165,14 @@ LINEAGE_FIELDS = [
     _field(PARTITION, pa.string(), nullable=False),
 ]
 
+
+
+def quarantine_schema(contract: TableContract) -> pa.Schema:
+    """What a quarantined row of ``contract`` has at least: its columns as landed (a column whose
+    type did not convert is kept as text), the lineage and the reason (``_reason``)."""
+    return pa.schema([*contract.schema, *LINEAGE_FIELDS, _field(REASON, pa.string(), nullable=False)])
+
+
 MANIFEST = TableContract(
     name="manifest",
     schema=pa.schema(

@@ -406,8 +406,16 @@ def duckdb_literal_path(path: Path | str) -> str:
     return re.sub(r"([*?\[])", r"[\1]", str(path))
 
 
+def _empty_select(con, schema: pa.Schema) -> str:
+    """A SELECT with ``schema``'s columns, typed as DuckDB reads them from Parquet, and no rows."""
+    types = con.from_arrow(schema.empty_table()).types
+    columns = ", ".join(f"CAST(NULL AS {t}) AS {_quote_identifier(f.name)}" for f, t in zip(schema, types))
+    return f"SELECT {columns} WHERE false"
+
+
 def refresh_views(
-    duckdb_path: Path, sources: dict[str, str | Sequence[Path]], meta: dict[str, str] | None = None
+    duckdb_path: Path, sources: dict[str, str | Sequence[Path]], meta: dict[str, str] | None = None,
+    empty: dict[str, pa.Schema] | None = None,
 ) -> list[str]:
     """Rebuild the DuckDB file with one view per source that matches files; returns the views made.
 
@@ -418,6 +426,8 @@ def refresh_views(
     in the paths are escaped), or a glob string (expanded by DuckDB). A source whose files
     live in ``run_date=`` partitions also gets ``latest_<name>``, restricted to the newest
     run date. View names must be identifiers; paths enter the SQL as escaped string literals only.
+    A source without files gets no view, unless ``empty`` gives its schema: then its view exists
+    with those columns and no rows (the quarantine views, before anything was quarantined).
     With a ``catalog`` view, the analysts' views with titles too (``create_analyst_views``); columns
     listed in ``VIEW_COLUMN_RENAMES`` are renamed in their view.
     """
@@ -447,6 +457,9 @@ def refresh_views(
                     files = [duckdb_literal_path(p) for p in source if Path(p).is_file()]
                     partitioned = any("run_date=" in str(p) for p in source)
                 if not files:
+                    if name in (empty or {}):
+                        con.execute(f"CREATE OR REPLACE VIEW {view} AS {_empty_select(con, empty[name])}")
+                        made.append(name)
                     continue
                 listed = "[" + ", ".join(_quote_literal(f) for f in files) + "]"
                 scan = f"read_parquet({listed}, hive_partitioning = true, union_by_name = true)"

@@ -266,6 +266,18 @@ def mine_rules(
         )
         .filter(pl.Series(values=keep))
     )
+    return rules_table(counts)
+
+
+def rules_table(counts: pl.DataFrame) -> pa.Table:
+    """The ``association_rules`` table of rules given by their counts: ids, metrics, order.
+
+    ``counts``: one row per rule that passed both thresholds, with antecedent (list of items,
+    sorted), consequent, n_transactions, n_antecedent, n_consequent, n_rule. Every engine
+    (this module, ``spark_mining``) finishes its rules here, so ids, metrics and order agree.
+    """
+    if counts.height == 0:
+        return ASSOCIATION_RULES.schema.empty_table()
     keys = counts.select(_rule_key(pl.col("antecedent"), pl.col("consequent"))).to_series()
     ids = [_hash_key(key) for key in keys]
     rules = (

@@ -259,14 +259,26 @@ def bundles(
     sets = pl.from_arrow(frequent_itemsets(item_lists, min_support, min_len=min_size, max_len=max_size))
     if sets.height == 0:
         return pl.DataFrame(schema=BUNDLE_SCHEMA)
-    linked = {
-        (min(p, q), max(p, q)) for p, q in associated.select(PRODUCT_ID, ASSOCIATED_PRODUCT_ID).iter_rows()
-    }
-    n = len(item_lists)
     counts: dict[str, int] = {}
     for basket in item_lists:
         for item in set(basket):
             counts[item] = counts.get(item, 0) + 1
+    return bundles_of(sets, counts, len(item_lists), associated, top_n=top_n, min_baskets=min_baskets,
+                      min_item_baskets=min_item_baskets, min_lift=min_lift)
+
+
+def bundles_of(
+    sets: pl.DataFrame, counts: Mapping[str, int], n: int, associated: pl.DataFrame, *, top_n: int = 200,
+    min_baskets: int = 10, min_item_baskets: int = 20, min_lift: float = 2.0,
+) -> pl.DataFrame:
+    """``bundles`` from the window's frequent item sets (``sets``: itemset, count, as
+    ``frequent_itemsets`` gives them), the basket count of each of their products (``counts``)
+    and the number of baskets ``n``: what either engine counted."""
+    if sets.height == 0:
+        return pl.DataFrame(schema=BUNDLE_SCHEMA)
+    linked = {
+        (min(p, q), max(p, q)) for p, q in associated.select(PRODUCT_ID, ASSOCIATED_PRODUCT_ID).iter_rows()
+    }
     rows = []
     for itemset, count in sets.select("itemset", "count").iter_rows():
         least = min(counts[i] for i in itemset)

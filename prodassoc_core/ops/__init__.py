@@ -26,6 +26,7 @@ NAMES = {
     "MlmConfig": "settings",
     "PairConfig": "settings",
     "SelectionConfig": "settings",
+    "SparkConfig": "settings",
     "Settings": "settings",
     "TrainingConfig": "settings",
     "ValidationConfig": "settings",

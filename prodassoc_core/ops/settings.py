@@ -409,10 +409,35 @@ class TrainingConfig(BaseModel):
     champion_alias: str = "champion"
 
 
+ENGINES = ("local", "spark")
+
+
+class SparkConfig(BaseModel):
+    """The Spark session of ``engine: spark`` (prodassoc_core/data/spark.py).
+
+    ``master`` is where the jobs run: ``local[2]`` (tests, a laptop), ``spark://host:7077``,
+    ``yarn`` or ``k8s://https://...`` in production. Under ``spark-submit`` or on Databricks the
+    session already exists and is used as it is (its master and conf win over these).
+    """
+
+    master: str = Field("local[2]", description="spark.master of a session this process starts")
+    app_name: str = "prodassoc"
+    driver_memory: str = Field("2g", description="spark.driver.memory of a session this process starts")
+    shuffle_partitions: int = Field(
+        4, ge=1, description="spark.sql.shuffle.partitions: small for local mode; raise it with the cluster")
+    ui: bool = Field(False, description="spark.ui.enabled (off in tests and on shared machines)")
+    log_level: Literal["ERROR", "WARN", "INFO", "DEBUG"] = "ERROR"
+    conf: dict[str, str] = Field(
+        default_factory=dict, description="further spark.* settings, e.g. {'spark.executor.memory': '8g'}")
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="PRODASSOC_", env_nested_delimiter="__")
 
     data_dir: Path = Path(".prodassoc")
+    engine: Literal[ENGINES] = Field(  # type: ignore[valid-type]
+        "local", description="local: polars and pyfim in this process; spark: the nightly's data stages as Spark jobs")
+    spark: SparkConfig = SparkConfig()
     warehouse_url: str | None = Field(
         None, description="s3://bucket/prefix: tables are also published there (docs/object_store.md)"
     )

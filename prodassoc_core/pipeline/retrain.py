@@ -90,7 +90,7 @@ def training_data(settings: Settings, as_of: date) -> tuple[pl.DataFrame, pl.Dat
     """(catalog, training baskets): ingest what landed before as_of, then build the window's baskets."""
     stages.ingest_landing(settings, as_of)
     baskets_path = stages.build_baskets(settings, as_of)
-    return ingest.read_staged_catalog(settings.staging_dir), pl.read_parquet(baskets_path)
+    return ingest.read_staged_catalog(settings.staging_dir), stages.read_baskets_frame(baskets_path)
 
 
 def models_dir(settings: Settings, as_of: date) -> Path:

@@ -18,6 +18,15 @@ catalog, and per segment (warm, cold) the hybrid of the newest models that passe
 gate and were trained on data before ``as_of``; with such models ``product_embeddings`` of the
 served student are published with the other tables.
 
+Engines (``settings.engine``): ``local`` runs every stage in this process (polars, pyfim);
+``spark`` runs the data stages' heavy work as Spark jobs on ``settings.spark.master``: baskets
+(written as a Parquet dataset directory at the same path), rule mining, the classic pair rankings
+and the bundles' item sets. Each stage still stages the same table, with the same schema, for the
+same ``publish``; what comes back to the driver is the answer (rules, top-K pairs, bundles).
+Ingestion, the classic method's choice (``serving.classic_choice``: once per
+``selection.reselect_days``, on baskets collected from Spark), ``decayed_damped`` and
+``popularity`` rankings and the hybrid run on the driver with the local code.
+
 Fault points (``warehouse.fault_point``, for tests and drills): ``run.locked`` (run lock
 taken), ``ingest``, ``baskets``, ``mine``, ``associate``, ``bundle``, ``publish`` (each stage's start),
 ``publish.between_tables`` (after each table's partition), ``commit.before`` (before the run's commit marker).
@@ -42,6 +51,7 @@ from prodassoc_core.data import (
     ALL_TABLES,
     ASSOCIATION_RULES,
     BUNDLES,
+    CATALOG,
     OPTIONAL_TABLES,
     PRODUCT_ASSOCIATIONS,
     PRODUCT_EMBEDDINGS,
@@ -50,10 +60,12 @@ from prodassoc_core.data import (
     TRANSACTIONS,
     baskets,
     ingest,
+    quarantine_schema,
+    spark,
     storage,
     warehouse,
 )
-from prodassoc_core.mining import methods, mine_rules
+from prodassoc_core.mining import methods, mine_rules, spark_mining
 from prodassoc_core.ops import BasketConfig, Settings, locks
 
 log = logging.getLogger("prodassoc.pipeline")
@@ -92,6 +104,7 @@ def ingest_landing(settings: Settings, as_of: date) -> ingest.IngestReport:
     shared by the runs of all dates.
     """
     warehouse.fault_point("ingest")
+    settings.quarantine_dir.mkdir(parents=True, exist_ok=True)  # where analysts look, even while empty
     with locks.ingest_lock(settings.locks_dir, timeout=settings.ingest_lock_timeout_s):
         # an s3:// landing (storage.object_store_locations) is first copied into the local landing dir
         storage.sync_configured_landing(settings.landing_dir, settings.landing_url)
@@ -110,21 +123,72 @@ def build_baskets(settings: Settings, as_of: date) -> Path:
     """Baskets of the training window, written to the run directory."""
     warehouse.fault_point("baskets")
     window = Window.before(as_of, settings.lookback_days)
-    lines = ingest.read_staged_transactions(settings.staging_dir, window.start, window.end)
     out = run_dir(settings, as_of) / BASKETS_FILE
-    frame = baskets.baskets(lines, settings.baskets).collect()
-    if frame.height == 0:  # publishing empty tables would mark the date done (backfills skip it)
+    if settings.engine == "spark":
+        n = _spark_baskets(settings, window, out)
+    else:
+        lines = ingest.read_staged_transactions(settings.staging_dir, window.start, window.end)
+        frame = baskets.baskets(lines, settings.baskets).collect()
+        n = frame.height
+        if n:
+            warehouse.atomic_write_parquet(frame.to_arrow(), out, out.parent / warehouse.TMP_DIR)
+    if n == 0:  # publishing empty tables would mark the date done (backfills skip it)
         raise NoDataError(
             f"as_of {as_of}: no baskets in the training window [{window.start}, {window.end}) of "
             f"{settings.staging_dir}; nothing is published (is as_of outside the landed data?)"
         )
-    warehouse.atomic_write_parquet(frame.to_arrow(), out, out.parent / warehouse.TMP_DIR)
-    log.info("baskets: %d orders in [%s, %s)", frame.height, window.start, window.end)
+    log.info("baskets: %d orders in [%s, %s)", n, window.start, window.end)
     return out
 
 
+def spark_session(settings: Settings):
+    """The Spark session of ``engine: spark`` (data/spark.py: the active one, or one from ``settings.spark``)."""
+    return spark.session(settings.spark)
+
+
+def _spark_baskets(settings: Settings, window: Window, out: Path) -> int:
+    """The window's baskets as a Spark job, written as a Parquet dataset directory at ``out``;
+    returns their number (0: nothing written)."""
+    session = spark_session(settings)
+    lines = spark.read_staged_transactions(session, settings.staging_dir, window.start, window.end)
+    if lines is None:
+        return 0
+    n = spark.write_parquet(spark.baskets(lines, settings.baskets), out)
+    if n == 0:
+        spark.remove(out)
+    return n
+
+
+def spark_baskets_between(settings: Settings):
+    """``serving.classic_choice``'s ``baskets_between`` for the spark engine: the baskets of the
+    staged lines ordered in [start, end), built in Spark, collected (the choice runs on the driver)."""
+
+    def load(start: date, end: date) -> pl.DataFrame:
+        session = spark_session(settings)
+        lines = spark.read_staged_transactions(session, settings.staging_dir, start, end)
+        if lines is None:
+            return baskets.baskets(pl.LazyFrame(schema=TRANSACTIONS.polars_schema), settings.baskets).collect()
+        return pl.from_arrow(spark.baskets(lines, settings.baskets).toArrow())
+
+    return load
+
+
 def read_baskets(path: Path) -> list[list[str]]:
-    return pl.read_parquet(path, columns=[baskets.ITEMS], glob=False)[baskets.ITEMS].to_list()
+    """The item lists of a run's baskets (a file, or the spark engine's dataset directory)."""
+    return read_baskets_frame(path, columns=[baskets.ITEMS])[baskets.ITEMS].to_list()
+
+
+def read_baskets_frame(path: Path, columns: list[str] | None = None) -> pl.DataFrame:
+    """A run's baskets (order_id, ordered_at, items) in their order: ``build_baskets``' file, or
+    the Parquet dataset directory the spark engine writes there (its part files in order)."""
+    return pl.from_arrow(pq.read_table(path, columns=columns))
+
+
+def basket_count(path: Path) -> int:
+    """The number of baskets at ``path`` (file or dataset directory), from the Parquet footers."""
+    import pyarrow.dataset as ds
+
+    return ds.dataset(path, format="parquet").count_rows()
 
 
 def _stage(table: pa.Table, name: str, baskets_path: Path) -> Path:
@@ -138,7 +202,10 @@ def _stage(table: pa.Table, name: str, baskets_path: Path) -> Path:
 def mine(settings: Settings, baskets_path: Path, as_of: date) -> Path:
     """Association rules of the training window's baskets."""
     warehouse.fault_point("mine")
-    rules = mine_rules(read_baskets(baskets_path), settings.mining)
+    if settings.engine == "spark":
+        rules = spark_mining.mine_rules(spark.read_parquet(spark_session(settings), baskets_path), settings.mining)
+    else:
+        rules = mine_rules(read_baskets(baskets_path), settings.mining)
     return _stage(rules, ASSOCIATION_RULES.name, baskets_path)
 
 
@@ -159,16 +226,26 @@ def associate(settings: Settings, baskets_path: Path, as_of: date) -> dict[str, 
     from prodassoc_core.models import serving
 
     warehouse.fault_point("associate")
-    train = pl.read_parquet(baskets_path, glob=False)
-    plan = serving.plan(settings, as_of)
+    on_spark = settings.engine == "spark"
+    plan = serving.plan(settings, as_of, spark_baskets_between(settings) if on_spark else None)
     log.info("associate: %s", plan.describe())
     staged: dict[str, Path] = {}
     parts = []
+    train: pl.DataFrame | None = None
     if plan.source("warm") == serving.CLASSIC:  # the classic ranking only where it is served
-        ranking = methods.config_associations(train, datetime.combine(as_of, time()), plan.classic)
-        classic = pl.from_arrow(methods.publishable(ranking, train[baskets.ITEMS].to_list()))
+        if on_spark and plan.classic.method in spark_mining.PAIR_METHODS:
+            lines = spark.read_parquet(spark_session(settings), baskets_path)
+            classic = pl.from_arrow(spark_mining.product_associations(lines, plan.classic))
+        else:
+            if on_spark:
+                log.info("associate: %s runs on the driver (the spark engine ranks %s in Spark)",
+                         plan.classic.method, ", ".join(spark_mining.PAIR_METHODS))
+            train = read_baskets_frame(baskets_path)
+            ranking = methods.config_associations(train, datetime.combine(as_of, time()), plan.classic)
+            classic = pl.from_arrow(methods.publishable(ranking, train[baskets.ITEMS].to_list()))
         parts.append(classic.with_columns(source=pl.lit(serving.CLASSIC), is_cold_start=pl.lit(False)))
     if plan.serves_hybrid:
+        train = read_baskets_frame(baskets_path) if train is None else train
         hybrid_rows, embeddings = _hybrid_rows(settings, plan, train, as_of, baskets_path)
         parts.append(hybrid_rows)
         staged[PRODUCT_EMBEDDINGS.name] = _stage(embeddings, PRODUCT_EMBEDDINGS.name, baskets_path)
@@ -216,10 +293,20 @@ def bundle(settings: Settings, baskets_path: Path, associations_path: Path) -> P
 
     warehouse.fault_point("bundle")
     h = settings.hybrid
-    items = read_baskets(baskets_path)
     associated = pl.read_parquet(associations_path, columns=[PRODUCT_ID, "associated_product_id"], glob=False)
-    found = hybrid.bundles(items, associated, min_support=h.bundle_min_support, min_size=h.bundle_min_size,
-                           max_size=h.bundle_max_size, top_n=h.bundle_top_n)
+    if settings.engine == "spark":
+        lines = spark.read_parquet(spark_session(settings), baskets_path)
+        # the items' own counts come with the sets (every item of a frequent set is frequent)
+        sets = pl.from_arrow(spark_mining.frequent_itemsets(lines, h.bundle_min_support, min_len=1,
+                                                            max_len=h.bundle_max_size))
+        singles = sets.filter(pl.col("length") == 1)
+        counts = dict(zip(singles["itemset"].list.first().to_list(), singles["count"].to_list()))
+        found = hybrid.bundles_of(sets.filter(pl.col("length") >= h.bundle_min_size), counts, lines.count(),
+                                  associated, top_n=h.bundle_top_n)
+    else:
+        items = read_baskets(baskets_path)
+        found = hybrid.bundles(items, associated, min_support=h.bundle_min_support, min_size=h.bundle_min_size,
+                               max_size=h.bundle_max_size, top_n=h.bundle_top_n)
     catalog = ingest.read_staged_catalog(settings.staging_dir)
     titles = dict(zip(catalog[PRODUCT_ID].to_list(), catalog["title"].to_list()))
     found = found.with_columns(
@@ -360,8 +447,9 @@ def refresh_views(settings: Settings) -> list[str]:
         "manifest": [manifest],
     }
     meta = {"data_dir": str(settings.data_dir.resolve())}
+    empty = {"quarantine_transactions": quarantine_schema(TRANSACTIONS), "quarantine_catalog": quarantine_schema(CATALOG)}
     with locks.views_lock(settings.locks_dir, timeout=VIEWS_LOCK_TIMEOUT_S):
-        return warehouse.refresh_views(settings.duckdb_path, sources, meta)
+        return warehouse.refresh_views(settings.duckdb_path, sources, meta, empty)
 
 
 def open_views(settings: Settings):

@@ -62,6 +62,21 @@ def test_published_tables_open_in_duckdb(demo):
     assert titled == con.execute("SELECT count(*) FROM latest_product_associations").fetchone()[0]
 
 
+def test_quarantine_views_exist_while_nothing_is_quarantined(demo):
+    """The shipped sample is clean: the quarantine views are there, empty, with the columns a
+    quarantined row has (issue 14, item 1), and so is the quarantine folder."""
+    settings, first = demo
+    assert first["ingest"]["rows_quarantined"] == 0
+    assert settings.quarantine_dir.is_dir()
+    con = duckdb.connect(str(settings.duckdb_path), read_only=True)
+    for view in ("quarantine_transactions", "quarantine_catalog"):
+        assert con.execute(f"SELECT count(*) FROM {view}").fetchone()[0] == 0
+        columns = [row[0] for row in con.execute(f"DESCRIBE {view}").fetchall()]
+        assert columns[-4:] == ["_source_file", "_source_row", "_partition", "_reason"]
+    types = {row[0]: row[1] for row in con.execute("DESCRIBE quarantine_transactions").fetchall()}
+    assert types["ordered_at"].startswith("TIMESTAMP") and types["quantity"] == "BIGINT"
+
+
 def test_rerun_ingests_nothing_twice_and_replaces_its_partition(demo):
     from flows.nightly import nightly
 

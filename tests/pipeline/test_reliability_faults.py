@@ -108,8 +108,8 @@ def start_child(settings: Settings, staged: dict[str, Path], fault: str | None) 
     return subprocess.Popen(args, cwd=REPO, env=env, stderr=subprocess.PIPE, text=True)
 
 
-def wait_for(proc: subprocess.Popen, needle: str, timeout: float = 60) -> str:
-    """Read the child's stderr until a line contains ``needle``."""
+def wait_for(proc: subprocess.Popen, needle: str, timeout: float = 180) -> str:
+    """Read the child's stderr until a line contains ``needle`` (bounded: a loaded CI machine is slow, not hung)."""
     if not hasattr(proc, "lines"):
         proc.lines = queue.Queue()
         threading.Thread(target=lambda: [proc.lines.put(x) for x in proc.stderr], daemon=True).start()
@@ -134,11 +134,12 @@ def kill(proc: subprocess.Popen) -> None:
     assert proc.wait(timeout=30) == -signal.SIGKILL
 
 
-def version_seen(settings: Settings, contract: TableContract) -> str:
+def version_seen(settings: Settings, contract: TableContract, strict: bool = True) -> str:
     """Which complete version pyarrow sees in the partition file; fails on anything partial.
 
     The DuckDB views show that version when the run date is committed, and nothing of the
-    date when it is not (a publish stopped between tables is never half visible)."""
+    date when it is not (a publish stopped between tables is never half visible); not ``strict``:
+    or the whole old version, in the moment between withdrawing the marker and rebuilding the views."""
     table = warehouse.read_partition(settings.warehouse_dir, contract, RUN_DATE)
     version = table.column(0)[0].as_py().split("-")[0]
     expected = synthetic(contract, ROWS if version == "v1" else ROWS + 1, version)
@@ -146,7 +147,10 @@ def version_seen(settings: Settings, contract: TableContract) -> str:
     with duckdb.connect(str(settings.duckdb_path), read_only=True) as con:
         first = contract.schema.names[0]
         views = {r[0] for r in con.execute("SELECT view_name FROM duckdb_views()").fetchall()}
-        if warehouse.committed(settings.warehouse_dir, RUN_DATE) is not None:
+        committed = warehouse.committed(settings.warehouse_dir, RUN_DATE) is not None
+        if committed or (not strict and f"latest_{contract.name}" in views):
+            # (not strict: a kill at a random moment can fall after withdrawing the marker and before
+            # the views are rebuilt without the date; no table was replaced yet, so they show it whole)
             n, lo = con.execute(f"SELECT count(*), min({first}) FROM latest_{contract.name}").fetchone()
             assert (n, lo.split("-")[0]) == (table.num_rows, version)
         else:
@@ -207,7 +211,7 @@ def test_sigkill_at_random_moments(published_v1, versions):
         proc.kill()  # SIGKILL; a no-op if it already finished
         assert proc.wait(timeout=30) in (0, -signal.SIGKILL)
         # whatever the moment: every table is one complete version, a committed run is one version
-        assert set(version_seen(settings, t) for t in TABLES) <= {"v1", "v2"}
+        assert set(version_seen(settings, t, strict=False) for t in TABLES) <= {"v1", "v2"}
         assert committed_version(settings) in (None, "v1", "v2")
         stages.publish(settings, RUN_DATE, versions["v1"])  # back to v1 for the next round
     assert_rerun_completes(settings, versions)

@@ -147,7 +147,7 @@ STORAGE_CHILD = r"""
 import json, subprocess, sys
 from datetime import date
 from pathlib import Path
-sys.path.insert(0, sys.argv[3])
+sys.path[:0] = [sys.argv[3], str(Path(sys.argv[3]).parent)]  # the test modules and their conftest
 from prodassoc_core.pipeline import stages
 from prodassoc_core.data import warehouse
 from prodassoc_core.data.contracts import ASSOCIATION_RULES, PRODUCT_ASSOCIATIONS

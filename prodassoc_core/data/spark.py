@@ -1,0 +1,170 @@
+"""The Spark side of the data layer (``engine: spark``): the session, staged lines, baskets.
+
+The session is got or created once per process (``session``): under ``spark-submit``, on
+Databricks or in a notebook the active session is used as it is; otherwise one is started with
+``SparkConfig`` (master, driver memory, shuffle partitions, no UI, quiet logs). pyspark is
+imported here and in ``prodassoc_core.mining.spark_mining`` only, so the local engine never
+needs it (nor Java).
+
+Baskets follow exactly the rules of ``prodassoc_core.data.baskets`` (its module doc). The one
+rule written as a regular expression (``non_product_pattern``) is decided on the driver, with
+the same polars expression, for the window's distinct product ids (a catalog, not the lines):
+Java's and Rust's regex dialects differ at the edges (``$`` before a final newline).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import shutil
+import threading
+import warnings
+from datetime import date
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import polars as pl
+
+from prodassoc_core.data.baskets import ITEMS, is_non_product
+from prodassoc_core.data.contracts import ORDER_ID, ORDERED_AT, PRODUCT_ID, QUANTITY, TRANSACTIONS, UNIT_PRICE
+from prodassoc_core.ops import BasketConfig, SparkConfig
+
+if TYPE_CHECKING:
+    from pyspark.sql import DataFrame, SparkSession
+
+log = logging.getLogger("prodassoc.spark")
+_LOCK = threading.Lock()
+_PARTITION = re.compile(r"dt=(\d{4}-\d{2}-\d{2})")
+
+
+class SparkUnavailableError(RuntimeError):
+    """``engine: spark`` without pyspark or without Java."""
+
+
+def session(cfg: SparkConfig) -> "SparkSession":
+    """The process's Spark session: the active one when there is one (spark-submit, Databricks),
+    else a new one from ``cfg``. Thread-safe: the nightly's side-by-side stages share it."""
+    with _LOCK:
+        # pyspark 4.3 warns that pandas >= 3 is "not fully supported": data moves through Arrow here
+        warnings.filterwarnings("ignore", message="PySpark does not yet fully support pandas", category=FutureWarning)
+        try:
+            from pyspark.sql import SparkSession
+        except ImportError as exc:
+            raise SparkUnavailableError(
+                "engine 'spark' needs pyspark: pip install 'prodassoc[spark]' (and Java 17)") from exc
+        active = SparkSession.getActiveSession()
+        if active is not None:
+            return active
+        if shutil.which("java") is None and not os.environ.get("JAVA_HOME"):
+            raise SparkUnavailableError("engine 'spark' needs Java 17 (java is not on PATH and JAVA_HOME is unset)")
+        conf = {
+            "spark.driver.memory": cfg.driver_memory,
+            "spark.sql.shuffle.partitions": str(cfg.shuffle_partitions),
+            "spark.ui.enabled": str(cfg.ui).lower(),
+            "spark.ui.showConsoleProgress": "false",
+            "spark.sql.session.timeZone": "UTC",  # ordered_at is a local wall-clock time: never shifted
+            "spark.sql.execution.arrow.pyspark.enabled": "true",
+            "spark.log.level": cfg.log_level,
+            **cfg.conf,
+        }
+        builder = SparkSession.builder.master(cfg.master).appName(cfg.app_name)
+        for key, value in conf.items():
+            builder = builder.config(key, value)
+        spark = builder.getOrCreate()
+        spark.sparkContext.setLogLevel(cfg.log_level)
+        log.info("spark %s session on %s", spark.version, spark.sparkContext.master)
+        return spark
+
+
+def staged_transaction_files(staging_dir: Path, start: date, end: date) -> list[str]:
+    """The staged transaction files with partition date in [start, end): the files that
+    ``ingest.read_staged_transactions`` reads (``dt=YYYY-MM-DD`` directories, visible Parquet files)."""
+    root = Path(staging_dir) / TRANSACTIONS.name
+    if not root.is_dir():
+        return []
+    files = []
+    for d in sorted(root.glob("dt=*")):
+        m = _PARTITION.fullmatch(d.name)
+        if not (m and d.is_dir()):
+            continue
+        try:
+            day = date.fromisoformat(m.group(1))
+        except ValueError:
+            continue
+        if start <= day < end:
+            files += sorted(str(p.resolve()) for p in d.glob("*.parquet")
+                            if p.is_file() and not p.name.startswith((".", "_")))
+    return files
+
+
+def read_staged_transactions(spark: "SparkSession", staging_dir: Path, start: date, end: date) -> "DataFrame | None":
+    """Accepted transaction lines with partition date in [start, end) as a Spark frame of the
+    TRANSACTIONS columns; None when no partition is staged in the window."""
+    files = staged_transaction_files(staging_dir, start, end)
+    if not files:
+        return None
+    from pyspark.sql import functions as F
+
+    lines = spark.read.parquet(*files)
+    return lines.select(*[F.col(c) for c in TRANSACTIONS.schema.names if c in lines.columns])
+
+
+def non_product_ids(product_ids: list[str], cfg: BasketConfig) -> list[str]:
+    """The ids among ``product_ids`` that basket rule 4 drops (baskets.is_non_product, polars)."""
+    frame = pl.DataFrame({PRODUCT_ID: product_ids}, schema={PRODUCT_ID: pl.String})
+    return frame.filter(is_non_product(cfg))[PRODUCT_ID].to_list()
+
+
+def baskets(lines: "DataFrame", cfg: BasketConfig) -> "DataFrame":
+    """One row per order (order_id, ordered_at: its first line, items: sorted, unique), by the
+    rules of ``data.baskets``; sorted by (ordered_at, order_id)."""
+    from pyspark.sql import functions as F
+
+    keep = F.col(QUANTITY) > 0
+    if cfg.drop_cancellations:
+        keep = keep & ~F.col(ORDER_ID).startswith(cfg.cancellation_prefix)
+    if cfg.require_positive_price:
+        keep = keep & (F.col(UNIT_PRICE).isNull() | (F.col(UNIT_PRICE) > 0))
+    kept = lines.filter(keep)
+    ids = [r[0] for r in kept.select(PRODUCT_ID).distinct().collect()]
+    dropped = non_product_ids(ids, cfg)
+    if dropped:
+        spark = lines.sparkSession
+        codes = spark.createDataFrame([(p,) for p in dropped], f"{PRODUCT_ID} string")
+        kept = kept.join(F.broadcast(codes), PRODUCT_ID, "left_anti")
+    return (
+        kept.groupBy(ORDER_ID)
+        .agg(F.min(ORDERED_AT).alias(ORDERED_AT), F.array_sort(F.collect_set(PRODUCT_ID)).alias(ITEMS))
+        .orderBy(ORDERED_AT, ORDER_ID)
+        .select(ORDER_ID, ORDERED_AT, ITEMS)
+    )
+
+
+def write_parquet(frame: "DataFrame", out: Path) -> int:
+    """Write ``frame`` as a Parquet dataset directory at ``out`` (replacing what is there, file or
+    directory, by a rename once the write is complete); returns its rows."""
+    out = Path(out)
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+    old = out.with_name(f".{out.name}.{os.getpid()}.old")
+    for p in (tmp, old):
+        remove(p)
+    frame.write.mode("overwrite").parquet(str(tmp.resolve()))
+    if out.exists():
+        os.replace(out, old)
+    os.replace(tmp, out)
+    remove(old)
+    return frame.sparkSession.read.parquet(str(out.resolve())).count()
+
+
+def remove(path: Path) -> None:
+    """Remove a file or a directory tree; nothing when absent."""
+    if path.is_dir():
+        shutil.rmtree(path)
+    else:
+        path.unlink(missing_ok=True)
+
+
+def read_parquet(spark: "SparkSession", path: Path) -> "DataFrame":
+    """A Parquet file or dataset directory (``write_parquet``'s) as a Spark frame."""
+    return spark.read.parquet(str(Path(path).resolve()))

@@ -1,0 +1,235 @@
+"""Frequent item sets, rules and pair statistics as Spark jobs (``engine: spark``), with exactly
+the local engine's answers (``rules``, ``associations``).
+
+Counting is Spark SQL, level by level (apriori): the frequent items, then each level's item sets
+extended by one larger item of the same basket, counted, and kept when the count reaches
+``rules.min_count`` (the same integer threshold), up to ``max_len`` items: the work stops where
+the local engine's does. Counts are exact integers; MLlib's FPGrowth is not used because it has
+no length bound (the default ``max_len`` 4 is what keeps design-series catalogs tractable) and
+its rules compare confidence as a float. The confidence threshold is the local engine's exact
+integer test (``n_rule * den >= n_antecedent * num``, in decimals so it cannot overflow).
+
+What comes back to the driver is the answer only (rules that passed, each product's top K pairs);
+it is finished by the local engine's own code (``rules.rules_table``,
+``associations.rank_associations``), so ids, metrics, ranks and order are the same bytes. The
+ranking statistic used to cut the top K in Spark is the same float expression as polars'
+(IEEE double arithmetic, the same operations in the same order), so the cut keeps the same pairs.
+
+Item order is Spark's string order (UTF-8 bytes), which is Python's and polars' (code points).
+"""
+
+from __future__ import annotations
+
+from fractions import Fraction
+from typing import TYPE_CHECKING
+
+import polars as pl
+import pyarrow as pa
+
+from prodassoc_core.data import ASSOCIATED_PRODUCT_ID, ITEMS, PRODUCT_ID
+from prodassoc_core.mining.associations import rank_associations
+from prodassoc_core.mining.rules import FREQUENT_ITEMSETS_SCHEMA, min_count, rules_table
+from prodassoc_core.ops import AssociationConfig, MiningConfig
+
+if TYPE_CHECKING:
+    from pyspark.sql import Column, DataFrame
+
+BASKET = "_basket"
+ITEM = "item"
+ITEMSET = "itemset"
+COUNT = "count"
+
+
+def _basket_items(baskets: "DataFrame") -> "DataFrame":
+    """(basket, item), each item once per basket; baskets numbered here (materialised: the numbers
+    must not change between the jobs that use them)."""
+    from pyspark.sql import functions as F
+
+    numbered = baskets.select(F.monotonically_increasing_id().alias(BASKET), F.array_distinct(ITEMS).alias(ITEMS))
+    return numbered.select(BASKET, F.explode(ITEMS).alias(ITEM)).localCheckpoint()
+
+
+def itemset_counts(baskets: "DataFrame", count: int, max_len: int | None) -> tuple[list["DataFrame"], int]:
+    """([level 1, level 2, ...], N): level k holds (itemset: sorted array of k items, count) of
+    every item set of k items in at least ``count`` baskets; N counts every basket.
+
+    Each level is materialised (``localCheckpoint``) before the next is built from it: the plan of
+    level k would otherwise hold every level below it twice over (the self-join), and Spark's
+    plan strings alone exhaust the driver's memory by level 4.
+    """
+    from pyspark.sql import functions as F
+
+    n = baskets.count()
+    pairs = _basket_items(baskets)
+    items = pairs.groupBy(ITEM).agg(F.count(F.lit(1)).alias(COUNT)).filter(F.col(COUNT) >= count)
+    levels = [items.select(F.array(ITEM).alias(ITEMSET), COUNT).localCheckpoint()]
+    frequent = pairs.join(F.broadcast(levels[0].select(F.element_at(ITEMSET, 1).alias(ITEM))), ITEM)
+    frequent = frequent.localCheckpoint()  # (basket, item) of frequent items only
+    nexts = frequent.withColumnRenamed(ITEM, "next")
+    occurrences = frequent.select(BASKET, F.array(ITEM).alias(ITEMSET), F.col(ITEM).alias("last"))
+    k, found = 1, levels[0].count()
+    while (max_len is None or k < max_len) and found:
+        k += 1
+        if k == 2:  # every pair of frequent items of a basket
+            candidates = occurrences.join(nexts, BASKET).filter(F.col("next") > F.col("last"))
+        else:  # apriori's join: two frequent (k-1)-sets that share all but their last item
+            prev = levels[-1].select(ITEMSET, F.slice(ITEMSET, 1, k - 2).alias("_prefix"),
+                                     F.element_at(ITEMSET, k - 1).alias("last"))
+            grown = prev.alias("p").join(prev.alias("q"), (F.col("p._prefix") == F.col("q._prefix"))
+                                         & (F.col("p.last") < F.col("q.last")))
+            grown = grown.select(F.col(f"p.{ITEMSET}").alias(ITEMSET), F.col("q.last").alias("next"))
+            candidates = occurrences.select(BASKET, ITEMSET).join(grown, ITEMSET).join(nexts, [BASKET, "next"])
+        extended = candidates.select(
+            BASKET, F.concat(ITEMSET, F.array("next")).alias(ITEMSET), F.col("next").alias("last")).localCheckpoint()
+        level = extended.groupBy(ITEMSET).agg(F.count(F.lit(1)).alias(COUNT)).filter(F.col(COUNT) >= count)
+        level = level.localCheckpoint()
+        found = level.count()
+        if found:
+            levels.append(level)
+            if max_len is None or k < max_len:
+                occurrences = extended.join(level.select(ITEMSET), ITEMSET).localCheckpoint()
+    return levels, n
+
+
+def frequent_itemsets(baskets: "DataFrame", min_support: float, *, min_len: int = 1,
+                      max_len: int | None = None) -> pa.Table:
+    """``rules.frequent_itemsets`` of a Spark frame of baskets (an ``items`` array column)."""
+    from pyspark.sql import functions as F
+
+    n = baskets.count()
+    if n == 0:
+        return FREQUENT_ITEMSETS_SCHEMA.empty_table()
+    levels, n = itemset_counts(baskets, min_count(min_support, n), max_len)
+    wanted = levels[min_len - 1:] if min_len >= 1 else levels
+    if not wanted:
+        return FREQUENT_ITEMSETS_SCHEMA.empty_table()
+    union = wanted[0]
+    for level in wanted[1:]:
+        union = union.unionByName(level)
+    table = union.select(ITEMSET, F.col(COUNT).cast("long").alias(COUNT)).toArrow()
+    frame = pl.from_arrow(table)
+    if frame.height == 0:
+        return FREQUENT_ITEMSETS_SCHEMA.empty_table()
+    frame = frame.with_columns(
+        support=pl.Series(frame[COUNT].to_numpy() / n), length=pl.col(ITEMSET).list.len().cast(pl.Int32),
+    ).sort([COUNT, "length", ITEMSET], descending=[True, False, False])
+    return frame.select(FREQUENT_ITEMSETS_SCHEMA.names).to_arrow().cast(FREQUENT_ITEMSETS_SCHEMA)
+
+
+def _at_least(n_rule: "Column", n_antecedent: "Column", min_confidence: float) -> "Column":
+    """Exact n_rule / n_antecedent >= min_confidence (``rules._meets_confidence``), in decimals."""
+    from pyspark.sql import functions as F
+
+    conf = Fraction(str(min_confidence))
+    wide = "decimal(38,0)"
+    return n_rule.cast(wide) * F.lit(conf.denominator).cast(wide) >= n_antecedent.cast(wide) * F.lit(conf.numerator).cast(wide)
+
+
+def mine_rules(baskets: "DataFrame", cfg: MiningConfig) -> pa.Table:
+    """``rules.mine_rules`` of a Spark frame of baskets (an ``items`` array column): the same
+    ``association_rules`` rows, ids, counts and metrics, in the same order."""
+    from pyspark.sql import functions as F
+
+    n = baskets.count()
+    if n == 0:
+        return rules_table(pl.DataFrame())
+    count = min_count(cfg.min_support, n)
+    levels, n = itemset_counts(baskets, count, cfg.max_len)
+    items = levels[0].select(F.element_at(ITEMSET, 1).alias("consequent"), F.col(COUNT).alias("n_consequent"))
+    parts = []
+    for k, level in enumerate(levels, start=1):
+        if k < 2 or k < cfg.min_len:
+            continue
+        heads = level.select(F.col(ITEMSET), F.col(COUNT).alias("n_rule"), F.explode(ITEMSET).alias("consequent"))
+        heads = heads.withColumn("antecedent", F.filter(ITEMSET, lambda x: x != F.col("consequent")))
+        bodies = levels[k - 2].select(F.col(ITEMSET).alias("antecedent"), F.col(COUNT).alias("n_antecedent"))
+        parts.append(heads.join(bodies, "antecedent").join(F.broadcast(items), "consequent")
+                     .select("antecedent", "consequent", "n_antecedent", "n_consequent", "n_rule"))
+    if cfg.min_len <= 1:  # {} => {c}: n_antecedent = N, n_rule = n_consequent
+        parts.append(items.select(F.array().cast("array<string>").alias("antecedent"), "consequent",
+                                  F.lit(n).cast("long").alias("n_antecedent"), "n_consequent",
+                                  F.col("n_consequent").alias("n_rule")))
+    if not parts:
+        return rules_table(pl.DataFrame())
+    found = parts[0]
+    for part in parts[1:]:
+        found = found.unionByName(part)
+    found = found.filter((F.col("n_rule") >= count) & _at_least(F.col("n_rule"), F.col("n_antecedent"), cfg.min_confidence))
+    table = found.select(
+        "antecedent", "consequent", F.lit(n).cast("long").alias("n_transactions"),
+        *[F.col(c).cast("long").alias(c) for c in ("n_antecedent", "n_consequent", "n_rule")],
+    ).toArrow()
+    return rules_table(pl.from_arrow(table))
+
+
+def pair_counts(baskets: "DataFrame", min_pair_count: int) -> "DataFrame":
+    """``associations.pair_counts`` as a Spark frame: (product_id, associated_product_id, n_rule,
+    n_antecedent, n_consequent, n_transactions) for ordered pairs in >= ``min_pair_count`` baskets."""
+    from pyspark.sql import functions as F
+
+    n = baskets.count()
+    lines = _basket_items(baskets)
+    item_counts = lines.groupBy(ITEM).agg(F.count(F.lit(1)).cast("long").alias("n"))
+    a, b = lines.alias("a"), lines.alias("b")
+    once = (
+        a.join(b, F.col(f"a.{BASKET}") == F.col(f"b.{BASKET}"))
+        .filter(F.col(f"a.{ITEM}") < F.col(f"b.{ITEM}"))
+        .groupBy(F.col(f"a.{ITEM}").alias("x"), F.col(f"b.{ITEM}").alias("y"))
+        .agg(F.count(F.lit(1)).cast("long").alias("n_rule"))
+        .filter(F.col("n_rule") >= min_pair_count)
+    )
+    both = once.select(F.col("x").alias(PRODUCT_ID), F.col("y").alias(ASSOCIATED_PRODUCT_ID), "n_rule").unionByName(
+        once.select(F.col("y").alias(PRODUCT_ID), F.col("x").alias(ASSOCIATED_PRODUCT_ID), "n_rule"))
+    counts_a = item_counts.select(F.col(ITEM).alias(PRODUCT_ID), F.col("n").alias("n_antecedent"))
+    counts_b = item_counts.select(F.col(ITEM).alias(ASSOCIATED_PRODUCT_ID), F.col("n").alias("n_consequent"))
+    return (both.join(counts_a, PRODUCT_ID).join(counts_b, ASSOCIATED_PRODUCT_ID)
+            .select(PRODUCT_ID, ASSOCIATED_PRODUCT_ID, "n_rule", "n_antecedent", "n_consequent",
+                    F.lit(n).cast("long").alias("n_transactions")))
+
+
+def _scores() -> dict[str, "Column"]:
+    """``associations.SCORES`` and lift as Spark expressions: the same double operations as
+    ``metrics.rule_metrics`` (so the same bits, and the same order at ties)."""
+    from pyspark.sql import functions as F
+
+    n, n_a, n_b, n_ab = (F.col(c).cast("double") for c in ("n_transactions", "n_antecedent", "n_consequent", "n_rule"))
+    return {
+        "confidence": n_ab / n_a,
+        "count": n_ab,
+        "lift": n_ab * n / (n_a * n_b),
+        "jaccard": n_ab / (n_a + n_b - n_ab),
+    }
+
+
+def top_pairs(pairs: "DataFrame", method: str, top_k: int) -> "DataFrame":
+    """Each product's ``top_k`` pairs by ``associations.rank_associations``' order: score, lift,
+    n_rule descending, then associated product id."""
+    from pyspark.sql import Window
+    from pyspark.sql import functions as F
+
+    scores = _scores()
+    if method not in scores:
+        raise ValueError(f"the spark engine ranks {sorted(scores)} in Spark, not {method!r}")
+    order = Window.partitionBy(PRODUCT_ID).orderBy(
+        F.col("_score").desc(), F.col("_lift").desc(), F.col("n_rule").desc(), F.col(ASSOCIATED_PRODUCT_ID).asc())
+    return (pairs.withColumn("_score", scores[method]).withColumn("_lift", scores["lift"])
+            .withColumn("_rank", F.row_number().over(order)).filter(F.col("_rank") <= top_k)
+            .drop("_score", "_lift", "_rank"))
+
+
+PAIR_METHODS = ("count", "confidence", "jaccard", "lift")
+
+
+def product_associations(baskets: "DataFrame", cfg: AssociationConfig) -> pa.Table:
+    """``associations.product_associations`` of a Spark frame of baskets, for the pair methods:
+    the same PRODUCT_ASSOCIATIONS rows. Only each product's top K pairs reach the driver."""
+    return rank_pairs(pair_counts(baskets, cfg.min_pair_count), cfg)
+
+
+def rank_pairs(pairs: "DataFrame", cfg: AssociationConfig) -> pa.Table:
+    """``associations.rank_associations`` of Spark pair counts (``pair_counts``, any
+    ``min_pair_count``): each product's top K cut in Spark, collected, finished locally."""
+    cut = top_pairs(pairs, cfg.method, cfg.top_k).toArrow()
+    frame = pl.from_arrow(cut).with_columns(pl.col(c).cast(pl.Int64) for c in
+                                            ("n_rule", "n_antecedent", "n_consequent", "n_transactions"))
+    return rank_associations(frame, cfg)

@@ -1,0 +1,177 @@
+"""The spark engine gives the local engine's answers (issue 15): baskets, association_rules,
+frequent item sets and product_associations, on an Online Retail slice (the shipped sample) and
+on Groceries (../shared/data; skipped when absent), and the whole nightly on a small landing."""
+
+from __future__ import annotations
+
+import math
+from datetime import date, timedelta
+from pathlib import Path
+
+import polars as pl
+import pyarrow as pa
+import pytest
+
+from prodassoc_core.data import baskets as local_baskets
+from prodassoc_core.data import importers, ingest, read_basket_csv
+from prodassoc_core.data import spark as spark_data
+from prodassoc_core.mining import associations, rules, spark_mining
+from prodassoc_core.ops import AssociationConfig, BasketConfig, MiningConfig
+
+from conftest import SAMPLE
+
+pytestmark = pytest.mark.spark
+
+REL = 1e-9
+# The Online Retail slice: the sample's orders of these days (a few hundred baskets, wholesale
+# orders of hundreds of lines among them).
+SLICE_START, SLICE_END = date(2011, 10, 2), date(2011, 10, 8)
+GROCERIES_BASKETS = 1500
+
+
+def stage_lines(lines: pl.DataFrame, staging: Path) -> Path:
+    """Canonical transaction lines written as the staging zone lays them out (dt= partitions)."""
+    for (day,), part in lines.with_columns(_dt=pl.col("ordered_at").dt.date()).group_by("_dt"):
+        path = staging / "transactions" / f"dt={day.isoformat()}" / "lines.parquet"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        part.drop("_dt").write_parquet(path)
+    return staging
+
+
+@pytest.fixture(scope="module")
+def retail_staging(tmp_path_factory) -> Path:
+    """A staging zone holding the shipped sample's lines."""
+    lines = importers.online_retail_transactions(SAMPLE).collect()
+    return stage_lines(lines, tmp_path_factory.mktemp("staging"))
+
+
+@pytest.fixture(scope="module")
+def groceries(shared_data) -> list[list[str]]:
+    """The first GROCERIES_BASKETS baskets of Groceries (skips when ../shared/data is absent)."""
+    path = shared_data / "groceries" / "groceries.csv"
+    if not path.exists():
+        pytest.skip(f"{path} is not present")
+    return read_basket_csv(path)[:GROCERIES_BASKETS]
+
+
+def assert_same_table(spark_table: pa.Table, local_table: pa.Table) -> None:
+    """Same schema, same rows in the same order; integers and strings exact, floats to 1e-9."""
+    assert spark_table.schema == local_table.schema
+    assert spark_table.num_rows == local_table.num_rows
+    a, b = pl.from_arrow(spark_table), pl.from_arrow(local_table)
+    for name in a.columns:
+        if a[name].dtype.is_float():
+            for x, y in zip(a[name].to_list(), b[name].to_list()):
+                assert (x is None and y is None) or math.isclose(x, y, rel_tol=REL, abs_tol=REL), (name, x, y)
+        else:
+            assert a[name].to_list() == b[name].to_list(), name
+
+
+@pytest.fixture(scope="module")
+def retail(spark, retail_staging):
+    """(local baskets frame, Spark baskets frame) of the Online Retail slice, built by each engine
+    from the same staged lines."""
+    cfg = BasketConfig()
+    local = local_baskets.baskets(ingest.read_staged_transactions(retail_staging, SLICE_START, SLICE_END), cfg).collect()
+    lines = spark_data.read_staged_transactions(spark, retail_staging, SLICE_START, SLICE_END)
+    return local, spark_data.baskets(lines, cfg).cache()
+
+
+@pytest.fixture(scope="module")
+def grocery_frames(spark, groceries):
+    return groceries, spark.createDataFrame([(b,) for b in groceries], "items array<string>").cache()
+
+
+def test_baskets_are_the_local_engines(retail):
+    local, on_spark = retail
+    assert 100 < local.height < 1500
+    assert pl.from_arrow(on_spark.toArrow()).equals(local)
+
+
+# The nightly's confidence and lengths (2..4 items) at a support the slice mines in seconds, and
+# rules of one item ({} => c) with no length bound.
+RETAIL_MINING = [MiningConfig(min_support=0.02), MiningConfig(min_support=0.03, min_confidence=0.3, min_len=1, max_len=None)]
+
+
+@pytest.mark.parametrize("cfg", RETAIL_MINING, ids=["nightly-lengths", "len1-unbounded"])
+def test_association_rules_are_the_local_engines_on_online_retail(retail, cfg):
+    local, on_spark = retail
+    expected = rules.mine_rules(local["items"].to_list(), cfg)
+    assert expected.num_rows > 50
+    assert_same_table(spark_mining.mine_rules(on_spark, cfg), expected)
+
+
+def test_association_rules_are_the_local_engines_on_groceries(grocery_frames):
+    items, on_spark = grocery_frames
+    cfg = MiningConfig(min_support=0.005, min_confidence=0.2, max_len=3)
+    expected = rules.mine_rules(items, cfg)
+    assert expected.num_rows > 50
+    assert_same_table(spark_mining.mine_rules(on_spark, cfg), expected)
+
+
+def test_frequent_itemsets_at_a_threshold_reached_exactly(spark):
+    """min_count's reading of the support (Fraction of its decimal): 0.25 of 8 baskets is 2, and
+    sets in exactly 2 baskets are frequent; and an item repeated in a basket counts once."""
+    items = [["a", "b"], ["a", "b", "b"], ["a", "c"], ["c"], ["d"], ["a"], ["b", "c"], []]
+    frame = spark.createDataFrame([(b,) for b in items], "items array<string>")
+    expected = rules.frequent_itemsets(items, 0.25)
+    assert expected.num_rows == 4  # a, b, c and {a, b} in 2+ of 8 baskets ({b, c}, {a, c}: 1 each)
+    assert_same_table(spark_mining.frequent_itemsets(frame, 0.25), expected)
+    cfg = MiningConfig(min_support=0.25, min_confidence=0.5, min_len=1)
+    assert_same_table(spark_mining.mine_rules(frame, cfg), rules.mine_rules(items, cfg))
+
+
+def test_bundle_itemsets_are_the_local_engines(retail):
+    local, on_spark = retail
+    expected = rules.frequent_itemsets(local["items"].to_list(), 0.02, min_len=1, max_len=4)
+    assert expected.num_rows > 100
+    assert_same_table(spark_mining.frequent_itemsets(on_spark, 0.02, min_len=1, max_len=4), expected)
+
+
+@pytest.mark.parametrize("data", ["retail", "groceries"])
+def test_product_associations_are_the_local_engines(request, data):
+    if data == "retail":
+        local, on_spark = request.getfixturevalue("retail")
+        items = local["items"].to_list()
+    else:
+        items, on_spark = request.getfixturevalue("grocery_frames")
+    pairs = spark_mining.pair_counts(on_spark, 2).cache()
+    for method in spark_mining.PAIR_METHODS:
+        cfg = AssociationConfig(method=method, top_k=10)
+        expected = associations.product_associations(items, cfg)
+        assert expected.num_rows > 100
+        assert_same_table(spark_mining.rank_pairs(pairs, cfg), expected)
+
+
+def test_the_nightly_publishes_the_local_engines_tables(spark, tmp_path):
+    """The whole nightly (ingest, baskets, rules, associations with the classic method chosen on
+    the tail, bundles, publish) with ``engine: spark`` publishes the tables the local engine
+    publishes for the same landing (the synthetic one of tests/conftest.py)."""
+    import pyarrow.parquet as pq
+
+    from conftest import FIRST, N_DAYS, land
+    from prodassoc_core.data import warehouse
+    from prodassoc_core.ops import HybridConfig, Settings, SparkConfig
+    from prodassoc_core.pipeline import stages
+
+    as_of = FIRST + timedelta(days=N_DAYS)
+    published = {}
+    for engine in ("local", "spark"):
+        settings = Settings(
+            data_dir=tmp_path / engine, engine=engine, spark=SparkConfig(master="local[2]", shuffle_partitions=2),
+            mining=MiningConfig(min_support=0.05, min_confidence=0.3, min_len=1),
+            associations=AssociationConfig(top_k=5),
+            hybrid=HybridConfig(enabled=False, bundle_min_support=0.05),
+        )
+        land(settings.landing_dir)
+        result = stages.run_nightly(settings, as_of)
+        assert (settings.data_dir / "runs" / f"as_of={as_of}" / stages.BASKETS_FILE).is_dir() == (engine == "spark")
+        published[engine] = {
+            p.table: pq.read_table(warehouse.partition_dir(settings.warehouse_dir, p.table, as_of) / warehouse.DATA_FILE)
+            for p in result.published}
+        assert stages.is_published(settings, as_of)
+    assert sorted(published["spark"]) == sorted(published["local"]) == ["association_rules", "bundles",
+                                                                          "product_associations"]
+    for table, expected in published["local"].items():
+        assert expected.num_rows > 0 or table == "bundles", table  # 8 products sold at random: no bundle
+        assert_same_table(published["spark"][table], expected)
