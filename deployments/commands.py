@@ -49,3 +49,10 @@ def mlflow_server(
         "--workers", str(workers),
     ]
     return cmd + (["--allowed-hosts", allowed_hosts] if allowed_hosts else [])
+
+
+def torchrun_train(gpus: int | str) -> str:
+    """The `train` deployment's flow-run command: one process per GPU under torchrun; rank 0
+    executes the Prefect flow run, the other ranks train with it (flows/torchrun_engine.py).
+    ``gpus`` may be a template placeholder (the Kubernetes job template's ``{{ gpu_count }}``)."""
+    return f"torchrun --standalone --nproc_per_node={gpus} -m flows.torchrun_engine"

@@ -22,7 +22,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from deployments.commands import CPU_POOL, GPU_POOL
+from deployments.commands import CPU_POOL, GPU_POOL, torchrun_train
 from prodassoc_core.ops import TrainingConfig
 
 NIGHTLY = "prodassoc-scheduled-nightly/nightly"
@@ -43,6 +43,7 @@ class DeployConfig(BaseSettings):
     timezone: str = Field("UTC", description="IANA zone of the schedule; as_of is the scheduled date there")
     cpu_pool: str = CPU_POOL
     gpu_pool: str = GPU_POOL
+    gpus: int = Field(1, ge=1, description="GPUs of a `train` run: torchrun --nproc_per_node (DDP when > 1)")
     queue: str = Field(
         "dated-runs",
         description="queue of the cpu pool shared by nightly and backfill, concurrency 1: "
@@ -172,7 +173,8 @@ def train_deployment(cfg: DeployConfig, data_dir: Path, training: TrainingConfig
         concurrency_limit=_one_at_a_time(),
         tags=["prodassoc", "train"],
         work_pool_name=cfg.gpu_pool,
-        job_variables=_job_env(data_dir),
+        # one process per GPU (DDP for MLM, teacher and student); rank 0 runs the flow
+        job_variables=_job_env(data_dir) | {"command": torchrun_train(cfg.gpus)},
         entrypoint_type=EntrypointType.MODULE_PATH,
     ))
 

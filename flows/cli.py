@@ -435,6 +435,17 @@ def cmd_train(args: argparse.Namespace) -> int:
         except RuntimeError as exc:
             print(f"prodassoc: error: --device cuda: {exc}", file=sys.stderr)
             return 2
+    from prodassoc_core.models.training import rank, world_size
+
+    if world_size() > 1 and rank() > 0:
+        # under torchrun: ranks 1.. train the DDP stages with rank 0, which runs the flow below
+        # (Prefect, MLflow, registry, gate, GNN) and prints the result
+        from prodassoc_core.pipeline import retrain
+
+        if args.seed is not None:
+            settings = settings.model_copy(update={"training": settings.training.model_copy(update={"seed": args.seed})})
+        retrain.train_rank(settings, args.as_of)
+        return 0
     from flows.train import train
 
     _start_prefect()

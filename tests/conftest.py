@@ -122,7 +122,7 @@ SLOW_MODULES = {
     "data/test_object_store.py", "data/test_online_retail_ingest.py", "data/test_data_docs_browser.py",
     "evaluation/test_evaluate_flow.py", "evaluation/test_evaluate_models.py",
     "models/test_budgets.py", "models/test_chain.py", "models/test_graph.py", "models/test_hybrid.py",
-    "models/test_mlm.py", "models/test_reliability_mlflow_store.py",
+    "models/test_mlm.py", "models/test_reliability_mlflow_store.py", "models/test_ddp.py", "models/test_gpu_check.py",
     "pipeline/test_nightly_flow.py", "pipeline/test_train_flow.py", "pipeline/test_run_report.py",
     "pipeline/test_reliability_concurrency.py", "pipeline/test_reliability_faults.py",
     "pipeline/test_reliability_loss.py", "pipeline/test_reliability_reruns.py",

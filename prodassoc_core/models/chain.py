@@ -17,6 +17,10 @@ training and checkpoints. A stage that runs out stops cleanly with a checkpoint 
 model (``stop_reason`` "budget") and the chain goes on; time a stage leaves unused flows to
 the stages after it.
 
+Under ``torchrun`` every rank calls ``train_chain``: MLM, teacher and student train with DDP
+(training.Distributed), rank 0 alone writes files and MLflow (other ranks pass no tracker) and
+trains the GNN, which stays one process; the other ranks return after the student.
+
 MLflow: given a ``tracking.TrainingRun`` (``tracker``), each stage's run is opened when the
 stage starts and ended when it ends (FAILED or KILLED when the stage raised), under the
 training's parent run, in one experiment; the stage's configuration is logged at its start,
@@ -48,7 +52,15 @@ import pyarrow as pa
 from prodassoc_core.data import PRODUCT_EMBEDDINGS, PRODUCT_ID
 from prodassoc_core.models import embeddings, mlm, pairs, student, teacher, tracking
 from prodassoc_core.models.encoders import resolve_pretrained
-from prodassoc_core.models.training import MODEL_SUBDIR, Deadline, Device, StageResult, budget_note, recording
+from prodassoc_core.models.training import (
+    MODEL_SUBDIR,
+    Deadline,
+    Device,
+    StageResult,
+    budget_note,
+    is_main_process,
+    recording,
+)
 from prodassoc_core.ops import HybridConfig, MlmConfig, SelectionConfig, TrainingConfig
 
 logger = logging.getLogger("prodassoc.chain")
@@ -302,6 +314,9 @@ def train_chain(
         end("student", t0, _how_far(student_result))
         close(run, "student", student_result)
 
+    if not is_main_process():  # under torchrun the GNN (full-graph, one process) is rank 0's alone
+        return ChainResult(mlm_result, teacher_result, student_result, task, None, {}, seconds, budgets, minutes * 60)
+
     from prodassoc_core.models import gnn
 
     with _stage_run(tracker, "gnn", cfg, day, mlm_cfg) as run:
@@ -408,7 +423,8 @@ def _claim(out_dir: Path, cfg: TrainingConfig, catalog: pl.DataFrame, train: pl.
     if path.is_file():
         check_resumable(json.loads(path.read_text()), key, out_dir, RESUMABLE)
     out_dir.mkdir(parents=True, exist_ok=True)
-    write_json(path, key)
+    if is_main_process():
+        write_json(path, key)
 
 
 def _is_finished(out_dir: Path, stage: str) -> bool:

@@ -53,18 +53,23 @@ from prodassoc_core.models.training import (
     derive_seed,
     fit_schedule,
     generator,
+    is_main_process,
     latest_checkpoint,
     linear_schedule,
     load_checkpoint,
+    peak_memory,
     quiet_transformers,
     read_run_config,
     record,
+    reset_peak_memory,
     save_checkpoint,
     saved_total_steps,
     set_seed,
     throughput,
     time_reserve,
     train_loop,
+    wait_for_everyone,
+    world_size,
 )
 from prodassoc_core.ops import EncoderSpec, MlmConfig
 
@@ -319,6 +324,10 @@ class MlmResult:
     budget_seconds: float | None = None  # the run's budget (None: unbounded)
     scheduled_steps: int | None = None  # the schedule's length when the budget shortened it (fit_schedule)
     seconds: float = 0.0  # wall time of this call: texts, validation, training, saving
+    tokens_per_s: float = 0.0  # token positions a second, this call's training steps only (padding included)
+    parameters: int = 0  # the model's parameters (MFU: 6 x parameters x tokens/s)
+    peak_memory_bytes: int | None = None  # torch.cuda.max_memory_allocated during the call (None: CPU)
+    world_size: int = 1  # processes that trained it (torchrun)
 
     @property
     def completed(self) -> bool:
@@ -411,6 +420,7 @@ def train_mlm(
     run_config = _run_config(cfg, tokenizer, len(train_enc), len(held_enc), steps)
 
     model.to(device.torch_device)
+    reset_peak_memory(device)
     evaluate = lambda: masked_lm_loss(  # noqa: E731
         model, tokenizer, held_enc, seed=cfg.seed, batch_size=cfg.eval_batch_size, device=device,
         mlm_probability=cfg.mlm_probability,
@@ -445,7 +455,7 @@ def train_mlm(
         state = TrainState(total_steps=scheduled, extra={"before": asdict(before), "eval_seconds": eval_s})
         resumed_from = None
 
-    examples_before, seconds_before = state.examples, state.train_seconds
+    examples_before, seconds_before, tokens_before = state.examples, state.train_seconds, state.tokens
 
     def save(s: TrainState) -> Path:
         return save_checkpoint(
@@ -468,9 +478,10 @@ def train_mlm(
     record(state.step, {"heldout_loss": after.loss, "heldout_perplexity": after.perplexity})
     before = MlmEval(**state.extra["before"])
     model_dir = out_dir / MODEL_SUBDIR
-    with quiet_transformers():
-        model.save_pretrained(model_dir)
-        tokenizer.save_pretrained(model_dir)
+    if is_main_process():  # under torchrun rank 0 writes, the others wait for it
+        with quiet_transformers():
+            model.save_pretrained(model_dir)
+            tokenizer.save_pretrained(model_dir)
     result = MlmResult(
         loss_before=before.loss, loss_after=after.loss, ppl_before=before.perplexity, ppl_after=after.perplexity,
         heldout_masked_tokens=after.masked_tokens, steps=state.step, total_steps=steps,
@@ -481,8 +492,13 @@ def train_mlm(
         checkpoint_dir=latest_checkpoint(ckpt_root) or ckpt_root, resumed_from=resumed_from,
         train_losses=list(state.losses), budget_seconds=deadline.end - started if deadline.bounded else None,
         seconds=time.monotonic() - started,
+        tokens_per_s=throughput(state.tokens - tokens_before, state.train_seconds - seconds_before),
+        parameters=sum(p.numel() for p in model.parameters()), peak_memory_bytes=peak_memory(device),
+        world_size=world_size(),
     )
-    _write_json(out_dir / RESULTS_FILE, result.summary())
+    if is_main_process():
+        _write_json(out_dir / RESULTS_FILE, result.summary())
+    wait_for_everyone()
     logger.info(
         "mlm: held-out loss %.4f -> %.4f (perplexity %.2f -> %.2f), %d/%d steps (%s), %.1f examples/s, %s",
         result.loss_before, result.loss_after, result.ppl_before, result.ppl_after, result.steps, steps,

@@ -34,10 +34,15 @@ from prodassoc_core.models.training import (
     Progress,
     StageResult,
     TrainState,
+    broadcast_int,
     derive_seed,
+    is_main_process,
     quiet_transformers,
+    rank,
     run_stage,
     set_seed,
+    wait_for_everyone,
+    world_size,
 )
 from prodassoc_core.ops import TrainingConfig
 
@@ -78,7 +83,11 @@ def teacher_lists(
     few negatives are skipped. The result is cached in ``out_dir/teacher_lists.npz`` (a resume
     reuses it)."""
     cache = out_dir / LISTS_FILE
-    if cache.is_file():
+    cached = bool(broadcast_int(int(cache.is_file())))  # rank 0's view under torchrun, before it writes
+    if not cached and not is_main_process():
+        wait_for_everyone()  # under torchrun rank 0 scores the lists (its deadline) and the others read them
+        cached = True
+    if cached:
         saved = np.load(cache)
         return saved["lists"], saved["logits"]
     deadline = deadline or Deadline()
@@ -118,6 +127,7 @@ def teacher_lists(
     scores = np.concatenate(logits).reshape(-1, width) if logits else np.zeros((0, width), dtype=np.float32)
     out_dir.mkdir(parents=True, exist_ok=True)
     np.savez(cache, lists=table, logits=scores)
+    wait_for_everyone()
     logger.info("student: %d of %d teacher lists of %d candidates in %.0f s (%s)", len(table), limit, width,
                 time.monotonic() - started, stop)
     return table, scores
@@ -165,8 +175,13 @@ def list_batches(
     lists: np.ndarray, logits: np.ndarray, texts: list[str], cfg: TrainingConfig, tokenizer, max_length: int
 ) -> tuple[Callable[[int], dict], int]:
     """``(batch_at, steps_per_epoch)``: lists in a permutation seeded by (seed, epoch); each
-    distinct text of a batch is tokenised once."""
+    distinct text of a batch is tokenised once.
+
+    Under torchrun each rank's ``batch_at`` returns its contiguous slice of the step's lists
+    (``shards_itself``): the hard-label loss then ranks against the candidates of that slice,
+    not of the global batch, as usual for in-batch negatives under DDP."""
     s = cfg.student
+    rank_, world = rank(), world_size()
     per_epoch = math.ceil(len(lists) / s.batch_size)
     orders: dict[int, np.ndarray] = {}
 
@@ -181,6 +196,8 @@ def list_batches(
             orders.clear()
             orders[epoch] = np.random.default_rng(derive_seed(cfg.seed, STAGE, "order", epoch)).permutation(len(lists))
         chosen = orders[epoch][i * s.batch_size : (i + 1) * s.batch_size]
+        if world > 1:
+            chosen = np.array_split(chosen, world)[rank_]
         rows, teacher = lists[chosen], logits[chosen]
         unique, inverse = np.unique(rows[:, 1:], return_inverse=True)
         return {
@@ -192,6 +209,7 @@ def list_batches(
             "teacher": torch.as_tensor(teacher, dtype=torch.float32),
         }
 
+    batch_at.shards_itself = world > 1  # type: ignore[attr-defined]
     return batch_at, per_epoch
 
 
@@ -272,7 +290,7 @@ def train_student(
         "lists": int(len(lists)), "total_steps": total,
     }
     loop = LoopConfig(total_steps=total, checkpoint_every=s.checkpoint_every, grad_clip=s.grad_clip, progress=progress,
-                      progress_seconds=cfg.progress_seconds)
+                      progress_seconds=cfg.progress_seconds, unused_parameters=True)
     sample = validation_sample(task, cfg.seed, s.max_validation_anchors, s.max_validation_products)
     result = run_stage(
         model, tokenizer, stage=STAGE, out_dir=out_dir, run_config=run_config,

@@ -18,6 +18,11 @@
   examples/s, ETA, budget left), so a scheduled run's log shows how far training got.
 * ``train_loop``: the optimizer-step loop with progress, periodic checkpoints, and a
   deadline that stops cleanly with a checkpoint (``stop_reason`` "budget").
+* ``Distributed`` / ``distributed``: under ``torchrun`` (WORLD_SIZE > 1) the loop trains with
+  DistributedDataParallel through Hugging Face Accelerate: every rank builds the step's global
+  batch (``batch_at``) and takes its slice (``shard``), gradients are averaged, rank 0 alone
+  decides when to stop (the deadline) and writes checkpoints, results and MLflow. Without
+  torchrun nothing of this runs: the single-process path is unchanged.
 * ``recording`` / ``record``: per-step metrics (loss, learning rate, examples/s, validation)
   go to the sink of the enclosing ``recording`` block, if any (the chain's MLflow stage run,
   ``tracking.LiveRun``, which writes them in batches); without one they go nowhere. Loops
@@ -92,6 +97,10 @@ def choose_device(prefer: str | None = None) -> Device:
         raise RuntimeError("prefer='cuda' but torch sees no CUDA device")
     if prefer != "cpu" and torch.cuda.is_available():
         # bf16 keeps float32's exponent range, so no loss scaling is needed.
+        if "LOCAL_RANK" in os.environ:  # torchrun: this process's GPU
+            torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
+            dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else None
+            return Device(torch.device("cuda", int(os.environ["LOCAL_RANK"])), dtype)
         dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else None
         return Device(torch.device("cuda"), dtype)
     return Device(torch.device("cpu"), None)
@@ -294,6 +303,119 @@ class Progress:
             self.log.info("%s", self.line())
 
 
+# --- several processes (torchrun) ------------------------------------------------------------
+
+
+def world_size() -> int:
+    """Processes training together: torchrun's WORLD_SIZE (1 without torchrun)."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def rank() -> int:
+    return int(os.environ.get("RANK", "0"))
+
+
+def is_main_process() -> bool:
+    """Whether this process writes (checkpoints, results, MLflow, the registry): rank 0, or the only one."""
+    return rank() == 0
+
+
+class Distributed:
+    """Training across processes started by ``torchrun`` (one per GPU; gloo on CPU), through
+    Hugging Face Accelerate as transformers' ``run_mlm_no_trainer.py`` does: ``prepare`` wraps
+    the model in DistributedDataParallel, ``backward`` and ``clip_grad_norm_`` go through the
+    Accelerator, bf16 autocast on a capable GPU (``mixed_precision="bf16"``), ``"no"`` on CPU.
+
+    The batches are not a DataLoader: a step's batch is a function of the step
+    (``batch_at``), so that a resumed run sees the same batches. Every rank builds the step's
+    global batch and keeps its slice (``shard``), which is what a DistributedSampler /
+    Accelerate's ``split_batches=True`` would give it; the scheduler is prepared with
+    ``split_batches=True`` so it steps once per optimizer step, as in one process.
+    ``find_unused_parameters`` where a loop says so (``LoopConfig.unused_parameters``: the
+    student, whose loss never uses BERT's pooler and calls the encoder twice a step)."""
+
+    def __init__(self, device: Device):
+        from accelerate import Accelerator, DataLoaderConfiguration, DistributedDataParallelKwargs
+
+        bf16 = device.type == "cuda" and device.autocast_dtype == torch.bfloat16
+        self.accelerator = Accelerator(
+            cpu=device.type == "cpu", mixed_precision="bf16" if bf16 else "no",
+            dataloader_config=DataLoaderConfiguration(split_batches=True),
+            kwargs_handlers=[DistributedDataParallelKwargs()],
+        )
+        self.rank = self.accelerator.process_index
+        self.world = self.accelerator.num_processes
+
+    @property
+    def is_main(self) -> bool:
+        return self.accelerator.is_main_process
+
+    def wait(self) -> None:
+        self.accelerator.wait_for_everyone()
+
+    def broadcast(self, values: list[float]) -> list[float]:
+        """Rank 0's ``values`` on every rank (its decisions: steps that fit, when to stop)."""
+        import torch.distributed as dist
+
+        t = torch.tensor(values, dtype=torch.float64, device=self.accelerator.device)
+        dist.broadcast(t, src=0)
+        return t.tolist()
+
+    def sum(self, values: list[float]) -> list[float]:
+        import torch.distributed as dist
+
+        t = torch.tensor(values, dtype=torch.float64, device=self.accelerator.device)
+        dist.all_reduce(t)
+        return t.tolist()
+
+    def gather(self, obj: Any) -> list[Any]:
+        import torch.distributed as dist
+
+        out: list[Any] = [None] * self.world
+        dist.all_gather_object(out, obj)
+        return out
+
+
+_DISTRIBUTED: Distributed | None = None
+
+
+def distributed(device: Device | None = None) -> Distributed | None:
+    """This process's ``Distributed`` under torchrun (made on first use), None in one process."""
+    global _DISTRIBUTED
+    if world_size() <= 1:
+        return None
+    if _DISTRIBUTED is None:
+        _DISTRIBUTED = Distributed(device or choose_device())
+    return _DISTRIBUTED
+
+
+def wait_for_everyone() -> None:
+    """A barrier under torchrun (rank 0 has written what the others read next); nothing otherwise."""
+    d = distributed()
+    if d is not None:
+        d.wait()
+
+
+def broadcast_int(value: int) -> int:
+    """Rank 0's ``value`` on every rank under torchrun; ``value`` otherwise."""
+    d = distributed()
+    return value if d is None else int(d.broadcast([float(value)])[0])
+
+
+def shard(batch: "Batch", rank_: int, world: int) -> dict[str, torch.Tensor]:
+    """Rank ``rank_``'s contiguous slice (of ``world``) of every tensor's first dimension."""
+    return {k: torch.tensor_split(v, world)[rank_] for k, v in batch.items()}
+
+
+def loss_units(batch: "Batch") -> int:
+    """What a batch's loss is the mean over: predicted tokens for token labels (-100 ignored),
+    else examples. Used to weight each rank's loss so the averaged gradient is the global batch's."""
+    labels = batch.get("labels")
+    if labels is not None and labels.dtype == torch.long and labels.dim() > 1:
+        return int((labels != -100).sum())
+    return batch_examples(batch)
+
+
 # --- per-step metrics ------------------------------------------------------------------------
 
 
@@ -384,6 +506,7 @@ class TrainState:
     step: int = 0
     examples: int = 0
     train_seconds: float = 0.0
+    tokens: int = 0  # token positions fed to the model (padding included): what its FLOPs are spent on
     losses: list[float] = field(default_factory=list)
     stop_reason: str | None = None  # "completed" | "budget"
     extra: dict[str, Any] = field(default_factory=dict)
@@ -508,6 +631,7 @@ class LoopConfig:
     grad_clip: float | None = 1.0
     progress: bool = True  # a tqdm bar (stderr is a terminal); else log lines
     progress_seconds: float = 30.0  # seconds between progress log lines without a bar
+    unused_parameters: bool = False  # DDP only: the model has parameters the loss does not use (BERT's pooler)
 
 
 Batch = Mapping[str, torch.Tensor]
@@ -520,6 +644,24 @@ def hf_loss(model: torch.nn.Module, batch: Batch) -> torch.Tensor:
 
 def batch_examples(batch: Batch) -> int:
     return int(next(iter(batch.values())).shape[0])
+
+
+def batch_tokens(batch: Batch) -> int:
+    """Token positions a batch feeds the encoder (every ``*input_ids`` tensor, padding included)."""
+    return sum(int(v.numel()) for k, v in batch.items() if k.endswith("input_ids"))
+
+
+def reset_peak_memory(device: Device) -> None:
+    """Start a stage's peak-memory count (CUDA only)."""
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device.torch_device)
+
+
+def peak_memory(device: Device) -> int | None:
+    """Bytes of GPU memory allocated at most since ``reset_peak_memory`` (None on the CPU)."""
+    if device.type != "cuda":
+        return None
+    return int(torch.cuda.max_memory_allocated(device.torch_device))
 
 
 REFIT_AFTER = 5  # steps of a call after which the schedule is checked against the deadline
@@ -552,7 +694,15 @@ def train_loop(
     when the steps' real cost says it cannot be done by the deadline (the estimate before
     training, ``fit_schedule``, has no optimizer step and no load from other processes).
     ``on_step(state)`` runs after each step and its checkpoint (tests use it to kill a run).
+
+    Under torchrun (``distributed``) the steps are DistributedDataParallel ones
+    (``_train_loop_ddp``): the same schedule over the same global batches.
     """
+    d = distributed(device)
+    if d is not None:
+        return _train_loop_ddp(d, model, optimizer, scheduler, batch_at, device=device, cfg=cfg, state=state,
+                               save=save, deadline=deadline or Deadline(), plan=plan, loss_fn=loss_fn,
+                               on_step=on_step, desc=desc)
     model.train()
     deadline = deadline or Deadline()
     examples_here, compute_here, steps_here = 0, 0.0, 0
@@ -566,7 +716,9 @@ def train_loop(
     try:
         while state.stop_reason is None:
             t0 = time.monotonic()
-            batch = {k: v.to(device.torch_device, non_blocking=True) for k, v in batch_at(state.step).items()}
+            cpu_batch = batch_at(state.step)
+            tokens = batch_tokens(cpu_batch)
+            batch = {k: v.to(device.torch_device, non_blocking=True) for k, v in cpu_batch.items()}
             with device.autocast():
                 loss = loss_fn(model, batch)
             loss.backward()
@@ -582,6 +734,7 @@ def train_loop(
             n = batch_examples(batch)
             state.step += 1
             state.examples += n
+            state.tokens += tokens
             state.train_seconds += step_s
             examples_here += n
             compute_here += step_s
@@ -608,6 +761,126 @@ def train_loop(
     finally:
         progress.close()
         metrics.flush()
+    if state.stop_reason == BUDGET:
+        logger.info("%s: out of time budget at step %d of %d scheduled (%.0f%%); checkpoint saved",
+                    desc, state.step, cfg.total_steps, 100 * state.step / max(1, cfg.total_steps))
+    return state
+
+
+RANK_RNG = "rank_rng"  # TrainState.extra key of a DDP checkpoint: every rank's RNG states (dropout)
+_STOP_CODES = {None: 0, COMPLETED: 1, BUDGET: 2}
+
+
+def _train_loop_ddp(
+    d: Distributed, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler, batch_at: Callable[[int], Batch], *, device: Device,
+    cfg: LoopConfig, state: TrainState, save: Callable[[TrainState], Path], deadline: Deadline, plan: Plan | None,
+    loss_fn: Callable[[torch.nn.Module, Batch], torch.Tensor], on_step: Callable[[TrainState], None] | None,
+    desc: str,
+) -> TrainState:
+    """``train_loop`` on one of ``d.world`` ranks.
+
+    Each step every rank builds the global batch ``batch_at(step)`` and keeps its slice
+    (``shard``; a ``batch_at`` with ``shards_itself`` returns the slice itself). A rank's loss
+    is weighted by its share of the global batch's loss units (``loss_units``: predicted
+    tokens, or examples) times the world size, so DDP's mean of the gradients is the gradient
+    of the global batch's mean loss: the one-process step, up to float summation order. The
+    recorded loss is the global one (an all-reduce). Rank 0 alone decides whether the schedule
+    is shortened and when to stop (its deadline) and broadcasts it, so no rank waits in a
+    collective another has left; rank 0 alone writes checkpoints, with every rank's RNG state
+    (dropout) in it (``RANK_RNG``), so a resume on as many ranks continues every stream."""
+    acc = d.accelerator
+    acc.ddp_handler.find_unused_parameters = cfg.unused_parameters
+    ddp_model, ddp_optimizer, ddp_scheduler = acc.prepare(model, optimizer, scheduler)
+    ddp_model.train()
+    saved_rngs = state.extra.pop(RANK_RNG, None)
+    if saved_rngs is not None and len(saved_rngs) == d.world:
+        set_rng_state(saved_rngs[d.rank])  # rank 0's is also the checkpoint's own "rng"
+    elif d.rank > 0 and state.step == 0:  # a dropout stream of its own, derived from the training seed
+        torch.manual_seed(derive_seed(torch.initial_seed(), "rank", d.rank))
+    shards_itself = bool(getattr(batch_at, "shards_itself", False))
+    examples_here, compute_here, steps_here = 0, 0.0, 0
+    save_s = 12 * sum(p.numel() for p in model.parameters()) / 200e6
+    state.stop_reason = None if state.step < cfg.total_steps else COMPLETED
+    progress = Progress(desc, cfg.total_steps, initial=state.step, bar=cfg.progress and d.is_main,
+                        every_s=cfg.progress_seconds if d.is_main else math.inf, deadline=deadline)
+    try:
+        while state.stop_reason is None:
+            t0 = time.monotonic()
+            batch = batch_at(state.step)
+            tokens = batch_tokens(batch)
+            if shards_itself:
+                units = d.sum([float(loss_units(batch))])[0]
+            else:
+                units = float(loss_units(batch))
+                batch = shard(batch, d.rank, d.world)
+            batch = {k: v.to(device.torch_device, non_blocking=True) for k, v in batch.items()}
+            local = loss_units(batch)
+            weight = local * d.world / max(units, 1.0)
+            with device.autocast():
+                loss = loss_fn(ddp_model, batch)
+            if local == 0:  # nothing to predict in this rank's slice: it adds no gradient
+                loss = torch.nan_to_num(loss)
+            acc.backward(loss * weight)
+            if cfg.grad_clip is not None:
+                acc.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            learning_rate = optimizer.param_groups[0]["lr"]
+            ddp_optimizer.step()
+            ddp_scheduler.step()
+            ddp_optimizer.zero_grad(set_to_none=True)
+            loss_sum, n, summed = d.sum([float(loss.detach()) * weight, float(batch_examples(batch)), float(tokens)])
+            tokens = int(summed) if shards_itself else tokens  # the global batch's tokens
+            state.losses.append(loss_sum / d.world)
+            step_s = time.monotonic() - t0
+
+            n = int(n)
+            state.step += 1
+            state.examples += n
+            state.tokens += tokens
+            state.train_seconds += step_s
+            examples_here += n
+            compute_here += step_s
+            steps_here += 1
+            progress.update(1, n, f"loss {state.losses[-1]:.3f}")
+            record(state.step, {"train_loss": state.losses[-1], "learning_rate": learning_rate,
+                                "step_examples_per_s": throughput(n, step_s)})
+            # Rank 0 decides (its clock and deadline) and every rank follows.
+            total, stop = state.total_steps, None
+            if d.is_main:
+                if plan is not None and steps_here == REFIT_AFTER and deadline.bounded:
+                    fits = state.step + int(0.9 * max(0.0, deadline.remaining() - save_s) * steps_here / compute_here)
+                    if fits < total:
+                        total = max(fits, state.step)
+                        logger.info("%s: schedule shortened to %d steps (%.2f s a step, %.0f s left)", desc, total,
+                                    compute_here / steps_here, deadline.remaining())
+                if state.step >= total:
+                    stop = COMPLETED
+                elif deadline.remaining() < compute_here / steps_here + save_s:
+                    stop = BUDGET
+            code, total = d.broadcast([float(_STOP_CODES[stop]), float(total)])
+            stop = {v: k for k, v in _STOP_CODES.items()}[int(code)]
+            if int(total) != state.total_steps:
+                state.total_steps = int(total)
+                if plan is not None:
+                    plan.total_steps = state.total_steps
+                progress.total = progress.bar.total = state.total_steps
+            state.stop_reason = stop
+            if state.stop_reason or state.step % cfg.checkpoint_every == 0:
+                rngs = d.gather(rng_state())
+                if d.is_main:
+                    t1 = time.monotonic()
+                    state.extra[RANK_RNG] = rngs
+                    try:
+                        save(state)
+                    finally:
+                        state.extra.pop(RANK_RNG, None)
+                    save_s = time.monotonic() - t1
+                d.wait()  # the checkpoint is complete before any rank goes on (or stops)
+            if on_step is not None:
+                on_step(state)
+    finally:
+        progress.close()
+        acc.free_memory()  # drop the DDP wrapper; ``model`` is the trained module
     if state.stop_reason == BUDGET:
         logger.info("%s: out of time budget at step %d of %d scheduled (%.0f%%); checkpoint saved",
                     desc, state.step, cfg.total_steps, 100 * state.step / max(1, cfg.total_steps))
@@ -667,6 +940,10 @@ class StageResult:
     budget_seconds: float | None = None  # the stage's budget (None: unbounded)
     seconds: float = 0.0  # wall time of the stage in this call: data, validation, loop, saving
     scheduled_steps: int | None = None  # the schedule's length when the budget shortened it (fit_schedule)
+    tokens_per_s: float = 0.0  # token positions a second, this call's training steps only (padding included)
+    parameters: int = 0  # the trained model's parameters (MFU: 6 x parameters x tokens/s)
+    peak_memory_bytes: int | None = None  # torch.cuda.max_memory_allocated during the stage (None: CPU)
+    world_size: int = 1  # processes that trained it (torchrun)
 
     def summary(self) -> dict[str, Any]:
         out = {k: v for k, v in asdict(self).items() if k != "train_losses"}
@@ -689,9 +966,18 @@ def fit_schedule(
 
     The cost of a step is measured on one forward and backward pass of the first batch
     (gradients dropped, weights untouched; run it before seeding the training's dropout);
-    90 % of the time left, less the final checkpoint, is planned. Unbounded: ``planned``."""
+    90 % of the time left, less the final checkpoint, is planned. Unbounded: ``planned``.
+    Under torchrun every rank gets rank 0's answer."""
     if not deadline.bounded:
         return planned
+    return broadcast_int(_fit_schedule(model, batch_at, loss_fn, device=device, planned=planned, deadline=deadline,
+                                       desc=desc))
+
+
+def _fit_schedule(
+    model: torch.nn.Module, batch_at: Callable[[int], Batch], loss_fn: Callable[[torch.nn.Module, Batch], torch.Tensor],
+    *, device: Device, planned: int, deadline: Deadline, desc: str,
+) -> int:
     model.train()
     t0 = time.monotonic()
     batch = {k: v.to(device.torch_device) for k, v in batch_at(0).items()}
@@ -753,6 +1039,7 @@ def run_stage(
     out_dir.mkdir(parents=True, exist_ok=True)
     ckpt_root = out_dir / "checkpoints"
     model.to(device.torch_device)
+    reset_peak_memory(device)
     latest = latest_checkpoint(ckpt_root)
     if latest is not None:
         check_resumable(read_run_config(latest), run_config, latest, may_differ)
@@ -778,7 +1065,7 @@ def run_stage(
         state = TrainState(total_steps=scheduled, extra={"before": before, "eval_seconds": eval_s})
         resumed_from = None
     loop = dataclasses.replace(loop, total_steps=scheduled)
-    examples_before, seconds_before = state.examples, state.train_seconds
+    examples_before, seconds_before, tokens_before = state.examples, state.train_seconds, state.tokens
 
     def save(s: TrainState) -> Path:
         return save_checkpoint(
@@ -795,9 +1082,10 @@ def run_stage(
     after = evaluate()
     record(state.step, after)
     model_dir = out_dir / MODEL_SUBDIR
-    with quiet_transformers():
-        model.save_pretrained(model_dir)
-        tokenizer.save_pretrained(model_dir)
+    if is_main_process():  # under torchrun rank 0 writes, the others wait for it
+        with quiet_transformers():
+            model.save_pretrained(model_dir)
+            tokenizer.save_pretrained(model_dir)
     result = StageResult(
         stage=stage, before=state.extra["before"], after=after, steps=state.step, total_steps=total,
         stop_reason=COMPLETED if state.step >= total else BUDGET,
@@ -806,8 +1094,13 @@ def run_stage(
         train_seconds=state.train_seconds, model_dir=model_dir, resumed_from=resumed_from,
         train_losses=list(state.losses), budget_seconds=_budget_of(deadline, started),
         seconds=time.monotonic() - started,
+        tokens_per_s=throughput(state.tokens - tokens_before, state.train_seconds - seconds_before),
+        parameters=sum(p.numel() for p in model.parameters()), peak_memory_bytes=peak_memory(device),
+        world_size=world_size(),
     )
-    write_json(out_dir / f"{stage}_results.json", result.summary())
+    if is_main_process():
+        write_json(out_dir / f"{stage}_results.json", result.summary())
+    wait_for_everyone()
     logger.info("%s: %s -> %s, %d/%d steps (%s), %.1f examples/s, %s", stage, result.before, after, state.step, total,
                 result.stop_reason, result.examples_per_s, budget_note(result.seconds, result.budget_seconds))
     return result

@@ -281,6 +281,19 @@ def register(settings: Settings, result: chain.ChainResult, as_of: date) -> dict
     return out
 
 
+def train_rank(settings: Settings, as_of: date) -> chain.ChainResult:
+    """What a rank other than 0 does under ``torchrun`` (``prodassoc train``): the same data and
+    the same chain call as rank 0's ``train_models``, taking part in the DDP steps of MLM,
+    teacher and student; no MLflow, registry, gate or files (rank 0 writes them all) and no GNN."""
+    cfg = settings.training
+    if cfg.seed is None:
+        raise ValueError("training.seed is required to train (PRODASSOC_TRAINING__SEED or `prodassoc train --seed`)")
+    catalog, train = training_data(settings, as_of)
+    return chain.train_chain(catalog, train, datetime.combine(as_of, time()), cfg, device=device_of(cfg),
+                             out_dir=models_dir(settings, as_of), progress=False, hybrid_cfg=settings.hybrid,
+                             selection_cfg=settings.selection)
+
+
 def train_models(settings: Settings, as_of: date, *, progress: bool = False, promote: bool = True) -> TrainReport:
     """The whole retraining run for ``as_of``: data, chain, registration, gate (``promote``
     False: the gate decides and records, nothing is promoted)."""

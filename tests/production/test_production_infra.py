@@ -120,6 +120,11 @@ def test_k8s_gpu_template_is_a_valid_base_job_template_requesting_gpus():
     (container,) = pod["containers"]
     assert container["name"] == "prefect-job"  # what the Kubernetes worker requires
     assert container["resources"]["limits"]["nvidia.com/gpu"] == 1
+    # one process per GPU: the Job runs torchrun (the worker turns the command into the container's args)
+    assert "args" not in container and "command" not in container
+    assert rendered["command"] == commands.torchrun_train(1)
+    assert apply_values(template["job_configuration"], defaults | {"gpu_count": 4})["command"] == (
+        "torchrun --standalone --nproc_per_node=4 -m flows.torchrun_engine")
     assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in pod["tolerations"]
     assert rendered["env"] == {"PRODASSOC_DATA_DIR": "/data"}
 
@@ -165,6 +170,10 @@ def test_deployments_run_module_entrypoints_on_the_cpu_pool_one_at_a_time(tmp_pa
     assert (schedule.schedule.cron, schedule.schedule.timezone) == ("0 4 * * 6", "Europe/London")
     assert train.parameters == {"timezone": "Europe/London", "seed": 3}
     assert (train.work_pool_name, train.work_queue_name) == ("gpu", None)
+    assert train.job_variables["command"] == "torchrun --standalone --nproc_per_node=1 -m flows.torchrun_engine"
+    (_, _, train_4) = deployments(DeployConfig(gpus=4), tmp_path, training)
+    assert train_4.job_variables["command"] == commands.torchrun_train(4) == (
+        "torchrun --standalone --nproc_per_node=4 -m flows.torchrun_engine")
     for d in (nightly, backfill, train):
         assert d.concurrency_limit == 1
         assert d.concurrency_options.collision_strategy == ConcurrencyLimitStrategy.ENQUEUE
@@ -202,3 +211,11 @@ def test_every_third_party_image_is_pinned():
     images = re.findall(r"image:\s*\$\{[A-Z_]+:-([^}]+)\}|image:\s*([^\s$]+)", text)
     third_party = [a or b for a, b in images if not (a or b).startswith("prodassoc:")]
     assert third_party and all(":" in i and not i.endswith(":latest") for i in third_party), third_party
+
+
+def test_torchrun_engine_is_prefects_command_on_rank_0():
+    """The `train` command's module: rank 0 runs prefect.engine, the others train (flows/torchrun_engine.py)."""
+    source = (REPO / "flows" / "torchrun_engine.py").read_text()
+    assert 'runpy.run_module("prefect.engine", run_name="__main__"' in source
+    assert "retrain.train_rank(settings, as_of)" in source
+    import flows.torchrun_engine  # noqa: F401  (imports cleanly)
