@@ -219,12 +219,12 @@ def mine_rules(baskets: "DataFrame", cfg: MiningConfig, counts: ItemsetCounts | 
     return rules_table(pl.from_arrow(table))
 
 
-def pair_counts(baskets: "DataFrame", min_pair_count: int) -> "DataFrame":
+def pair_counts(baskets: "DataFrame", min_pair_count: int, n: int | None = None) -> "DataFrame":
     """``associations.pair_counts`` as a Spark frame: (product_id, associated_product_id, n_rule,
     n_antecedent, n_consequent, n_transactions) for ordered pairs in >= ``min_pair_count`` baskets."""
     from pyspark.sql import functions as F
 
-    n = baskets.count()
+    n = baskets.count() if n is None else n
     lines = _basket_items(baskets)
     item_counts = lines.groupBy(ITEM).agg(F.count(F.lit(1)).cast("long").alias("n"))
     a, b = lines.alias("a"), lines.alias("b")
@@ -277,10 +277,11 @@ def top_pairs(pairs: "DataFrame", method: str, top_k: int) -> "DataFrame":
 PAIR_METHODS = ("count", "confidence", "jaccard", "lift")
 
 
-def product_associations(baskets: "DataFrame", cfg: AssociationConfig) -> pa.Table:
-    """``associations.product_associations`` of a Spark frame of baskets, for the pair methods:
-    the same PRODUCT_ASSOCIATIONS rows. Only each product's top K pairs reach the driver."""
-    return rank_pairs(pair_counts(baskets, cfg.min_pair_count), cfg)
+def product_associations(baskets: "DataFrame", cfg: AssociationConfig, n: int | None = None) -> pa.Table:
+    """``associations.product_associations`` of a Spark frame of baskets (``n`` of them, counted
+    when None), for the pair methods: the same PRODUCT_ASSOCIATIONS rows. Only each product's top
+    K pairs reach the driver."""
+    return rank_pairs(pair_counts(baskets, cfg.min_pair_count, n), cfg)
 
 
 def rank_pairs(pairs: "DataFrame", cfg: AssociationConfig) -> pa.Table:
