@@ -116,6 +116,7 @@ def ingest_landing(settings: Settings, as_of: date) -> ingest.IngestReport:
             gx_dir=settings.gx_dir,
             cfg=settings.validation,
             as_of=as_of,
+            spark=spark_session(settings) if settings.engine == "spark" else None,
         )
 
 
