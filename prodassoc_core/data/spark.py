@@ -53,8 +53,9 @@ class SparkUnavailableError(RuntimeError):
 
 
 def session(cfg: SparkConfig) -> "SparkSession":
-    """The process's Spark session: the active one when there is one (spark-submit, Databricks),
-    else a new one from ``cfg``. Thread-safe: the nightly's side-by-side stages share it."""
+    """The process's Spark session: the active one when there is one (a notebook, Databricks),
+    the one spark-submit configured (its master and conf, not ``cfg``'s) when launched by
+    spark-submit, else a new one from ``cfg``. Thread-safe: the nightly's side-by-side stages share it."""
     with _LOCK:
         # pyspark 4.3 warns that pandas >= 3 is "not fully supported": data moves through Arrow here
         warnings.filterwarnings("ignore", message="PySpark does not yet fully support pandas", category=FutureWarning)
@@ -66,6 +67,10 @@ def session(cfg: SparkConfig) -> "SparkSession":
         active = SparkSession.getActiveSession()
         if active is not None:
             return active
+        if os.environ.get("PYSPARK_GATEWAY_PORT"):  # started by spark-submit: its --master and --conf win
+            spark = SparkSession.builder.appName(cfg.app_name).getOrCreate()
+            log.info("spark %s session of spark-submit on %s", spark.version, spark.sparkContext.master)
+            return spark
         if shutil.which("java") is None and not os.environ.get("JAVA_HOME"):
             raise SparkUnavailableError("engine 'spark' needs Java 17 (java is not on PATH and JAVA_HOME is unset)")
         conf = {
