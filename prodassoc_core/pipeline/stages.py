@@ -239,7 +239,10 @@ def associate(settings: Settings, baskets_path: Path, as_of: date) -> dict[str, 
     if plan.source("warm") == serving.CLASSIC:  # the classic ranking only where it is served
         if on_spark and plan.classic.method in spark_mining.PAIR_METHODS:
             lines = spark.read_parquet(spark_session(settings), baskets_path)
-            classic = pl.from_arrow(spark_mining.product_associations(lines, plan.classic, basket_count(baskets_path)))
+            n = basket_count(baskets_path)
+            ranked = pl.from_arrow(spark_mining.product_associations(lines, plan.classic, n))
+            # the metrics as the local engine publishes them (methods.publishable): the same bits
+            classic = pl.from_arrow(methods.publishable_counts(ranked, n))
         else:
             if on_spark:
                 log.info("associate: %s runs on the driver (the spark engine ranks %s in Spark)",
