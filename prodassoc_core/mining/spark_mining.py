@@ -39,6 +39,7 @@ BASKET = "_basket"
 ITEM = "item"
 ITEMSET = "itemset"
 COUNT = "count"
+NUMBER = "_number"
 
 
 def _basket_items(baskets: "DataFrame") -> "DataFrame":
@@ -63,6 +64,7 @@ class ItemsetCounts:
     n: int
     min_count: int
     max_len: int | None
+    names: list[str]  # the item of each item number in the levels (``_levels``)
 
     def covers(self, min_support: float, max_len: int | None) -> bool:
         """Whether item sets at ``min_support`` up to ``max_len`` items are all in these levels."""
@@ -83,20 +85,34 @@ def count_itemsets(baskets: "DataFrame", min_support: float, max_len: int | None
     """
     n = baskets.count() if n is None else n
     count = min_count(min_support, n)
-    return ItemsetCounts(_levels(baskets, count, max_len), n, count, max_len)
+    levels, names = _levels(baskets, count, max_len)
+    return ItemsetCounts(levels, n, count, max_len, names)
 
 
-def _levels(baskets: "DataFrame", count: int, max_len: int | None) -> list["DataFrame"]:
+def _levels(baskets: "DataFrame", count: int, max_len: int | None) -> tuple[list["DataFrame"], list[str]]:
+    """(levels of item sets as sorted arrays of item numbers, the item of each number).
+
+    The frequent items are numbered 0, 1, ... in their string order (Spark's, Python's and polars'
+    order: UTF-8 bytes, code points), so a sorted array of numbers is the sorted array of items;
+    the levels' joins, shuffles and comparisons then work on integers, not strings. ``decode``
+    turns numbers back into items on the driver (only the answer is decoded)."""
     from pyspark.sql import functions as F
 
     pairs = _basket_items(baskets)
-    items = pairs.groupBy(ITEM).agg(F.count(F.lit(1)).alias(COUNT)).filter(F.col(COUNT) >= count)
-    levels = [items.select(F.array(ITEM).alias(ITEMSET), COUNT).localCheckpoint(eager=False)]
-    k, found = 1, levels[0].count()
-    if max_len == 1 or not found:
-        return levels if found else []
-    frequent = pairs.join(F.broadcast(levels[0].select(F.element_at(ITEMSET, 1).alias(ITEM))), ITEM)
-    frequent = frequent.localCheckpoint(eager=False)  # (basket, item) of frequent items only
+    counted = pairs.groupBy(ITEM).agg(F.count(F.lit(1)).alias(COUNT)).filter(F.col(COUNT) >= count)
+    frequent_items = sorted((r[0], r[1]) for r in counted.collect())  # level 1's one job
+    if not frequent_items:
+        return [], []
+    names = [item for item, _ in frequent_items]
+    spark = baskets.sparkSession
+    numbers = spark.createDataFrame([(item, i) for i, item in enumerate(names)], f"{ITEM} string, {NUMBER} int")
+    levels = [spark.createDataFrame([([i], c) for i, (_, c) in enumerate(frequent_items)],
+                                    f"{ITEMSET} array<int>, {COUNT} long")]
+    k, found = 1, len(names)
+    if max_len == 1:
+        return levels, names
+    frequent = pairs.join(F.broadcast(numbers), ITEM).select(BASKET, F.col(NUMBER).alias(ITEM))
+    frequent = frequent.localCheckpoint(eager=False)  # (basket, item number) of frequent items only
     nexts = frequent.withColumnRenamed(ITEM, "next")
     occurrences = frequent.select(BASKET, F.array(ITEM).alias(ITEMSET), F.col(ITEM).alias("last"))
     while (max_len is None or k < max_len) and found:
@@ -120,14 +136,29 @@ def _levels(baskets: "DataFrame", count: int, max_len: int | None) -> list["Data
             levels.append(level)
             if max_len is None or k < max_len:
                 occurrences = extended.join(level.select(ITEMSET), ITEMSET).localCheckpoint(eager=False)
-    return levels
+    return levels, names
+
+
+def decode(numbers: pl.Series, names: list[str]) -> pl.Series:
+    """Item numbers (ints, or lists of ints) as the items they number (``_levels``)."""
+    import numpy as np
+    import pyarrow.compute as pc
+
+    lookup = pa.array(names, pa.string())
+    arrow = numbers.to_arrow()
+    arrow = arrow.combine_chunks() if isinstance(arrow, pa.ChunkedArray) else arrow
+    if not pa.types.is_list(arrow.type) and not pa.types.is_large_list(arrow.type):
+        return pl.Series(numbers.name, lookup.take(arrow))
+    lengths = pc.list_value_length(arrow).to_numpy(zero_copy_only=False).astype(np.int32)
+    offsets = pa.array(np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32))
+    return pl.Series(numbers.name, pa.ListArray.from_arrays(offsets, lookup.take(arrow.flatten())))
 
 
 def itemset_counts(baskets: "DataFrame", count: int, max_len: int | None) -> tuple[list["DataFrame"], int]:
     """([level 1, level 2, ...], N) of item sets in at least ``count`` baskets (``count_itemsets``
     with an integer threshold)."""
     n = baskets.count()
-    return _levels(baskets, count, max_len), n
+    return _levels(baskets, count, max_len)[0], n
 
 
 def frequent_itemsets(baskets: "DataFrame", min_support: float, *, min_len: int = 1,
@@ -158,6 +189,7 @@ def frequent_itemsets(baskets: "DataFrame", min_support: float, *, min_len: int 
     frame = pl.from_arrow(table)
     if frame.height == 0:
         return FREQUENT_ITEMSETS_SCHEMA.empty_table()
+    frame = frame.with_columns(decode(frame[ITEMSET], counts.names))
     frame = frame.with_columns(
         support=pl.Series(frame[COUNT].to_numpy() / n), length=pl.col(ITEMSET).list.len().cast(pl.Int32),
     ).sort([COUNT, "length", ITEMSET], descending=[True, False, False])
@@ -203,7 +235,7 @@ def mine_rules(baskets: "DataFrame", cfg: MiningConfig, counts: ItemsetCounts | 
         parts.append(heads.join(bodies, "antecedent").join(F.broadcast(items), "consequent")
                      .select("antecedent", "consequent", "n_antecedent", "n_consequent", "n_rule"))
     if cfg.min_len <= 1:  # {} => {c}: n_antecedent = N, n_rule = n_consequent
-        parts.append(items.select(F.array().cast("array<string>").alias("antecedent"), "consequent",
+        parts.append(items.select(F.array().cast("array<int>").alias("antecedent"), "consequent",
                                   F.lit(n).cast("long").alias("n_antecedent"), "n_consequent",
                                   F.col("n_consequent").alias("n_rule")))
     if not parts:
@@ -216,7 +248,9 @@ def mine_rules(baskets: "DataFrame", cfg: MiningConfig, counts: ItemsetCounts | 
         "antecedent", "consequent", F.lit(n).cast("long").alias("n_transactions"),
         *[F.col(c).cast("long").alias(c) for c in ("n_antecedent", "n_consequent", "n_rule")],
     ).toArrow()
-    return rules_table(pl.from_arrow(table))
+    found = pl.from_arrow(table)
+    return rules_table(found.with_columns(decode(found["antecedent"], counts.names),
+                                          decode(found["consequent"], counts.names)))
 
 
 def pair_counts(baskets: "DataFrame", min_pair_count: int, n: int | None = None) -> "DataFrame":
