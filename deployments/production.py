@@ -50,6 +50,12 @@ class DeployConfig(BaseSettings):
         "no two runs that publish dates are ever in flight together",
     )
 
+    engine: str = Field("local", pattern="^(local|spark)$",
+                        description="engine of the nightly and backfill runs (docs/spark.md): local or spark")
+    spark_master: str | None = Field(
+        None, description="spark.master of those runs (engine spark), e.g. yarn or spark://host:7077; "
+        "default: the worker's PRODASSOC_SPARK__MASTER or local[2]")
+
     @field_validator("timezone")
     @classmethod
     def _known_zone(cls, value: str) -> str:
@@ -77,15 +83,21 @@ def check_cron(value: str, setting: str = "") -> str:
     return value
 
 
-def _job_env(data_dir: Path) -> dict[str, Any]:
-    # Only the data directory travels in the deployment (visible in the UI); secrets such as
-    # database passwords and S3 keys stay in the worker's environment, which flow runs inherit.
-    return {"env": {
+def _job_env(data_dir: Path, cfg: DeployConfig | None = None) -> dict[str, Any]:
+    # Only the data directory (and the engine of dated runs) travels in the deployment (visible in
+    # the UI); secrets such as database passwords and S3 keys stay in the worker's environment,
+    # which flow runs inherit.
+    env = {
         "PRODASSOC_DATA_DIR": str(data_dir),
         # the project's log lines reach the Prefect UI; no MLflow download progress bars in the worker's log
         "PREFECT_LOGGING_EXTRA_LOGGERS": "prodassoc",
         "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
-    }}
+    }
+    if cfg is not None and cfg.engine == "spark":  # the worker's host is the Spark driver (docs/spark.md)
+        env["PRODASSOC_ENGINE"] = "spark"
+        if cfg.spark_master:
+            env["PRODASSOC_SPARK__MASTER"] = cfg.spark_master
+    return {"env": env}
 
 
 def _one_at_a_time():
@@ -126,7 +138,7 @@ def nightly_deployment(cfg: DeployConfig, data_dir: Path):
         tags=["prodassoc", "nightly"],
         work_pool_name=cfg.cpu_pool,
         work_queue_name=cfg.queue,
-        job_variables=_job_env(data_dir),
+        job_variables=_job_env(data_dir, cfg),
         entrypoint_type=EntrypointType.MODULE_PATH,
     ))
 
@@ -143,7 +155,7 @@ def backfill_deployment(cfg: DeployConfig, data_dir: Path):
         tags=["prodassoc", "backfill"],
         work_pool_name=cfg.cpu_pool,
         work_queue_name=cfg.queue,
-        job_variables=_job_env(data_dir),
+        job_variables=_job_env(data_dir, cfg),
         entrypoint_type=EntrypointType.MODULE_PATH,
     ))
 

@@ -221,6 +221,6 @@ def spark():
     from prodassoc_core.data import spark as spark_data
     from prodassoc_core.ops import SparkConfig
 
-    session = spark_data.session(SparkConfig(master="local[2]", shuffle_partitions=2, driver_memory="1g"))
+    session = spark_data.session(SparkConfig(master="local[2]", shuffle_partitions=1, driver_memory="1g", small_data=True))
     yield session
     session.stop()

@@ -5,8 +5,8 @@ Owns every table's schema (``contracts``), turning a source export into landed P
 runs its steps: discover ``landing``, read ``loading``, validate ``verdicts`` with the rules and
 Great Expectations of ``validation``, ``reconcile``, stage ``staging``, record ``manifest``),
 grouping lines into baskets (``baskets``), the Spark session and Spark baskets of ``engine: spark``
-(``spark``), object-store locations (``storage``) and the partitioned warehouse with its commit
-markers and views (``warehouse``).
+(``spark``) and ingestion's read and validation as Spark jobs (``spark_ingest``), object-store
+locations (``storage``) and the partitioned warehouse with its commit markers and views (``warehouse``).
 
 May import: ops. Other packages import this one through the names below
 (``from prodassoc_core.data import ...``), never through its modules' private names;
@@ -17,7 +17,7 @@ from prodassoc_core._exports import lazy_exports
 
 MODULES = (
     "baskets", "contracts", "importers", "ingest", "landing", "loading", "manifest", "reconcile", "spark",
-    "staging", "storage", "validation", "verdicts", "warehouse",
+    "spark_ingest", "staging", "storage", "validation", "verdicts", "warehouse",
 )
 NAMES = {
     "ITEMS": "baskets",

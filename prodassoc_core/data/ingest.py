@@ -68,6 +68,10 @@ This module runs the steps (the catalog, then the transactions) and owns their f
 * reconcile: ``reconcile`` (row counts; the already-staged content that covers a duplicate file)
 * stage: ``staging`` (output paths, atomic writes, stale temporary files, readers of staged rows)
 * record: ``manifest`` (the manifest, ``IngestReport``, ``PartitionStats``, the run's ``Ledger``)
+
+With a Spark session (``engine: spark``), transactions are read and validated by ``spark_ingest``
+(Spark reads the files that follow the contract's types, GE's Spark datasource validates them);
+every other step, and so every output, is the same code.
 """
 
 from __future__ import annotations
@@ -79,6 +83,7 @@ from pathlib import Path
 import polars as pl
 
 from prodassoc_core.data import contracts as c
+from prodassoc_core.data import spark_ingest
 from prodassoc_core.data.landing import Landed, current_snapshot, find_transactions, sha256
 from prodassoc_core.data.loading import REJECTED, UNREADABLE, Loaded, load, quarantine_rows
 from prodassoc_core.data.manifest import (
@@ -143,8 +148,9 @@ class IngestError(RuntimeError):
 class _Run:
     """What the steps of one ingest call share: settings, outputs, the ledger, the GE context."""
 
-    def __init__(self, landing, staging, quarantine, manifest_path, gx_dir, cfg, as_of, batch_rows):
+    def __init__(self, landing, staging, quarantine, manifest_path, gx_dir, cfg, as_of, batch_rows, spark=None):
         self.landing = Path(landing)
+        self.spark = spark  # engine: spark: transactions read and validated as Spark jobs (spark_ingest)
         self.outputs = Outputs(Path(staging), Path(quarantine))
         self.ledger = Ledger(manifest_path, as_of)
         self.report = self.ledger.report
@@ -316,7 +322,7 @@ class _TransactionsStep:
                 held.append(file)
             else:
                 claimed.add(sha)
-                loaded = load(file, c.TRANSACTIONS, sha)
+                loaded = (spark_ingest.probe if self.run.spark is not None else load)(file, c.TRANSACTIONS, sha)
                 batch.append(loaded)
                 batch_rows += loaded.rows
             last_of_partition = i + 1 == len(files) or files[i + 1].partition != file.partition
@@ -339,8 +345,12 @@ class _TransactionsStep:
     def flush(self, batch: list[Loaded]) -> None:
         """Validate a batch of files (one GE run), then write quarantine, staging and manifest."""
         run = self.run
-        results = validate_batch(batch, lambda frame: validate_transactions(
-            frame, self.catalog_ids, run.cfg, as_of=run.as_of, gx=run.gx, run_name=run.run_name))
+        if run.spark is not None:
+            results = spark_ingest.transactions_validator(
+                run.spark, self.catalog_ids, run.cfg, run.as_of, run.gx, run.run_name)(batch)
+        else:
+            results = validate_batch(batch, lambda frame: validate_transactions(
+                frame, self.catalog_ids, run.cfg, as_of=run.as_of, gx=run.gx, run_name=run.run_name))
         n_staged = n_quarantined = 0
         for partition, rels in by_partition(batch).items():
             verdict = judge_partition(partition, [results[rel] for rel in rels], run.cfg.max_failed_share)
@@ -408,6 +418,7 @@ def ingest(
     as_of: date,
     *,
     batch_rows: int = DEFAULT_BATCH_ROWS,
+    spark=None,
 ) -> IngestReport:
     """Validate new landed files into staging and quarantine; record them in the manifest.
 
@@ -419,8 +430,11 @@ def ingest(
     ``dt=YYYY-MM-DD`` partition, or the catalog snapshot fails (unreadable, a missing
     column, no rows, no valid row, or too many quarantined). Not safe to call from two
     processes on one data directory at once: ``pipeline.ingest_landing`` holds the ingest lock.
+
+    ``spark``: a Spark session (``engine: spark``): transaction files are read and validated as
+    Spark jobs (``spark_ingest``), with the same outputs; None: all in this process.
     """
-    run = _Run(landing_dir, staging_dir, quarantine_dir, manifest_path, gx_dir, cfg, as_of, batch_rows)
+    run = _Run(landing_dir, staging_dir, quarantine_dir, manifest_path, gx_dir, cfg, as_of, batch_rows, spark)
     manifest = run.ledger.path
     stale = remove_stale_temp_files(run.outputs.staging, run.outputs.quarantine) + len(
         remove_stale_temp(manifest.parent, f".{manifest.name}.*.tmp", tmp_pid)

@@ -38,13 +38,24 @@ _LOCK = threading.Lock()
 _PARTITION = re.compile(r"dt=(\d{4}-\d{2}-\d{2})")
 
 
+# ``SparkConfig.small_data``: a short local run spends most of its CPU in the JVM's JIT compilers
+# and per-job planning, not on data. C1 only (no C2) and the serial GC halve the driver JVM's CPU
+# for a test session; without AQE, a lazily checkpointed frame is materialised by the job that
+# reads it rather than by extra jobs at planning time. Long jobs want C2: leave it off for them.
+SMALL_DATA_CONF = {
+    "spark.driver.extraJavaOptions": "-XX:TieredStopAtLevel=1 -XX:+UseSerialGC",
+    "spark.sql.adaptive.enabled": "false",
+}
+
+
 class SparkUnavailableError(RuntimeError):
     """``engine: spark`` without pyspark or without Java."""
 
 
 def session(cfg: SparkConfig) -> "SparkSession":
-    """The process's Spark session: the active one when there is one (spark-submit, Databricks),
-    else a new one from ``cfg``. Thread-safe: the nightly's side-by-side stages share it."""
+    """The process's Spark session: the active one when there is one (a notebook, Databricks),
+    the one spark-submit configured (its master and conf, not ``cfg``'s) when launched by
+    spark-submit, else a new one from ``cfg``. Thread-safe: the nightly's side-by-side stages share it."""
     with _LOCK:
         # pyspark 4.3 warns that pandas >= 3 is "not fully supported": data moves through Arrow here
         warnings.filterwarnings("ignore", message="PySpark does not yet fully support pandas", category=FutureWarning)
@@ -56,6 +67,10 @@ def session(cfg: SparkConfig) -> "SparkSession":
         active = SparkSession.getActiveSession()
         if active is not None:
             return active
+        if os.environ.get("PYSPARK_GATEWAY_PORT"):  # started by spark-submit: its --master and --conf win
+            spark = SparkSession.builder.appName(cfg.app_name).getOrCreate()
+            log.info("spark %s session of spark-submit on %s", spark.version, spark.sparkContext.master)
+            return spark
         if shutil.which("java") is None and not os.environ.get("JAVA_HOME"):
             raise SparkUnavailableError("engine 'spark' needs Java 17 (java is not on PATH and JAVA_HOME is unset)")
         conf = {
@@ -66,6 +81,7 @@ def session(cfg: SparkConfig) -> "SparkSession":
             "spark.sql.session.timeZone": "UTC",  # ordered_at is a local wall-clock time: never shifted
             "spark.sql.execution.arrow.pyspark.enabled": "true",
             "spark.log.level": cfg.log_level,
+            **(SMALL_DATA_CONF if cfg.small_data else {}),
             **cfg.conf,
         }
         builder = SparkSession.builder.master(cfg.master).appName(cfg.app_name)
@@ -154,7 +170,9 @@ def write_parquet(frame: "DataFrame", out: Path) -> int:
         os.replace(out, old)
     os.replace(tmp, out)
     remove(old)
-    return frame.sparkSession.read.parquet(str(out.resolve())).count()
+    import pyarrow.dataset as ds  # the rows from the part files' footers: no Spark job
+
+    return ds.dataset(str(out), format="parquet").count_rows()
 
 
 def remove(path: Path) -> None:

@@ -92,6 +92,9 @@ LINEAGE = [c.SOURCE_FILE, c.SOURCE_ROW, c.PARTITION]
 DEFAULT_CHUNK_ROWS = 1_000_000
 
 _DATASOURCE = "prodassoc"
+_SPARK_DATASOURCE = "prodassoc_spark"  # engine: spark (data/spark_ingest.py)
+_SPARK_SUFFIX = "_spark"
+SOURCE_KEY_FILE, SOURCE_KEY_ROW = c.SOURCE_FILE, c.SOURCE_ROW  # how GE names a failing Spark row
 _BATCH_DEFINITION = "whole_frame"
 _ORDER_DATE = "_order_date"  # derived: ordered_at as YYYY-MM-DD, compared with _partition
 _ORDERED_AT_US = "_ordered_at_us"  # derived: ordered_at as epoch microseconds, compared with as_of
@@ -624,6 +627,68 @@ class GxSuites:
     def context(self) -> Any:
         """The underlying GE data context."""
         return self._ctx
+
+    def _spark_checkpoint(self, table: str) -> Any:
+        """``table``'s suite on a Spark dataframe asset (``<table>_spark``), made on first use:
+        the same expectations; failing rows named by the lineage columns (file, row)."""
+        name = f"{table}{_SPARK_SUFFIX}"
+        if name in self._checkpoints:
+            return self._checkpoints[name]
+        import great_expectations as gx
+        from great_expectations.checkpoint import UpdateDataDocsAction
+
+        ctx = self._ctx
+        try:
+            source = ctx.data_sources.get(_SPARK_DATASOURCE)
+        except KeyError:
+            source = ctx.data_sources.add_spark(_SPARK_DATASOURCE)
+        try:
+            asset = source.get_asset(table)
+        except LookupError:
+            asset = source.add_dataframe_asset(table)
+        try:
+            batch = asset.get_batch_definition(_BATCH_DEFINITION)
+        except KeyError:
+            batch = asset.add_batch_definition_whole_dataframe(_BATCH_DEFINITION)
+        suite = ctx.suites.get(table)
+        definition = ctx.validation_definitions.add_or_update(gx.ValidationDefinition(name=name, data=batch, suite=suite))
+        actions = [] if self.gx_dir is None else [UpdateDataDocsAction(name="update_data_docs")]
+        self._checkpoints[name] = ctx.checkpoints.add_or_update(gx.Checkpoint(
+            name=name, validation_definitions=[definition], actions=actions,
+            result_format={"result_format": "COMPLETE", "unexpected_index_column_names": [SOURCE_KEY_FILE, SOURCE_KEY_ROW]},
+        ))
+        return self._checkpoints[name]
+
+    def run_spark(
+        self, table: str, frame: Any, parameters: dict[str, Any], run_name: str | None
+    ) -> tuple[bool, dict[str, list[tuple[str, int]]]]:
+        """``run`` on a Spark DataFrame (GE's Spark datasource) holding the lineage columns
+        ``_source_file`` and ``_source_row``: (GE success, {rule: failing (file, row) pairs})."""
+        from great_expectations.core.run_identifier import RunIdentifier
+
+        with self._lock:
+            checkpoint = self._spark_checkpoint(table)
+            result = checkpoint.run(
+                batch_parameters={"dataframe": frame},
+                expectation_parameters=parameters,
+                run_id=RunIdentifier(run_name=run_name) if run_name else None,
+            )
+            if self.gx_dir is not None:
+                make_data_docs_offline(data_docs_index(self.gx_dir).parent)
+        failures: dict[str, list[tuple[str, int]]] = {}
+        for suite_result in result.run_results.values():
+            for r in suite_result.results:
+                rule = (r.expectation_config.meta or {}).get("rule", r.expectation_config.type)
+                message = _raised(r.exception_info)
+                if message:
+                    raise ValidationError(f"{table} (spark): GE could not evaluate {rule}: {message}")
+                if r.success:
+                    continue
+                index = r.result.get("unexpected_index_list")
+                if index is None:
+                    raise ValidationError(f"{table} (spark): {rule} failed for the whole batch: {r.result}")
+                failures[rule] = [(str(i[SOURCE_KEY_FILE]), int(i[SOURCE_KEY_ROW])) for i in index]
+        return bool(result.success), failures
 
     @property
     def data_docs(self) -> Path | None:

@@ -307,10 +307,23 @@ def publishable(ranking: pl.DataFrame, item_lists: Sequence[Sequence[str]]) -> p
     b = np.array([index[q] for q in ranking[ASSOCIATED_PRODUCT_ID].to_list()], dtype=np.int64)
     co = (x.T @ x).tocsr()
     n_ab = np.asarray(co[a, b]).ravel().astype(np.int64) if len(a) else np.zeros(0, dtype=np.int64)
-    counted = ranking.select(PRODUCT_ID, ASSOCIATED_PRODUCT_ID, RANK, "score", "method").with_columns(
-        n_transactions=pl.lit(len(item_lists), dtype=pl.Int64),
-        n_antecedent=pl.Series(item_counts[a] if len(a) else [], dtype=pl.Int64),
-        n_consequent=pl.Series(item_counts[b] if len(b) else [], dtype=pl.Int64),
-        n_rule=pl.Series(n_ab, dtype=pl.Int64),
-    )
+    counts = pl.DataFrame({
+        "n_antecedent": pl.Series(item_counts[a] if len(a) else [], dtype=pl.Int64),
+        "n_consequent": pl.Series(item_counts[b] if len(b) else [], dtype=pl.Int64),
+        "n_rule": pl.Series(n_ab, dtype=pl.Int64),
+    })
+    ranked = ranking.select(PRODUCT_ID, ASSOCIATED_PRODUCT_ID, RANK, "score", "method")
+    return publishable_counts(ranked.hstack(counts.get_columns()), len(item_lists))
+
+
+def publishable_counts(ranking: pl.DataFrame, n_transactions: int) -> pa.Table:
+    """A ranking that carries its pairs' counts (n_antecedent, n_consequent, n_rule) of
+    ``n_transactions`` baskets, with the rule metrics: a PRODUCT_ASSOCIATIONS table. The one
+    place the published metrics are computed (the spark engine's rankings come here too): the
+    same expression gives the same bits (polars divides by the literal N as x * (1 / N))."""
+    counted = ranking.select(PRODUCT_ID, ASSOCIATED_PRODUCT_ID, RANK, "score", "method",
+                             "n_antecedent", "n_consequent", "n_rule").with_columns(
+        n_transactions=pl.lit(n_transactions, dtype=pl.Int64))
+    counted = counted.select(PRODUCT_ID, ASSOCIATED_PRODUCT_ID, RANK, "score", "method", "n_transactions",
+                             "n_antecedent", "n_consequent", "n_rule")
     return PRODUCT_ASSOCIATIONS.conform(rule_metrics(counted.lazy()).sort(PRODUCT_ID, RANK).collect().to_arrow())

@@ -20,6 +20,7 @@ Item order is Spark's string order (UTF-8 bytes), which is Python's and polars' 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from fractions import Fraction
 from typing import TYPE_CHECKING
 
@@ -38,36 +39,82 @@ BASKET = "_basket"
 ITEM = "item"
 ITEMSET = "itemset"
 COUNT = "count"
+NUMBER = "_number"
 
 
 def _basket_items(baskets: "DataFrame") -> "DataFrame":
-    """(basket, item), each item once per basket; baskets numbered here (materialised: the numbers
-    must not change between the jobs that use them)."""
+    """(basket, item), each item once per basket; baskets numbered here, and the numbered pairs
+    checkpointed (the numbers must not change between the jobs that use them). The checkpoint is
+    lazy: the first job that reads the pairs stores them (no job of its own)."""
     from pyspark.sql import functions as F
 
     numbered = baskets.select(F.monotonically_increasing_id().alias(BASKET), F.array_distinct(ITEMS).alias(ITEMS))
-    return numbered.select(BASKET, F.explode(ITEMS).alias(ITEM)).localCheckpoint()
+    return numbered.select(BASKET, F.explode(ITEMS).alias(ITEM)).localCheckpoint(eager=False)
 
 
-def itemset_counts(baskets: "DataFrame", count: int, max_len: int | None) -> tuple[list["DataFrame"], int]:
-    """([level 1, level 2, ...], N): level k holds (itemset: sorted array of k items, count) of
-    every item set of k items in at least ``count`` baskets; N counts every basket.
+@dataclass(frozen=True)
+class ItemsetCounts:
+    """What one counting pass found (``count_itemsets``): ``levels[k - 1]`` holds (itemset: sorted
+    array of k items, count) of every item set of k items in at least ``min_count`` of the ``n``
+    baskets, up to ``max_len`` items. Rules (``mine_rules``) and item sets (``frequent_itemsets``)
+    at any support >= ``min_count / n`` and length <= ``max_len`` are read from it, so one pass
+    serves both."""
 
-    Each level is materialised (``localCheckpoint``) before the next is built from it: the plan of
-    level k would otherwise hold every level below it twice over (the self-join), and Spark's
-    plan strings alone exhaust the driver's memory by level 4.
+    levels: list["DataFrame"]
+    n: int
+    min_count: int
+    max_len: int | None
+    names: list[str]  # the item of each item number in the levels (``_levels``)
+
+    def covers(self, min_support: float, max_len: int | None) -> bool:
+        """Whether item sets at ``min_support`` up to ``max_len`` items are all in these levels."""
+        deep_enough = self.max_len is None or (max_len is not None and max_len <= self.max_len)
+        return deep_enough and min_count(min_support, self.n) >= self.min_count
+
+
+def count_itemsets(baskets: "DataFrame", min_support: float, max_len: int | None,
+                   n: int | None = None) -> ItemsetCounts:
+    """Count the frequent item sets of ``baskets`` (an ``items`` array column) level by level:
+    sets of up to ``max_len`` items in at least ``min_count(min_support, N)`` baskets.
+
+    Each level is checkpointed before the next is built from it: the plan of level k would
+    otherwise hold every level below it twice over (the self-join), and Spark's plan strings
+    alone exhaust the driver's memory by level 4. The checkpoints are lazy, and each level's one
+    job (its ``count``) stores the pairs, extensions and counts it computes: one Spark job per
+    level, which is most of the cost on small data, where fixed job overheads dominate.
     """
+    n = baskets.count() if n is None else n
+    count = min_count(min_support, n)
+    levels, names = _levels(baskets, count, max_len)
+    return ItemsetCounts(levels, n, count, max_len, names)
+
+
+def _levels(baskets: "DataFrame", count: int, max_len: int | None) -> tuple[list["DataFrame"], list[str]]:
+    """(levels of item sets as sorted arrays of item numbers, the item of each number).
+
+    The frequent items are numbered 0, 1, ... in their string order (Spark's, Python's and polars'
+    order: UTF-8 bytes, code points), so a sorted array of numbers is the sorted array of items;
+    the levels' joins, shuffles and comparisons then work on integers, not strings. ``decode``
+    turns numbers back into items on the driver (only the answer is decoded)."""
     from pyspark.sql import functions as F
 
-    n = baskets.count()
     pairs = _basket_items(baskets)
-    items = pairs.groupBy(ITEM).agg(F.count(F.lit(1)).alias(COUNT)).filter(F.col(COUNT) >= count)
-    levels = [items.select(F.array(ITEM).alias(ITEMSET), COUNT).localCheckpoint()]
-    frequent = pairs.join(F.broadcast(levels[0].select(F.element_at(ITEMSET, 1).alias(ITEM))), ITEM)
-    frequent = frequent.localCheckpoint()  # (basket, item) of frequent items only
+    counted = pairs.groupBy(ITEM).agg(F.count(F.lit(1)).alias(COUNT)).filter(F.col(COUNT) >= count)
+    frequent_items = sorted((r[0], r[1]) for r in counted.collect())  # level 1's one job
+    if not frequent_items:
+        return [], []
+    names = [item for item, _ in frequent_items]
+    spark = baskets.sparkSession
+    numbers = spark.createDataFrame([(item, i) for i, item in enumerate(names)], f"{ITEM} string, {NUMBER} int")
+    levels = [spark.createDataFrame([([i], c) for i, (_, c) in enumerate(frequent_items)],
+                                    f"{ITEMSET} array<int>, {COUNT} long")]
+    k, found = 1, len(names)
+    if max_len == 1:
+        return levels, names
+    frequent = pairs.join(F.broadcast(numbers), ITEM).select(BASKET, F.col(NUMBER).alias(ITEM))
+    frequent = frequent.localCheckpoint(eager=False)  # (basket, item number) of frequent items only
     nexts = frequent.withColumnRenamed(ITEM, "next")
     occurrences = frequent.select(BASKET, F.array(ITEM).alias(ITEMSET), F.col(ITEM).alias("last"))
-    k, found = 1, levels[0].count()
     while (max_len is None or k < max_len) and found:
         k += 1
         if k == 2:  # every pair of frequent items of a basket
@@ -80,36 +127,69 @@ def itemset_counts(baskets: "DataFrame", count: int, max_len: int | None) -> tup
             grown = grown.select(F.col(f"p.{ITEMSET}").alias(ITEMSET), F.col("q.last").alias("next"))
             candidates = occurrences.select(BASKET, ITEMSET).join(grown, ITEMSET).join(nexts, [BASKET, "next"])
         extended = candidates.select(
-            BASKET, F.concat(ITEMSET, F.array("next")).alias(ITEMSET), F.col("next").alias("last")).localCheckpoint()
+            BASKET, F.concat(ITEMSET, F.array("next")).alias(ITEMSET), F.col("next").alias("last"))
+        extended = extended.localCheckpoint(eager=False)
         level = extended.groupBy(ITEMSET).agg(F.count(F.lit(1)).alias(COUNT)).filter(F.col(COUNT) >= count)
-        level = level.localCheckpoint()
-        found = level.count()
+        level = level.localCheckpoint(eager=False)
+        found = level.count()  # the level's one job: stores extended and level
         if found:
             levels.append(level)
             if max_len is None or k < max_len:
-                occurrences = extended.join(level.select(ITEMSET), ITEMSET).localCheckpoint()
-    return levels, n
+                occurrences = extended.join(level.select(ITEMSET), ITEMSET).localCheckpoint(eager=False)
+    return levels, names
+
+
+def decode(numbers: pl.Series, names: list[str]) -> pl.Series:
+    """Item numbers (ints, or lists of ints) as the items they number (``_levels``)."""
+    import numpy as np
+    import pyarrow.compute as pc
+
+    lookup = pa.array(names, pa.string())
+    arrow = numbers.to_arrow()
+    arrow = arrow.combine_chunks() if isinstance(arrow, pa.ChunkedArray) else arrow
+    if not pa.types.is_list(arrow.type) and not pa.types.is_large_list(arrow.type):
+        return pl.Series(numbers.name, lookup.take(arrow))
+    lengths = pc.list_value_length(arrow).to_numpy(zero_copy_only=False).astype(np.int32)
+    offsets = pa.array(np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32))
+    return pl.Series(numbers.name, pa.ListArray.from_arrays(offsets, lookup.take(arrow.flatten())))
+
+
+def itemset_counts(baskets: "DataFrame", count: int, max_len: int | None) -> tuple[list["DataFrame"], int]:
+    """([level 1, level 2, ...], N) of item sets in at least ``count`` baskets (``count_itemsets``
+    with an integer threshold)."""
+    n = baskets.count()
+    return _levels(baskets, count, max_len)[0], n
 
 
 def frequent_itemsets(baskets: "DataFrame", min_support: float, *, min_len: int = 1,
-                      max_len: int | None = None) -> pa.Table:
-    """``rules.frequent_itemsets`` of a Spark frame of baskets (an ``items`` array column)."""
+                      max_len: int | None = None, counts: ItemsetCounts | None = None) -> pa.Table:
+    """``rules.frequent_itemsets`` of a Spark frame of baskets (an ``items`` array column).
+    ``counts``: a counting pass that ``covers`` (min_support, max_len), read instead of counting."""
     from pyspark.sql import functions as F
 
-    n = baskets.count()
-    if n == 0:
-        return FREQUENT_ITEMSETS_SCHEMA.empty_table()
-    levels, n = itemset_counts(baskets, min_count(min_support, n), max_len)
-    wanted = levels[min_len - 1:] if min_len >= 1 else levels
-    if not wanted:
+    if counts is None:
+        n = baskets.count()
+        if n == 0:
+            return FREQUENT_ITEMSETS_SCHEMA.empty_table()
+        counts = count_itemsets(baskets, min_support, max_len, n)
+    elif not counts.covers(min_support, max_len):
+        raise ValueError(f"the counting pass (min_count {counts.min_count}, max_len {counts.max_len}) does not "
+                         f"hold the item sets at support {min_support}, max_len {max_len}")
+    n, count = counts.n, min_count(min_support, counts.n)
+    top = len(counts.levels) if max_len is None else min(max_len, len(counts.levels))
+    wanted = counts.levels[max(min_len, 1) - 1:top]
+    if n == 0 or not wanted:
         return FREQUENT_ITEMSETS_SCHEMA.empty_table()
     union = wanted[0]
     for level in wanted[1:]:
         union = union.unionByName(level)
+    if count > counts.min_count:
+        union = union.filter(F.col(COUNT) >= count)
     table = union.select(ITEMSET, F.col(COUNT).cast("long").alias(COUNT)).toArrow()
     frame = pl.from_arrow(table)
     if frame.height == 0:
         return FREQUENT_ITEMSETS_SCHEMA.empty_table()
+    frame = frame.with_columns(decode(frame[ITEMSET], counts.names))
     frame = frame.with_columns(
         support=pl.Series(frame[COUNT].to_numpy() / n), length=pl.col(ITEMSET).list.len().cast(pl.Int32),
     ).sort([COUNT, "length", ITEMSET], descending=[True, False, False])
@@ -125,19 +205,28 @@ def _at_least(n_rule: "Column", n_antecedent: "Column", min_confidence: float) -
     return n_rule.cast(wide) * F.lit(conf.denominator).cast(wide) >= n_antecedent.cast(wide) * F.lit(conf.numerator).cast(wide)
 
 
-def mine_rules(baskets: "DataFrame", cfg: MiningConfig) -> pa.Table:
+def mine_rules(baskets: "DataFrame", cfg: MiningConfig, counts: ItemsetCounts | None = None) -> pa.Table:
     """``rules.mine_rules`` of a Spark frame of baskets (an ``items`` array column): the same
-    ``association_rules`` rows, ids, counts and metrics, in the same order."""
+    ``association_rules`` rows, ids, counts and metrics, in the same order. ``counts``: a
+    counting pass that ``covers`` (cfg.min_support, cfg.max_len), read instead of counting."""
     from pyspark.sql import functions as F
 
-    n = baskets.count()
-    if n == 0:
+    if counts is None:
+        n = baskets.count()
+        if n == 0:
+            return rules_table(pl.DataFrame())
+        counts = count_itemsets(baskets, cfg.min_support, cfg.max_len, n)
+    elif not counts.covers(cfg.min_support, cfg.max_len):
+        raise ValueError(f"the counting pass (min_count {counts.min_count}, max_len {counts.max_len}) does not "
+                         f"hold the rules at support {cfg.min_support}, max_len {cfg.max_len}")
+    n, levels = counts.n, counts.levels
+    if n == 0 or not levels:
         return rules_table(pl.DataFrame())
     count = min_count(cfg.min_support, n)
-    levels, n = itemset_counts(baskets, count, cfg.max_len)
+    top = len(levels) if cfg.max_len is None else min(cfg.max_len, len(levels))
     items = levels[0].select(F.element_at(ITEMSET, 1).alias("consequent"), F.col(COUNT).alias("n_consequent"))
     parts = []
-    for k, level in enumerate(levels, start=1):
+    for k, level in enumerate(levels[:top], start=1):
         if k < 2 or k < cfg.min_len:
             continue
         heads = level.select(F.col(ITEMSET), F.col(COUNT).alias("n_rule"), F.explode(ITEMSET).alias("consequent"))
@@ -146,7 +235,7 @@ def mine_rules(baskets: "DataFrame", cfg: MiningConfig) -> pa.Table:
         parts.append(heads.join(bodies, "antecedent").join(F.broadcast(items), "consequent")
                      .select("antecedent", "consequent", "n_antecedent", "n_consequent", "n_rule"))
     if cfg.min_len <= 1:  # {} => {c}: n_antecedent = N, n_rule = n_consequent
-        parts.append(items.select(F.array().cast("array<string>").alias("antecedent"), "consequent",
+        parts.append(items.select(F.array().cast("array<int>").alias("antecedent"), "consequent",
                                   F.lit(n).cast("long").alias("n_antecedent"), "n_consequent",
                                   F.col("n_consequent").alias("n_rule")))
     if not parts:
@@ -159,15 +248,17 @@ def mine_rules(baskets: "DataFrame", cfg: MiningConfig) -> pa.Table:
         "antecedent", "consequent", F.lit(n).cast("long").alias("n_transactions"),
         *[F.col(c).cast("long").alias(c) for c in ("n_antecedent", "n_consequent", "n_rule")],
     ).toArrow()
-    return rules_table(pl.from_arrow(table))
+    found = pl.from_arrow(table)
+    return rules_table(found.with_columns(decode(found["antecedent"], counts.names),
+                                          decode(found["consequent"], counts.names)))
 
 
-def pair_counts(baskets: "DataFrame", min_pair_count: int) -> "DataFrame":
+def pair_counts(baskets: "DataFrame", min_pair_count: int, n: int | None = None) -> "DataFrame":
     """``associations.pair_counts`` as a Spark frame: (product_id, associated_product_id, n_rule,
     n_antecedent, n_consequent, n_transactions) for ordered pairs in >= ``min_pair_count`` baskets."""
     from pyspark.sql import functions as F
 
-    n = baskets.count()
+    n = baskets.count() if n is None else n
     lines = _basket_items(baskets)
     item_counts = lines.groupBy(ITEM).agg(F.count(F.lit(1)).cast("long").alias("n"))
     a, b = lines.alias("a"), lines.alias("b")
@@ -220,10 +311,11 @@ def top_pairs(pairs: "DataFrame", method: str, top_k: int) -> "DataFrame":
 PAIR_METHODS = ("count", "confidence", "jaccard", "lift")
 
 
-def product_associations(baskets: "DataFrame", cfg: AssociationConfig) -> pa.Table:
-    """``associations.product_associations`` of a Spark frame of baskets, for the pair methods:
-    the same PRODUCT_ASSOCIATIONS rows. Only each product's top K pairs reach the driver."""
-    return rank_pairs(pair_counts(baskets, cfg.min_pair_count), cfg)
+def product_associations(baskets: "DataFrame", cfg: AssociationConfig, n: int | None = None) -> pa.Table:
+    """``associations.product_associations`` of a Spark frame of baskets (``n`` of them, counted
+    when None), for the pair methods: the same PRODUCT_ASSOCIATIONS rows. Only each product's top
+    K pairs reach the driver."""
+    return rank_pairs(pair_counts(baskets, cfg.min_pair_count, n), cfg)
 
 
 def rank_pairs(pairs: "DataFrame", cfg: AssociationConfig) -> pa.Table:

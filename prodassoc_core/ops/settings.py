@@ -428,6 +428,10 @@ class SparkConfig(BaseModel):
         4, ge=1, description="spark.sql.shuffle.partitions: small for local mode; raise it with the cluster")
     ui: bool = Field(False, description="spark.ui.enabled (off in tests and on shared machines)")
     log_level: Literal["ERROR", "WARN", "INFO", "DEBUG"] = "ERROR"
+    small_data: bool = Field(
+        False, description="tune a session this process starts for small data on few cores (tests, the demo): "
+        "the driver JVM compiles with C1 only and a serial GC (~half the JVM's CPU for short runs), adaptive "
+        "query execution off (a lazily checkpointed level is computed by its own job only); not for big jobs")
     conf: dict[str, str] = Field(
         default_factory=dict, description="further spark.* settings, e.g. {'spark.executor.memory': '8g'}")
 

@@ -116,6 +116,7 @@ def ingest_landing(settings: Settings, as_of: date) -> ingest.IngestReport:
             gx_dir=settings.gx_dir,
             cfg=settings.validation,
             as_of=as_of,
+            spark=spark_session(settings) if settings.engine == "spark" else None,
         )
 
 
@@ -203,7 +204,10 @@ def mine(settings: Settings, baskets_path: Path, as_of: date) -> Path:
     """Association rules of the training window's baskets."""
     warehouse.fault_point("mine")
     if settings.engine == "spark":
-        rules = spark_mining.mine_rules(spark.read_parquet(spark_session(settings), baskets_path), settings.mining)
+        lines = spark.read_parquet(spark_session(settings), baskets_path)
+        m = settings.mining
+        passed = spark_mining.count_itemsets(lines, m.min_support, m.max_len, n=basket_count(baskets_path))
+        rules = spark_mining.mine_rules(lines, m, counts=passed)
     else:
         rules = mine_rules(read_baskets(baskets_path), settings.mining)
     return _stage(rules, ASSOCIATION_RULES.name, baskets_path)
@@ -235,7 +239,10 @@ def associate(settings: Settings, baskets_path: Path, as_of: date) -> dict[str, 
     if plan.source("warm") == serving.CLASSIC:  # the classic ranking only where it is served
         if on_spark and plan.classic.method in spark_mining.PAIR_METHODS:
             lines = spark.read_parquet(spark_session(settings), baskets_path)
-            classic = pl.from_arrow(spark_mining.product_associations(lines, plan.classic))
+            n = basket_count(baskets_path)
+            ranked = pl.from_arrow(spark_mining.product_associations(lines, plan.classic, n))
+            # the metrics as the local engine publishes them (methods.publishable): the same bits
+            classic = pl.from_arrow(methods.publishable_counts(ranked, n))
         else:
             if on_spark:
                 log.info("associate: %s runs on the driver (the spark engine ranks %s in Spark)",
@@ -297,11 +304,13 @@ def bundle(settings: Settings, baskets_path: Path, associations_path: Path) -> P
     if settings.engine == "spark":
         lines = spark.read_parquet(spark_session(settings), baskets_path)
         # the items' own counts come with the sets (every item of a frequent set is frequent)
+        passed = spark_mining.count_itemsets(lines, h.bundle_min_support, h.bundle_max_size,
+                                             n=basket_count(baskets_path))
         sets = pl.from_arrow(spark_mining.frequent_itemsets(lines, h.bundle_min_support, min_len=1,
-                                                            max_len=h.bundle_max_size))
+                                                            max_len=h.bundle_max_size, counts=passed))
         singles = sets.filter(pl.col("length") == 1)
         counts = dict(zip(singles["itemset"].list.first().to_list(), singles["count"].to_list()))
-        found = hybrid.bundles_of(sets.filter(pl.col("length") >= h.bundle_min_size), counts, lines.count(),
+        found = hybrid.bundles_of(sets.filter(pl.col("length") >= h.bundle_min_size), counts, passed.n,
                                   associated, top_n=h.bundle_top_n)
     else:
         items = read_baskets(baskets_path)

@@ -39,3 +39,23 @@ def test_the_run_forms_show_what_an_operator_sets_not_the_settings_object(tmp_pa
         assert "settings" not in schema.properties, name
         assert not schema.definitions or "Settings" not in schema.definitions, name
         assert all(p.get("description") for p in schema.properties.values()), name
+
+
+def test_the_spark_variant_runs_dated_runs_on_the_spark_engine(monkeypatch):
+    """PRODASSOC_DEPLOY_ENGINE=spark: nightly and backfill carry the engine (and master) in their
+    job variables (docs/spark.md); train does not; the default deploys the local engine."""
+    from pathlib import Path
+
+    from deployments.production import DeployConfig, deployments
+    from prodassoc_core.ops import TrainingConfig
+
+    monkeypatch.setenv("PRODASSOC_DEPLOY_ENGINE", "spark")
+    monkeypatch.setenv("PRODASSOC_DEPLOY_SPARK_MASTER", "yarn")
+    nightly, backfill, train = deployments(DeployConfig(), Path("/srv/prodassoc"), TrainingConfig())
+    for d in (nightly, backfill):
+        assert d.job_variables["env"]["PRODASSOC_ENGINE"] == "spark"
+        assert d.job_variables["env"]["PRODASSOC_SPARK__MASTER"] == "yarn"
+    assert "PRODASSOC_ENGINE" not in train.job_variables["env"]
+    monkeypatch.delenv("PRODASSOC_DEPLOY_ENGINE")
+    local = deployments(DeployConfig(), Path("/srv/prodassoc"), TrainingConfig())[0]
+    assert "PRODASSOC_ENGINE" not in local.job_variables["env"]

@@ -88,25 +88,40 @@ def test_baskets_are_the_local_engines(retail):
     assert pl.from_arrow(on_spark.toArrow()).equals(local)
 
 
-# The nightly's confidence and lengths (2..4 items) at a support the slice mines in seconds, and
-# rules of one item ({} => c) with no length bound.
-RETAIL_MINING = [MiningConfig(min_support=0.02), MiningConfig(min_support=0.03, min_confidence=0.3, min_len=1, max_len=None)]
+# One counting pass per data set (spark_mining.count_itemsets) serves every threshold above it:
+# the nightly's confidence and lengths (2..4 items), rules of one item ({} => c), the bundles'
+# item sets (1..4 items) and a higher support read from the same levels. Unbounded lengths are
+# Groceries' (5 levels at 0.005) and the tiny case's.
+RETAIL_SUPPORT, RETAIL_MAX_LEN = 0.02, 4
+RETAIL_RULES = [MiningConfig(min_support=0.02), MiningConfig(min_support=0.03, min_confidence=0.3, min_len=1)]
 
 
-@pytest.mark.parametrize("cfg", RETAIL_MINING, ids=["nightly-lengths", "len1-unbounded"])
-def test_association_rules_are_the_local_engines_on_online_retail(retail, cfg):
+def test_association_rules_and_item_sets_are_the_local_engines_on_online_retail(retail):
     local, on_spark = retail
-    expected = rules.mine_rules(local["items"].to_list(), cfg)
-    assert expected.num_rows > 50
-    assert_same_table(spark_mining.mine_rules(on_spark, cfg), expected)
+    items = local["items"].to_list()
+    counts = spark_mining.count_itemsets(on_spark, RETAIL_SUPPORT, RETAIL_MAX_LEN)
+    for cfg in RETAIL_RULES:
+        expected = rules.mine_rules(items, cfg)
+        assert expected.num_rows > 50, cfg
+        assert_same_table(spark_mining.mine_rules(on_spark, cfg, counts=counts), expected)
+    for support, max_len, at_least in ((RETAIL_SUPPORT, RETAIL_MAX_LEN, 100), (0.03, 2, 20)):  # bundles' sets
+        expected = rules.frequent_itemsets(items, support, min_len=1, max_len=max_len)
+        assert expected.num_rows > at_least
+        assert_same_table(spark_mining.frequent_itemsets(on_spark, support, min_len=1, max_len=max_len,
+                                                         counts=counts), expected)
+    with pytest.raises(ValueError, match="does not hold"):  # a pass at 0.02 holds nothing below it
+        spark_mining.mine_rules(on_spark, MiningConfig(min_support=0.01), counts=counts)
 
 
 def test_association_rules_are_the_local_engines_on_groceries(grocery_frames):
     items, on_spark = grocery_frames
-    cfg = MiningConfig(min_support=0.005, min_confidence=0.2, max_len=3)
-    expected = rules.mine_rules(items, cfg)
-    assert expected.num_rows > 50
-    assert_same_table(spark_mining.mine_rules(on_spark, cfg), expected)
+    counts = spark_mining.count_itemsets(on_spark, 0.005, None)
+    assert len(counts.levels) == 5
+    for cfg in (MiningConfig(min_support=0.005, min_confidence=0.2, max_len=3),
+                MiningConfig(min_support=0.005, min_confidence=0.2, min_len=1, max_len=None)):
+        expected = rules.mine_rules(items, cfg)
+        assert expected.num_rows > 1000
+        assert_same_table(spark_mining.mine_rules(on_spark, cfg, counts=counts), expected)
 
 
 def test_frequent_itemsets_at_a_threshold_reached_exactly(spark):
@@ -121,13 +136,6 @@ def test_frequent_itemsets_at_a_threshold_reached_exactly(spark):
     assert_same_table(spark_mining.mine_rules(frame, cfg), rules.mine_rules(items, cfg))
 
 
-def test_bundle_itemsets_are_the_local_engines(retail):
-    local, on_spark = retail
-    expected = rules.frequent_itemsets(local["items"].to_list(), 0.02, min_len=1, max_len=4)
-    assert expected.num_rows > 100
-    assert_same_table(spark_mining.frequent_itemsets(on_spark, 0.02, min_len=1, max_len=4), expected)
-
-
 @pytest.mark.parametrize("data", ["retail", "groceries"])
 def test_product_associations_are_the_local_engines(request, data):
     if data == "retail":
@@ -136,7 +144,8 @@ def test_product_associations_are_the_local_engines(request, data):
     else:
         items, on_spark = request.getfixturevalue("grocery_frames")
     pairs = spark_mining.pair_counts(on_spark, 2).cache()
-    for method in spark_mining.PAIR_METHODS:
+    # every method on the slice; on Groceries two (the same Spark code ranks them all)
+    for method in spark_mining.PAIR_METHODS if data == "retail" else ("confidence", "jaccard"):
         cfg = AssociationConfig(method=method, top_k=10)
         expected = associations.product_associations(items, cfg)
         assert expected.num_rows > 100
