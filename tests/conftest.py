@@ -92,6 +92,7 @@ def prefect_harness():
 # Run when $CI is set or PRODASSOC_PRODUCTION_TESTS=1, skipped otherwise. Every process started
 # here is stopped by its pid (terminate, wait, kill); every wait is bounded.
 
+import shutil  # noqa: E402
 import socket  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
@@ -139,6 +140,37 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(TIER_FOLDERS[folder])
         if rel in SLOW_MODULES or folder in TIER_FOLDERS:
             item.add_marker(pytest.mark.slow)
+
+
+# --- a real headless browser (Data Docs, the run report) -------------------------------------------
+
+BROWSERS = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
+
+def find_browser() -> str | None:
+    found = os.environ.get("PRODASSOC_BROWSER") or next((b for b in map(shutil.which, BROWSERS) if b), None)
+    if found:
+        return found
+    try:  # Playwright's Chromium, where that is what is installed
+        from playwright.sync_api import sync_playwright
+
+        with sync_playwright() as p:
+            path = p.chromium.executable_path
+        return path if Path(path).exists() else None
+    except Exception:
+        return None
+
+
+def dom(browser: str, page: Path) -> str:
+    """The page's DOM after its scripts ran, in headless Chromium with the network cut off."""
+    out = subprocess.run(
+        [browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+         "--proxy-server=127.0.0.1:9", "--host-resolver-rules=MAP * ~NOTFOUND",  # offline: nothing resolves
+         "--virtual-time-budget=5000", "--dump-dom", page.resolve().as_uri()],
+        capture_output=True, text=True, timeout=60, check=True,
+    )
+    assert "<body" in out.stdout, out.stderr[-2000:]
+    return out.stdout
+
 
 
 def free_port() -> int:

@@ -8,10 +8,7 @@ is available); skipped, saying so, where none is installed."""
 from __future__ import annotations
 
 import html
-import os
 import re
-import shutil
-import subprocess
 from datetime import datetime
 from pathlib import Path
 
@@ -30,22 +27,9 @@ from prodassoc_core.data.validation import (
 )
 from prodassoc_core.ops.settings import ValidationConfig
 
-BROWSERS = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
+from conftest import BROWSERS, dom, find_browser
+
 DAY = datetime(2024, 1, 1, 10, 0)
-
-
-def find_browser() -> str | None:
-    found = os.environ.get("PRODASSOC_BROWSER") or next((b for b in map(shutil.which, BROWSERS) if b), None)
-    if found:
-        return found
-    try:  # Playwright's Chromium, where that is what is installed
-        from playwright.sync_api import sync_playwright
-
-        with sync_playwright() as p:
-            path = p.chromium.executable_path
-        return path if Path(path).exists() else None
-    except Exception:
-        return None
 
 
 @pytest.fixture(scope="module")
@@ -55,18 +39,6 @@ def browser() -> str:
         pytest.skip("no headless Chromium on this machine (tried $PRODASSOC_BROWSER, "
                     f"{', '.join(BROWSERS)}, Playwright); install one: apt-get install -y chromium")
     return path
-
-
-def dom(browser: str, page: Path) -> str:
-    """The page's DOM after its scripts ran, in headless Chromium with the network cut off."""
-    out = subprocess.run(
-        [browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-         "--proxy-server=127.0.0.1:9", "--host-resolver-rules=MAP * ~NOTFOUND",  # offline: nothing resolves
-         "--virtual-time-budget=5000", "--dump-dom", page.resolve().as_uri()],
-        capture_output=True, text=True, timeout=60, check=True,
-    )
-    assert "<body" in out.stdout, out.stderr[-2000:]
-    return out.stdout
 
 
 def _lineage(df: pl.DataFrame) -> pl.DataFrame:

@@ -21,7 +21,7 @@ from prodassoc_core.data import importers
 from prodassoc_core.ops.settings import Settings
 from prodassoc_core.pipeline import run_report, run_summary, stages
 
-from conftest import SAMPLE
+from conftest import SAMPLE, dom, find_browser
 
 DAY = date(2024, 3, 2)
 AS_OF = date(2011, 10, 8)  # the end-to-end run: a week of the sample
@@ -178,8 +178,6 @@ def test_the_next_run_compares_with_the_previous_committed_one(nightly_run):
 
 
 def test_the_report_reads_in_a_headless_browser_offline(nightly_run):
-    from test_data_docs_browser import dom, find_browser
-
     browser = find_browser()
     if browser is None:
         pytest.skip("no headless Chromium on this machine; install one: apt-get install -y chromium")
