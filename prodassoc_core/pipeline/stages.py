@@ -23,7 +23,9 @@ Engines (``settings.engine``): ``local`` runs every stage in this process (polar
 (written as a Parquet dataset directory at the same path), rule mining, the classic pair rankings
 and the bundles' item sets. Each stage still stages the same table, with the same schema, for the
 same ``publish``; what comes back to the driver is the answer (rules, top-K pairs, bundles).
-Ingestion, the classic method's choice (``serving.classic_choice``: once per
+Ingestion reads and validates transaction files in Spark (``data.spark_ingest``: GE's Spark
+datasource) and writes staging, quarantine and the manifest with the local code. The catalog's
+ingestion, the classic method's choice (``serving.classic_choice``: once per
 ``selection.reselect_days``, on baskets collected from Spark), ``decayed_damped`` and
 ``popularity`` rankings and the hybrid run on the driver with the local code.
 
