@@ -560,6 +560,27 @@ _SUITES = {c.TRANSACTIONS.name: _transactions_expectations, c.CATALOG.name: _cat
 _RULE_ORDER: dict[str, list[str]] = {}
 
 
+def _failing_rows(result, label: str) -> dict[str, list]:
+    """{rule: GE's unexpected_index_list} for each failed expectation of a checkpoint result.
+
+    Raises ValidationError when GE could not evaluate an expectation (it records such errors as a
+    failed result rather than raising) or failed one without naming rows."""
+    failures: dict[str, list] = {}
+    for suite_result in result.run_results.values():
+        for r in suite_result.results:
+            rule = (r.expectation_config.meta or {}).get("rule", r.expectation_config.type)
+            message = _raised(r.exception_info)
+            if message:
+                raise ValidationError(f"{label}: GE could not evaluate {rule}: {message}")
+            if r.success:
+                continue
+            index = r.result.get("unexpected_index_list")
+            if index is None:
+                raise ValidationError(f"{label}: {rule} failed for the whole batch: {r.result}")
+            failures[rule] = index
+    return failures
+
+
 class GxSuites:
     """A GE context holding prodassoc's suites, one pandas asset and one checkpoint per table.
 
@@ -675,20 +696,10 @@ class GxSuites:
             )
             if self.gx_dir is not None:
                 make_data_docs_offline(data_docs_index(self.gx_dir).parent)
-        failures: dict[str, list[tuple[str, int]]] = {}
-        for suite_result in result.run_results.values():
-            for r in suite_result.results:
-                rule = (r.expectation_config.meta or {}).get("rule", r.expectation_config.type)
-                message = _raised(r.exception_info)
-                if message:
-                    raise ValidationError(f"{table} (spark): GE could not evaluate {rule}: {message}")
-                if r.success:
-                    continue
-                index = r.result.get("unexpected_index_list")
-                if index is None:
-                    raise ValidationError(f"{table} (spark): {rule} failed for the whole batch: {r.result}")
-                failures[rule] = [(str(i[SOURCE_KEY_FILE]), int(i[SOURCE_KEY_ROW])) for i in index]
-        return bool(result.success), failures
+        failures = _failing_rows(result, f"{table} (spark)")
+        return bool(result.success), {
+            rule: [(str(i[SOURCE_KEY_FILE]), int(i[SOURCE_KEY_ROW])) for i in index] for rule, index in failures.items()
+        }
 
     @property
     def data_docs(self) -> Path | None:
@@ -713,20 +724,8 @@ class GxSuites:
             )
             if self.gx_dir is not None:  # the action just rebuilt the site: make it readable offline
                 make_data_docs_offline(data_docs_index(self.gx_dir).parent)
-        failures: dict[str, list[int]] = {}
-        for suite_result in result.run_results.values():
-            for r in suite_result.results:
-                rule = (r.expectation_config.meta or {}).get("rule", r.expectation_config.type)
-                message = _raised(r.exception_info)
-                if message:
-                    raise ValidationError(f"{table}: GE could not evaluate {rule}: {message}")
-                if r.success:
-                    continue
-                index = r.result.get("unexpected_index_list")
-                if index is None:
-                    raise ValidationError(f"{table}: {rule} failed for the whole batch: {r.result}")
-                failures[rule] = [int(i) for i in index]
-        return bool(result.success), failures
+        failures = _failing_rows(result, table)
+        return bool(result.success), {rule: [int(i) for i in index] for rule, index in failures.items()}
 
 
 def _raised(info: Any) -> str | None:
