@@ -9,7 +9,7 @@
 # installs the project with pip from whatever index pip is configured for (pip.conf / PIP_INDEX_URL;
 # the machine may have no other network). A CUDA torch must come from that index (e.g.
 # PIP_EXTRA_INDEX_URL=https://download.pytorch.org/whl/cu126) — the CPU wheel cannot use the GPU.
-# Data: ../shared/data/online_retail (both Online Retail files) if present, else (always with --cpu-dry-run) the shipped sample
+# Data: $GPU_CHECK_DATA, else ../shared/data/online_retail (both Online Retail files) if present, else (always with --cpu-dry-run) the shipped sample
 # data/sample/online_retail_sample.parquet. Everything is written under a fresh scratch data directory
 # ($GPU_CHECK_DIR, default a mktemp directory), never the project's own.
 set -euo pipefail
@@ -36,8 +36,9 @@ fi
 PY="$VENV/bin/python"
 PRODASSOC=("$PY" -m flows.cli)
 
-if [ "$DRY" = 0 ] && [ -d ../shared/data/online_retail ] && ls ../shared/data/online_retail/*.parquet >/dev/null 2>&1; then
-  DATA=(../shared/data/online_retail/*.parquet); AS_OF=2011-09-01; TEST_END=2011-12-10
+OR_DIR=${GPU_CHECK_DATA:-../shared/data/online_retail}
+if [ "$DRY" = 0 ] && [ -d "$OR_DIR" ] && ls "$OR_DIR"/*.parquet >/dev/null 2>&1; then
+  DATA=("$OR_DIR"/*.parquet); AS_OF=2011-09-01; TEST_END=2011-12-10
 else
   DATA=(data/sample/online_retail_sample.parquet); AS_OF=2011-11-08; TEST_END=2011-12-10
 fi

@@ -17,6 +17,7 @@ from datetime import date, datetime
 
 import numpy as np
 import pytest
+import torch
 from pydantic import ValidationError
 
 from flows.cli import build_parser, training_settings
@@ -324,3 +325,24 @@ def test_a_crashed_budgeted_stage_resumes_its_fitted_schedule(data, tmp_path):
                                     deadline=training.Deadline.after(120))
     assert resumed.resumed_from == 3 and resumed.steps == resumed.scheduled_steps == fitted
     assert resumed.stop_reason == "budget" and resumed.total_steps == 100_000
+
+
+def test_the_schedule_is_fitted_to_a_warm_step_not_the_first_pass_s_one_off_costs():
+    """On an H200 the first forward and backward (CUDA context, kernels, allocator) took about
+    5x a training step, and every stage's schedule was cut to a fifth of what fitted. Here
+    the first pass costs 1 s and every later one nothing: the whole plan fits."""
+    model = torch.nn.Linear(4, 1)
+    calls = []
+
+    def loss_fn(m, batch):
+        if not calls:
+            time.sleep(1.0)
+        calls.append(1)
+        return m(batch["x"]).pow(2).mean()
+
+    device = training.choose_device("cpu")
+    deadline = training.Deadline.after(10.0)
+    steps = training.fit_schedule(model, lambda i: {"x": torch.ones(2, 4)}, loss_fn, device=device, planned=1000,
+                                  deadline=deadline, desc="test")
+    assert steps == 1000 and len(calls) == 2  # timed on the second pass; the old fit gave 9 steps
+    assert all(p.grad is None for p in model.parameters())  # gradients dropped, weights untouched
