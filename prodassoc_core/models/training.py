@@ -667,6 +667,52 @@ def peak_memory(device: Device) -> int | None:
 REFIT_AFTER = 5  # steps of a call after which the schedule is checked against the deadline
 
 
+@dataclass
+class _Pace:
+    """What this call's steps cost, and the two decisions both loops take from it: shorten
+    the schedule (once, after ``REFIT_AFTER`` steps) and stop (completed, or out of time)."""
+
+    steps: int = 0
+    seconds: float = 0.0
+    save_s: float = 0.0  # time kept for the checkpoint at the deadline: the last save's, or a guess
+
+    @classmethod
+    def of(cls, model: torch.nn.Module) -> _Pace:
+        # before any save, a guess from the size (weights and two AdamW moments, ~200 MB/s written)
+        return cls(save_s=12 * sum(p.numel() for p in model.parameters()) / 200e6)
+
+    def took(self, state: TrainState, examples: int, tokens: int, seconds: float) -> None:
+        state.step += 1
+        state.examples += examples
+        state.tokens += tokens
+        state.train_seconds += seconds
+        self.steps += 1
+        self.seconds += seconds
+
+    def refit(self, step: int, total: int, deadline: Deadline, plan: Plan | None, desc: str) -> int:
+        """The schedule's length: ``total``, or what the steps' real cost fits before the deadline."""
+        if plan is None or self.steps != REFIT_AFTER or not deadline.bounded:
+            return total
+        fits = step + int(0.9 * max(0.0, deadline.remaining() - self.save_s) * self.steps / self.seconds)
+        if fits >= total:
+            return total
+        logger.info("%s: schedule shortened to %d steps (%.2f s a step, %.0f s left)", desc, max(fits, step),
+                    self.seconds / self.steps, deadline.remaining())
+        return max(fits, step)
+
+    def stop(self, step: int, total: int, deadline: Deadline) -> str | None:
+        if step >= total:
+            return COMPLETED
+        if deadline.remaining() < self.seconds / self.steps + self.save_s:
+            return BUDGET
+        return None
+
+    def saving(self, save: Callable[[], Any]) -> None:
+        t1 = time.monotonic()
+        save()
+        self.save_s = time.monotonic() - t1
+
+
 def train_loop(
     model: torch.nn.Module,
     optimizer: torch.optim.Optimizer,
@@ -705,10 +751,7 @@ def train_loop(
                                on_step=on_step, desc=desc)
     model.train()
     deadline = deadline or Deadline()
-    examples_here, compute_here, steps_here = 0, 0.0, 0
-    # Time kept in hand for the checkpoint at the deadline: how long the last one took; before
-    # any, a guess from the size (weights and two AdamW moments, ~200 MB/s written).
-    save_s = 12 * sum(p.numel() for p in model.parameters()) / 200e6
+    pace = _Pace.of(model)
     state.stop_reason = None if state.step < cfg.total_steps else COMPLETED
     progress = Progress(desc, cfg.total_steps, initial=state.step, bar=cfg.progress, every_s=cfg.progress_seconds,
                         deadline=deadline)
@@ -732,30 +775,16 @@ def train_loop(
             step_s = time.monotonic() - t0
 
             n = batch_examples(batch)
-            state.step += 1
-            state.examples += n
-            state.tokens += tokens
-            state.train_seconds += step_s
-            examples_here += n
-            compute_here += step_s
-            steps_here += 1
+            pace.took(state, n, tokens, step_s)
             progress.update(1, n, f"loss {state.losses[-1]:.3f}")
             metrics.update(state.step, state.losses[-1], learning_rate, n, step_s)
-            if plan is not None and steps_here == REFIT_AFTER and deadline.bounded:
-                fits = state.step + int(0.9 * max(0.0, deadline.remaining() - save_s) * steps_here / compute_here)
-                if fits < state.total_steps:
-                    logger.info("%s: schedule shortened to %d steps (%.2f s a step, %.0f s left)", desc,
-                                max(fits, state.step), compute_here / steps_here, deadline.remaining())
-                    state.total_steps = plan.total_steps = max(fits, state.step)
-                    progress.total = progress.bar.total = state.total_steps
-            if state.done:
-                state.stop_reason = COMPLETED
-            elif deadline.remaining() < compute_here / steps_here + save_s:
-                state.stop_reason = BUDGET
+            total = pace.refit(state.step, state.total_steps, deadline, plan, desc)
+            if total != state.total_steps:
+                state.total_steps = plan.total_steps = total
+                progress.total = progress.bar.total = total
+            state.stop_reason = pace.stop(state.step, state.total_steps, deadline)
             if state.stop_reason or state.step % cfg.checkpoint_every == 0:
-                t1 = time.monotonic()
-                save(state)
-                save_s = time.monotonic() - t1
+                pace.saving(lambda: save(state))
             if on_step is not None:
                 on_step(state)
     finally:
@@ -799,8 +828,7 @@ def _train_loop_ddp(
     elif d.rank > 0 and state.step == 0:  # a dropout stream of its own, derived from the training seed
         torch.manual_seed(derive_seed(torch.initial_seed(), "rank", d.rank))
     shards_itself = bool(getattr(batch_at, "shards_itself", False))
-    examples_here, compute_here, steps_here = 0, 0.0, 0
-    save_s = 12 * sum(p.numel() for p in model.parameters()) / 200e6
+    pace = _Pace.of(model)
     state.stop_reason = None if state.step < cfg.total_steps else COMPLETED
     progress = Progress(desc, cfg.total_steps, initial=state.step, bar=cfg.progress and d.is_main,
                         every_s=cfg.progress_seconds if d.is_main else math.inf, deadline=deadline)
@@ -834,29 +862,15 @@ def _train_loop_ddp(
             step_s = time.monotonic() - t0
 
             n = int(n)
-            state.step += 1
-            state.examples += n
-            state.tokens += tokens
-            state.train_seconds += step_s
-            examples_here += n
-            compute_here += step_s
-            steps_here += 1
+            pace.took(state, n, tokens, step_s)
             progress.update(1, n, f"loss {state.losses[-1]:.3f}")
             record(state.step, {"train_loss": state.losses[-1], "learning_rate": learning_rate,
                                 "step_examples_per_s": throughput(n, step_s)})
             # Rank 0 decides (its clock and deadline) and every rank follows.
             total, stop = state.total_steps, None
             if d.is_main:
-                if plan is not None and steps_here == REFIT_AFTER and deadline.bounded:
-                    fits = state.step + int(0.9 * max(0.0, deadline.remaining() - save_s) * steps_here / compute_here)
-                    if fits < total:
-                        total = max(fits, state.step)
-                        logger.info("%s: schedule shortened to %d steps (%.2f s a step, %.0f s left)", desc, total,
-                                    compute_here / steps_here, deadline.remaining())
-                if state.step >= total:
-                    stop = COMPLETED
-                elif deadline.remaining() < compute_here / steps_here + save_s:
-                    stop = BUDGET
+                total = pace.refit(state.step, total, deadline, plan, desc)
+                stop = pace.stop(state.step, total, deadline)
             code, total = d.broadcast([float(_STOP_CODES[stop]), float(total)])
             stop = {v: k for k, v in _STOP_CODES.items()}[int(code)]
             if int(total) != state.total_steps:
@@ -868,13 +882,11 @@ def _train_loop_ddp(
             if state.stop_reason or state.step % cfg.checkpoint_every == 0:
                 rngs = d.gather(rng_state())
                 if d.is_main:
-                    t1 = time.monotonic()
                     state.extra[RANK_RNG] = rngs
                     try:
-                        save(state)
+                        pace.saving(lambda: save(state))
                     finally:
                         state.extra.pop(RANK_RNG, None)
-                    save_s = time.monotonic() - t1
                 d.wait()  # the checkpoint is complete before any rank goes on (or stops)
             if on_step is not None:
                 on_step(state)
