@@ -54,7 +54,10 @@ if [ "$DRY" = 1 ]; then
     PRODASSOC_TRAINING__ENCODER__HIDDEN=64 PRODASSOC_TRAINING__ENCODER__LAYERS=2 PRODASSOC_TRAINING__ENCODER__HEADS=2 \
     PRODASSOC_TRAINING__ENCODER__INTERMEDIATE=128 PRODASSOC_TRAINING__ENCODER__MAX_LENGTH=32 OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 else
-  DEVICE=cuda; MINUTES=${GPU_CHECK_MINUTES:-8}; METHODS=""
+  # the harness rows that say what the GPU-trained models add; every method (GPU_CHECK_METHODS=all) took
+  # ~60 s each on an H200 node, most of it publishing and scoring on its CPUs (docs/performance.md)
+  DEVICE=cuda; MINUTES=${GPU_CHECK_MINUTES:-8}; METHODS=${GPU_CHECK_METHODS:-count,auto,served,student,gnn,hybrid}
+  [ "$METHODS" = all ] && METHODS=""
   "$PY" -c "import torch, sys; ok = torch.cuda.is_available(); print('gpu_check: torch', torch.__version__, 'CUDA', torch.version.cuda, torch.cuda.get_device_name() if ok else 'NO GPU'); sys.exit(0 if ok else 3)" \
     || { echo "gpu_check: torch sees no CUDA device (a CPU wheel?); use --cpu-dry-run or install a CUDA torch" >&2; exit 3; }
 fi
