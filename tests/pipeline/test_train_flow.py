@@ -311,29 +311,6 @@ def test_run_nightly_without_prefect_publishes_the_same_embeddings(trained, nigh
     assert not list(stages.run_dir(settings, AS_OF).glob(".champion-*"))  # the downloaded model is removed
 
 
-def test_nightly_without_a_champion_publishes_no_embeddings(tmp_path, prefect_harness):
-    from flows.nightly import nightly
-
-    settings = Settings(data_dir=tmp_path)
-    importers.import_source(kind="online-retail", inputs=[SAMPLE], landing_dir=settings.landing_dir)
-    out = nightly(as_of=date(2011, 10, 8), settings=settings)  # a week of data: quick
-    assert {p["table"] for p in out["published"]} == set(PUBLISHED_TABLES) | {"bundles"}
-    assert not (settings.warehouse_dir / PRODUCT_EMBEDDINGS.name).exists()
-    # without models the classic method chosen for the catalog is published (no cold-start rows,
-    # no explanations), and every row says so
-    table = pl.read_parquet(settings.warehouse_dir / "product_associations" / "run_date=2011-10-08" / "data.parquet")
-    chosen = json.loads(next((settings.data_dir / "selection").glob("as_of=*.json")).read_text())
-    assert table["method"].unique().to_list() == [chosen["chosen"]["method"]]
-    assert table["explanation"].null_count() == table.height
-    assert table["source"].unique().to_list() == ["classic"] and table["student_model"].null_count() == table.height
-    assert stages.is_published(settings, date(2011, 10, 8))
-    with duckdb.connect(str(settings.duckdb_path), read_only=True) as con:
-        views = {r[0] for r in con.execute("SELECT view_name FROM duckdb_views() WHERE NOT internal").fetchall()}
-    assert "latest_association_rules" in views and "product_embeddings" not in views
-    (run,) = tracking.runs(settings.tracking_uri, run_summary.NIGHTLY_EXPERIMENT)
-    assert "embedding_model" not in run.data.params
-
-
 def test_a_backfill_never_serves_a_model_trained_after_its_date(trained, nightly_with_champion):
     """Point in time: v1 is trained on data before 2011-11-08 and served; a backfill of the two
     days before serves the classic method on them, and says so in every row and in the record."""
