@@ -134,13 +134,16 @@ def test_network_is_a_circle_of_the_top_products_with_their_associations():
 
 @pytest.fixture(scope="module")
 def nightly_run(tmp_path_factory, prefect_harness):
-    """``prodassoc run`` on three weeks of the sample: (settings, what it printed, the report's path).
+    """``prodassoc import`` of the sample, then ``prodassoc run`` on three weeks of it, in-process:
+    (settings, what the run printed, the report's path).
 
     (A shorter window is slower: with few baskets the default support keeps ~10x more rules.)"""
     from flows.cli import main
 
     settings = Settings(data_dir=tmp_path_factory.mktemp("report"))
-    importers.import_source(kind="online-retail", inputs=[SAMPLE], landing_dir=settings.landing_dir)
+    with contextlib.redirect_stdout(io.StringIO()):
+        assert main(["--data-dir", str(settings.data_dir), "import", "online-retail", str(SAMPLE)]) == 0
+    assert list(settings.landing_dir.glob("transactions/dt=*/*.parquet"))
     printed = io.StringIO()
     with contextlib.redirect_stdout(printed):
         assert main(["--data-dir", str(settings.data_dir), "run", "--as-of", AS_OF.isoformat()]) == 0
@@ -154,7 +157,8 @@ def _served(settings: Settings) -> dict:
 
 
 def test_the_nightly_writes_the_report_and_links_it(nightly_run):
-    settings, _, report = nightly_run
+    settings, printed, report = nightly_run
+    assert "transactions:" in printed and "published product_associations" in printed
     assert report == settings.reports_dir / f"nightly_as_of={AS_OF}.html" and report.is_file()
     page = report.read_text()
     assert f"Served: <code>{run_summary.served_model(_served(settings))}</code>" in page
@@ -204,9 +208,18 @@ def test_the_next_run_compares_with_the_previous_committed_one(nightly_run):
                      "--end", next_day.isoformat()]) == 0
     later = settings.reports_dir / f"nightly_as_of={next_day}.html"
     assert f"as_of {next_day}: published" in printed.getvalue() and f"report {later}" in printed.getvalue()
+    assert f"skipped (already published): {AS_OF}" in printed.getvalue()
     page = later.read_text()
     # the shop sold nothing on Saturday AS_OF: the same baskets, the same lists
     assert f"Compared with the run of {AS_OF}" in page and "0 pairs new, 0 dropped, 0 moved rank" in page
+
+
+def test_top_prints_the_latest_associations(nightly_run, capsys):
+    from flows.cli import main
+
+    settings, _, _ = nightly_run
+    assert main(["--data-dir", str(settings.data_dir), "top", "--limit", "3"]) == 0
+    assert len([line for line in capsys.readouterr().out.splitlines() if " -> " in line]) == 3
 
 
 def test_the_report_reads_in_a_headless_browser_offline(nightly_run):
