@@ -131,6 +131,64 @@ SLOW_MODULES = {
 TIER_FOLDERS = {"production": "production", "spark": "spark", "gpu": "gpu"}
 
 
+# --- make test's schedule (pytest-xdist --dist loadfile) -----------------------------------------------
+# Each worker runs whole files (module fixtures are built once). xdist hands out files largest
+# first by *number of tests*, which puts the one-test files that train models or start servers
+# last, so one worker ends minutes after the other. Instead: the longest files first (seconds on
+# 2 idle cores, measured with --durations=0; a file not listed counts as 1 s), and the files that
+# share an expensive session fixture in one unit (one Spark JVM for tests/spark).
+FILE_SECONDS = {
+    "pipeline/test_train_flow.py": 110, "production/test_production_mlflow.py": 95, "models/test_chain.py": 85,
+    "spark": 60, "evaluation/test_evaluate_models.py": 50, "data/test_object_store.py": 45,
+    "pipeline/test_reliability_loss.py": 45, "cli/test_reliability_cli.py": 45, "pipeline/test_run_report.py": 40,
+    "models/test_mlm.py": 40, "models/test_reliability_mlflow_store.py": 35, "production/test_production_prefect.py": 35,
+    "evaluation/test_evaluate_flow.py": 33, "pipeline/test_nightly_flow.py": 38, "models/test_budgets.py": 33,
+    "pipeline/test_reliability_faults.py": 28, "data/test_reliability_types.py": 22, "models/test_ddp.py": 22,
+    "data/test_validation.py": 21, "pipeline/test_reliability_reruns.py": 21, "data/test_ingest.py": 20,
+    "models/test_graph.py": 19, "cli/test_cli.py": 5, "pipeline/test_reliability_concurrency.py": 16,
+    "data/test_online_retail_ingest.py": 11,
+    "models/test_hybrid.py": 8, "data/test_reliability_bad_input.py": 6, "production/test_production_infra.py": 5,
+}
+SAME_WORKER = {"spark"}  # test folders run as one unit (their files share a session fixture)
+
+
+def _unit(nodeid: str) -> str:
+    """The scheduling unit of a test: its file, or its folder where the folder is in SAME_WORKER."""
+    path = nodeid.split("::", 1)[0]
+    rel = path.removeprefix("tests/")
+    folder = rel.split("/")[0]
+    return f"tests/{folder}" if folder in SAME_WORKER and "/" in rel else path
+
+
+def _unit_seconds(unit: str) -> float:
+    return FILE_SECONDS.get(unit.removeprefix("tests/"), 1.0)
+
+
+@pytest.hookimpl(tryfirst=True, optionalhook=True)
+def pytest_xdist_make_scheduler(config, log):
+    """``--dist loadfile`` with SAME_WORKER units, the longest units handed out first."""
+    if config.getvalue("dist") != "loadfile":
+        return None
+    from collections import OrderedDict
+
+    from xdist.scheduler import LoadFileScheduling
+
+    class LongestFirst(OrderedDict):
+        def popitem(self, last=True):  # xdist takes the next unit with popitem(last=False)
+            unit = max(self, key=_unit_seconds)  # ties: collection order
+            return unit, self.pop(unit)
+
+    class Scheduling(LoadFileScheduling):
+        def __init__(self, config, log=None):
+            super().__init__(config, log)
+            self.workqueue = LongestFirst()
+
+        def _split_scope(self, nodeid: str) -> str:
+            return _unit(nodeid)
+
+    return Scheduling(config, log)
+
+
 def pytest_collection_modifyitems(config, items):
     tests = Path(__file__).resolve().parent
     for item in items:

@@ -1,4 +1,5 @@
-"""The `prodassoc` command line, called in-process."""
+"""The `prodassoc` command line, called in-process: ``rules``. (``import``, ``run``, ``backfill`` and
+``top`` end to end, in-process too: tests/pipeline/test_run_report.py, on the run whose report it checks.)"""
 
 from __future__ import annotations
 
@@ -53,16 +54,3 @@ def test_bad_input_is_a_clear_error(tmp_path, capsys):
                "--min-confidence", "0.5", "--output", str(tmp_path / "r.parquet")])
     assert rc == 2
     assert "missing.csv" in capsys.readouterr().err
-
-
-def test_import_run_backfill_and_top_through_the_cli(tmp_path, capsys, prefect_harness):
-    data = ["--data-dir", str(tmp_path)]
-    assert main([*data, "import", "online-retail", str(SAMPLE)]) == 0
-    assert main([*data, "run", "--as-of", "2011-11-01"]) == 0
-    out = capsys.readouterr().out
-    assert "transactions:" in out and "published product_associations" in out
-    assert main([*data, "backfill", "--start", "2011-10-31", "--end", "2011-11-01"]) == 0
-    out = capsys.readouterr().out
-    assert "as_of 2011-10-31: published" in out and "skipped (already published): 2011-11-01" in out
-    assert main([*data, "top", "--limit", "3"]) == 0
-    assert len([line for line in capsys.readouterr().out.splitlines() if " -> " in line]) == 3

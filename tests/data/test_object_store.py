@@ -24,7 +24,7 @@ from prodassoc_core.data.contracts import ALL_TABLES, PRODUCT_ASSOCIATIONS, PUBL
 from prodassoc_core.ops.settings import Settings
 from prodassoc_core.pipeline import stages
 
-from conftest import SAMPLE, free_port, log_tail, start_process, stop_process, wait_http
+from conftest import SAMPLE, free_port, land, log_tail, start_process, stop_process, wait_http
 
 AS_OF = date(2011, 11, 1)
 RUN_DATE = date(2024, 1, 5)
@@ -249,19 +249,20 @@ def test_nightly_run_syncs_s3_landing_and_publishes_to_s3_and_locally(bucket, mo
 
 def test_a_failed_upload_fails_the_run_before_the_local_publish(bucket, monkeypatch, tmp_path):
     settings = Settings(data_dir=tmp_path / "data")
-    importers.import_source(kind="online-retail", inputs=[SAMPLE], landing_dir=settings.landing_dir)
+    land(settings.landing_dir)  # a small synthetic landing zone: the publish is under test, not the data
+    as_of = date(2024, 1, 7)
     monkeypatch.setenv(storage.WAREHOUSE_URL_ENV, f"s3://{bucket}/warehouse")
     monkeypatch.setenv(warehouse.FAULT_ENV, "s3.before_copy@2=raise")
     with pytest.raises(warehouse.InjectedFault):
-        stages.run_nightly(settings, AS_OF)
+        stages.run_nightly(settings, as_of)
     # one table reached the object store, none the local warehouse: the date is not published
     # (a backfill does not skip it) and the rerun publishes both copies
-    assert not stages.is_published(settings, AS_OF)
-    assert not any(warehouse.is_published(settings.warehouse_dir, t, AS_OF) for t in PUBLISHED_TABLES)
+    assert not stages.is_published(settings, as_of)
+    assert not any(warehouse.is_published(settings.warehouse_dir, t, as_of) for t in PUBLISHED_TABLES)
     monkeypatch.delenv(warehouse.FAULT_ENV)
-    stages.run_nightly(settings, AS_OF)
-    assert stages.is_published(settings, AS_OF)
-    assert all(storage.is_published(f"s3://{bucket}/warehouse", t, AS_OF) for t in PUBLISHED_TABLES)
+    stages.run_nightly(settings, as_of)
+    assert stages.is_published(settings, as_of)
+    assert all(storage.is_published(f"s3://{bucket}/warehouse", t, as_of) for t in PUBLISHED_TABLES)
     assert tmp_objects(bucket, "warehouse") == []
 
 

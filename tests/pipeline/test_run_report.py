@@ -1,30 +1,35 @@
 """The nightly run report (issue 14, item 6): one self-contained HTML page per run.
 
 Unit tests of prodassoc_core/pipeline/run_report.py on tiny frames (escaping, the network picture, the diff
-of two runs, first run), then one nightly on a week of the shipped sample that writes the page,
+of two runs, first run), then one nightly on three weeks of the shipped sample (no models trained) that writes the page,
 links it from the artifact and returns it; rendered in headless Chromium, network off, where one
-is installed (skipped otherwise, saying so).
+is installed (skipped otherwise, saying so). The same run is what a nightly without a champion
+publishes (the classic method, no embeddings).
 """
 
 from __future__ import annotations
 
 import contextlib
 import io
+import json
 import re
-from datetime import date
+from datetime import date, timedelta
 from pathlib import Path
 
+import duckdb
 import polars as pl
 import pytest
 
 from prodassoc_core.data import importers
+from prodassoc_core.data.contracts import PRODUCT_EMBEDDINGS, PUBLISHED_TABLES
+from prodassoc_core.models import tracking
 from prodassoc_core.ops.settings import Settings
 from prodassoc_core.pipeline import run_report, run_summary, stages
 
 from conftest import SAMPLE, dom, find_browser
 
 DAY = date(2024, 3, 2)
-AS_OF = date(2011, 10, 8)  # the end-to-end run: a week of the sample
+AS_OF = date(2011, 10, 22)  # the end-to-end run: a Saturday, three weeks into the sample
 SERVED = {
     "served": "warm: classic count; cold: none", "segments": {"warm": "classic", "cold": "classic"},
     "classic": "count", "classic_reason": "count, the floor", "reason": "no student passed the gate",
@@ -129,14 +134,19 @@ def test_network_is_a_circle_of_the_top_products_with_their_associations():
 
 @pytest.fixture(scope="module")
 def nightly_run(tmp_path_factory, prefect_harness):
-    """``prodassoc run`` on a week of the sample (quick): (settings, what it printed, the report's path)."""
+    """``prodassoc import`` of the sample, then ``prodassoc run`` on three weeks of it, in-process:
+    (settings, what the run printed, the report's path).
+
+    (A shorter window is slower: with few baskets the default support keeps ~10x more rules.)"""
     from flows.cli import main
 
     settings = Settings(data_dir=tmp_path_factory.mktemp("report"))
-    importers.import_source(kind="online-retail", inputs=[SAMPLE], landing_dir=settings.landing_dir)
+    with contextlib.redirect_stdout(io.StringIO()):
+        assert main(["--data-dir", str(settings.data_dir), "import", "online-retail", str(SAMPLE)]) == 0
+    assert list(settings.landing_dir.glob("transactions/dt=*/*.parquet"))
     printed = io.StringIO()
     with contextlib.redirect_stdout(printed):
-        assert main(["--data-dir", str(settings.data_dir), "run", "--as-of", "2011-10-08"]) == 0
+        assert main(["--data-dir", str(settings.data_dir), "run", "--as-of", AS_OF.isoformat()]) == 0
     last = printed.getvalue().splitlines()[-1]
     assert last.startswith("report: "), printed.getvalue()
     return settings, printed.getvalue(), Path(last.removeprefix("report: "))
@@ -147,11 +157,12 @@ def _served(settings: Settings) -> dict:
 
 
 def test_the_nightly_writes_the_report_and_links_it(nightly_run):
-    settings, _, report = nightly_run
-    assert report == settings.reports_dir / "nightly_as_of=2011-10-08.html" and report.is_file()
+    settings, printed, report = nightly_run
+    assert "transactions:" in printed and "published product_associations" in printed
+    assert report == settings.reports_dir / f"nightly_as_of={AS_OF}.html" and report.is_file()
     page = report.read_text()
     assert f"Served: <code>{run_summary.served_model(_served(settings))}</code>" in page
-    assert "<svg" in page and "First run: no committed run before 2011-10-08" in page
+    assert "<svg" in page and f"First run: no committed run before {AS_OF}" in page
     assert "PAPER CHAIN KIT 50&#x27;S CHRISTMAS" in page  # a title of the sample's top pairs, escaped
     assert not list(settings.reports_dir.glob(".*.tmp"))  # written atomically, nothing left over
 
@@ -159,8 +170,31 @@ def test_the_nightly_writes_the_report_and_links_it(nightly_run):
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 
     with get_client(sync_client=True) as client:
-        artifacts = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["nightly-2011-10-08"])))
+        artifacts = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[f"nightly-{AS_OF}"])))
     assert any(str(report) in a.data for a in artifacts)
+
+
+def test_without_a_champion_the_classic_method_is_published_and_no_embeddings(nightly_run):
+    """No model was ever trained in this data dir: the nightly publishes the classic method chosen
+    for the catalog (no cold-start rows, no explanations), every row says so, no embeddings."""
+    settings, _, _ = nightly_run
+    assert stages.is_published(settings, AS_OF)
+    published = {p.parent.parent.name for p in settings.warehouse_dir.glob(f"*/run_date={AS_OF}/data.parquet")}
+    assert published == set(PUBLISHED_TABLES) | {"bundles"}
+    assert not (settings.warehouse_dir / PRODUCT_EMBEDDINGS.name).exists()
+    table = pl.read_parquet(settings.warehouse_dir / "product_associations" / f"run_date={AS_OF}" / "data.parquet")
+    # the selection this run used: the newest made for a date up to AS_OF (a later backfill adds its own)
+    made = sorted(p for p in (settings.data_dir / "selection").glob("as_of=*.json") if p.stem <= f"as_of={AS_OF}")
+    chosen = json.loads(made[-1].read_text())
+    assert table["method"].unique().to_list() == [chosen["chosen"]["method"]]
+    assert table["explanation"].null_count() == table.height
+    assert table["source"].unique().to_list() == ["classic"] and table["student_model"].null_count() == table.height
+    with duckdb.connect(str(settings.duckdb_path), read_only=True) as con:
+        views = {r[0] for r in con.execute("SELECT view_name FROM duckdb_views() WHERE NOT internal").fetchall()}
+    assert "latest_association_rules" in views and "product_embeddings" not in views
+    (run,) = [r for r in tracking.runs(settings.tracking_uri, run_summary.NIGHTLY_EXPERIMENT)
+              if r.data.params["as_of"] == AS_OF.isoformat()]
+    assert "embedding_model" not in run.data.params
 
 
 def test_the_next_run_compares_with_the_previous_committed_one(nightly_run):
@@ -168,13 +202,24 @@ def test_the_next_run_compares_with_the_previous_committed_one(nightly_run):
 
     settings, _, _ = nightly_run
     printed = io.StringIO()
-    with contextlib.redirect_stdout(printed):  # 2011-10-08 is published: skipped; 2011-10-09 runs
-        assert main(["--data-dir", str(settings.data_dir), "backfill", "--start", "2011-10-08", "--end", "2011-10-09"]) == 0
-    later = settings.reports_dir / "nightly_as_of=2011-10-09.html"
-    assert "as_of 2011-10-09: published" in printed.getvalue() and f"report {later}" in printed.getvalue()
+    next_day = AS_OF + timedelta(days=1)
+    with contextlib.redirect_stdout(printed):  # AS_OF is published: skipped; the day after runs
+        assert main(["--data-dir", str(settings.data_dir), "backfill", "--start", AS_OF.isoformat(),
+                     "--end", next_day.isoformat()]) == 0
+    later = settings.reports_dir / f"nightly_as_of={next_day}.html"
+    assert f"as_of {next_day}: published" in printed.getvalue() and f"report {later}" in printed.getvalue()
+    assert f"skipped (already published): {AS_OF}" in printed.getvalue()
     page = later.read_text()
-    # the shop sold nothing on Saturday 2011-10-08: the same baskets, the same lists
-    assert "Compared with the run of 2011-10-08" in page and "0 pairs new, 0 dropped, 0 moved rank" in page
+    # the shop sold nothing on Saturday AS_OF: the same baskets, the same lists
+    assert f"Compared with the run of {AS_OF}" in page and "0 pairs new, 0 dropped, 0 moved rank" in page
+
+
+def test_top_prints_the_latest_associations(nightly_run, capsys):
+    from flows.cli import main
+
+    settings, _, _ = nightly_run
+    assert main(["--data-dir", str(settings.data_dir), "top", "--limit", "3"]) == 0
+    assert len([line for line in capsys.readouterr().out.splitlines() if " -> " in line]) == 3
 
 
 def test_the_report_reads_in_a_headless_browser_offline(nightly_run):

@@ -21,13 +21,16 @@ from flows.cli import main
 from prodassoc_core.data import importers, ingest
 from prodassoc_core.data.contracts import PRODUCT_EMBEDDINGS, PRODUCT_ID, PUBLISHED_TABLES
 from prodassoc_core.models import chain, tracking
-from prodassoc_core.ops.settings import Settings
+from prodassoc_core.ops.settings import HybridConfig, Settings
 from prodassoc_core.pipeline import run_summary, stages
 
 from conftest import SAMPLE
 
 AS_OF = date(2011, 11, 8)  # the sample's last landed day is 2011-11-07
 SEED = 7
+# the hybrid weights on a 0.5 grid (6 points, not 66): tuned all the same, in a tenth of the time;
+# the tuning itself is tested in test_hybrid.py
+HYBRID = HybridConfig(weight_step=0.5)
 STAGE_MODELS = {
     "mlm": "prodassoc-mlm", "teacher": "prodassoc-teacher", "student": "prodassoc-student", "gnn": "prodassoc-gnn",
 }
@@ -58,7 +61,8 @@ def trained(tmp_path_factory, prefect_harness):
     """The sample imported and the train flow run once: (settings, flow run id, the flow's summary)."""
     from flows.train import train
 
-    settings = Settings(data_dir=tmp_path_factory.mktemp("trained"), training=chain.tiny_training_config(SEED))
+    settings = Settings(data_dir=tmp_path_factory.mktemp("trained"), training=chain.tiny_training_config(SEED),
+                        hybrid=HYBRID)
     importers.import_source(kind="online-retail", inputs=[SAMPLE], landing_dir=settings.landing_dir)
     state = train(as_of=AS_OF, settings=settings, return_state=True)
     assert state.is_completed(), state
@@ -214,6 +218,7 @@ def test_cli_train_prints_versions_and_the_gate(promoted, capsys, monkeypatch):
     settings = promoted
     # the tiny chain through the environment, as an operator would set any training option
     monkeypatch.setenv("PRODASSOC_TRAINING", settings.training.model_dump_json(exclude={"seed"}))
+    monkeypatch.setenv("PRODASSOC_HYBRID", settings.hybrid.model_dump_json())
     args = ["--data-dir", str(settings.data_dir), "train", "--as-of", AS_OF.isoformat(), "--seed", str(SEED),
             "--device", "cpu", "--student-minutes", "5", "--no-promote"]
     assert main(args) == 0
@@ -311,37 +316,15 @@ def test_run_nightly_without_prefect_publishes_the_same_embeddings(trained, nigh
     assert not list(stages.run_dir(settings, AS_OF).glob(".champion-*"))  # the downloaded model is removed
 
 
-def test_nightly_without_a_champion_publishes_no_embeddings(tmp_path, prefect_harness):
-    from flows.nightly import nightly
-
-    settings = Settings(data_dir=tmp_path)
-    importers.import_source(kind="online-retail", inputs=[SAMPLE], landing_dir=settings.landing_dir)
-    out = nightly(as_of=date(2011, 10, 8), settings=settings)  # a week of data: quick
-    assert {p["table"] for p in out["published"]} == set(PUBLISHED_TABLES) | {"bundles"}
-    assert not (settings.warehouse_dir / PRODUCT_EMBEDDINGS.name).exists()
-    # without models the classic method chosen for the catalog is published (no cold-start rows,
-    # no explanations), and every row says so
-    table = pl.read_parquet(settings.warehouse_dir / "product_associations" / "run_date=2011-10-08" / "data.parquet")
-    chosen = json.loads(next((settings.data_dir / "selection").glob("as_of=*.json")).read_text())
-    assert table["method"].unique().to_list() == [chosen["chosen"]["method"]]
-    assert table["explanation"].null_count() == table.height
-    assert table["source"].unique().to_list() == ["classic"] and table["student_model"].null_count() == table.height
-    assert stages.is_published(settings, date(2011, 10, 8))
-    with duckdb.connect(str(settings.duckdb_path), read_only=True) as con:
-        views = {r[0] for r in con.execute("SELECT view_name FROM duckdb_views() WHERE NOT internal").fetchall()}
-    assert "latest_association_rules" in views and "product_embeddings" not in views
-    (run,) = tracking.runs(settings.tracking_uri, run_summary.NIGHTLY_EXPERIMENT)
-    assert "embedding_model" not in run.data.params
-
-
 def test_a_backfill_never_serves_a_model_trained_after_its_date(trained, nightly_with_champion):
-    """Point in time: v1 is trained on data before 2011-11-08 and served; a backfill of the two
-    days before serves the classic method on them, and says so in every row and in the record."""
+    """Point in time: v1 is trained on data before 2011-11-08 and served; a backfill of the day
+    before (the latest date it must not serve) serves the classic method, and says so in every row
+    and in the record."""
     from flows.nightly import backfill
 
     settings, _, _ = trained
-    out = backfill(start=date(2011, 11, 6), end=date(2011, 11, 7), settings=settings)
-    assert out["ran"] == ["2011-11-06", "2011-11-07"]
+    out = backfill(start=date(2011, 11, 7), end=date(2011, 11, 7), settings=settings)
+    assert out["ran"] == ["2011-11-07"]
     for day in out["ran"]:
         table = pl.read_parquet(settings.warehouse_dir / "product_associations" / f"run_date={day}" / "data.parquet")
         assert table["source"].unique().to_list() == ["classic"]

@@ -14,7 +14,7 @@ import pytest
 
 from deployments import commands
 from prodassoc_core.data import importers
-from prodassoc_core.ops.settings import EvaluationConfig, Settings
+from prodassoc_core.ops.settings import EvaluationConfig, HybridConfig, Settings
 from prodassoc_core.pipeline import run_summary
 
 from conftest import SAMPLE, free_port, production, start_process, stop_process, wait_http
@@ -33,7 +33,9 @@ def mlflow_server(tmp_path_factory):
     cmd = commands.mlflow_server(
         "127.0.0.1", port, f"sqlite:///{home / 'mlflow.db'}", str(home / "artifacts"), workers=1
     )
-    env = os.environ | {"MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "1"}
+    # MLflow's job runner (three Huey consumer processes, for GenAI jobs prodassoc does not use) off:
+    # tracking, the registry and the artifact proxy are what is under test
+    env = os.environ | {"MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "1", "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
     log = home / "server.log"
     proc = start_process(cmd, env, log, cwd=home)
     try:
@@ -102,7 +104,8 @@ def test_training_registers_on_the_server_and_the_nightly_embeds_with_its_champi
     from prodassoc_core.models import chain, serving
     from prodassoc_core.pipeline import stages
 
-    settings = Settings(data_dir=tmp_path, mlflow_tracking_uri=mlflow_server, training=chain.tiny_training_config(3))
+    settings = Settings(data_dir=tmp_path, mlflow_tracking_uri=mlflow_server, training=chain.tiny_training_config(3),
+                        hybrid=HybridConfig(weight_step=0.5))  # the weights on a 6-point grid (test_hybrid.py tests the tuning)
     importers.import_source(kind="online-retail", inputs=[SAMPLE], landing_dir=settings.landing_dir)
     trained = date(2011, 11, 8)
     out = train(as_of=trained, settings=settings)
