@@ -329,8 +329,10 @@ def _numbered_pair_counts(baskets: "DataFrame", min_pair_count: int,
     once = (_pairs_in(_item_arrays(lines, numbers.select(ITEM, NUMBER)))
             .groupBy("x", "y").agg(F.count(F.lit(1)).cast("long").alias("n_rule"))
             .filter(F.col("n_rule") >= min_pair_count))
-    both = once.select(F.col("x").alias(PRODUCT_ID), F.col("y").alias(ASSOCIATED_PRODUCT_ID), "n_rule").unionByName(
-        once.select(F.col("y").alias(PRODUCT_ID), F.col("x").alias(ASSOCIATED_PRODUCT_ID), "n_rule"))
+    # both directions of each pair from one pass over the counts (a union would aggregate twice)
+    ordered = F.explode(F.array(F.struct(F.col("x").alias(PRODUCT_ID), F.col("y").alias(ASSOCIATED_PRODUCT_ID)),
+                                F.struct(F.col("y").alias(PRODUCT_ID), F.col("x").alias(ASSOCIATED_PRODUCT_ID))))
+    both = once.select(ordered.alias("_pair"), "n_rule").select("_pair.*", "n_rule")
     counts_a = F.broadcast(numbers.select(F.col(NUMBER).alias(PRODUCT_ID), F.col(COUNT).alias("n_antecedent")))
     counts_b = F.broadcast(numbers.select(F.col(NUMBER).alias(ASSOCIATED_PRODUCT_ID), F.col(COUNT).alias("n_consequent")))
     pairs = (both.join(counts_a, PRODUCT_ID).join(counts_b, ASSOCIATED_PRODUCT_ID)
