@@ -14,7 +14,7 @@ export MLFLOW_DISABLE_TELEMETRY ?= true
 export DO_NOT_TRACK ?= 1
 export OMP_NUM_THREADS ?= 1
 
-.PHONY: help install browser demo test test-fast bench clean
+.PHONY: help install browser demo test test-fast bench bench-scale clean
 
 ## help: list the targets with what they do
 ## install: create .venv (Python 3.11) and install torch (CPU wheel) and prodassoc with its dev extras
@@ -22,7 +22,8 @@ export OMP_NUM_THREADS ?= 1
 ## demo: the whole product on the shipped sample: import (with bad rows), train, gate, nightly, what was served (DEMO_DIR)
 ## test: the whole test suite on every core (installs first; tiers in tests/conftest.py; production tests need CI=true)
 ## test-fast: the unit tier only (not slow, production, spark or gpu), for the edit loop
-## bench: rule mining against pyfim and mlxtend (benchmarks/bench_mining.py)
+## bench: rule mining against pyfim and mlxtend (benchmarks/bench_mining.py), then bench-scale
+## bench-scale: the nightly, local vs spark engine, at BENCH_SCALE_SIZES x Online Retail (benchmarks/bench_scale.py; 1x: ~15 min)
 ## clean: remove .venv, .prodassoc and the pytest cache
 
 install: $(STAMP) browser
@@ -80,6 +81,14 @@ test-fast: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_mining.py
+	$(MAKE) bench-scale
+
+# docs/spark.md's table: --sizes 1,10 (an hour or more on 2 cores). Runs past BENCH_SCALE_CAP_GIB of RSS are stopped.
+BENCH_SCALE_SIZES ?= 1
+BENCH_SCALE_CAP_GIB ?= 14
+bench-scale: $(STAMP)
+	$(BIN)/python benchmarks/bench_scale.py --sizes $(BENCH_SCALE_SIZES) --cap-gib $(BENCH_SCALE_CAP_GIB) \
+	  --json .prodassoc/bench_scale.json --plot .prodassoc/bench_scale.png
 
 clean:
 	rm -rf $(VENV) .prodassoc .pytest_cache

@@ -101,7 +101,56 @@ def spark_schema(contract: c.TableContract):
 
 def read(spark: "SparkSession", files: list[Loaded], contract: c.TableContract) -> "DataFrame":
     """The rows of Spark-read files as one frame: contract columns (contract types), lineage,
-    ``_reason`` (null) and the file's position in ``files`` (to restore the batch's row order)."""
+    ``_reason`` (null) and the file's position in ``files`` (to restore the batch's row order).
+
+    One scan of all the files (``_scan``): a file's lineage comes from its ``_metadata`` path,
+    looked up in a small broadcast table. A union of one scan per file gives the same rows, but
+    its plan grows with the files (hundreds of day files a batch) and planning it cost more
+    than reading them; it is kept for a batch whose paths Spark reports in a form not matched here."""
+    scanned = _scan(spark, files, contract)
+    if scanned is not None:
+        return scanned
+    logger.info("read on spark: %d files whose paths the scan does not match, one scan each", len(files))
+    return _read_each(spark, files, contract)
+
+
+def _scan(spark: "SparkSession", files: list[Loaded], contract: c.TableContract) -> "DataFrame | None":
+    """``read`` as one Parquet scan; None when the scan's files cannot each be matched to one of
+    ``files`` (by their URI path, ``inputFiles``)."""
+    from urllib.parse import unquote, urlparse
+
+    from pyspark.sql import functions as F
+
+    schema = spark_schema(contract)
+    local = {str(b.file.path.resolve()): i for i, b in enumerate(files)}
+    if len(local) != len(files):
+        return None
+    frame = spark.read.schema(schema).parquet(*local)
+    keys: dict[str, int] = {}
+    for uri in frame.inputFiles():
+        key = urlparse(uri).path
+        i = local.get(unquote(key))
+        if i is None or key in keys:
+            return None
+        keys[key] = i
+    if sorted(keys.values()) != list(range(len(files))):
+        return None
+    lookup = spark.createDataFrame(
+        [(key, files[i].file.rel, files[i].file.partition, i) for key, i in keys.items()],
+        f"_key string, {c.SOURCE_FILE} string, {c.PARTITION} string, {_FILE_ORDER} int")
+    lineage = frame.select(
+        *schema.names,
+        F.col("_metadata.row_index").cast("long").alias(c.SOURCE_ROW),
+        F.expr("try_parse_url(_metadata.file_path, 'PATH')").alias("_key"),
+    )
+    return lineage.join(F.broadcast(lookup), "_key").select(
+        *schema.names, c.SOURCE_ROW, c.SOURCE_FILE, c.PARTITION,
+        F.lit(None).cast("string").alias(c.REASON), _FILE_ORDER,
+    )
+
+
+def _read_each(spark: "SparkSession", files: list[Loaded], contract: c.TableContract) -> "DataFrame":
+    """``read`` as a union of one scan per file, lineage as literals."""
     from pyspark.sql import functions as F
 
     schema = spark_schema(contract)

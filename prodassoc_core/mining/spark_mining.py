@@ -95,7 +95,15 @@ def _levels(baskets: "DataFrame", count: int, max_len: int | None) -> tuple[list
     The frequent items are numbered 0, 1, ... in their string order (Spark's, Python's and polars'
     order: UTF-8 bytes, code points), so a sorted array of numbers is the sorted array of items;
     the levels' joins, shuffles and comparisons then work on integers, not strings. ``decode``
-    turns numbers back into items on the driver (only the answer is decoded)."""
+    turns numbers back into items on the driver (only the answer is decoded).
+
+    Every level is counted where the baskets are, without a shuffle join: each basket's sorted
+    array of frequent item numbers (``_item_arrays``, stored once) yields its pairs in place
+    (``_pairs_in``); the frequent (k-1)-sets found in a basket are extended by the candidates of
+    apriori's join (two frequent (k-1)-sets sharing all but their last item: a small table,
+    broadcast) whose new item the basket holds. Counts are aggregated before the shuffle, so
+    what is shuffled is partial counts of distinct item sets, not every occurrence. A level's
+    occurrences are recomputed from the arrays rather than stored (they hold the baskets' arrays)."""
     from pyspark.sql import functions as F
 
     pairs = _basket_items(baskets)
@@ -108,35 +116,70 @@ def _levels(baskets: "DataFrame", count: int, max_len: int | None) -> tuple[list
     numbers = spark.createDataFrame([(item, i) for i, item in enumerate(names)], f"{ITEM} string, {NUMBER} int")
     levels = [spark.createDataFrame([([i], c) for i, (_, c) in enumerate(frequent_items)],
                                     f"{ITEMSET} array<int>, {COUNT} long")]
-    k, found = 1, len(names)
     if max_len == 1:
         return levels, names
-    frequent = pairs.join(F.broadcast(numbers), ITEM).select(BASKET, F.col(NUMBER).alias(ITEM))
-    frequent = frequent.localCheckpoint(eager=False)  # (basket, item number) of frequent items only
-    nexts = frequent.withColumnRenamed(ITEM, "next")
-    occurrences = frequent.select(BASKET, F.array(ITEM).alias(ITEMSET), F.col(ITEM).alias("last"))
+    in_baskets = _pairs_in(_item_arrays(pairs, numbers), keep_items=True)  # (items, x, y), never stored
+    level = (in_baskets.groupBy("x", "y").agg(F.count(F.lit(1)).alias(COUNT)).filter(F.col(COUNT) >= count)
+             .select(F.array("x", "y").alias(ITEMSET), COUNT).localCheckpoint(eager=False))
+    k, found = 2, level.count()  # level 2's one job: stores the item arrays and the level
+    if not found:
+        return levels, names
+    levels.append(level)
+    frequent_pairs = level.select(F.element_at(ITEMSET, 1).alias("x"), F.element_at(ITEMSET, 2).alias("y"))
+    occurrences = (in_baskets.join(_small(frequent_pairs, found), ["x", "y"])
+                   .select(ITEMS, F.array("x", "y").alias(ITEMSET)))
     while (max_len is None or k < max_len) and found:
         k += 1
-        if k == 2:  # every pair of frequent items of a basket
-            candidates = occurrences.join(nexts, BASKET).filter(F.col("next") > F.col("last"))
-        else:  # apriori's join: two frequent (k-1)-sets that share all but their last item
-            prev = levels[-1].select(ITEMSET, F.slice(ITEMSET, 1, k - 2).alias("_prefix"),
-                                     F.element_at(ITEMSET, k - 1).alias("last"))
-            grown = prev.alias("p").join(prev.alias("q"), (F.col("p._prefix") == F.col("q._prefix"))
-                                         & (F.col("p.last") < F.col("q.last")))
-            grown = grown.select(F.col(f"p.{ITEMSET}").alias(ITEMSET), F.col("q.last").alias("next"))
-            candidates = occurrences.select(BASKET, ITEMSET).join(grown, ITEMSET).join(nexts, [BASKET, "next"])
-        extended = candidates.select(
-            BASKET, F.concat(ITEMSET, F.array("next")).alias(ITEMSET), F.col("next").alias("last"))
-        extended = extended.localCheckpoint(eager=False)
+        # apriori's join: two frequent (k-1)-sets that share all but their last item
+        prev = levels[-1].select(ITEMSET, F.slice(ITEMSET, 1, k - 2).alias("_prefix"),
+                                 F.element_at(ITEMSET, k - 1).alias("_last"))
+        grown = prev.alias("p").join(prev.alias("q"), (F.col("p._prefix") == F.col("q._prefix"))
+                                     & (F.col("p._last") < F.col("q._last")))
+        grown = grown.select(F.col(f"p.{ITEMSET}").alias(ITEMSET), F.col("q._last").alias("next")).localCheckpoint()
+        n_grown = grown.count()
+        if not n_grown:
+            break
+        extended = (occurrences.join(_small(grown, n_grown), ITEMSET).filter(F.array_contains(ITEMS, F.col("next")))
+                    .select(ITEMS, F.concat(ITEMSET, F.array("next")).alias(ITEMSET)))
         level = extended.groupBy(ITEMSET).agg(F.count(F.lit(1)).alias(COUNT)).filter(F.col(COUNT) >= count)
         level = level.localCheckpoint(eager=False)
-        found = level.count()  # the level's one job: stores extended and level
+        found = level.count()  # the level's one job
         if found:
             levels.append(level)
-            if max_len is None or k < max_len:
-                occurrences = extended.join(level.select(ITEMSET), ITEMSET).localCheckpoint(eager=False)
+            occurrences = extended.join(_small(level.select(ITEMSET), found), ITEMSET)
     return levels, names
+
+
+BROADCAST_ROWS = 2_000_000  # a frame of at most this many rows (small ints, short arrays) is broadcast to joins
+
+
+def _small(frame: "DataFrame", rows: int) -> "DataFrame":
+    """``frame`` hinted for a broadcast join when it has at most ``BROADCAST_ROWS`` rows (a
+    checkpointed frame has no size estimate, so Spark would shuffle both sides otherwise)."""
+    from pyspark.sql import functions as F
+
+    return F.broadcast(frame) if rows <= BROADCAST_ROWS else frame
+
+
+def _item_arrays(pairs: "DataFrame", numbers: "DataFrame") -> "DataFrame":
+    """(items: the sorted numbers of a basket's items in ``numbers``) for the baskets holding at
+    least two of them, from ``_basket_items`` pairs; ``numbers``: (item, number), broadcast.
+    Checkpointed lazily: the first job that reads the arrays stores them."""
+    from pyspark.sql import functions as F
+
+    numbered = pairs.join(F.broadcast(numbers), ITEM).select(BASKET, NUMBER)
+    return (numbered.groupBy(BASKET).agg(F.array_sort(F.collect_list(NUMBER)).alias(ITEMS))
+            .filter(F.size(ITEMS) >= 2).select(ITEMS).localCheckpoint(eager=False))
+
+
+def _pairs_in(arrays: "DataFrame", keep_items: bool = False) -> "DataFrame":
+    """(x, y): every pair x < y of each basket's sorted ``items`` array, generated in place (no
+    join): each item with the items after it; ``keep_items``: with the basket's array."""
+    from pyspark.sql import functions as F
+
+    at = arrays.select(ITEMS, F.posexplode(ITEMS).alias("_pos", "x"))
+    y = F.explode(F.slice(ITEMS, F.col("_pos") + 2, F.size(ITEMS) - F.col("_pos") - 1)).alias("y")
+    return at.select(ITEMS, "x", y) if keep_items else at.select("x", y)
 
 
 def decode(numbers: pl.Series, names: list[str]) -> pl.Series:
@@ -258,24 +301,44 @@ def pair_counts(baskets: "DataFrame", min_pair_count: int, n: int | None = None)
     n_antecedent, n_consequent, n_transactions) for ordered pairs in >= ``min_pair_count`` baskets."""
     from pyspark.sql import functions as F
 
+    numbered, names = _numbered_pair_counts(baskets, min_pair_count, n)
+    numbers = baskets.sparkSession.createDataFrame(list(enumerate(names)), f"{NUMBER} int, {ITEM} string")
+    a = F.broadcast(numbers.select(F.col(NUMBER).alias(PRODUCT_ID), F.col(ITEM).alias("_a")))
+    b = F.broadcast(numbers.select(F.col(NUMBER).alias(ASSOCIATED_PRODUCT_ID), F.col(ITEM).alias("_b")))
+    return (numbered.join(a, PRODUCT_ID).join(b, ASSOCIATED_PRODUCT_ID)
+            .select(F.col("_a").alias(PRODUCT_ID), F.col("_b").alias(ASSOCIATED_PRODUCT_ID), "n_rule",
+                    "n_antecedent", "n_consequent", "n_transactions"))
+
+
+def _numbered_pair_counts(baskets: "DataFrame", min_pair_count: int,
+                          n: int | None = None) -> tuple["DataFrame", list[str]]:
+    """(``pair_counts`` with item numbers for product ids, the item of each number). Only items
+    in at least ``min_pair_count`` baskets can be in such a pair: they are numbered in their
+    string order (``_levels``), so ordering by number is ordering by id. The pairs are generated
+    in each basket's sorted array of numbers and counted before the shuffle (``_pairs_in``)."""
+    from pyspark.sql import functions as F
+
     n = baskets.count() if n is None else n
     lines = _basket_items(baskets)
-    item_counts = lines.groupBy(ITEM).agg(F.count(F.lit(1)).cast("long").alias("n"))
-    a, b = lines.alias("a"), lines.alias("b")
-    once = (
-        a.join(b, F.col(f"a.{BASKET}") == F.col(f"b.{BASKET}"))
-        .filter(F.col(f"a.{ITEM}") < F.col(f"b.{ITEM}"))
-        .groupBy(F.col(f"a.{ITEM}").alias("x"), F.col(f"b.{ITEM}").alias("y"))
-        .agg(F.count(F.lit(1)).cast("long").alias("n_rule"))
-        .filter(F.col("n_rule") >= min_pair_count)
-    )
-    both = once.select(F.col("x").alias(PRODUCT_ID), F.col("y").alias(ASSOCIATED_PRODUCT_ID), "n_rule").unionByName(
-        once.select(F.col("y").alias(PRODUCT_ID), F.col("x").alias(ASSOCIATED_PRODUCT_ID), "n_rule"))
-    counts_a = item_counts.select(F.col(ITEM).alias(PRODUCT_ID), F.col("n").alias("n_antecedent"))
-    counts_b = item_counts.select(F.col(ITEM).alias(ASSOCIATED_PRODUCT_ID), F.col("n").alias("n_consequent"))
-    return (both.join(counts_a, PRODUCT_ID).join(counts_b, ASSOCIATED_PRODUCT_ID)
-            .select(PRODUCT_ID, ASSOCIATED_PRODUCT_ID, "n_rule", "n_antecedent", "n_consequent",
-                    F.lit(n).cast("long").alias("n_transactions")))
+    counted = lines.groupBy(ITEM).agg(F.count(F.lit(1)).alias(COUNT)).filter(F.col(COUNT) >= min_pair_count)
+    items = sorted((r[0], r[1]) for r in counted.collect())
+    names = [item for item, _ in items]
+    spark = baskets.sparkSession
+    numbers = spark.createDataFrame([(item, i, c) for i, (item, c) in enumerate(items)],
+                                    f"{ITEM} string, {NUMBER} int, {COUNT} long")
+    once = (_pairs_in(_item_arrays(lines, numbers.select(ITEM, NUMBER)))
+            .groupBy("x", "y").agg(F.count(F.lit(1)).cast("long").alias("n_rule"))
+            .filter(F.col("n_rule") >= min_pair_count))
+    # both directions of each pair from one pass over the counts (a union would aggregate twice)
+    ordered = F.explode(F.array(F.struct(F.col("x").alias(PRODUCT_ID), F.col("y").alias(ASSOCIATED_PRODUCT_ID)),
+                                F.struct(F.col("y").alias(PRODUCT_ID), F.col("x").alias(ASSOCIATED_PRODUCT_ID))))
+    both = once.select(ordered.alias("_pair"), "n_rule").select("_pair.*", "n_rule")
+    counts_a = F.broadcast(numbers.select(F.col(NUMBER).alias(PRODUCT_ID), F.col(COUNT).alias("n_antecedent")))
+    counts_b = F.broadcast(numbers.select(F.col(NUMBER).alias(ASSOCIATED_PRODUCT_ID), F.col(COUNT).alias("n_consequent")))
+    pairs = (both.join(counts_a, PRODUCT_ID).join(counts_b, ASSOCIATED_PRODUCT_ID)
+             .select(PRODUCT_ID, ASSOCIATED_PRODUCT_ID, "n_rule", "n_antecedent", "n_consequent",
+                     F.lit(n).cast("long").alias("n_transactions")))
+    return pairs, names
 
 
 def _scores() -> dict[str, "Column"]:
@@ -314,14 +377,21 @@ PAIR_METHODS = ("count", "confidence", "jaccard", "lift")
 def product_associations(baskets: "DataFrame", cfg: AssociationConfig, n: int | None = None) -> pa.Table:
     """``associations.product_associations`` of a Spark frame of baskets (``n`` of them, counted
     when None), for the pair methods: the same PRODUCT_ASSOCIATIONS rows. Only each product's top
-    K pairs reach the driver."""
-    return rank_pairs(pair_counts(baskets, cfg.min_pair_count, n), cfg)
+    K pairs reach the driver (as item numbers, decoded there)."""
+    pairs, names = _numbered_pair_counts(baskets, cfg.min_pair_count, n)
+    return _finish(top_pairs(pairs, cfg.method, cfg.top_k).toArrow(), cfg, names)
 
 
 def rank_pairs(pairs: "DataFrame", cfg: AssociationConfig) -> pa.Table:
     """``associations.rank_associations`` of Spark pair counts (``pair_counts``, any
     ``min_pair_count``): each product's top K cut in Spark, collected, finished locally."""
-    cut = top_pairs(pairs, cfg.method, cfg.top_k).toArrow()
+    return _finish(top_pairs(pairs, cfg.method, cfg.top_k).toArrow(), cfg)
+
+
+def _finish(cut: pa.Table, cfg: AssociationConfig, names: list[str] | None = None) -> pa.Table:
+    """The collected top-K cut, ids decoded (``names``: they are item numbers), ranked locally."""
     frame = pl.from_arrow(cut).with_columns(pl.col(c).cast(pl.Int64) for c in
                                             ("n_rule", "n_antecedent", "n_consequent", "n_transactions"))
+    if names is not None:
+        frame = frame.with_columns(decode(frame[PRODUCT_ID], names), decode(frame[ASSOCIATED_PRODUCT_ID], names))
     return rank_associations(frame, cfg)
