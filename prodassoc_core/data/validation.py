@@ -596,7 +596,6 @@ class GxSuites:
             ge_logger.setLevel(logging.WARNING)
         import great_expectations as gx
         import great_expectations.expectations as gxe
-        from great_expectations.checkpoint import UpdateDataDocsAction
         from great_expectations.data_context.types.base import ProgressBarsConfig
 
         self.gx_dir = None if gx_dir is None else Path(gx_dir)
@@ -620,29 +619,32 @@ class GxSuites:
         self._lock = threading.Lock()  # one checkpoint run at a time on this context
         self._checkpoints: dict[str, Any] = {}
         for table, build in _SUITES.items():
-            try:
-                asset = source.get_asset(table)
-            except LookupError:
-                asset = source.add_dataframe_asset(table)
-            try:
-                batch = asset.get_batch_definition(_BATCH_DEFINITION)
-            except KeyError:
-                batch = asset.add_batch_definition_whole_dataframe(_BATCH_DEFINITION)
             expectations = build(gxe)
             _RULE_ORDER[table] = [e.meta["rule"] for e in expectations]
             suite = ctx.suites.add_or_update(gx.ExpectationSuite(name=table, expectations=expectations))
-            definition = ctx.validation_definitions.add_or_update(
-                gx.ValidationDefinition(name=table, data=batch, suite=suite)
-            )
-            actions = [] if self.gx_dir is None else [UpdateDataDocsAction(name="update_data_docs")]
-            self._checkpoints[table] = ctx.checkpoints.add_or_update(
-                gx.Checkpoint(
-                    name=table,
-                    validation_definitions=[definition],
-                    actions=actions,
-                    result_format={"result_format": "COMPLETE"},
-                )
-            )
+            self._checkpoints[table] = self._add_checkpoint(source, table, table, suite, {"result_format": "COMPLETE"})
+
+    def _add_checkpoint(self, source: Any, table: str, name: str, suite: Any, result_format: dict) -> Any:
+        """Checkpoint ``name``: ``suite`` on ``table``'s whole-dataframe asset of ``source`` (the
+        asset and its batch definition made if missing), updating the data docs when they are kept."""
+        import great_expectations as gx
+        from great_expectations.checkpoint import UpdateDataDocsAction
+
+        try:
+            asset = source.get_asset(table)
+        except LookupError:
+            asset = source.add_dataframe_asset(table)
+        try:
+            batch = asset.get_batch_definition(_BATCH_DEFINITION)
+        except KeyError:
+            batch = asset.add_batch_definition_whole_dataframe(_BATCH_DEFINITION)
+        definition = self._ctx.validation_definitions.add_or_update(
+            gx.ValidationDefinition(name=name, data=batch, suite=suite)
+        )
+        actions = [] if self.gx_dir is None else [UpdateDataDocsAction(name="update_data_docs")]
+        return self._ctx.checkpoints.add_or_update(gx.Checkpoint(
+            name=name, validation_definitions=[definition], actions=actions, result_format=result_format,
+        ))
 
     @property
     def context(self) -> Any:
@@ -655,29 +657,15 @@ class GxSuites:
         name = f"{table}{_SPARK_SUFFIX}"
         if name in self._checkpoints:
             return self._checkpoints[name]
-        import great_expectations as gx
-        from great_expectations.checkpoint import UpdateDataDocsAction
-
         ctx = self._ctx
         try:
             source = ctx.data_sources.get(_SPARK_DATASOURCE)
         except KeyError:
             source = ctx.data_sources.add_spark(_SPARK_DATASOURCE)
-        try:
-            asset = source.get_asset(table)
-        except LookupError:
-            asset = source.add_dataframe_asset(table)
-        try:
-            batch = asset.get_batch_definition(_BATCH_DEFINITION)
-        except KeyError:
-            batch = asset.add_batch_definition_whole_dataframe(_BATCH_DEFINITION)
-        suite = ctx.suites.get(table)
-        definition = ctx.validation_definitions.add_or_update(gx.ValidationDefinition(name=name, data=batch, suite=suite))
-        actions = [] if self.gx_dir is None else [UpdateDataDocsAction(name="update_data_docs")]
-        self._checkpoints[name] = ctx.checkpoints.add_or_update(gx.Checkpoint(
-            name=name, validation_definitions=[definition], actions=actions,
-            result_format={"result_format": "COMPLETE", "unexpected_index_column_names": [SOURCE_KEY_FILE, SOURCE_KEY_ROW]},
-        ))
+        self._checkpoints[name] = self._add_checkpoint(
+            source, table, name, ctx.suites.get(table),
+            {"result_format": "COMPLETE", "unexpected_index_column_names": [SOURCE_KEY_FILE, SOURCE_KEY_ROW]},
+        )
         return self._checkpoints[name]
 
     def run_spark(
