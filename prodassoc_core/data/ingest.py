@@ -175,10 +175,12 @@ class _Run:
         """Stop the run on ``message``: the manifest is written, the error carries the report."""
         self.ledger.write()
         self.report.errors.append(message)
-        self.report.data_docs = self.data_docs()
         raise IngestError(f"ingest as_of {self.as_of}: {message}", self.report)
 
     def data_docs(self) -> Path | None:
+        """The Data Docs index, with this run's validation results rendered (once per run)."""
+        if self._gx is not None:
+            self._gx.build_docs()
         index = data_docs_index(self.gx_dir)
         return index if index.exists() else None
 
@@ -442,10 +444,12 @@ def ingest(
     if stale:
         logger.info("removed %d temporary file(s) left by interrupted runs", stale)
     logger.info("ingest as_of %s: landing %s, manifest has %d files", as_of, run.landing, len(run.ledger.rows))
-    catalog_ids = _CatalogStep(run)()
-    _TransactionsStep(run, catalog_ids)()
     report = run.report
-    report.data_docs = run.data_docs()
+    try:
+        catalog_ids = _CatalogStep(run)()
+        _TransactionsStep(run, catalog_ids)()
+    finally:  # whatever ends the run, what it validated is in the Data Docs
+        report.data_docs = run.data_docs()
     logger.info(
         "ingest as_of %s done: %d files seen, %d ingested, %d skipped, %d failed; rows %d read, "
         "%d accepted, %d quarantined; data docs %s",

@@ -66,6 +66,7 @@ def site(tmp_path_factory) -> Path:
     late = validate_transactions(tx([("o2", "B", 1, 1.0, DAY)]), ["A", "B"], cfg, as_of=datetime(2024, 1, 1).date(),
                                  gx=gx, run_name="ingest-2024-01-01-late")
     assert clean.ge_success and not late.ge_success
+    assert gx.build_docs() == data_docs_index(gx.gx_dir)
     return data_docs_index(gx.gx_dir).parent
 
 

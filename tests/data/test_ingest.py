@@ -339,3 +339,19 @@ def test_read_staged_transactions_when_empty(tmp_path):
     assert lf.collect().is_empty() and lf.collect_schema() == c.TRANSACTIONS.polars_schema
     with pytest.raises(FileNotFoundError, match="no staged catalog"):
         read_staged_catalog(tmp_path)
+
+
+def test_every_stored_validation_has_its_data_docs_page_after_a_failed_ingestion(zone):
+    """The Data Docs are rendered once at the end of a run, whatever ends it: a run that fails
+    (here: a partition over max_failed_share) still shows what it validated."""
+    zone.day("2024-01-02", orders("2024-01-02", [("o1", "A", 1), ("o2", "Z", 1), ("o3", "Z", 1)]))
+    zone.day("2024-01-03", good("2024-01-03"))
+    with pytest.raises(IngestError, match="dt=2024-01-02") as err:
+        zone.ingest(STRICT)
+    site = data_docs_index(zone.gx_dir).parent
+    assert err.value.report.data_docs == site / "index.html"
+    stored = {p.relative_to(zone.gx_dir / "uncommitted" / "validations").with_suffix("")
+              for p in (zone.gx_dir / "uncommitted" / "validations").rglob("*.json")}
+    pages = {p.relative_to(site / "validations").with_suffix("") for p in (site / "validations").rglob("*.html")}
+    assert stored and stored == pages
+    assert any("ingest-2024-01-04" in str(p) for p in stored)

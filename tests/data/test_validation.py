@@ -214,7 +214,8 @@ def test_empty_frame_and_missing_lineage(gx):
 def test_data_docs_are_built_where_documented(gx):
     validate_transactions(_tx([("o", "A", 1, 1.0, DAY)]), ["A"], CFG, gx=gx, run_name="docs")
     index = data_docs_index(gx.gx_dir)
-    assert index.exists() and gx.data_docs == index
+    assert gx.build_docs() == index and index.exists() and gx.data_docs == index
+    assert "docs" in index.read_text()  # the run just validated is listed
     urls = gx.context.get_docs_sites_urls()
     assert urls == [{"site_name": "local_site", "site_url": index.resolve().as_uri()}]
     assert (gx.gx_dir / "expectations" / "transactions.json").exists()

@@ -138,7 +138,9 @@ def test_every_stage_is_logged_live_in_the_training_experiment(trained):
         wall = out["seconds"][stage]
         assert wall > 1.0  # the tiny stages take seconds, not the ~100 ms of a run logged afterwards
         assert info.start_time < info.end_time
-        assert (info.end_time - info.start_time) / 1000 == pytest.approx(wall, abs=0.5 + 0.05 * wall), stage
+        # the run spans the stage (a run logged afterwards lasts ~0.1 s); its end may trail the
+        # stage's clock by the writer's last flush, longer on a loaded machine
+        assert wall - 0.5 <= (info.end_time - info.start_time) / 1000 <= 1.25 * wall + 1.5, stage
         assert previous_end <= info.start_time and info.end_time <= parent.info.end_time  # in order, inside
         previous_end = info.end_time
         losses = client.get_metric_history(info.run_id, "train_loss")
