@@ -113,8 +113,8 @@ def rank_metrics(predicted: Sequence[str | None], relevant: set[str], k: int = 1
     return float(hits > 0), hits / ideal, dcg / idcg
 
 
-def _ranked_lists(associations: pl.DataFrame) -> dict[str, list[tuple[int, str]]]:
-    """``{product_id: [(rank, associated id), ...] by rank}``.
+def _ranked(associations: pl.DataFrame) -> pl.DataFrame:
+    """product_id, associated_product_id, rank (Int64) of a method's table, checked.
 
     ValueError on missing columns, a null, a rank below 1 or a repeated (product, rank).
     """
@@ -131,21 +131,26 @@ def _ranked_lists(associations: pl.DataFrame) -> dict[str, list[tuple[int, str]]
     if dup.height:
         row = dup.row(0, named=True)
         raise ValueError(f"associations: rank {row[RANK]} given twice for product {row[PRODUCT_ID]!r}")
+    return frame
+
+
+def _ranked_lists(associations: pl.DataFrame) -> dict[str, list[tuple[int, str]]]:
+    """``{product_id: [(rank, associated id), ...] by rank}`` (checked as ``_ranked``)."""
     grouped = (
-        frame.sort(PRODUCT_ID, RANK)
+        _ranked(associations).sort(PRODUCT_ID, RANK)
         .group_by(PRODUCT_ID, maintain_order=True)
         .agg(pl.struct(RANK, ASSOCIATED_PRODUCT_ID).alias("ranked"))
     )
     return {p: [(r[RANK], r[ASSOCIATED_PRODUCT_ID]) for r in ranked] for p, ranked in grouped.iter_rows()}
 
 
-def _prediction(ranked: list[tuple[int, str]], k: int) -> list[str | None]:
-    """The list at positions 1..k: position = rank, a rank missing from the table is an empty slot."""
-    top = [(r, q) for r, q in ranked if r <= k]
-    slots: list[str | None] = [None] * (top[-1][0] if top else 0)
-    for r, q in top:
-        slots[r - 1] = q
-    return slots
+def _products(products: Iterable[str]) -> pl.DataFrame:
+    return pl.DataFrame({PRODUCT_ID: sorted(set(products))}, schema={PRODUCT_ID: pl.String})
+
+
+def _position_in(group: str) -> pl.Expr:
+    """1, 2, ... within each ``group``, in the frame's order."""
+    return pl.int_range(1, pl.len() + 1, dtype=pl.Int64).over(group)
 
 
 def per_product_metrics(
@@ -158,11 +163,14 @@ def per_product_metrics(
     miss). A scored product without rows scores zero, so fill lists first
     (``fill_with_popular``) to give every method the same fallback.
     """
-    lists = _ranked_lists(associations)
-    rows = []
-    for p in sorted(relevant):
-        hr, recall, ndcg = rank_metrics(_prediction(lists.get(p, []), k), relevant[p], k)
-        rows.append((p, p in warm_products, hr, recall, ndcg))
+    scored = sorted(relevant)
+    predicted = _ranked(associations).filter(pl.col(RANK) <= k).join(_products(scored), on=PRODUCT_ID, how="semi")
+    slots: dict[str, list[str | None]] = {}
+    for p, q, r in predicted.iter_rows():  # each list at positions 1..k: a rank the table skips stays empty
+        row = slots.setdefault(p, [])
+        row.extend([None] * (r - len(row)))
+        row[r - 1] = q
+    rows = [(p, p in warm_products, *rank_metrics(slots.get(p, []), relevant[p], k)) for p in scored]
     return pl.DataFrame(
         rows,
         schema={PRODUCT_ID: pl.String, "warm": pl.Boolean, "hr": pl.Float64, "recall": pl.Float64, "ndcg": pl.Float64},
@@ -208,21 +216,32 @@ def fill_with_popular(
     """
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k}")
-    lists = _ranked_lists(associations)
-    pool = list(dict.fromkeys(popular))
-    rows: list[tuple[str, str, int, bool]] = []
-    for p in sorted(set(products)):
-        chosen = [q for q in dict.fromkeys(q for _, q in lists.get(p, [])) if q != p][:k]
-        taken = set(chosen)
-        rows.extend((p, q, r, False) for r, q in enumerate(chosen, start=1))
-        rank = len(chosen)
-        for q in pool:
-            if rank >= k:
-                break
-            if q != p and q not in taken:
-                rank += 1
-                rows.append((p, q, rank, True))
-    return pl.DataFrame(rows, schema={**_RANKED_SCHEMA, FILLED: pl.Boolean}, orient="row")
+    wanted = _products(products)
+    chosen = (
+        _ranked(associations).join(wanted, on=PRODUCT_ID, how="semi")
+        .filter(pl.col(ASSOCIATED_PRODUCT_ID) != pl.col(PRODUCT_ID))
+        .sort(PRODUCT_ID, RANK)
+        .unique([PRODUCT_ID, ASSOCIATED_PRODUCT_ID], keep="first", maintain_order=True)
+        .with_columns(_position_in(PRODUCT_ID).alias(RANK))
+        .filter(pl.col(RANK) <= k)
+    )
+    # a list excludes its product and at most k of its own: the first 2k + 1 popular ones always suffice
+    pool = list(dict.fromkeys(popular))[: 2 * k + 1]
+    padding = (
+        wanted.join(pl.DataFrame({ASSOCIATED_PRODUCT_ID: pool, "order": range(len(pool))},
+                                 schema={ASSOCIATED_PRODUCT_ID: pl.String, "order": pl.Int64}), how="cross")
+        .filter(pl.col(ASSOCIATED_PRODUCT_ID) != pl.col(PRODUCT_ID))
+        .join(chosen, on=[PRODUCT_ID, ASSOCIATED_PRODUCT_ID], how="anti")
+        .join(chosen.group_by(PRODUCT_ID).agg(pl.len().alias("own")), on=PRODUCT_ID, how="left")
+        .sort(PRODUCT_ID, "order")
+        .with_columns((pl.col("own").fill_null(0) + _position_in(PRODUCT_ID)).alias(RANK))
+        .filter(pl.col(RANK) <= k)
+    )
+    columns = [PRODUCT_ID, ASSOCIATED_PRODUCT_ID, pl.col(RANK).cast(pl.Int32)]
+    return pl.concat([
+        chosen.select(*columns, pl.lit(False).alias(FILLED)),
+        padding.select(*columns, pl.lit(True).alias(FILLED)),
+    ]).sort(PRODUCT_ID, RANK)
 
 
 # --- basket completion --------------------------------------------------------------------------

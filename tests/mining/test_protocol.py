@@ -9,6 +9,7 @@ from prodassoc_core.mining.methods import DecayedConfig, decayed_associations, m
 from prodassoc_core.mining.protocol import (
     basket_completion,
     fill_with_popular,
+    per_product_metrics,
     rank_metrics,
     relevant_sets,
     score_associations,
@@ -156,6 +157,55 @@ def test_rank_is_the_position_and_a_skipped_rank_is_a_miss():
 def test_score_associations_empty_group_is_nan():
     s = score_associations(ranking([("a", "b", 1)]), {"a": {"b"}}, warm_products={"a"})
     assert s["n_cold"] == 0 and math.isnan(s["ndcg_cold"]) and s["ndcg_all"] == 1.0
+
+
+# --- the table functions against the one-list definitions -------------------------------------------
+
+
+def _reference_fill(rows, products, popular, k):
+    """fill_with_popular's docstring, one product at a time: {p: (its own list, the popular padding)}."""
+    pool = list(dict.fromkeys(popular))
+    out = {}
+    for p in sorted(set(products)):
+        own = [q for _, q in sorted((r, q) for pp, q, r in rows if pp == p)]
+        chosen = [q for q in dict.fromkeys(own) if q != p][:k]
+        out[p] = chosen, [q for q in pool if q != p and q not in chosen][: k - len(chosen)]
+    return out
+
+
+def _random_case(rng: random.Random):
+    items = [f"i{n}" for n in range(rng.randint(1, 12))]
+    rows = []
+    for p in rng.sample(items, rng.randint(0, len(items))):
+        ranks = rng.sample(range(1, 15), rng.randint(0, 8))  # gaps, beyond k, repeats of one product, itself
+        rows += [(p, rng.choice(items), r) for r in ranks]
+    popular = [rng.choice(items) for _ in range(rng.randint(0, 10))]  # repeats: the first counts
+    relevant = {p: set(rng.sample(items, rng.randint(1, len(items)))) for p in rng.sample(items, rng.randint(0, len(items)))}
+    return rows, popular, relevant, rng.randint(1, 6)
+
+
+@pytest.mark.parametrize("seed", range(300))
+def test_fill_and_per_product_metrics_match_the_one_list_definitions(seed):
+    """Random tables with repeats, self-references, skipped ranks and ranks beyond k: the table
+    functions give, product by product, what ``rank_metrics`` and the fill's rule give for one list."""
+    rows, popular, relevant, k = _random_case(random.Random(seed))
+    table = ranking(rows)
+    filled = fill_with_popular(table, relevant, popular, k)
+    want = _reference_fill(rows, relevant, popular, k)
+    assert lists(filled) == {p: own + pad for p, (own, pad) in want.items() if own + pad}
+    assert filled["rank"].to_list() == [r for own, pad in want.values() for r in range(1, len(own + pad) + 1)]
+    assert filled["filled"].to_list() == [f for own, pad in want.values() for f in [False] * len(own) + [True] * len(pad)]
+    warm = set(list(relevant)[::2])
+    metrics = per_product_metrics(table, relevant, warm, k)
+    assert metrics["product_id"].to_list() == sorted(relevant)
+    for row in metrics.iter_rows(named=True):
+        p = row["product_id"]
+        slots = [None] * max([r for pp, _, r in rows if pp == p and r <= k], default=0)
+        for pp, q, r in rows:
+            if pp == p and r <= k:
+                slots[r - 1] = q
+        assert (row["hr"], row["recall"], row["ndcg"]) == rank_metrics(slots, relevant[p], k), p
+        assert row["warm"] == (p in warm)
 
 
 # --- basket completion -------------------------------------------------------------------------
