@@ -26,7 +26,6 @@ import scipy.sparse as sp
 
 from prodassoc_core.data import ASSOCIATED_PRODUCT_ID, PRODUCT_ID
 from prodassoc_core.mining import DecayedConfig, protocol
-from prodassoc_core.models.embeddings import top_k_similar
 
 COMPONENTS = ("cooc", "text", "gnn")
 WEIGHTS_FILE = "hybrid_weights.json"  # saved with the GNN model: the weights tuned with it
@@ -61,6 +60,8 @@ class Signals:
 
 def candidates(signals: Signals, queries: Sequence[str], k: int) -> pl.DataFrame:
     """(product_id, associated_product_id) pairs: each signal's top ``k`` for every query."""
+    from prodassoc_core.models.embeddings import top_k_similar  # torch: not for a classic-only nightly's bundles
+
     wanted = pl.Series(PRODUCT_ID, list(queries), dtype=pl.String)
     parts = [signals.cooc.filter(pl.col(PRODUCT_ID).is_in(wanted)).select(PRODUCT_ID, ASSOCIATED_PRODUCT_ID)]
     for name, vectors in signals.vectors.items():
