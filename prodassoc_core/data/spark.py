@@ -19,7 +19,6 @@ import os
 import re
 import shutil
 import threading
-import warnings
 from datetime import date
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -28,6 +27,7 @@ import polars as pl
 
 from prodassoc_core.data.baskets import ITEMS, is_non_product
 from prodassoc_core.data.contracts import ORDER_ID, ORDERED_AT, PRODUCT_ID, QUANTITY, TRANSACTIONS, UNIT_PRICE
+from prodassoc_core.data.validation import quiet_pyspark_pandas_warning
 from prodassoc_core.ops import BasketConfig, SparkConfig
 
 if TYPE_CHECKING:
@@ -57,8 +57,7 @@ def session(cfg: SparkConfig) -> "SparkSession":
     the one spark-submit configured (its master and conf, not ``cfg``'s) when launched by
     spark-submit, else a new one from ``cfg``. Thread-safe: the nightly's side-by-side stages share it."""
     with _LOCK:
-        # pyspark 4.3 warns that pandas >= 3 is "not fully supported": data moves through Arrow here
-        warnings.filterwarnings("ignore", message="PySpark does not yet fully support pandas", category=FutureWarning)
+        quiet_pyspark_pandas_warning()
         try:
             from pyspark.sql import SparkSession
         except ImportError as exc:

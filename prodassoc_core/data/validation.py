@@ -72,6 +72,7 @@ from __future__ import annotations
 import logging
 import re
 import threading
+import warnings
 from dataclasses import dataclass, field
 from datetime import date, datetime, time, timedelta
 from pathlib import Path
@@ -110,6 +111,13 @@ _ISO_FORMATS = (
     "%Y-%m-%dT%H:%M",
     "%Y-%m-%d",
 )
+
+
+def quiet_pyspark_pandas_warning() -> None:
+    """pyspark 4.3 warns on import that pandas >= 3 is "not fully supported"; prodassoc moves data
+    between them through Arrow, and GE imports pyspark whenever it is installed, so every local
+    run printed it: filtered for the process."""
+    warnings.filterwarnings("ignore", message="PySpark does not yet fully support pandas", category=FutureWarning)
 
 
 class ValidationError(RuntimeError):
@@ -597,6 +605,7 @@ class GxSuites:
         ge_logger = logging.getLogger("great_expectations")
         if ge_logger.level == logging.NOTSET:  # its INFO lines (from import on) would drown a run log
             ge_logger.setLevel(logging.WARNING)
+        quiet_pyspark_pandas_warning()
         import great_expectations as gx
         import great_expectations.expectations as gxe
         from great_expectations.data_context.types.base import ProgressBarsConfig
