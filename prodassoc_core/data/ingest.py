@@ -177,10 +177,17 @@ class _Run:
         self.report.errors.append(message)
         raise IngestError(f"ingest as_of {self.as_of}: {message}", self.report)
 
-    def data_docs(self) -> Path | None:
-        """The Data Docs index, with this run's validation results rendered (once per run)."""
+    def data_docs(self, *, failing: bool = False) -> Path | None:
+        """The Data Docs index, with this run's validation results rendered (once per run).
+        ``failing``: the run is stopping on an error, which a failed build must not replace
+        (it is logged instead)."""
         if self._gx is not None:
-            self._gx.build_docs()
+            try:
+                self._gx.build_docs()
+            except Exception as exc:
+                if not failing:
+                    raise
+                logger.warning("Data Docs not rebuilt for the failed run (%s: %s)", type(exc).__name__, exc)
         index = data_docs_index(self.gx_dir)
         return index if index.exists() else None
 
@@ -448,8 +455,10 @@ def ingest(
     try:
         catalog_ids = _CatalogStep(run)()
         _TransactionsStep(run, catalog_ids)()
-    finally:  # whatever ends the run, what it validated is in the Data Docs
-        report.data_docs = run.data_docs()
+    except BaseException:  # whatever stops the run, what it validated is in the Data Docs
+        report.data_docs = run.data_docs(failing=True)
+        raise
+    report.data_docs = run.data_docs(failing=bool(report.errors))  # errors: the IngestError below
     logger.info(
         "ingest as_of %s done: %d files seen, %d ingested, %d skipped, %d failed; rows %d read, "
         "%d accepted, %d quarantined; data docs %s",

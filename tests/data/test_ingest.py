@@ -355,3 +355,19 @@ def test_every_stored_validation_has_its_data_docs_page_after_a_failed_ingestion
     pages = {p.relative_to(site / "validations").with_suffix("") for p in (site / "validations").rglob("*.html")}
     assert stored and stored == pages
     assert any("ingest-2024-01-04" in str(p) for p in stored)
+
+
+def test_a_data_docs_failure_never_hides_the_error_that_stopped_the_run(zone, monkeypatch, caplog):
+    from prodassoc_core.data.validation import GxSuites
+
+    def full_disk(self):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(GxSuites, "build_docs", full_disk)
+    zone.day("2024-01-02", orders("2024-01-02", [("o1", "A", 1), ("o2", "Z", 1), ("o3", "Z", 1)]))
+    with pytest.raises(IngestError, match="dt=2024-01-02"):
+        zone.ingest(STRICT)
+    assert "Data Docs not rebuilt for the failed run (OSError" in caplog.text
+    zone.day("2024-01-03", good("2024-01-03"))
+    with pytest.raises(OSError, match="No space left"):  # a run that succeeds reports the failed build
+        zone.ingest()
