@@ -179,7 +179,7 @@ class DecayedSupport:
         for p in wanted:
             lo, hi = bounds[p], bounds[p + 1]
             if hi > lo:
-                picked.append(lo + np.lexsort((b[lo:hi], -n_ab[lo:hi], -score[lo:hi]))[:top_k])
+                picked.append(lo + _top_k_order(score[lo:hi], n_ab[lo:hi], b[lo:hi], top_k))
         top = np.concatenate(picked) if picked else np.zeros(0, dtype=np.int64)
         rank = np.concatenate([np.arange(1, len(t) + 1) for t in picked]) if picked else np.zeros(0)
         a, b, n_ab, score = a[top], b[top], n_ab[top], score[top]
@@ -194,6 +194,18 @@ class DecayedSupport:
             },
             schema=_EMPTY_DECAYED.drop("method").schema,
         ).with_columns(method=pl.lit(method))
+
+
+def _top_k_order(score: np.ndarray, n_ab: np.ndarray, b: np.ndarray, top_k: int) -> np.ndarray:
+    """Positions of the first ``top_k`` by score, then n_ab, descending, then b: only the pairs
+    scoring at least the k-th best score can be among them (ties included), so only those are
+    sorted (a product of the full catalog has thousands of partners, a list has 20)."""
+    if len(score) > top_k:
+        kth = np.partition(score, len(score) - top_k)[len(score) - top_k]
+        among = np.flatnonzero(score >= kth)
+    else:
+        among = np.arange(len(score))
+    return among[np.lexsort((b[among], -n_ab[among], -score[among]))][:top_k]
 
 
 def decayed_pair_scores(

@@ -321,3 +321,20 @@ def test_popularity_and_pair_methods():
     assert lists(method_associations("decayed_damped", frame, AS_OF, decayed=flat)) == lists(count)
     # with them (defaults), c's more recent co-purchases put it first
     assert lists(method_associations("decayed_damped", frame, AS_OF))["a"] == ["c", "b"]
+
+
+@pytest.mark.parametrize("seed", range(50))
+def test_top_k_of_a_long_partner_list_is_the_full_sorts_first_k(seed):
+    """The decayed top k sorts only the partners scoring at least the k-th best: the same k, in the
+    same order, as sorting them all, ties at the threshold (score, then n_rule, then id) included."""
+    import numpy as np
+
+    from prodassoc_core.mining.methods import _top_k_order
+
+    rng = np.random.default_rng(seed)
+    m = int(rng.integers(1, 200))
+    score = rng.integers(0, 6, m).astype(float) / 4  # few distinct values: ties everywhere
+    n_ab = rng.integers(2, 5, m)
+    b = rng.permutation(m)
+    for k in (1, 5, 20, 250):
+        assert _top_k_order(score, n_ab, b, k).tolist() == np.lexsort((b, -n_ab, -score))[:k].tolist()
