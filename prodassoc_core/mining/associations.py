@@ -55,11 +55,11 @@ def pair_counts(baskets: Sequence[Sequence[str]], min_pair_count: int) -> pl.Dat
     item_counts = np.asarray(x.sum(axis=0)).ravel()
     keep = (co.row != co.col) & (co.data >= min_pair_count)
     a, b, n_ab = co.row[keep], co.col[keep], co.data[keep]
-    names = np.array(items, dtype=object)
+    names = pl.Series(items, dtype=pl.String)  # ids by gather: no Python string per pair
     return pl.DataFrame(
         {
-            PRODUCT_ID: names[a].astype(str) if len(a) else np.array([], dtype=str),
-            ASSOCIATED_PRODUCT_ID: names[b].astype(str) if len(b) else np.array([], dtype=str),
+            PRODUCT_ID: names.gather(a),
+            ASSOCIATED_PRODUCT_ID: names.gather(b),
             "n_rule": n_ab.astype(np.int64),
             "n_antecedent": item_counts[a].astype(np.int64),
             "n_consequent": item_counts[b].astype(np.int64),

@@ -183,11 +183,11 @@ class DecayedSupport:
         top = np.concatenate(picked) if picked else np.zeros(0, dtype=np.int64)
         rank = np.concatenate([np.arange(1, len(t) + 1) for t in picked]) if picked else np.zeros(0)
         a, b, n_ab, score = a[top], b[top], n_ab[top], score[top]
-        names = np.array(self.items, dtype=object)
+        names = pl.Series(self.items, dtype=pl.String)
         return pl.DataFrame(
             {
-                PRODUCT_ID: names[a].astype(str) if len(a) else np.array([], dtype=str),
-                ASSOCIATED_PRODUCT_ID: names[b].astype(str) if len(b) else np.array([], dtype=str),
+                PRODUCT_ID: names.gather(a),
+                ASSOCIATED_PRODUCT_ID: names.gather(b),
                 RANK: rank.astype(np.int32),
                 "score": score.astype(np.float64),
                 "n_rule": n_ab,
