@@ -691,12 +691,12 @@ class GxSuites:
         """The underlying GE data context."""
         return self._ctx
 
-    def _spark_checkpoint(self, table: str) -> Any:
-        """``table``'s suite on a Spark dataframe asset (``<table>_spark``), made on first use:
-        the same expectations; failing rows named by the lineage columns (file, row)."""
+    def _spark_checkpoint(self, table: str) -> str:
+        """The name of ``table``'s suite on a Spark dataframe asset (``<table>_spark``), made on
+        first use: the same expectations; failing rows named by the lineage columns (file, row)."""
         name = f"{table}{_SPARK_SUFFIX}"
         if name in self._checkpoints:
-            return self._checkpoints[name]
+            return name
         ctx = self._ctx
         try:
             source = ctx.data_sources.get(_SPARK_DATASOURCE)
@@ -706,7 +706,7 @@ class GxSuites:
             source, table, name, ctx.suites.get(table),
             {"result_format": "COMPLETE", "unexpected_index_column_names": [SOURCE_KEY_FILE, SOURCE_KEY_ROW]},
         )
-        return self._checkpoints[name]
+        return name
 
     def run_spark(
         self, table: str, frame: Any, parameters: dict[str, Any], run_name: str | None
@@ -714,8 +714,8 @@ class GxSuites:
         """``run`` on a Spark DataFrame (GE's Spark datasource) holding the lineage columns
         ``_source_file`` and ``_source_row``: (GE success, {rule: failing (file, row) pairs})."""
         with self._lock:
-            self._spark_checkpoint(table)
-        result = self._run_checkpoint(f"{table}{_SPARK_SUFFIX}", frame, parameters, run_name)
+            name = self._spark_checkpoint(table)
+        result = self._run_checkpoint(name, frame, parameters, run_name)
         failures = _failing_rows(result, f"{table} (spark)")
         return bool(result.success), {
             rule: [(str(i[SOURCE_KEY_FILE]), int(i[SOURCE_KEY_ROW])) for i in index] for rule, index in failures.items()

@@ -148,11 +148,6 @@ def _products(products: Iterable[str]) -> pl.DataFrame:
     return pl.DataFrame({PRODUCT_ID: sorted(set(products))}, schema={PRODUCT_ID: pl.String})
 
 
-def _position_in(group: str) -> pl.Expr:
-    """1, 2, ... within each ``group``, in the frame's order."""
-    return pl.int_range(1, pl.len() + 1, dtype=pl.Int64).over(group)
-
-
 def per_product_metrics(
     associations: pl.DataFrame, relevant: Mapping[str, set[str]], warm_products: set[str], k: int = 10
 ) -> pl.DataFrame:
@@ -217,31 +212,19 @@ def fill_with_popular(
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k}")
     wanted = _products(products)
-    chosen = (
-        _ranked(associations).join(wanted, on=PRODUCT_ID, how="semi")
-        .filter(pl.col(ASSOCIATED_PRODUCT_ID) != pl.col(PRODUCT_ID))
-        .sort(PRODUCT_ID, RANK)
-        .unique([PRODUCT_ID, ASSOCIATED_PRODUCT_ID], keep="first", maintain_order=True)
-        .with_columns(_position_in(PRODUCT_ID).alias(RANK))
-        .filter(pl.col(RANK) <= k)
-    )
+    own: dict[str, list[str]] = {}
+    lists = _ranked(associations).join(wanted, on=PRODUCT_ID, how="semi").sort(PRODUCT_ID, RANK)
+    for p, q in lists.select(PRODUCT_ID, ASSOCIATED_PRODUCT_ID).iter_rows():  # the rows read once
+        own.setdefault(p, []).append(q)
     # a list excludes its product and at most k of its own: the first 2k + 1 popular ones always suffice
     pool = list(dict.fromkeys(popular))[: 2 * k + 1]
-    padding = (
-        wanted.join(pl.DataFrame({ASSOCIATED_PRODUCT_ID: pool, "order": range(len(pool))},
-                                 schema={ASSOCIATED_PRODUCT_ID: pl.String, "order": pl.Int64}), how="cross")
-        .filter(pl.col(ASSOCIATED_PRODUCT_ID) != pl.col(PRODUCT_ID))
-        .join(chosen, on=[PRODUCT_ID, ASSOCIATED_PRODUCT_ID], how="anti")
-        .join(chosen.group_by(PRODUCT_ID).agg(pl.len().alias("own")), on=PRODUCT_ID, how="left")
-        .sort(PRODUCT_ID, "order")
-        .with_columns((pl.col("own").fill_null(0) + _position_in(PRODUCT_ID)).alias(RANK))
-        .filter(pl.col(RANK) <= k)
-    )
-    columns = [PRODUCT_ID, ASSOCIATED_PRODUCT_ID, pl.col(RANK).cast(pl.Int32)]
-    return pl.concat([
-        chosen.select(*columns, pl.lit(False).alias(FILLED)),
-        padding.select(*columns, pl.lit(True).alias(FILLED)),
-    ]).sort(PRODUCT_ID, RANK)
+    rows: list[tuple[str, str, int, bool]] = []
+    for p in wanted[PRODUCT_ID].to_list():
+        chosen = [q for q in dict.fromkeys(own.get(p, ())) if q != p][:k]
+        padding = [q for q in pool if q != p and q not in chosen][: k - len(chosen)]
+        rows += [(p, q, r, False) for r, q in enumerate(chosen, start=1)]
+        rows += [(p, q, r, True) for r, q in enumerate(padding, start=len(chosen) + 1)]
+    return pl.DataFrame(rows, schema={**_RANKED_SCHEMA, FILLED: pl.Boolean}, orient="row")
 
 
 # --- basket completion --------------------------------------------------------------------------
