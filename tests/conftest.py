@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import tempfile
@@ -21,6 +22,29 @@ os.environ.setdefault("PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW", "ignore")  # p
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE = REPO / "data" / "sample" / "online_retail_sample.parquet"
+
+
+# --- smaller search grids for the tests that run the nightly, the training flow or the chain ------
+# They choose the classic method among 2 decayed_damped settings (the default grid has 18) and
+# tune the hybrid's weights on a 0.5 grid (6 points, not 66): the same code in a fraction of the
+# time. The default grids are tested as they are: tests/mining/test_selection.py (SelectionConfig())
+# and tests/models/test_hybrid.py. Set as environment defaults, so every Settings() in the tests and
+# every `prodassoc` process they start reads them; code given a SelectionConfig takes TEST_SELECTION.
+def _test_selection():
+    from prodassoc_core.ops.settings import SelectionConfig
+
+    return SelectionConfig(half_lives=(None, 120.0), size_exponents=(0.5,), popularity_exponents=(0.25,))
+
+
+TEST_SELECTION = _test_selection()
+TEST_GRIDS = {
+    "PRODASSOC_SELECTION__HALF_LIVES": json.dumps(TEST_SELECTION.half_lives),
+    "PRODASSOC_SELECTION__SIZE_EXPONENTS": json.dumps(TEST_SELECTION.size_exponents),
+    "PRODASSOC_SELECTION__POPULARITY_EXPONENTS": json.dumps(TEST_SELECTION.popularity_exponents),
+    "PRODASSOC_HYBRID__WEIGHT_STEP": "0.5",
+}
+for _name, _value in TEST_GRIDS.items():
+    os.environ.setdefault(_name, _value)
 
 
 # --- a small synthetic landing zone (reliability tests) ------------------------------------------

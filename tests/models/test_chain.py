@@ -16,7 +16,7 @@ from prodassoc_core.models import chain, champions, embeddings, mlm, pairs, stud
 from prodassoc_core.ops.settings import BasketConfig, HybridConfig, Settings
 from prodassoc_core.pipeline import retrain
 
-from conftest import SAMPLE
+from conftest import SAMPLE, TEST_SELECTION
 
 AS_OF = datetime(2011, 11, 8)
 CPU = training.choose_device("cpu")
@@ -42,7 +42,8 @@ def cfg():
 def trained(data, cfg, tmp_path_factory):
     catalog, frame = data
     out = tmp_path_factory.mktemp("chain")
-    return chain.train_chain(catalog, frame, AS_OF, cfg, device=CPU, out_dir=out, progress=False, hybrid_cfg=HYBRID), out
+    return chain.train_chain(catalog, frame, AS_OF, cfg, device=CPU, out_dir=out, progress=False, hybrid_cfg=HYBRID,
+                             selection_cfg=TEST_SELECTION), out
 
 
 # --- pairs ------------------------------------------------------------------------------------
