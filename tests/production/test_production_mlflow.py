@@ -14,6 +14,7 @@ import pytest
 
 from deployments import commands
 from prodassoc_core.data import importers
+from prodassoc_core.models import chain
 from prodassoc_core.ops.settings import EvaluationConfig, HybridConfig, Settings
 from prodassoc_core.pipeline import run_summary
 
@@ -46,17 +47,25 @@ def mlflow_server(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def flows_logged(mlflow_server, tmp_path_factory, prefect_harness):
-    from flows.evaluate import evaluate
-    from flows.nightly import nightly
-
+def landed(mlflow_server, tmp_path_factory) -> Settings:
+    """One data dir for the module's flows (the sample ingested once), logging to the server."""
     settings = Settings(
         data_dir=tmp_path_factory.mktemp("mlflow-data"),
         mlflow_tracking_uri=mlflow_server,
         evaluation=EvaluationConfig(methods=METHODS),
+        training=chain.tiny_training_config(3),
+        hybrid=HybridConfig(weight_step=0.5),  # the weights on a 6-point grid (test_hybrid.py tests the tuning)
     )
     importers.import_source(kind="online-retail", inputs=[SAMPLE], landing_dir=settings.landing_dir)
-    return settings, evaluate(as_of=AS_OF, settings=settings), nightly(as_of=AS_OF, settings=settings)
+    return settings
+
+
+@pytest.fixture(scope="module")
+def flows_logged(landed, prefect_harness):
+    from flows.evaluate import evaluate
+    from flows.nightly import nightly
+
+    return landed, evaluate(as_of=AS_OF, settings=landed), nightly(as_of=AS_OF, settings=landed)
 
 
 def _runs(uri: str, experiment: str) -> list:
@@ -96,17 +105,17 @@ def test_nightly_run_is_on_the_server(flows_logged, mlflow_server):
     assert run.data.metrics["baskets"] > 1000
 
 
-def test_training_registers_on_the_server_and_the_nightly_embeds_with_its_champion(mlflow_server, tmp_path,
+def test_training_registers_on_the_server_and_the_nightly_embeds_with_its_champion(mlflow_server, landed,
                                                                                    prefect_harness):
+    """Trained for a date after the other tests' (their nightly serves the classic method: a model
+    trained later is never served before its date), in their data dir."""
     from mlflow.tracking import MlflowClient
 
     from flows.train import train
-    from prodassoc_core.models import chain, serving
+    from prodassoc_core.models import serving
     from prodassoc_core.pipeline import stages
 
-    settings = Settings(data_dir=tmp_path, mlflow_tracking_uri=mlflow_server, training=chain.tiny_training_config(3),
-                        hybrid=HybridConfig(weight_step=0.5))  # the weights on a 6-point grid (test_hybrid.py tests the tuning)
-    importers.import_source(kind="online-retail", inputs=[SAMPLE], landing_dir=settings.landing_dir)
+    settings = landed
     trained = date(2011, 11, 8)
     out = train(as_of=trained, settings=settings)
     if not out["promoted"]:  # the gate kept the tiny chain out: serve it by hand, through the server

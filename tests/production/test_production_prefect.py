@@ -19,6 +19,7 @@ import pytest
 
 from deployments import commands
 from deployments import production as prod
+from prodassoc_core.data import importers
 from prodassoc_core.models import tracking
 from prodassoc_core.ops.settings import Settings
 from prodassoc_core.pipeline import run_summary, stages
@@ -60,15 +61,13 @@ def server(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def deployed(server, tmp_path_factory):
-    """The sample imported, `prodassoc deploy` run against the server, a cpu worker polling."""
+    """The sample imported (in this process: `prodassoc import` is tested in tests/pipeline), `prodassoc
+    deploy` run against the server, a cpu worker polling."""
     api, env = server
     data = tmp_path_factory.mktemp("prod-data")
-    run = lambda *args: subprocess.run(  # noqa: E731
-        venv_command(["prodassoc", "--data-dir", str(data), *args]), env=env, capture_output=True, text=True, timeout=120
-    )
-    imported = run("import", "online-retail", str(SAMPLE))
-    assert imported.returncode == 0, imported.stderr
-    out = run("deploy", "--cron", "30 1 * * *", "--timezone", "Europe/London")
+    importers.import_source(kind="online-retail", inputs=[SAMPLE], landing_dir=Settings(data_dir=data).landing_dir)
+    deploy = ["prodassoc", "--data-dir", str(data), "deploy", "--cron", "30 1 * * *", "--timezone", "Europe/London"]
+    out = subprocess.run(venv_command(deploy), env=env, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     log = tmp_path_factory.mktemp("prefect-worker") / "worker.log"
     worker_env = env | {"PREFECT_WORKER_QUERY_SECONDS": "1", "PREFECT_WORKER_HEARTBEAT_SECONDS": "5"}
