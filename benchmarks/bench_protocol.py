@@ -7,9 +7,10 @@ harness, the classic selection (21 settings per choice), the gate and the GNN's 
 now read the table's rows once into per-product lists (then the fill's rule, or rank_metrics, per
 product); the peers are the code they replaced: each product's list taken from a polars group of
 structs, then filled or scored in Python. (A fill written as polars joins measured 1.5x faster
-than the loop and was dropped for it: 9 ms on this table did not pay for the harder-to-read code.) Both run on the same table: the sample's
-held-out tail as the classic selection scores it (1,275 products with relevance sets, the count
-ranking of the fit baskets), interleaved, best of --repeats. The outputs must be equal (bit for
+than the loop and was dropped for it: 9 ms on this table did not pay for the harder-to-read
+code.) Both run on the same table: the sample's held-out tail as the classic selection scores it
+(1,275 products with relevance sets, the count ranking of the fit baskets), interleaved, best of
+--repeats. The outputs must be equal (bit for
 bit: tests/mining/test_protocol.py checks the same on random tables against the one-list rules).
 """
 
@@ -107,6 +108,7 @@ def main() -> None:
         t_ours, t_peer, got, want = interleaved(ours, peer, args.repeats)
         assert got.equals(want), f"{name}: the outputs differ"
         print(f"{name:<22} {t_ours:>11.4f} {t_peer:>13.4f} {t_peer / t_ours:>6.1f}x")
+
 
 if __name__ == "__main__":
     main()

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from prodassoc_core.ops.settings import HybridConfig, SelectionConfig
+
 os.environ.setdefault("PREFECT_HOME", tempfile.mkdtemp(prefix="prodassoc-prefect-"))
 os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
 os.environ["MLFLOW_DISABLE_TELEMETRY"] = "true"
@@ -29,19 +31,15 @@ SAMPLE = REPO / "data" / "sample" / "online_retail_sample.parquet"
 # tune the hybrid's weights on a 0.5 grid (6 points, not 66): the same code in a fraction of the
 # time. The default grids are tested as they are: tests/mining/test_selection.py (SelectionConfig())
 # and tests/models/test_hybrid.py. Set as environment defaults, so every Settings() in the tests and
-# every `prodassoc` process they start reads them; code given a SelectionConfig takes TEST_SELECTION.
-def _test_selection():
-    from prodassoc_core.ops.settings import SelectionConfig
-
-    return SelectionConfig(half_lives=(None, 120.0), size_exponents=(0.5,), popularity_exponents=(0.25,))
-
-
-TEST_SELECTION = _test_selection()
+# every `prodassoc` process they start reads them; code called with the configs themselves
+# (chain.train_chain) is given TEST_SELECTION and TEST_HYBRID.
+TEST_SELECTION = SelectionConfig(half_lives=(None, 120.0), size_exponents=(0.5,), popularity_exponents=(0.25,))
+TEST_HYBRID = HybridConfig(weight_step=0.5)
 TEST_GRIDS = {
     "PRODASSOC_SELECTION__HALF_LIVES": json.dumps(TEST_SELECTION.half_lives),
     "PRODASSOC_SELECTION__SIZE_EXPONENTS": json.dumps(TEST_SELECTION.size_exponents),
     "PRODASSOC_SELECTION__POPULARITY_EXPONENTS": json.dumps(TEST_SELECTION.popularity_exponents),
-    "PRODASSOC_HYBRID__WEIGHT_STEP": "0.5",
+    "PRODASSOC_HYBRID__WEIGHT_STEP": str(TEST_HYBRID.weight_step),
 }
 for _name, _value in TEST_GRIDS.items():
     os.environ.setdefault(_name, _value)

@@ -12,7 +12,7 @@ import pytest
 from prodassoc_core.data import importers
 from prodassoc_core.evaluation import harness
 from prodassoc_core.models import chain
-from prodassoc_core.ops.settings import EvaluationConfig, HybridConfig, Settings
+from prodassoc_core.ops.settings import EvaluationConfig, Settings
 from prodassoc_core.pipeline import retrain
 
 from conftest import SAMPLE
@@ -26,7 +26,6 @@ def trained(tmp_path_factory):
     settings = Settings(
         data_dir=tmp_path_factory.mktemp("eval-models"),
         training=chain.tiny_training_config(3),
-        hybrid=HybridConfig(weight_step=0.5),  # the weights on a 6-point grid: test_hybrid.py tests the tuning
         evaluation=EvaluationConfig(methods=("count", "auto", "served", *MODEL_METHODS), rerank_depth=10),
     )
     importers.import_source(kind="online-retail", inputs=[SAMPLE], landing_dir=settings.landing_dir)

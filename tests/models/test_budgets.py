@@ -23,9 +23,9 @@ from pydantic import ValidationError
 from flows.cli import build_parser, training_settings
 from prodassoc_core.data import baskets, importers
 from prodassoc_core.models import chain, champions, mlm, pairs, student, teacher, training
-from prodassoc_core.ops.settings import BasketConfig, HybridConfig, Settings
+from prodassoc_core.ops.settings import BasketConfig, Settings
 
-from conftest import SAMPLE, TEST_SELECTION
+from conftest import SAMPLE, TEST_HYBRID, TEST_SELECTION
 
 AS_OF = datetime(2011, 11, 8)
 CPU = training.choose_device("cpu")
@@ -102,7 +102,7 @@ def test_a_tiny_budget_stops_every_stage_with_a_usable_model_and_the_chain_goes_
     caplog.set_level(logging.INFO, logger="prodassoc")
     started = time.monotonic()
     result = chain.train_chain(catalog, frame, AS_OF, cfg, device=CPU, out_dir=tmp_path, progress=False,
-                               hybrid_cfg=HybridConfig(weight_step=0.5), selection_cfg=TEST_SELECTION)
+                               hybrid_cfg=TEST_HYBRID, selection_cfg=TEST_SELECTION)
     wall = time.monotonic() - started
     assert wall <= budget_s + SLACK_S, f"{wall:.0f} s for a {budget_s:.0f} s budget"
     assert result.budget_seconds == pytest.approx(budget_s)
@@ -147,7 +147,7 @@ def test_time_a_stage_leaves_goes_to_the_next(data, tmp_path):
     cfg = cfg.model_copy(update={"budget": cfg.budget.model_copy(update={"mlm": 0.5, "teacher": 0.2, "student": 0.2,
                                                                          "gnn": 0.1})})
     result = chain.train_chain(catalog, frame, AS_OF, cfg, device=CPU, out_dir=tmp_path, progress=False,
-                               hybrid_cfg=HybridConfig(weight_step=0.5), selection_cfg=TEST_SELECTION)
+                               hybrid_cfg=TEST_HYBRID, selection_cfg=TEST_SELECTION)
     assert result.mlm.stop_reason == "completed" and result.seconds["mlm"] < 0.5 * total_s
     # the teacher gets its share of what is left, more than its share of the whole
     assert result.budgets["teacher"] > 1.2 * 0.2 * total_s

@@ -13,16 +13,15 @@ import torch
 
 from prodassoc_core.data import baskets, importers
 from prodassoc_core.models import chain, champions, embeddings, mlm, pairs, student, teacher, tracking, training
-from prodassoc_core.ops.settings import BasketConfig, HybridConfig, Settings
+from prodassoc_core.ops.settings import BasketConfig, Settings
 from prodassoc_core.pipeline import retrain
 
-from conftest import SAMPLE, TEST_SELECTION
+from conftest import SAMPLE, TEST_HYBRID, TEST_SELECTION
 
 AS_OF = datetime(2011, 11, 8)
 CPU = training.choose_device("cpu")
 # the hybrid weights on a 0.5 grid (6 points, not 66): tuned all the same, in a tenth of the time;
 # the tuning itself is tested in test_hybrid.py
-HYBRID = HybridConfig(weight_step=0.5)
 
 
 @pytest.fixture(scope="module")
@@ -42,8 +41,8 @@ def cfg():
 def trained(data, cfg, tmp_path_factory):
     catalog, frame = data
     out = tmp_path_factory.mktemp("chain")
-    return chain.train_chain(catalog, frame, AS_OF, cfg, device=CPU, out_dir=out, progress=False, hybrid_cfg=HYBRID,
-                             selection_cfg=TEST_SELECTION), out
+    return chain.train_chain(catalog, frame, AS_OF, cfg, device=CPU, out_dir=out, progress=False,
+                             hybrid_cfg=TEST_HYBRID, selection_cfg=TEST_SELECTION), out
 
 
 # --- pairs ------------------------------------------------------------------------------------
@@ -159,7 +158,8 @@ def test_rerunning_the_chain_reuses_finished_stages(trained, data, cfg):
     result, out = trained
     catalog, frame = data
     saved = {s: (getattr(result, s).model_dir / "model.safetensors").stat().st_mtime_ns for s in ("teacher", "student")}
-    again = chain.train_chain(catalog, frame, AS_OF, cfg, device=CPU, out_dir=out, progress=False, hybrid_cfg=HYBRID)
+    again = chain.train_chain(catalog, frame, AS_OF, cfg, device=CPU, out_dir=out, progress=False,
+                              hybrid_cfg=TEST_HYBRID)
     assert again.student.after == result.student.after and again.teacher.steps == result.teacher.steps
     # reused, not retrained: their weights were not written again
     assert {s: (getattr(again, s).model_dir / "model.safetensors").stat().st_mtime_ns for s in saved} == saved
@@ -168,7 +168,7 @@ def test_rerunning_the_chain_reuses_finished_stages(trained, data, cfg):
         chain.train_chain(catalog, frame, AS_OF, cfg.model_copy(update={"seed": 8}), device=CPU, out_dir=out)
     budget = cfg.model_copy(update={"mlm_minutes": 5.0})
     assert chain.train_chain(catalog, frame, AS_OF, budget, device=CPU, out_dir=out, progress=False,
-                             hybrid_cfg=HYBRID).student.steps == 30
+                             hybrid_cfg=TEST_HYBRID).student.steps == 30
 
 
 def _weights(model_dir: Path) -> dict[str, torch.Tensor]:

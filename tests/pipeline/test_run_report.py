@@ -20,7 +20,6 @@ import duckdb
 import polars as pl
 import pytest
 
-from prodassoc_core.data import importers
 from prodassoc_core.data.contracts import PRODUCT_EMBEDDINGS, PUBLISHED_TABLES
 from prodassoc_core.models import tracking
 from prodassoc_core.ops.settings import Settings

@@ -21,16 +21,13 @@ from flows.cli import main
 from prodassoc_core.data import importers, ingest
 from prodassoc_core.data.contracts import PRODUCT_EMBEDDINGS, PRODUCT_ID, PUBLISHED_TABLES
 from prodassoc_core.models import chain, tracking
-from prodassoc_core.ops.settings import HybridConfig, Settings
+from prodassoc_core.ops.settings import Settings
 from prodassoc_core.pipeline import run_summary, stages
 
 from conftest import SAMPLE
 
 AS_OF = date(2011, 11, 8)  # the sample's last landed day is 2011-11-07
 SEED = 7
-# the hybrid weights on a 0.5 grid (6 points, not 66): tuned all the same, in a tenth of the time;
-# the tuning itself is tested in test_hybrid.py
-HYBRID = HybridConfig(weight_step=0.5)
 STAGE_MODELS = {
     "mlm": "prodassoc-mlm", "teacher": "prodassoc-teacher", "student": "prodassoc-student", "gnn": "prodassoc-gnn",
 }
@@ -61,8 +58,7 @@ def trained(tmp_path_factory, prefect_harness):
     """The sample imported and the train flow run once: (settings, flow run id, the flow's summary)."""
     from flows.train import train
 
-    settings = Settings(data_dir=tmp_path_factory.mktemp("trained"), training=chain.tiny_training_config(SEED),
-                        hybrid=HYBRID)
+    settings = Settings(data_dir=tmp_path_factory.mktemp("trained"), training=chain.tiny_training_config(SEED))
     importers.import_source(kind="online-retail", inputs=[SAMPLE], landing_dir=settings.landing_dir)
     state = train(as_of=AS_OF, settings=settings, return_state=True)
     assert state.is_completed(), state

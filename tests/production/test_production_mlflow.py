@@ -15,7 +15,7 @@ import pytest
 from deployments import commands
 from prodassoc_core.data import importers
 from prodassoc_core.models import chain
-from prodassoc_core.ops.settings import EvaluationConfig, HybridConfig, Settings
+from prodassoc_core.ops.settings import EvaluationConfig, Settings
 from prodassoc_core.pipeline import run_summary
 
 from conftest import SAMPLE, free_port, production, start_process, stop_process, wait_http
@@ -54,7 +54,6 @@ def landed(mlflow_server, tmp_path_factory) -> Settings:
         mlflow_tracking_uri=mlflow_server,
         evaluation=EvaluationConfig(methods=METHODS),
         training=chain.tiny_training_config(3),
-        hybrid=HybridConfig(weight_step=0.5),  # the weights on a 6-point grid (test_hybrid.py tests the tuning)
     )
     importers.import_source(kind="online-retail", inputs=[SAMPLE], landing_dir=settings.landing_dir)
     return settings
