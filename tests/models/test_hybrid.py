@@ -118,3 +118,31 @@ def test_bundles_are_mutually_associated_with_true_joint_support(data):
         n = sum(1 for s in sets if set(ps) <= s)
         assert row["n_baskets"] == n and row["support"] == pytest.approx(n / len(items))
     assert found["extra_baskets"].is_sorted(descending=True)  # support-weighted, not raw lift
+
+
+@pytest.mark.parametrize("min_count", [1, 2, 3])
+def test_linked_through_is_the_strongest_common_partner_ties_by_id(min_count):
+    """linked_through against its definition, pair by pair: the r != p, q with the largest
+    min(n(p,r), n(r,q)) >= min_count, the lowest id among equals; None without one or for a
+    product outside the baskets. Chunks of 7 rows, so rows cross chunk boundaries."""
+    import itertools
+    import random
+
+    rng = random.Random(min_count)
+    products = [f"P{k:02d}" for k in range(25)]
+    items = [rng.sample(products[: rng.choice([8, 25])], rng.randint(1, 5)) for _ in range(300)]
+    sets = [set(b) for b in items]
+    pairs = [(p, q) for p, q in itertools.permutations(products, 2) if rng.random() < 0.3] + [("NEW", "P01"), ("P01", "NEW")]
+    ranked = pl.DataFrame(pairs, schema={"product_id": pl.String, "associated_product_id": pl.String}, orient="row")
+
+    def n(*ids):
+        return sum(1 for s in sets if s.issuperset(ids))
+
+    def expected(p, q):
+        strength = {r: min(n(p, r), n(r, q)) for r in products if r not in (p, q)}
+        best = max(strength.values(), default=0)
+        return min(r for r, s in strength.items() if s == best) if p in products and best >= min_count else None
+
+    found = hybrid.linked_through(ranked, items, min_count=min_count, chunk=7)
+    assert found == [expected(p, q) for p, q in pairs]
+    assert sum(f is not None for f in found) > len(pairs) // 2
