@@ -14,8 +14,10 @@ Signals are vectors aligned with ``product_ids``; any signal may be absent (its 
 from __future__ import annotations
 
 import hashlib
+import heapq
 import itertools
 import json
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -284,27 +286,26 @@ def bundles_of(
     linked = {
         (min(p, q), max(p, q)) for p, q in associated.select(PRODUCT_ID, ASSOCIATED_PRODUCT_ID).iter_rows()
     }
-    rows = []
+    found = []  # (-extra_baskets, -count, itemset, expected, lift, least): the ranking's sort key first
     for itemset, count in sets.select("itemset", "count").iter_rows():
         least = min(counts[i] for i in itemset)
         if count < min_baskets or least < min_item_baskets:
             continue
         if not all((p, q) in linked for p, q in itertools.combinations(itemset, 2)):
             continue
-        expected = n * float(np.prod([counts[i] / n for i in itemset]))
+        expected = n * math.prod(counts[i] / n for i in itemset)
         lift = count / expected
-        if lift < min_lift:
-            continue
-        key = hashlib.sha256("\x1f".join(itemset).encode()).hexdigest()[:16]
-        rows.append((key, itemset, len(itemset), count, count / n, lift, expected, count - expected, least,
-                     count / least))
+        if lift >= min_lift:
+            found.append((expected - count, -count, tuple(itemset), expected, lift, least))
+    rows = [
+        (hashlib.sha256("\x1f".join(itemset).encode()).hexdigest()[:16], list(itemset), len(itemset), -neg_count,
+         -neg_count / n, lift, expected, -neg_extra, least, -neg_count / least)
+        for neg_extra, neg_count, itemset, expected, lift, least in heapq.nsmallest(top_n, found)
+    ]  # only the kept sets become rows: a catalog's window can have tens of thousands of candidates
     columns = ("bundle_id", "products", "size", "n_baskets", "support", "lift", "expected_baskets", "extra_baskets",
                "min_item_baskets", "attach_rate")
-    frame = pl.DataFrame(rows, schema={k: BUNDLE_SCHEMA[k] for k in columns}, orient="row")
-    ranked = (
-        frame.sort(["extra_baskets", "n_baskets", "products"], descending=[True, True, False])
-        .head(top_n)
-        .with_columns(bundle_rank=pl.int_range(1, pl.len() + 1, dtype=pl.Int32))
+    ranked = pl.DataFrame(rows, schema={k: BUNDLE_SCHEMA[k] for k in columns}, orient="row").with_columns(
+        bundle_rank=pl.int_range(1, pl.len() + 1, dtype=pl.Int32)
     )
     return ranked.with_columns(explanation=explain_bundles(ranked)).select(list(BUNDLE_SCHEMA))
 
