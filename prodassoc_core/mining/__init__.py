@@ -23,6 +23,7 @@ NAMES = {
     "rule_metrics": "metrics",
     "relevant_sets": "protocol",
     "score_associations": "protocol",
+    "frequent_itemset_counts": "rules",
     "frequent_itemsets": "rules",
     "mine_rules": "rules",
     "label": "selection",

@@ -160,6 +160,26 @@ def _length_bounds(min_len: int, max_len: int | None) -> dict[str, int]:
     return {"zmin": min_len} if max_len is None else {"zmin": min_len, "zmax": max_len}
 
 
+def frequent_itemset_counts(
+    baskets: Sequence[Sequence[str]],
+    min_support: float,
+    *,
+    min_len: int = 1,
+    max_len: int | None = None,
+) -> list[tuple[tuple[str, ...], int]]:
+    """``frequent_itemsets`` as pyfim reports them: (item set, in no order; count) pairs, not
+    sorted, no table. For a caller that filters most of them away (``hybrid.bundles``)."""
+    if not baskets:
+        return []
+    return fim.eclat(
+        _transactions(baskets),
+        target="s",
+        supp=-min_count(min_support, len(baskets)),
+        report="a",
+        **_length_bounds(min_len, max_len),
+    )
+
+
 def frequent_itemsets(
     baskets: Sequence[Sequence[str]],
     min_support: float,
@@ -173,15 +193,7 @@ def frequent_itemsets(
     length, count, support), sorted by count desc, then length, then itemset.
     """
     n = len(baskets)
-    if n == 0:
-        return pa.Table.from_batches([], schema=FREQUENT_ITEMSETS_SCHEMA)
-    raw = fim.eclat(
-        _transactions(baskets),
-        target="s",
-        supp=-min_count(min_support, n),
-        report="a",
-        **_length_bounds(min_len, max_len),
-    )
+    raw = frequent_itemset_counts(baskets, min_support, min_len=min_len, max_len=max_len)
     if not raw:
         return pa.Table.from_batches([], schema=FREQUENT_ITEMSETS_SCHEMA)
     itemsets, counts = zip(*raw)

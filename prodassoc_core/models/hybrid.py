@@ -18,7 +18,7 @@ import heapq
 import itertools
 import json
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -261,47 +261,46 @@ def bundles(
     orders, then the product ids. ``attach_rate``: the share of the orders of the bundle's
     least-sold product (``min_item_baskets``) that hold the whole bundle. The top ``top_n``
     are kept."""
-    from prodassoc_core.mining import frequent_itemsets
+    from prodassoc_core.mining import frequent_itemset_counts
 
-    sets = pl.from_arrow(frequent_itemsets(item_lists, min_support, min_len=min_size, max_len=max_size))
-    if sets.height == 0:
-        return pl.DataFrame(schema=BUNDLE_SCHEMA)
     counts: dict[str, int] = {}
     for basket in item_lists:
         for item in set(basket):
             counts[item] = counts.get(item, 0) + 1
+    sets = frequent_itemset_counts(item_lists, min_support, min_len=min_size, max_len=max_size)
     return bundles_of(sets, counts, len(item_lists), associated, top_n=top_n, min_baskets=min_baskets,
                       min_item_baskets=min_item_baskets, min_lift=min_lift)
 
 
 def bundles_of(
-    sets: pl.DataFrame, counts: Mapping[str, int], n: int, associated: pl.DataFrame, *, top_n: int = 200,
-    min_baskets: int = 10, min_item_baskets: int = 20, min_lift: float = 2.0,
+    sets: Iterable[tuple[Sequence[str], int]], counts: Mapping[str, int], n: int, associated: pl.DataFrame, *,
+    top_n: int = 200, min_baskets: int = 10, min_item_baskets: int = 20, min_lift: float = 2.0,
 ) -> pl.DataFrame:
-    """``bundles`` from the window's frequent item sets (``sets``: itemset, count, as
-    ``frequent_itemsets`` gives them), the basket count of each of their products (``counts``)
-    and the number of baskets ``n``: what either engine counted."""
-    if sets.height == 0:
-        return pl.DataFrame(schema=BUNDLE_SCHEMA)
+    """``bundles`` from the window's frequent item sets (``sets``: (item set in any order,
+    count) pairs, as either engine counted them), the basket count of each of their products
+    (``counts``) and the number of baskets ``n``. Only the kept ``top_n`` become rows: a
+    window can have hundreds of thousands of frequent sets (the shipped sample 166k), most
+    failing the pair check."""
     linked = {
         (min(p, q), max(p, q)) for p, q in associated.select(PRODUCT_ID, ASSOCIATED_PRODUCT_ID).iter_rows()
     }
     found = []  # (-extra_baskets, -count, itemset, expected, lift, least): the ranking's sort key first
-    for itemset, count in sets.select("itemset", "count").iter_rows():
+    for itemset, count in sets:
         least = min(counts[i] for i in itemset)
         if count < min_baskets or least < min_item_baskets:
             continue
-        if not all((p, q) in linked for p, q in itertools.combinations(itemset, 2)):
+        itemset = tuple(sorted(itemset))  # pairs as (lower, higher) id; one order for the float product
+        if not all(pair in linked for pair in itertools.combinations(itemset, 2)):
             continue
         expected = n * math.prod(counts[i] / n for i in itemset)
         lift = count / expected
         if lift >= min_lift:
-            found.append((expected - count, -count, tuple(itemset), expected, lift, least))
+            found.append((expected - count, -count, itemset, expected, lift, least))
     rows = [
         (hashlib.sha256("\x1f".join(itemset).encode()).hexdigest()[:16], list(itemset), len(itemset), -neg_count,
          -neg_count / n, lift, expected, -neg_extra, least, -neg_count / least)
         for neg_extra, neg_count, itemset, expected, lift, least in heapq.nsmallest(top_n, found)
-    ]  # only the kept sets become rows: a catalog's window can have tens of thousands of candidates
+    ]
     columns = ("bundle_id", "products", "size", "n_baskets", "support", "lift", "expected_baskets", "extra_baskets",
                "min_item_baskets", "attach_rate")
     ranked = pl.DataFrame(rows, schema={k: BUNDLE_SCHEMA[k] for k in columns}, orient="row").with_columns(

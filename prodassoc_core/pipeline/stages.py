@@ -312,8 +312,8 @@ def bundle(settings: Settings, baskets_path: Path, associations_path: Path) -> P
                                                             max_len=h.bundle_max_size, counts=passed))
         singles = sets.filter(pl.col("length") == 1)
         counts = dict(zip(singles["itemset"].list.first().to_list(), singles["count"].to_list()))
-        found = hybrid.bundles_of(sets.filter(pl.col("length") >= h.bundle_min_size), counts, passed.n,
-                                  associated, top_n=h.bundle_top_n)
+        sized = sets.filter(pl.col("length") >= h.bundle_min_size).select("itemset", "count").iter_rows()
+        found = hybrid.bundles_of(sized, counts, passed.n, associated, top_n=h.bundle_top_n)
     else:
         items = read_baskets(baskets_path)
         found = hybrid.bundles(items, associated, min_support=h.bundle_min_support, min_size=h.bundle_min_size,

@@ -100,3 +100,23 @@ def test_same_baskets_in_any_order_give_the_same_bundles():
     b = hybrid.bundles(shuffled, linked.sample(fraction=1.0, shuffle=True, seed=1), min_support=0.05, min_baskets=1,
                        min_item_baskets=1, min_lift=1.0)
     assert a.height > 5 and a.equals(b)
+
+
+def test_item_sets_in_any_item_order_give_the_same_bundles():
+    """bundles_of takes pyfim's item sets as reported (items in no order) or an engine's sorted
+    lists: the pair check, the figures and the ids are the same."""
+    from prodassoc_core.mining import frequent_itemset_counts
+
+    items = baskets()
+    linked = all_linked(items).filter(pl.col("product_id") != "G")  # one direction only: F-G still linked
+    counts = {p: sum(p in set(b) for b in items) for p in {i for b in items for i in b}}
+    sets = frequent_itemset_counts(items, 0.05, min_len=2, max_len=4)
+    assert any(list(s) != sorted(s) for s, _ in sets)  # pyfim's order is not the ids' order
+    found = [hybrid.bundles_of([(order(s), c) for s, c in sets], counts, len(items), linked, min_baskets=10,
+                               min_item_baskets=10, min_lift=1.0)
+             for order in (sorted, lambda s: sorted(s, reverse=True), tuple)]
+    assert found[0].height >= 4
+    assert found[0].equals(found[1]) and found[0].equals(found[2])
+    assert found[0].equals(hybrid.bundles(items, linked, min_support=0.05, min_baskets=10, min_item_baskets=10,
+                                          min_lift=1.0))
+    assert all(p == sorted(p) for p in found[0]["products"].to_list())
