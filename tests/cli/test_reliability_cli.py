@@ -149,7 +149,7 @@ def test_a_read_only_data_dir_is_one_line(work):
 # --- 7. an ingestion error through the whole flow: no Prefect traceback before the message -------
 
 
-def test_prefect_tracebacks_do_not_precede_the_cli_message(work):
+def test_prefect_tracebacks_do_not_precede_the_cli_message(work, migrated_prefect_home):
     pl.DataFrame({"order_id": ["x"], "product_id": ["A"]}).write_parquet(
         work / "data" / "landing" / "transactions" / "dt=2024-01-03" / "broken.parquet"
     )
@@ -249,7 +249,7 @@ def _alive(pid: int) -> bool:
 
 
 @pytest.mark.skipif(not Path("/proc").is_dir(), reason="reads /proc (Linux)")
-def test_the_prefect_server_dies_with_a_killed_run_and_startup_is_retried(work):
+def test_the_prefect_server_dies_with_a_killed_run_and_startup_is_retried(work, migrated_prefect_home):
     """One run: Prefect's start-up timeout is set to 1 s, so the first start fails and the
     CLI retries once with a longer one; then the run is SIGKILLed inside ingestion, and the
     server process must go with it."""

@@ -154,6 +154,22 @@ def test_the_graph_is_deterministic_undirected_and_weighted_as_documented(data, 
     assert np.allclose((vectors[s] * vectors[d]).sum(1), x, atol=1e-5)
 
 
+def test_each_product_keeps_its_k_heaviest_copurchase_pairs_ties_by_column():
+    """graph._top_k_per_row against one lexsort of every entry by (row, weight desc, column):
+    random rows, short and long, many tied weights, entries in any order."""
+    rng = np.random.default_rng(0)
+    for _ in range(300):
+        n = int(rng.integers(0, 80))
+        row, col = rng.integers(0, 6, n), rng.permutation(n)
+        weight = rng.integers(0, 4, n).astype(np.float64)  # few values: ties at the k-th weight
+        k = int(rng.integers(1, 8))
+        order = np.lexsort((col, -weight, row))
+        place = np.arange(n) - np.searchsorted(row[order], row[order], side="left")
+        expected = np.zeros(n, dtype=bool)
+        expected[order[place < k]] = True
+        assert (graph._top_k_per_row(row, col, weight, k) == expected).all()
+
+
 def test_graph_save_load_round_trip(fit_graph, tmp_path):
     fit_graph.save(tmp_path / "g")
     loaded = graph.ProductGraph.load(tmp_path / "g")
