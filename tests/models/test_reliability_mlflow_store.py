@@ -22,8 +22,10 @@ from conftest import REPO
 CHILD = """
 import sys, time
 from pathlib import Path
+import mlflow.entities, mlflow.tracking
 from prodassoc_core.models import tracking
 uri, go = sys.argv[1], Path(sys.argv[2])
+print("ready", flush=True)  # imported: what is left is the store
 while not go.exists():
     time.sleep(0.01)
 print(tracking.log_run(uri, "race", Path(sys.argv[3]), "r", {"p": 1}, {"m": 1.0}))
@@ -120,7 +122,7 @@ def test_two_first_runs_at_once_share_one_store(tmp_path):
     cmd = [sys.executable, "-c", CHILD, _uri(tmp_path), str(go), str(tmp_path / "art")]
     procs = [subprocess.Popen(cmd, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
              for _ in range(2)]
-    time.sleep(3)  # both children have imported everything and are waiting
+    assert [p.stdout.readline() for p in procs] == ["ready\n"] * 2  # both imported, both waiting
     go.touch()
     outs = [p.communicate(timeout=120) for p in procs]
     assert [p.returncode for p in procs] == [0, 0], [e[-2000:] for _, e in outs]
