@@ -1,5 +1,6 @@
 """What tests/models/test_ddp.py runs on each rank (``torchrun --nproc_per_node=2``) and, for the
-one-process reference, in its own process: tiny MLM runs on the shipped sample.
+one-process reference (its ``compare`` run only), in its own process: tiny MLM runs on the
+shipped sample.
 
     python tests/models/ddp_worker.py OUT_DIR [--no-ddp]
 
@@ -28,7 +29,8 @@ class Stop(Exception):
     pass
 
 
-def main(out: Path) -> None:
+def main(out: Path, reference: bool = False) -> None:
+    """``reference``: the one-process run the DDP run is compared with (``compare`` only)."""
     torch.set_num_threads(1)
     from prodassoc_core.data import importers
     from prodassoc_core.models import encoders, mlm, training
@@ -59,6 +61,12 @@ def main(out: Path) -> None:
                              on_step=on_step, progress=False)
 
     compare = run("compare", dropout=False)
+    if reference:
+        (out / "losses.json").write_text(json.dumps({
+            "world_size": training.world_size(), "compare": compare.train_losses,
+            "loss_after": {"compare": compare.loss_after},
+        }, indent=2))
+        return
     full = run("full", dropout=True)
 
     def stop(state: training.TrainState) -> None:
@@ -84,4 +92,4 @@ if __name__ == "__main__":
     if "--no-ddp" in sys.argv:
         for key in ("WORLD_SIZE", "RANK", "LOCAL_RANK"):
             os.environ.pop(key, None)
-    main(Path(sys.argv[1]))
+    main(Path(sys.argv[1]), reference="--no-ddp" in sys.argv)
