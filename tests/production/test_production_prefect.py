@@ -19,17 +19,18 @@ import pytest
 
 from deployments import commands
 from deployments import production as prod
-from prodassoc_core.data import importers
 from prodassoc_core.models import tracking
 from prodassoc_core.ops.settings import Settings
 from prodassoc_core.pipeline import run_summary, stages
 
-from conftest import SAMPLE, free_port, log_tail, production, start_process, stop_process, venv_command, wait_http
+from conftest import free_port, land, log_tail, production, start_process, stop_process, venv_command, wait_http
 
 pytestmark = production
 
-NIGHTLY_AS_OF = date(2011, 11, 1)
-BACKFILL = (date(2011, 11, 1), date(2011, 11, 2))  # overlaps the nightly's date on purpose: one skipped, one run
+# the small synthetic landing zone (conftest.land: 2024-01-01 .. 2024-01-06): what is under test is
+# the server, the deployments, the worker and its queue, not the nightly on a real catalog
+NIGHTLY_AS_OF = date(2024, 1, 5)
+BACKFILL = (date(2024, 1, 5), date(2024, 1, 6))  # overlaps the nightly's date on purpose: one skipped, one run
 RUN_TIMEOUT_S = 150
 AUTH = "prodassoc:loopback-test"  # basic auth on, as in infra/docker-compose.yml
 
@@ -61,11 +62,10 @@ def server(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def deployed(server, tmp_path_factory):
-    """The sample imported (in this process: `prodassoc import` is tested in tests/pipeline), `prodassoc
-    deploy` run against the server, a cpu worker polling."""
+    """A landing zone (conftest.land), `prodassoc deploy` run against the server, a cpu worker polling."""
     api, env = server
     data = tmp_path_factory.mktemp("prod-data")
-    importers.import_source(kind="online-retail", inputs=[SAMPLE], landing_dir=Settings(data_dir=data).landing_dir)
+    land(Settings(data_dir=data).landing_dir)
     deploy = ["prodassoc", "--data-dir", str(data), "deploy", "--cron", "30 1 * * *", "--timezone", "Europe/London"]
     out = subprocess.run(venv_command(deploy), env=env, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
@@ -157,16 +157,16 @@ def test_nightly_and_backfill_run_on_the_worker_one_at_a_time(deployed):
     assert nightly.end_time <= backfill.start_time
 
     settings = Settings(data_dir=data)
-    for day in (date(2011, 11, 1), date(2011, 11, 2)):
+    for day in BACKFILL:
         assert stages.is_published(settings, day)
         rules = settings.warehouse_dir / "association_rules" / f"run_date={day}" / "data.parquet"
         assert pq.read_metadata(rules).num_rows > 0
     # the backfill skipped the date the nightly had published: one MLflow run and artifact per date
     runs = tracking.runs(settings.tracking_uri, run_summary.NIGHTLY_EXPERIMENT)
-    assert sorted(r.data.params["as_of"] for r in runs) == ["2011-11-01", "2011-11-02"]
+    assert sorted(r.data.params["as_of"] for r in runs) == [d.isoformat() for d in BACKFILL]
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 
     with _client(api) as client:
         keys = {a.key for a in client.read_artifacts(
             artifact_filter=ArtifactFilter(key=ArtifactFilterKey(like_="nightly-%")))}
-    assert keys == {"nightly-2011-11-01", "nightly-2011-11-02"}
+    assert keys == {f"nightly-{d.isoformat()}" for d in BACKFILL}
