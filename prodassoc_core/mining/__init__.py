@@ -19,6 +19,7 @@ NAMES = {
     "DecayedConfig": "methods",
     "decayed_associations": "methods",
     "decayed_pair_scores": "methods",
+    "decayed_signals": "methods",
     "popular_products": "methods",
     "rule_metrics": "metrics",
     "relevant_sets": "protocol",

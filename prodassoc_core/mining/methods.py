@@ -108,10 +108,13 @@ def decayed_grid(baskets: pl.DataFrame, as_of: datetime, cfgs: Sequence[DecayedC
         key = (cfg.half_life_days, cfg.size_exponent)
         if key not in weighted:
             weighted[key] = support.weighted(cfg)
-        c_ab, c_b = weighted[key]
-        score = c_ab / np.where(c_ab > 0, c_b[support.b], 1.0) ** cfg.popularity_exponent
-        out.append(support.top_k(score, cfg.top_k, queries=queries))
+        out.append(support.top_k(_damped(*weighted[key], support.b, cfg), cfg.top_k, queries=queries))
     return out
+
+
+def _damped(c_ab: np.ndarray, c_b: np.ndarray, b: np.ndarray, cfg: DecayedConfig) -> np.ndarray:
+    """The decayed_damped score of pairs (a, b): c(a, b) / c(b) ** popularity_exponent."""
+    return c_ab / np.where(c_ab > 0, c_b[b], 1.0) ** cfg.popularity_exponent
 
 
 _EMPTY_DECAYED = pl.DataFrame(
@@ -156,12 +159,24 @@ class DecayedSupport:
         weight = np.ones(len(self.sizes)) if cfg.half_life_days is None else np.exp2(-self.age_days / cfg.half_life_days)
         return weight / np.maximum(self.sizes - 1.0, 1.0) ** cfg.size_exponent
 
-    def weighted(self, cfg: DecayedConfig) -> tuple[np.ndarray, np.ndarray]:
-        """(c_ab for the support's pairs, c_b for every item) under ``cfg``'s basket weights."""
+    def at_least(self, min_pair_count: int) -> "DecayedSupport":
+        """The same window with only the pairs bought together in ``min_pair_count`` baskets or more."""
+        keep = self.n_ab >= min_pair_count
+        return replace(self, a=self.a[keep], b=self.b[keep], n_ab=self.n_ab[keep])
+
+    def weighted_counts(self, cfg: DecayedConfig) -> tuple[sp.csr_matrix, np.ndarray]:
+        """(c_ab for every pair of items as a sparse matrix, c_b for every item) under ``cfg``'s
+        basket weights."""
         weight = self.basket_weights(cfg)
-        weighted = (self.x.T @ sp.diags(weight) @ self.x).tocsr()
+        return (self.x.T @ sp.diags(weight) @ self.x).tocsr(), np.asarray(self.x.T @ weight).ravel()
+
+    def weighted(self, cfg: DecayedConfig, counts: tuple[sp.csr_matrix, np.ndarray] | None = None
+                 ) -> tuple[np.ndarray, np.ndarray]:
+        """(c_ab for the support's pairs, c_b for every item) under ``cfg``'s basket weights
+        (``counts``: its ``weighted_counts``, when made already)."""
+        weighted, c_b = counts or self.weighted_counts(cfg)
         c_ab = np.asarray(weighted[self.a, self.b]).ravel() if len(self.a) else np.zeros(0)
-        return c_ab, np.asarray(self.x.T @ weight).ravel()
+        return c_ab, c_b
 
     def top_k(self, score: np.ndarray, top_k: int, method: str = "decayed_damped",
               queries: Iterable[str] | None = None) -> pl.DataFrame:
@@ -214,14 +229,23 @@ def decayed_pair_scores(
     """Every co-purchased pair's decayed score, as a sparse matrix over ``product_ids`` (scores
     of products outside the window's baskets are absent: 0), and c(b) per product. Unlike
     ``decayed_associations`` nothing is cut: a pair bought together once has its score."""
+    return decayed_signals(baskets, as_of, cfg, product_ids)[1:]
+
+
+def decayed_signals(
+    baskets: pl.DataFrame, as_of: datetime, cfg: DecayedConfig, product_ids: Sequence[str]
+) -> tuple[pl.DataFrame, sp.csr_matrix, np.ndarray]:
+    """``decayed_associations`` and ``decayed_pair_scores`` of the same window and setting from
+    one basket matrix and one weighted count (what the hybrid's co-purchase signal needs)."""
     n = len(product_ids)
     if baskets.height == 0:
-        return sp.csr_matrix((n, n)), np.zeros(n)
+        return _EMPTY_DECAYED.clone(), sp.csr_matrix((n, n)), np.zeros(n)
     support = DecayedSupport.build(baskets, as_of, 1)
-    weight = support.basket_weights(cfg)
-    weighted = (support.x.T @ sp.diags(weight) @ support.x).tocsr()
-    c_b = np.asarray(support.x.T @ weight).ravel()
-    weighted = weighted @ sp.diags(1.0 / np.where(c_b > 0, c_b, 1.0) ** cfg.popularity_exponent)
+    counts = support.weighted_counts(cfg)
+    listed = support.at_least(cfg.min_pair_count)
+    c_ab, c_b = listed.weighted(cfg, counts)
+    top = listed.top_k(_damped(c_ab, c_b, listed.b, cfg), cfg.top_k)
+    weighted = counts[0] @ sp.diags(1.0 / np.where(c_b > 0, c_b, 1.0) ** cfg.popularity_exponent)
     index = {p: i for i, p in enumerate(product_ids)}
     to_catalog = np.array([index.get(i, -1) for i in support.items], dtype=np.int64)
     known = np.flatnonzero(to_catalog >= 0)
@@ -231,7 +255,7 @@ def decayed_pair_scores(
     scores.eliminate_zeros()
     c_catalog = np.zeros(n)
     c_catalog[to_catalog[known]] = c_b[known]
-    return scores, c_catalog
+    return top, scores, c_catalog
 
 
 def popularity_associations(products: Iterable[str], popular: Sequence[str], top_k: int = 20) -> pl.DataFrame:

@@ -350,11 +350,10 @@ def signals_for(catalog: pl.DataFrame, train: pl.DataFrame, as_of, model: Hybrid
                 decayed) -> Signals:
     from dataclasses import replace
 
-    from prodassoc_core.mining import decayed_associations, decayed_pair_scores
+    from prodassoc_core.mining import decayed_signals
 
     ids = catalog[PRODUCT_ID].to_list()
-    cooc = decayed_associations(train, as_of, replace(decayed, top_k=candidates_k))
-    scores, _ = decayed_pair_scores(train, as_of, decayed, ids)
+    cooc, scores, _ = decayed_signals(train, as_of, replace(decayed, top_k=candidates_k), ids)
     return Signals(ids, cooc, model.vectors(), scores)
 
 

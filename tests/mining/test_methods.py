@@ -42,3 +42,24 @@ def test_training_baskets_on_or_after_as_of_are_refused():
     late = TRAIN.with_columns(pl.lit(AS_OF).alias("ordered_at"))
     with pytest.raises(ValueError, match="before as_of"):
         config_associations(late, AS_OF, AssociationConfig(method="decayed_damped"))
+
+
+def test_the_hybrids_decayed_signals_are_the_two_functions_in_one_pass():
+    """decayed_signals (one basket matrix, one weighted count) gives exactly what
+    decayed_associations and decayed_pair_scores give separately, products outside the
+    window included; each pair's score is its definition, c(a, b) / c(b) ** exponent."""
+    from prodassoc_core.mining.methods import DecayedConfig, decayed_associations, decayed_pair_scores, decayed_signals
+
+    ids = ["a", "b", "c", "d", "e", "new"]
+    for cfg in (DecayedConfig(top_k=2, min_pair_count=2), DecayedConfig(top_k=3, half_life_days=15.0, min_pair_count=1)):
+        top, scores, c_b = decayed_signals(TRAIN, AS_OF, cfg, ids)
+        assert top.equals(decayed_associations(TRAIN, AS_OF, cfg))
+        expected_scores, expected_c_b = decayed_pair_scores(TRAIN, AS_OF, cfg, ids)
+        assert (scores != expected_scores).nnz == 0 and (c_b == expected_c_b).all()
+        weights = [2 ** (-(AS_OF - t).days / (cfg.half_life_days or float("inf"))) / max(len(i) - 1, 1) ** cfg.size_exponent
+                   for t, i in zip(TRAIN["ordered_at"], ITEMS)]
+        c = {p: sum(w for w, i in zip(weights, ITEMS) if p in i) for p in ids}
+        c_ab = sum(w for w, i in zip(weights, ITEMS) if {"a", "b"} <= set(i))
+        assert scores[0, 1] == pytest.approx(c_ab / c["b"] ** cfg.popularity_exponent)
+        assert c_b[5] == 0 and scores[5].nnz == 0  # never sold: no score
+    assert top.filter(pl.col("product_id") == "a")["rank"].to_list() == [1, 2, 3]
