@@ -7,6 +7,7 @@ Marked `production`: runs when $CI is set or PRODASSOC_PRODUCTION_TESTS=1 (about
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import time
 import urllib.error
@@ -36,9 +37,11 @@ AUTH = "prodassoc:loopback-test"  # basic auth on, as in infra/docker-compose.ym
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    """`prefect server start` on 127.0.0.1, SQLite in a temporary PREFECT_HOME; yields (api_url, env)."""
+def server(tmp_path_factory, migrated_prefect_db):
+    """`prefect server start` on 127.0.0.1, SQLite in a temporary PREFECT_HOME (a copy of a
+    migrated database: the first start's migrations are Prefect's, not under test); yields (api_url, env)."""
     home = tmp_path_factory.mktemp("prefect-server")
+    shutil.copyfile(migrated_prefect_db, home / "prefect.db")
     port = free_port()
     api = f"http://127.0.0.1:{port}/api"
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
