@@ -183,20 +183,22 @@ TIER_FOLDERS = {"production": "production", "spark": "spark", "gpu": "gpu"}
 # --- make test's schedule (pytest-xdist --dist loadfile) -----------------------------------------------
 # Each worker runs whole files (module fixtures are built once). xdist hands out files largest
 # first by *number of tests*, which puts the one-test files that train models or start servers
-# last, so one worker ends minutes after the other. Instead: the longest files first (seconds on
-# 2 idle cores, measured with --durations=0; a file not listed counts as 1 s), and the files that
+# last, so one worker ends minutes after the other. Instead: the longest files first (each file's
+# seconds in a CI-like `make test` on 2 cores; a file not listed counts as 1 s), and the files that
 # share an expensive session fixture in one unit (one Spark JVM for tests/spark).
 FILE_SECONDS = {
-    "pipeline/test_train_flow.py": 110, "production/test_production_mlflow.py": 95, "models/test_chain.py": 85,
-    "spark": 60, "evaluation/test_evaluate_models.py": 50, "data/test_object_store.py": 45,
-    "pipeline/test_reliability_loss.py": 45, "cli/test_reliability_cli.py": 45, "pipeline/test_run_report.py": 40,
-    "models/test_mlm.py": 40, "models/test_reliability_mlflow_store.py": 35, "production/test_production_prefect.py": 35,
-    "evaluation/test_evaluate_flow.py": 33, "pipeline/test_nightly_flow.py": 38, "models/test_budgets.py": 33,
-    "pipeline/test_reliability_faults.py": 28, "data/test_reliability_types.py": 22, "models/test_ddp.py": 22,
-    "data/test_validation.py": 21, "pipeline/test_reliability_reruns.py": 21, "data/test_ingest.py": 20,
-    "models/test_graph.py": 19, "cli/test_cli.py": 5, "pipeline/test_reliability_concurrency.py": 16,
-    "data/test_online_retail_ingest.py": 11,
-    "models/test_hybrid.py": 8, "data/test_reliability_bad_input.py": 6, "production/test_production_infra.py": 5,
+    "pipeline/test_train_flow.py": 71, "production/test_production_mlflow.py": 64, "spark": 54,
+    "models/test_chain.py": 44, "production/test_production_prefect.py": 42, "cli/test_reliability_cli.py": 37,
+    "models/test_budgets.py": 34, "evaluation/test_evaluate_models.py": 29,
+    "models/test_reliability_mlflow_store.py": 26, "models/test_ddp.py": 25,
+    "pipeline/test_reliability_faults.py": 21, "models/test_mlm.py": 18,
+    "pipeline/test_nightly_flow.py": 16, "pipeline/test_reliability_loss.py": 15,
+    "pipeline/test_reliability_reruns.py": 15, "data/test_object_store.py": 14, "models/test_graph.py": 13,
+    "pipeline/test_run_report.py": 12, "data/test_online_retail_ingest.py": 11,
+    "evaluation/test_evaluate_flow.py": 10, "data/test_ingest.py": 10,
+    "pipeline/test_reliability_concurrency.py": 10, "data/test_reliability_types.py": 8, "models/test_hybrid.py": 6,
+    "cli/test_cli.py": 5, "data/test_reliability_bad_input.py": 4, "data/test_validation.py": 3,
+    "production/test_production_infra.py": 2,
 }
 SAME_WORKER = {"spark"}  # test folders run as one unit (their files share a session fixture)
 
