@@ -103,28 +103,38 @@ def shared_data() -> Path:
 
 
 @pytest.fixture(scope="session")
-def prefect_harness():
-    """Prefect's ephemeral API in a temporary database, once per session."""
+def prefect_harness(tmp_path_factory) -> Path:
+    """Prefect's ephemeral API in a temporary database, once per session; yields a copy of that
+    database as Prefect has just migrated it, before any flow ran (``migrated_prefect_db``)."""
     from prefect.testing.utilities import prefect_test_harness
 
     with prefect_test_harness(server_startup_timeout=120):
-        yield
+        yield _copy_prefect_db(tmp_path_factory.mktemp("prefect-db") / "prefect.db")
 
 
-@pytest.fixture(scope="session")
-def migrated_prefect_db(prefect_harness, tmp_path_factory) -> Path:
-    """A Prefect database at its schema's head: a copy (SQLite's backup API) of the harness's,
-    which Prefect has just migrated. A server started on a copy of it finds nothing to migrate
-    and skips Prefect's 116 migrations (about 14 s of CPU on these machines)."""
+def _copy_prefect_db(target: Path) -> Path:
+    """The current Prefect database copied to ``target`` with SQLite's backup API (consistent
+    while the server runs)."""
     import sqlite3
 
     from prefect.settings import get_current_settings
 
     source = get_current_settings().server.database.connection_url.get_secret_value().split(":///", 1)[1]
-    target = tmp_path_factory.mktemp("prefect-db") / "prefect.db"
     with sqlite3.connect(source) as src, sqlite3.connect(target) as dst:
         src.backup(dst)
     return target
+
+
+@pytest.fixture(scope="session")
+def migrated_prefect_db(prefect_harness) -> Path:
+    """An empty Prefect database at its schema's head (the harness's, copied before any flow
+    ran). A server started on a copy of it finds nothing to migrate and skips Prefect's 116
+    migrations (about 14 s of CPU on these machines)."""
+    import sqlite3
+
+    with sqlite3.connect(prefect_harness) as con:
+        assert con.execute("SELECT count(*) FROM flow_run").fetchone() == (0,), "not an empty database"
+    return prefect_harness
 
 
 @pytest.fixture(scope="session")
