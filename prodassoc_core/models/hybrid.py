@@ -186,13 +186,15 @@ def with_evidence(ranked: pl.DataFrame, item_lists: Sequence[Sequence[str]]) -> 
 
 
 def linked_through(ranked: pl.DataFrame, item_lists: Sequence[Sequence[str]], min_count: int = 2,
-                   chunk: int = 512) -> list[str | None]:
+                   chunk: int = 512, max_entries: int = 2_000_000) -> list[str | None]:
     """Per row, the product r that links p and q most strongly in the window's co-purchases
     (largest min(n(p,r), n(r,q)), at least ``min_count``; ties by id), or None.
 
     Sparse and chunked: the element-wise minimum of p's and q's rows of the co-purchase matrix
     (counts below ``min_count`` dropped first: they cannot make a link), its row max and
-    argmax (the first, lowest id, of equal maxima), ``chunk`` rows at a time. Against
+    argmax (the first, lowest id, of equal maxima), ``chunk`` rows at a time and fewer where
+    their two rows hold more than ``max_entries`` co-purchases (a large catalog's best-sellers
+    have tens of thousands of partners: memory stays bounded). Against
     intersecting the two rows pair by pair, on a nightly's product_associations: 2.9 s -> 0.7 s
     on the shipped sample (47k rows), 8.3 s -> 2.4 s on full Online Retail (83k rows)."""
     from prodassoc_core.mining import basket_matrix
@@ -209,8 +211,13 @@ def linked_through(ranked: pl.DataFrame, item_lists: Sequence[Sequence[str]], mi
     b = np.fromiter((index.get(q, -1) for q in pairs[ASSOCIATED_PRODUCT_ID].to_list()), np.int64, pairs.height)
     rows = np.flatnonzero((a >= 0) & (b >= 0))
     out: list[str | None] = [None] * pairs.height
-    for lo in range(0, len(rows), chunk):
-        part = rows[lo:lo + chunk]
+    degree = np.diff(co.indptr)
+    entries = np.concatenate([[0], np.cumsum(degree[a[rows]] + degree[b[rows]])])
+    lo = 0
+    while lo < len(rows):
+        hi = min(lo + chunk, int(np.searchsorted(entries, entries[lo] + max_entries, side="right")) - 1)
+        part = rows[lo:max(hi, lo + 1)]
+        lo += len(part)
         both = co[a[part]].minimum(co[b[part]]).tocsr()  # 0 at r = p and r = q: no diagonal
         best = np.asarray(both.max(axis=1).todense()).ravel()
         via = np.asarray(both.argmax(axis=1)).ravel()

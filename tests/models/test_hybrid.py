@@ -124,7 +124,7 @@ def test_bundles_are_mutually_associated_with_true_joint_support(data):
 def test_linked_through_is_the_strongest_common_partner_ties_by_id(min_count):
     """linked_through against its definition, pair by pair: the r != p, q with the largest
     min(n(p,r), n(r,q)) >= min_count, the lowest id among equals; None without one or for a
-    product outside the baskets. Chunks of 7 rows, so rows cross chunk boundaries."""
+    product outside the baskets. Chunks of 7 rows, or as many as 30 co-purchases allow, or one."""
     import itertools
     import random
 
@@ -145,4 +145,6 @@ def test_linked_through_is_the_strongest_common_partner_ties_by_id(min_count):
 
     found = hybrid.linked_through(ranked, items, min_count=min_count, chunk=7)
     assert found == [expected(p, q) for p, q in pairs]
+    assert hybrid.linked_through(ranked, items, min_count=min_count, max_entries=30) == found  # a few rows a chunk
+    assert hybrid.linked_through(ranked, items, min_count=min_count, max_entries=1) == found  # one row a chunk
     assert sum(f is not None for f in found) > len(pairs) // 2
