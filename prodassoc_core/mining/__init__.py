@@ -18,7 +18,6 @@ NAMES = {
     "basket_matrix": "associations",
     "DecayedConfig": "methods",
     "decayed_associations": "methods",
-    "decayed_pair_scores": "methods",
     "decayed_signals": "methods",
     "popular_products": "methods",
     "rule_metrics": "metrics",

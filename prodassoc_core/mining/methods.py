@@ -174,7 +174,7 @@ class DecayedSupport:
                  ) -> tuple[np.ndarray, np.ndarray]:
         """(c_ab for the support's pairs, c_b for every item) under ``cfg``'s basket weights
         (``counts``: its ``weighted_counts``, when made already)."""
-        weighted, c_b = counts or self.weighted_counts(cfg)
+        weighted, c_b = self.weighted_counts(cfg) if counts is None else counts
         c_ab = np.asarray(weighted[self.a, self.b]).ravel() if len(self.a) else np.zeros(0)
         return c_ab, c_b
 
@@ -223,34 +223,29 @@ def _top_k_order(score: np.ndarray, n_ab: np.ndarray, b: np.ndarray, top_k: int)
     return among[np.lexsort((b[among], -n_ab[among], -score[among]))][:top_k]
 
 
-def decayed_pair_scores(
-    baskets: pl.DataFrame, as_of: datetime, cfg: DecayedConfig, product_ids: Sequence[str]
-) -> tuple[sp.csr_matrix, np.ndarray]:
-    """Every co-purchased pair's decayed score, as a sparse matrix over ``product_ids`` (scores
-    of products outside the window's baskets are absent: 0), and c(b) per product. Unlike
-    ``decayed_associations`` nothing is cut: a pair bought together once has its score."""
-    return decayed_signals(baskets, as_of, cfg, product_ids)[1:]
-
-
 def decayed_signals(
     baskets: pl.DataFrame, as_of: datetime, cfg: DecayedConfig, product_ids: Sequence[str]
 ) -> tuple[pl.DataFrame, sp.csr_matrix, np.ndarray]:
-    """``decayed_associations`` and ``decayed_pair_scores`` of the same window and setting from
-    one basket matrix and one weighted count (what the hybrid's co-purchase signal needs)."""
+    """The hybrid's co-purchase signals of one window and setting, from one basket matrix and one
+    weighted count: ``decayed_associations``' top lists (``cfg.top_k`` per product); every
+    co-purchased pair's decayed score as a sparse matrix over ``product_ids`` (products outside
+    the window's baskets have none: 0), nothing cut, a pair bought together once has its score;
+    and c(b) per product."""
     n = len(product_ids)
     if baskets.height == 0:
         return _EMPTY_DECAYED.clone(), sp.csr_matrix((n, n)), np.zeros(n)
     support = DecayedSupport.build(baskets, as_of, 1)
     counts = support.weighted_counts(cfg)
+    weighted, c_b = counts
     listed = support.at_least(cfg.min_pair_count)
-    c_ab, c_b = listed.weighted(cfg, counts)
+    c_ab, _ = listed.weighted(cfg, counts)
     top = listed.top_k(_damped(c_ab, c_b, listed.b, cfg), cfg.top_k)
-    weighted = counts[0] @ sp.diags(1.0 / np.where(c_b > 0, c_b, 1.0) ** cfg.popularity_exponent)
+    damped = weighted @ sp.diags(1.0 / np.where(c_b > 0, c_b, 1.0) ** cfg.popularity_exponent)
     index = {p: i for i, p in enumerate(product_ids)}
     to_catalog = np.array([index.get(i, -1) for i in support.items], dtype=np.int64)
     known = np.flatnonzero(to_catalog >= 0)
     move = sp.csr_matrix((np.ones(len(known)), (known, to_catalog[known])), shape=(len(support.items), n))
-    scores = (move.T @ weighted.tocsr() @ move).tocsr()
+    scores = (move.T @ damped.tocsr() @ move).tocsr()
     scores.setdiag(0)
     scores.eliminate_zeros()
     c_catalog = np.zeros(n)

@@ -50,7 +50,7 @@ class Signals:
 
     ``cooc``: a co-purchase ranking (product_id, associated_product_id, score), e.g.
     methods.decayed_associations, whose top lists are candidates; ``cooc_scores``: the same
-    score for every pair bought together (product_ids x product_ids, methods.decayed_pair_scores),
+    score for every pair bought together (product_ids x product_ids, methods.decayed_signals),
     so that a candidate from another signal gets its co-purchase score too; ``vectors``: name ->
     unit embeddings aligned with ``product_ids`` ("text": the student's, "gnn": the GNN's)."""
 

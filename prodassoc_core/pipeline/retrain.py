@@ -288,10 +288,17 @@ def train_rank(settings: Settings, as_of: date) -> chain.ChainResult:
     cfg = settings.training
     if cfg.seed is None:
         raise ValueError("training.seed is required to train (PRODASSOC_TRAINING__SEED or `prodassoc train --seed`)")
-    catalog, train = training_data(settings, as_of)
+    return train_chain_for(settings, *training_data(settings, as_of), as_of)
+
+
+def train_chain_for(settings: Settings, catalog: pl.DataFrame, train: pl.DataFrame, as_of: date, *,
+                    progress: bool = False, tracker: tracking.TrainingRun | None = None) -> chain.ChainResult:
+    """The chain for ``as_of`` on its training data (``training_data``), in ``models_dir``, with
+    the settings' training, hybrid and selection configs: what every rank trains."""
+    cfg = settings.training
     return chain.train_chain(catalog, train, datetime.combine(as_of, time()), cfg, device=device_of(cfg),
-                             out_dir=models_dir(settings, as_of), progress=False, hybrid_cfg=settings.hybrid,
-                             selection_cfg=settings.selection)
+                             out_dir=models_dir(settings, as_of), progress=progress, hybrid_cfg=settings.hybrid,
+                             selection_cfg=settings.selection, tracker=tracker)
 
 
 def train_models(settings: Settings, as_of: date, *, progress: bool = False, promote: bool = True) -> TrainReport:
@@ -306,12 +313,10 @@ def train_models(settings: Settings, as_of: date, *, progress: bool = False, pro
     with tracking.TrainingRun(settings.tracking_uri, cfg.experiment, settings.data_dir / "mlartifacts",
                               run_name=f"train as_of={as_of.isoformat()}", tags=tags) as tracker:
         catalog, train = training_data(settings, as_of)
-        start = datetime.combine(as_of, time())
         out_dir = models_dir(settings, as_of)
         tracker.parent.log_params({"as_of": as_of.isoformat(), "models_dir": str(out_dir), "device": device.describe(),
                                    "promote": promote})
-        result = chain.train_chain(catalog, train, start, cfg, device=device, out_dir=out_dir, progress=progress,
-                                   hybrid_cfg=settings.hybrid, selection_cfg=settings.selection, tracker=tracker)
+        result = train_chain_for(settings, catalog, train, as_of, progress=progress, tracker=tracker)
         registered = register(settings, result, as_of)
         decision = gate(settings, registered, result, catalog, train, as_of, device, out_dir / "gate", promote=promote)
         if decision.promoted:

@@ -4,7 +4,7 @@ as_of are scored beside the baselines; a model trained on later data is never sc
 from __future__ import annotations
 
 import math
-from datetime import date, datetime, time
+from datetime import date
 
 import polars as pl
 import pytest
@@ -25,7 +25,7 @@ MODEL_METHODS = ("mlm", "student", "teacher", "gnn", "hybrid")
 def trained(tmp_path_factory):
     """The tiny chain trained before AS_OF, registered and served by hand (the harness scores
     champions; whether the gate would serve it is tests/models/test_chain.py's business)."""
-    from prodassoc_core.models import serving, training
+    from prodassoc_core.models import serving
 
     settings = Settings(
         data_dir=tmp_path_factory.mktemp("eval-models"),
@@ -33,10 +33,7 @@ def trained(tmp_path_factory):
         evaluation=EvaluationConfig(methods=("count", "auto", "served", *MODEL_METHODS), rerank_depth=10),
     )
     importers.import_source(kind="online-retail", inputs=[SAMPLE], landing_dir=settings.landing_dir)
-    catalog, train = retrain.training_data(settings, AS_OF)
-    result = chain.train_chain(catalog, train, datetime.combine(AS_OF, time()), settings.training,
-                               device=training.choose_device("cpu"), out_dir=retrain.models_dir(settings, AS_OF),
-                               progress=False, hybrid_cfg=settings.hybrid, selection_cfg=settings.selection)
+    result = retrain.train_chain_for(settings, *retrain.training_data(settings, AS_OF), AS_OF)
     registered = retrain.register(settings, result, AS_OF)
     serving.promote(settings, registered["student"].model_version, {"warm": "hybrid", "cold": "hybrid"}, "test")
     return settings

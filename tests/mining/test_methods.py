@@ -1,3 +1,4 @@
+import itertools
 from datetime import datetime, timedelta
 
 import polars as pl
@@ -44,22 +45,23 @@ def test_training_baskets_on_or_after_as_of_are_refused():
         config_associations(late, AS_OF, AssociationConfig(method="decayed_damped"))
 
 
-def test_the_hybrids_decayed_signals_are_the_two_functions_in_one_pass():
-    """decayed_signals (one basket matrix, one weighted count) gives exactly what
-    decayed_associations and decayed_pair_scores give separately, products outside the
-    window included; each pair's score is its definition, c(a, b) / c(b) ** exponent."""
-    from prodassoc_core.mining.methods import DecayedConfig, decayed_associations, decayed_pair_scores, decayed_signals
+def test_the_hybrids_decayed_signals_are_the_top_lists_and_every_pairs_score():
+    """decayed_signals (one basket matrix, one weighted count): the top lists are exactly
+    decayed_associations'; every pair's score, the ones below min_pair_count too, is its
+    definition, c(a, b) / c(b) ** exponent, and so is c(b); a product outside the window has none."""
+    from prodassoc_core.mining.methods import DecayedConfig, decayed_associations, decayed_signals
 
     ids = ["a", "b", "c", "d", "e", "new"]
     for cfg in (DecayedConfig(top_k=2, min_pair_count=2), DecayedConfig(top_k=3, half_life_days=15.0, min_pair_count=1)):
         top, scores, c_b = decayed_signals(TRAIN, AS_OF, cfg, ids)
         assert top.equals(decayed_associations(TRAIN, AS_OF, cfg))
-        expected_scores, expected_c_b = decayed_pair_scores(TRAIN, AS_OF, cfg, ids)
-        assert (scores != expected_scores).nnz == 0 and (c_b == expected_c_b).all()
         weights = [2 ** (-(AS_OF - t).days / (cfg.half_life_days or float("inf"))) / max(len(i) - 1, 1) ** cfg.size_exponent
                    for t, i in zip(TRAIN["ordered_at"], ITEMS)]
         c = {p: sum(w for w, i in zip(weights, ITEMS) if p in i) for p in ids}
-        c_ab = sum(w for w, i in zip(weights, ITEMS) if {"a", "b"} <= set(i))
-        assert scores[0, 1] == pytest.approx(c_ab / c["b"] ** cfg.popularity_exponent)
-        assert c_b[5] == 0 and scores[5].nnz == 0  # never sold: no score
+        assert c_b.tolist() == pytest.approx([c[p] for p in ids])
+        for (i, p), (j, q) in itertools.product(enumerate(ids), repeat=2):
+            c_pq = sum(w for w, basket in zip(weights, ITEMS) if p != q and {p, q} <= set(basket))
+            expected = c_pq / c[q] ** cfg.popularity_exponent if c_pq else 0.0
+            assert scores[i, j] == pytest.approx(expected), (p, q)
+        assert c_b[5] == 0 and scores[5].nnz == 0 and scores[:, 5].nnz == 0  # never sold: no score
     assert top.filter(pl.col("product_id") == "a")["rank"].to_list() == [1, 2, 3]
