@@ -112,6 +112,29 @@ class ChainBudget:
         return Deadline.after(max(0.0, left - kept) * part)
 
 
+@dataclass(frozen=True)
+class FitWindow:
+    """What the GNN stage computed on the fit window (the training baskets before the held-out
+    tail) to tune the hybrid weights: the embeddings of the student and GNN in ``student_dir`` and
+    ``gnn_dir`` (``model``, untuned weights) and the co-purchase ``signals``
+    (``hybrid.signals_for`` at ``cut`` with ``candidates_k`` and ``decayed``). The serving gate
+    scores that candidate on the same window, so it reuses them rather than embedding the
+    catalog, building the graph and counting co-purchases again."""
+
+    student_dir: Path
+    gnn_dir: Path
+    cut: datetime
+    candidates_k: int
+    decayed: Any  # methods.DecayedConfig
+    model: Any  # hybrid.HybridModel
+    signals: Any  # hybrid.Signals
+
+    def serves(self, student_dir: Path, gnn_dir: Path | None, cut: datetime, candidates_k: int, decayed: Any) -> bool:
+        """Whether these were computed for those models, that window and those settings."""
+        return (self.student_dir, self.gnn_dir, self.cut, self.candidates_k, self.decayed) == (
+            student_dir, gnn_dir, cut, candidates_k, decayed)
+
+
 @dataclass
 class ChainResult:
     mlm: mlm.MlmResult
@@ -124,6 +147,7 @@ class ChainResult:
     budgets: dict[str, float] = field(default_factory=dict)  # seconds each stage was given (this call)
     budget_seconds: float | None = None  # the chain's whole budget
     runs: dict[str, str] = field(default_factory=dict)  # stage -> its MLflow run id (with a tracker)
+    fit_window: FitWindow | None = field(default=None, repr=False)  # None: the weights were tuned by an earlier call
 
     def model_dir(self, stage: str) -> Path:
         return getattr(self, stage).model_dir
@@ -328,7 +352,7 @@ def train_chain(
         # the stage's deadline, or halfway through the stage when that is earlier.
         keep = min(cfg.budget.hybrid_seconds, 0.5 * max(0.0, deadline.remaining()))
         with gnn.deadline_scope(deadline.minus(keep)):
-            gnn_result, warm, cold = train_graph_stage(
+            gnn_result, warm, cold, fit_window = train_graph_stage(
                 catalog, train, as_of, cfg, task, student_result.model_dir, device=device, out_dir=out_dir / "gnn",
                 hybrid_cfg=hybrid_cfg or HybridConfig(), selection_cfg=selection_cfg,
             )
@@ -338,7 +362,7 @@ def train_chain(
     logger.info("chain: trained in %.0f s (budget %.0f s)", sum(v for k, v in seconds.items() if k in STAGES),
                 minutes * 60)
     return ChainResult(mlm_result, teacher_result, student_result, task, gnn_result, weights, seconds, budgets,
-                       minutes * 60, dict(tracker.runs) if tracker is not None else {})
+                       minutes * 60, dict(tracker.runs) if tracker is not None else {}, fit_window)
 
 
 def _how_far(result: StageResult) -> str:
@@ -352,7 +376,8 @@ def train_graph_stage(
 ):
     """Stage 4: the GNN over the fit window's graph (student embeddings as node features and
     text edges), then the hybrid weights tuned on the held-out tail; the weights are saved
-    with the GNN model (hybrid.WEIGHTS_FILE). Returns (GnnResult, warm, cold weights)."""
+    with the GNN model (hybrid.WEIGHTS_FILE). Returns (GnnResult, warm, cold weights, the
+    FitWindow the weights were tuned on: None when they were tuned by an earlier call)."""
     from prodassoc_core.models import gnn, graph, hybrid
 
     text = catalog_vectors(student_dir, catalog, device=device, max_length=cfg.student.max_length)
@@ -363,18 +388,23 @@ def train_graph_stage(
                            out_dir=out_dir)
     saved = hybrid.read_weights(result.model_dir)
     if saved is not None:
-        return result, *saved
+        return result, *saved, None
     model, _ = gnn.load_gnn(result.model_dir)
     node_vectors = gnn.node_embeddings(model, fit_graph, device)
     tune_half, cooc = tuning_half(train, as_of, cfg, selection_cfg or SelectionConfig())
+    untuned = hybrid.HybridModel(text, node_vectors, hybrid.Weights(), hybrid.Weights())
+    fit, _ = pairs.split_fit_validation(train, as_of, cfg.pairs.validation_days)
+    cut = as_of - timedelta(days=cfg.pairs.validation_days)
+    signals = hybrid.signals_for(catalog, fit, cut, untuned, hybrid_cfg.candidates_k, cooc)
     warm, cold, grid = hybrid.tune_weights(
-        catalog, train, as_of, hybrid.HybridModel(text, node_vectors, hybrid.Weights(), hybrid.Weights()), cfg.pairs,
-        candidates_k=hybrid_cfg.candidates_k, decayed=cooc, step=hybrid_cfg.weight_step, queries=tune_half,
+        catalog, train, as_of, untuned, cfg.pairs, candidates_k=hybrid_cfg.candidates_k, decayed=cooc,
+        step=hybrid_cfg.weight_step, queries=tune_half, signals=signals,
     )
     grid.write_parquet(out_dir / "hybrid_weight_grid.parquet")
     hybrid.write_weights(result.model_dir, warm, cold, cooc)
     logger.info("chain: hybrid weights warm %s cold %s, co-purchase %s", warm, cold, cooc)
-    return result, warm, cold
+    return result, warm, cold, FitWindow(student_dir, result.model_dir, cut, hybrid_cfg.candidates_k, cooc, untuned,
+                                         signals)
 
 
 def tuning_half(train: pl.DataFrame, as_of: datetime, cfg: TrainingConfig, selection_cfg: SelectionConfig):
@@ -527,16 +557,19 @@ def budget_lines(chain_summary: dict[str, Any]) -> list[str]:
 
 def tiny_training_config(seed: int, **overrides: Any) -> TrainingConfig:
     """The tests' chain: the 2-layer hidden-64 scratch BERT (mlm.TINY_ENCODER), a few dozen
-    steps per stage, a 7-day held-out tail (the shipped sample spans 32 days)."""
+    steps per stage (MLM half an epoch of the catalog's texts, 20 teacher and 20 student steps,
+    4 GNN epochs), a 7-day held-out tail (the shipped sample spans 32 days). What the tests
+    check is what each stage does and records, not how well so few steps train: the stages'
+    learning is tested on their own (tests/models/test_mlm.py, test_graph.py)."""
     base = TrainingConfig(seed=seed)
     values: dict[str, Any] = dict(
-        encoder=mlm.TINY_ENCODER, mlm_epochs=1.0, mlm_learning_rate=5e-3,
+        encoder=mlm.TINY_ENCODER, mlm_epochs=0.5, mlm_learning_rate=5e-3,
         pairs=base.pairs.model_copy(update={"validation_days": 7, "validation_min_baskets": 3}),
-        teacher=base.teacher.model_copy(update={"max_steps": 30, "max_length": 32, "learning_rate": 1e-3,
+        teacher=base.teacher.model_copy(update={"max_steps": 20, "max_length": 32, "learning_rate": 1e-3,
                                                 "max_validation_pairs": 200, "checkpoint_every": 10}),
-        student=base.student.model_copy(update={"max_steps": 30, "layers": 1, "max_lists": 300, "learning_rate": 1e-3,
+        student=base.student.model_copy(update={"max_steps": 20, "layers": 1, "max_lists": 300, "learning_rate": 1e-3,
                                                 "checkpoint_every": 10}),
-        gnn=base.gnn.model_copy(update={"max_epochs": 6, "steps_per_epoch": 4, "batch_size": 256, "hidden_dim": 32,
+        gnn=base.gnn.model_copy(update={"max_epochs": 4, "steps_per_epoch": 4, "batch_size": 256, "hidden_dim": 32,
                                         "out_dim": 32, "eval_every": 2, "checkpoint_every": 2}),
         device="cpu",
     )

@@ -366,11 +366,13 @@ def signals_for(catalog: pl.DataFrame, train: pl.DataFrame, as_of, model: Hybrid
 
 def hybrid_associations(
     catalog: pl.DataFrame, train: pl.DataFrame, as_of, model: HybridModel, *, top_k: int, candidates_k: int,
-    decayed, queries: Sequence[str] | None = None,
+    decayed, queries: Sequence[str] | None = None, signals: Signals | None = None,
 ) -> pl.DataFrame:
     """The hybrid ranking of every catalog product (or ``queries``) from the window's baskets
-    ``train`` (all before ``as_of``): features, score, rank, is_cold_start; no evidence yet."""
-    signals = signals_for(catalog, train, as_of, model, candidates_k, decayed)
+    ``train`` (all before ``as_of``): features, score, rank, is_cold_start; no evidence yet.
+    ``signals``: ``signals_for`` these arguments, when the caller has them already."""
+    if signals is None:
+        signals = signals_for(catalog, train, as_of, model, candidates_k, decayed)
     queries = list(queries) if queries is not None else signals.product_ids
     frame = features(signals, candidates(signals, queries, candidates_k))
     sold = {i for b in train["items"].to_list() for i in b}
@@ -393,12 +395,12 @@ def publishable_hybrid(ranked: pl.DataFrame, train: pl.DataFrame, catalog: pl.Da
 
 def tune_weights(
     catalog: pl.DataFrame, train: pl.DataFrame, as_of, model: HybridModel, pair_cfg, *, candidates_k: int, decayed,
-    step: float = 0.1, k: int = 10, queries: Sequence[str] | None = None,
+    step: float = 0.1, k: int = 10, queries: Sequence[str] | None = None, signals: Signals | None = None,
 ) -> tuple[Weights, Weights, pl.DataFrame]:
     """Weights chosen on the held-out tail of the training window: co-purchase signals from the
     baskets before the tail, relevance from the tail (pairs.validation_anchors), over ``queries``
     when given (the serving gate tunes on one half of the tail's products and judges on the other:
-    selection.split_queries)."""
+    selection.split_queries). ``signals``: those co-purchase signals, when the caller has them."""
     from datetime import timedelta
 
     from prodassoc_core.mining import popular_products
@@ -415,7 +417,8 @@ def tune_weights(
     if not relevant:
         raise ValueError("no held-out relevance to tune the hybrid weights on; widen pairs.validation_days")
     cut = as_of - timedelta(days=pair_cfg.validation_days)
-    signals = signals_for(catalog, fit, cut, model, candidates_k, decayed)
+    if signals is None:
+        signals = signals_for(catalog, fit, cut, model, candidates_k, decayed)
     frame = features(signals, candidates(signals, sorted(relevant), candidates_k))
     fit_items = pairs.items_of(fit)
     sold = {i for b in fit_items for i in b}

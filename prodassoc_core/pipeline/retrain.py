@@ -169,12 +169,22 @@ def served_mean(classic: pl.DataFrame, hybrid_table: pl.DataFrame, segments: dic
 
 
 def _hybrid_per_product(settings: Settings, found, catalog: pl.DataFrame, data: GateData, device: Device,
-                        k: int) -> pl.DataFrame:
+                        k: int, fit_window: chain.FitWindow | None = None) -> pl.DataFrame:
+    """The gate products' NDCG of ``found``'s hybrid on the gate's fit window; ``fit_window``: the
+    embeddings and signals the chain computed on that window for this candidate, when they fit."""
+    from dataclasses import replace
+
     from prodassoc_core.models import champions, hybrid
 
-    model = champions.hybrid_model(settings, found, catalog, data.fit, device)
-    ranked = hybrid.hybrid_associations(catalog, data.fit, data.cut, model, top_k=k,
-                                        candidates_k=settings.hybrid.candidates_k, decayed=found.cooc,
+    candidates_k = settings.hybrid.candidates_k
+    signals = None
+    if fit_window is not None and fit_window.serves(found.student_dir, found.gnn_dir, data.cut, candidates_k,
+                                                     found.cooc):
+        model, signals = replace(fit_window.model, warm=found.warm, cold=found.cold), fit_window.signals
+    else:
+        model = champions.hybrid_model(settings, found, catalog, data.fit, device)
+    ranked = hybrid.hybrid_associations(catalog, data.fit, data.cut, model, top_k=k, candidates_k=candidates_k,
+                                        decayed=found.cooc, signals=signals,
                                         queries=sorted(set(data.relevant) & set(catalog[PRODUCT_ID].to_list())))
     return data.per_product(ranked, k)
 
@@ -202,7 +212,7 @@ def gate(
         registered["gnn"].model_uri if "gnn" in registered else None, warm_w, cold_w,
         (champions.read_cooc(gnn_dir) if gnn_dir is not None else None) or methods.DecayedConfig(),
     )
-    cand_pp = _hybrid_per_product(settings, candidate, catalog, data, device, k)
+    cand_pp = _hybrid_per_product(settings, candidate, catalog, data, device, k, result.fit_window)
     classic_s, cand_s = segment_means(classic_pp), segment_means(cand_pp)
     n = {"warm": int(classic_pp["warm"].sum()), "cold": int((~classic_pp["warm"]).sum())}
     segments = {

@@ -97,7 +97,7 @@ def test_the_budget_is_split_by_shares_and_what_is_left_flows_to_later_stages():
 
 def test_a_tiny_budget_stops_every_stage_with_a_usable_model_and_the_chain_goes_on(data, tmp_path, caplog):
     catalog, frame = data
-    budget_s = 12.0
+    budget_s = 8.0
     cfg = endless(max_minutes=budget_s / 60)
     caplog.set_level(logging.INFO, logger="prodassoc")
     started = time.monotonic()

@@ -133,7 +133,7 @@ def test_chain_trains_every_stage_and_embeds_every_product(trained, data):
     warm, cold = champions.read_weights(result.gnn.model_dir)
     assert sum(warm.as_dict().values()) == pytest.approx(1) and cold.cooc == 0
     assert result.weights == {"warm": warm.as_dict(), "cold": cold.as_dict()}
-    assert result.teacher.steps == 30 and result.student.steps == 30
+    assert result.teacher.steps == 20 and result.student.steps == 20
     assert set(result.teacher.after) == {"val_auc", "val_loss", "val_pairs"}
     assert 0 <= result.student.after["val_ndcg"] <= 1
     assert result.student.extra["lists"] == 300
@@ -161,6 +161,7 @@ def test_rerunning_the_chain_reuses_finished_stages(trained, data, cfg):
     again = chain.train_chain(catalog, frame, AS_OF, cfg, device=CPU, out_dir=out, progress=False,
                               hybrid_cfg=TEST_HYBRID)
     assert again.student.after == result.student.after and again.teacher.steps == result.teacher.steps
+    assert again.fit_window is None  # the weights were tuned by the first call: the gate computes its own
     # reused, not retrained: their weights were not written again
     assert {s: (getattr(again, s).model_dir / "model.safetensors").stat().st_mtime_ns for s in saved} == saved
     # other settings (not just a new time budget) must not reuse these stages
@@ -168,7 +169,7 @@ def test_rerunning_the_chain_reuses_finished_stages(trained, data, cfg):
         chain.train_chain(catalog, frame, AS_OF, cfg.model_copy(update={"seed": 8}), device=CPU, out_dir=out)
     budget = cfg.model_copy(update={"mlm_minutes": 5.0})
     assert chain.train_chain(catalog, frame, AS_OF, budget, device=CPU, out_dir=out, progress=False,
-                             hybrid_cfg=TEST_HYBRID).student.steps == 30
+                             hybrid_cfg=TEST_HYBRID).student.steps == 20
 
 
 def _weights(model_dir: Path) -> dict[str, torch.Tensor]:
@@ -206,7 +207,7 @@ def test_resume_after_a_crash_gives_the_uninterrupted_result(trained, data, cfg,
     with pytest.raises(_Crash):
         run(tmp_path / "broken", on_step=_crash_at(17))  # checkpoints every 10 steps: resumes from 10
     resumed = run(tmp_path / "broken")
-    assert resumed.resumed_from == 10 and resumed.steps == whole.steps == 30
+    assert resumed.resumed_from == 10 and resumed.steps == whole.steps == 20
     a, b = _weights(whole.model_dir), _weights(resumed.model_dir)
     assert a.keys() == b.keys()
     for key in a:
@@ -237,6 +238,29 @@ def _spoiled_copy(model_dir: Path, dst: Path) -> Path:
     model.save_pretrained(dst)
     AutoTokenizer.from_pretrained(model_dir).save_pretrained(dst)
     return dst
+
+
+def test_the_gate_scores_the_candidate_with_the_chains_fit_window_as_from_scratch(trained, data, cfg, tmp_path):
+    """The GNN stage's embeddings and co-purchase signals on the fit window are the gate's for
+    that candidate: the same per-product scores as computing them again; another student's are not."""
+    from dataclasses import replace
+
+    from polars.testing import assert_frame_equal
+
+    result, _ = trained
+    catalog, frame = data
+    settings = Settings(data_dir=tmp_path, training=cfg)
+    window = retrain.GateData.build(settings, frame, AS_OF.date())
+    gnn_dir = result.gnn.model_dir
+    candidate = champions.ChampionSet(result.student.model_dir, "models:/s/1", gnn_dir, "models:/g/1",
+                                      *champions.read_weights(gnn_dir), champions.read_cooc(gnn_dir))
+    fit = result.fit_window
+    assert fit.serves(candidate.student_dir, gnn_dir, window.cut, settings.hybrid.candidates_k, candidate.cooc)
+    reused = retrain._hybrid_per_product(settings, candidate, catalog, window, CPU, 10, fit)
+    assert_frame_equal(reused, retrain._hybrid_per_product(settings, candidate, catalog, window, CPU, 10))
+    assert reused.height > 50
+    other = replace(candidate, student_dir=tmp_path / "another")
+    assert not fit.serves(other.student_dir, gnn_dir, window.cut, settings.hybrid.candidates_k, other.cooc)
 
 
 def test_the_gate_serves_only_what_beats_the_classic_method_and_the_served_model(trained, data, cfg, tmp_path):
