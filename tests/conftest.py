@@ -201,18 +201,17 @@ TIER_FOLDERS = {"production": "production", "spark": "spark", "gpu": "gpu"}
 # seconds in a CI-like `make test` on 2 cores; a file not listed counts as 1 s), and the files that
 # share an expensive session fixture in one unit (one Spark JVM for tests/spark).
 FILE_SECONDS = {
-    "pipeline/test_train_flow.py": 71, "production/test_production_mlflow.py": 64, "spark": 54,
-    "models/test_chain.py": 44, "production/test_production_prefect.py": 42, "cli/test_reliability_cli.py": 37,
-    "models/test_budgets.py": 34, "evaluation/test_evaluate_models.py": 29,
-    "models/test_reliability_mlflow_store.py": 26, "models/test_ddp.py": 25,
-    "pipeline/test_reliability_faults.py": 21, "models/test_mlm.py": 18,
-    "pipeline/test_nightly_flow.py": 16, "pipeline/test_reliability_loss.py": 15,
-    "pipeline/test_reliability_reruns.py": 15, "data/test_object_store.py": 14, "models/test_graph.py": 13,
-    "pipeline/test_run_report.py": 12, "data/test_online_retail_ingest.py": 11,
-    "evaluation/test_evaluate_flow.py": 10, "data/test_ingest.py": 10,
-    "pipeline/test_reliability_concurrency.py": 10, "data/test_reliability_types.py": 8, "models/test_hybrid.py": 6,
-    "cli/test_cli.py": 5, "data/test_reliability_bad_input.py": 4, "data/test_validation.py": 3,
-    "production/test_production_infra.py": 2,
+    "pipeline/test_train_flow.py": 58, "production/test_production_mlflow.py": 56, "spark": 52,
+    "cli/test_reliability_cli.py": 40, "models/test_chain.py": 35, "production/test_production_prefect.py": 35,
+    "evaluation/test_evaluate_models.py": 32, "models/test_budgets.py": 27, "models/test_ddp.py": 23,
+    "models/test_reliability_mlflow_store.py": 23, "models/test_mlm.py": 20, "pipeline/test_reliability_faults.py": 20,
+    "pipeline/test_reliability_loss.py": 16, "pipeline/test_reliability_reruns.py": 15,
+    "data/test_object_store.py": 16, "pipeline/test_nightly_flow.py": 14, "models/test_graph.py": 13,
+    "pipeline/test_run_report.py": 12, "data/test_ingest.py": 11, "evaluation/test_evaluate_flow.py": 10,
+    "pipeline/test_reliability_concurrency.py": 9, "data/test_reliability_types.py": 6, "models/test_hybrid.py": 6,
+    "data/test_data_docs_browser.py": 4, "data/test_reliability_bad_input.py": 3, "data/test_validation.py": 3,
+    "mining/test_reliability_properties.py": 3, "production/test_production_infra.py": 2, "cli/test_rules_imports.py": 2,
+    "mining/test_protocol.py": 2, "mining/test_rules.py": 2, "data/test_online_retail_ingest.py": 11,
 }
 SAME_WORKER = {"spark"}  # test folders run as one unit (their files share a session fixture)
 

@@ -1,6 +1,6 @@
 """What tests/models/test_ddp.py runs on each rank (``torchrun --nproc_per_node=2``) and, for the
-one-process reference (its ``compare`` run only), in its own process: tiny MLM runs on the
-shipped sample.
+one-process reference (its ``compare`` run only), in the test's own process (``main(out,
+reference=True)``; ``--no-ddp`` from a shell): tiny MLM runs on the shipped sample.
 
     python tests/models/ddp_worker.py OUT_DIR [--no-ddp]
 

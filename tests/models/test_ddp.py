@@ -1,7 +1,7 @@
 """Training under torchrun (issue 15 item 4): two CPU processes on the gloo backend.
 
-tests/models/ddp_worker.py runs the same tiny MLM runs under ``torchrun --nproc_per_node=2``
-and in one process. Checked:
+tests/models/ddp_worker.py runs the same tiny MLM runs under ``torchrun --nproc_per_node=2`` and,
+for the one-process reference, in this test's process while torchrun's ranks run. Checked:
 
 - Same global batch and seed, no dropout: the per-step training loss of the DDP run matches the
   one-process run to a relative 1e-5 at every one of the 16 steps. Each rank takes half of the
@@ -38,14 +38,25 @@ def _env() -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory) -> tuple[dict, dict]:
+    """(the one-process reference's losses, the DDP run's): the reference runs here (no WORLD_SIZE
+    in this process) while torchrun's two ranks run theirs."""
+    import ddp_worker
+
     one, ddp = tmp_path_factory.mktemp("one"), tmp_path_factory.mktemp("ddp")
-    subprocess.run([sys.executable, str(WORKER), str(one), "--no-ddp"], env=_env(), check=True, timeout=120,
-                   capture_output=True)
-    done = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(WORKER), str(ddp)],
-        env=_env(), timeout=180, capture_output=True, text=True,
-    )
-    assert done.returncode == 0, done.stderr[-4000:]
+    log = ddp.with_name(f"{ddp.name}.log")  # a file, not a pipe: nothing reads while the reference runs
+    with open(log, "w") as out:
+        launched = subprocess.Popen(
+            [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(WORKER),
+             str(ddp)], env=_env(), stdout=out, stderr=subprocess.STDOUT,
+        )
+    try:
+        assert not {"WORLD_SIZE", "RANK", "LOCAL_RANK"} & set(os.environ)
+        ddp_worker.main(one, reference=True)
+        launched.wait(timeout=180)
+    finally:
+        launched.kill()
+        launched.wait()
+    assert launched.returncode == 0, log.read_text()[-4000:]
     return json.loads((one / "losses.json").read_text()), json.loads((ddp / "losses.json").read_text())
 
 
