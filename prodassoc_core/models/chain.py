@@ -147,7 +147,8 @@ class ChainResult:
     budgets: dict[str, float] = field(default_factory=dict)  # seconds each stage was given (this call)
     budget_seconds: float | None = None  # the chain's whole budget
     runs: dict[str, str] = field(default_factory=dict)  # stage -> its MLflow run id (with a tracker)
-    fit_window: FitWindow | None = field(default=None, repr=False)  # None: the weights were tuned by an earlier call
+    # None: the weights were tuned by an earlier call, or the serving gate has used and released it
+    fit_window: FitWindow | None = field(default=None, repr=False)
 
     def model_dir(self, stage: str) -> Path:
         return getattr(self, stage).model_dir

@@ -200,10 +200,6 @@ def gate(
     sel = settings.selection
     k = sel.k
     data = GateData.build(settings, train, as_of)
-    classic = settings.associations  # what the catalog would otherwise be served: as set, or chosen on the tune half
-    if classic.method == "auto":
-        classic = selection.select_on(data.fit, data.cut, data.tune_relevant, classic, sel).chosen
-    classic_pp = data.per_product(methods.config_associations(data.fit, data.cut, classic), k)
     gnn_dir = result.gnn.model_dir if result.gnn is not None else None
     weights = champions.read_weights(gnn_dir) if gnn_dir is not None else None
     warm_w, cold_w = weights or (hybrid_weights_default())
@@ -212,7 +208,15 @@ def gate(
         registered["gnn"].model_uri if "gnn" in registered else None, warm_w, cold_w,
         (champions.read_cooc(gnn_dir) if gnn_dir is not None else None) or methods.DecayedConfig(),
     )
-    cand_pp = _hybrid_per_product(settings, candidate, catalog, data, device, k, result.fit_window)
+    # the candidate first, with the GNN stage's embeddings and signals (result.fit_window), which
+    # are then released: the classic selection after it need not share memory with them
+    fit_window, result.fit_window = result.fit_window, None
+    cand_pp = _hybrid_per_product(settings, candidate, catalog, data, device, k, fit_window)
+    del fit_window
+    classic = settings.associations  # what the catalog would otherwise be served: as set, or chosen on the tune half
+    if classic.method == "auto":
+        classic = selection.select_on(data.fit, data.cut, data.tune_relevant, classic, sel).chosen
+    classic_pp = data.per_product(methods.config_associations(data.fit, data.cut, classic), k)
     classic_s, cand_s = segment_means(classic_pp), segment_means(cand_pp)
     n = {"warm": int(classic_pp["warm"].sum()), "cold": int((~classic_pp["warm"]).sum())}
     segments = {

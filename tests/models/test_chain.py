@@ -272,8 +272,10 @@ def test_the_gate_serves_only_what_beats_the_classic_method_and_the_served_model
     catalog, frame = data
     settings = Settings(data_dir=tmp_path, training=cfg)
     sel = settings.selection
-    first = retrain.gate(settings, retrain.register(settings, result, AS_OF.date()), result, catalog, frame,
+    given = replace(result)  # the gate takes the chain's fit window: the module's result keeps its own
+    first = retrain.gate(settings, retrain.register(settings, given, AS_OF.date()), given, catalog, frame,
                          AS_OF.date(), CPU, tmp_path / "g1")
+    assert given.fit_window is None and result.fit_window is not None  # used, then released
     # nothing served yet is no reason to promote: only segments the hybrid won on the gate half
     for s, source in first.segments.items():
         won = first.n_products[s] >= sel.gate_min_products and \
