@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+import shared_prefect
 from prodassoc_core.ops.settings import HybridConfig, SelectionConfig
 
 os.environ.setdefault("PREFECT_HOME", tempfile.mkdtemp(prefix="prodassoc-prefect-"))
@@ -106,10 +107,31 @@ def shared_data() -> Path:
     return path
 
 
+def pytest_configure(config):
+    """Under pytest-xdist, the controller keeps a folder for the run's one Prefect test server
+    (tests/shared_prefect.py), started by the first worker that needs it."""
+    if not hasattr(config, "workerinput") and getattr(config.option, "tx", None):
+        config.prodassoc_prefect_folder = shared_prefect.make_folder()
+        os.environ[shared_prefect.ENV] = str(config.prodassoc_prefect_folder)
+
+
+def pytest_unconfigure(config):
+    folder = getattr(config, "prodassoc_prefect_folder", None)
+    if folder is not None:
+        shared_prefect.stop(folder)
+
+
 @pytest.fixture(scope="session")
 def prefect_harness(tmp_path_factory) -> Path:
-    """Prefect's ephemeral API in a temporary database, once per session; yields a copy of that
-    database as Prefect has just migrated it, before any flow ran (``migrated_prefect_db``)."""
+    """A Prefect API on a temporary database for the session: the run's server shared by the xdist
+    workers, else Prefect's own test harness. Yields a copy of that database as Prefect has just
+    migrated it, before any flow ran (``migrated_prefect_db``)."""
+    folder = os.environ.get(shared_prefect.ENV)
+    if folder:
+        url, migrated = shared_prefect.server(Path(folder))
+        with shared_prefect.worker_settings(url):
+            yield migrated
+        return
     from prefect.testing.utilities import prefect_test_harness
 
     with prefect_test_harness(server_startup_timeout=120):
