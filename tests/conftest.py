@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import shutil
@@ -15,7 +16,9 @@ import pytest
 import shared_prefect
 from prodassoc_core.ops.settings import HybridConfig, SelectionConfig
 
-os.environ.setdefault("PREFECT_HOME", tempfile.mkdtemp(prefix="prodassoc-prefect-"))
+if "PREFECT_HOME" not in os.environ:  # one per run, made by the process that starts it (xdist workers inherit it)
+    os.environ["PREFECT_HOME"] = tempfile.mkdtemp(prefix="prodassoc-prefect-")
+    atexit.register(shutil.rmtree, os.environ["PREFECT_HOME"], ignore_errors=True)
 os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
 os.environ["MLFLOW_DISABLE_TELEMETRY"] = "true"
 os.environ["DO_NOT_TRACK"] = "1"
