@@ -4,6 +4,8 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# a new .venv takes 3.1 GB (measured); refuse to start an install that would fill the disk part way
+INSTALL_FREE_KB ?= 4194304
 DEMO_DIR ?= .prodassoc/demo
 DEMO_AS_OF ?= 2011-11-08
 DEMO_TRAIN_MINUTES ?= 2
@@ -48,6 +50,10 @@ browser:
 # unpinned torch (or one pulled in by another package) is a multi-GB CUDA build.
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), "prodassoc needs Python 3.11, found " + sys.version' 
+	@if [ ! -x $(BIN)/python ]; then free_kb=$$(df -Pk . | awk 'NR == 2 { print $$4 }'); \
+	  if [ -n "$$free_kb" ] && [ "$$free_kb" -lt $(INSTALL_FREE_KB) ]; then \
+	    echo "prodassoc: make install needs about $$(($(INSTALL_FREE_KB) / 1048576)) GB free for $(VENV) (torch, transformers, pyspark, ...) and pip's downloads; $$((free_kb / 1024)) MB free under $$(pwd)" >&2; \
+	    exit 1; fi; fi
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q torch==2.13.0

@@ -10,6 +10,7 @@ code), with real files, real locks and real SIGKILLs.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -302,3 +303,23 @@ def test_a_full_disk_is_one_line_naming_the_path_and_the_bytes(tmp_path):
     assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
     assert lines[0].startswith("prodassoc: storage error: cannot write small/rules.parquet: no space left on device; ")
     assert "bytes needed" in lines[0] and "free" in lines[0]
+
+
+def test_make_install_on_a_nearly_full_disk_stops_before_installing_anything(tmp_path):
+    """A new .venv takes 3.1 GB: on a 64 MB tmpfs (private mount namespace) `make install`'s venv
+    step stops at once, one line naming the space it needs and the space there is, no .venv made."""
+    if shutil.which("unshare") is None or subprocess.run(["unshare", "-rm", "true"], capture_output=True).returncode:
+        pytest.skip("unshare -rm (user and mount namespaces) is not available here")
+    if shutil.which("make") is None:
+        pytest.skip("make is not installed")
+    (tmp_path / "repo").mkdir()
+    script = ("mount -t tmpfs -o size=64m tmpfs repo && cp Makefile pyproject.toml repo/ && cd repo && "
+              f"exec make --no-print-directory PYTHON={sys.executable} .venv/.installed")
+    shutil.copy(REPO / "Makefile", tmp_path)
+    shutil.copy(REPO / "pyproject.toml", tmp_path)
+    proc = subprocess.run(["unshare", "-rm", "sh", "-c", script], cwd=tmp_path, capture_output=True, text=True,
+                          timeout=60)
+    assert proc.returncode != 0
+    assert "prodassoc: make install needs about 4 GB free for .venv" in proc.stderr, proc.stderr[-2000:]
+    assert re.search(r"; \d+ MB free under /", proc.stderr), proc.stderr[-2000:]
+    assert "pip install" not in proc.stdout  # stopped before the first install step
