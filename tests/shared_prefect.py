@@ -22,14 +22,11 @@ import json
 import os
 import shutil
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 ENV = "PRODASSOC_TEST_PREFECT_SERVER"  # the controller's folder for the server, inherited by the workers
@@ -63,12 +60,6 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def server(folder: Path) -> tuple[str, Path]:
     """(API URL, the migrated empty database) of the run's server, started by the first caller."""
     with open(folder / "lock", "w") as lock:
@@ -79,7 +70,9 @@ def server(folder: Path) -> tuple[str, Path]:
 
 
 def _start(folder: Path) -> None:
-    db, port = folder / "prefect.db", _free_port()
+    from conftest import free_port, wait_http  # loaded by now (it imports this module)
+
+    db, port = folder / "prefect.db", free_port()
     url = f"http://127.0.0.1:{port}/api"
     prefect_dir = Path(importlib.util.find_spec("prefect").origin).parent
     env = os.environ | {
@@ -95,18 +88,7 @@ def _start(folder: Path) -> None:
         process = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                    start_new_session=True)
     (folder / "state.json").write_text(json.dumps({"url": url, "pid": process.pid}))
-    deadline = time.monotonic() + STARTUP_TIMEOUT_S
-    while process.poll() is None and time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
-                if response.status == 200:
-                    break
-        except (urllib.error.URLError, ConnectionError, TimeoutError):
-            pass
-        time.sleep(0.1)
-    else:
-        raise RuntimeError(f"the run's Prefect test server did not start (exit code {process.poll()}):\n"
-                           f"{log.read_text(errors='replace')[-3000:]}")
+    wait_http(f"{url}/health", process, log, timeout_s=STARTUP_TIMEOUT_S)
     with sqlite3.connect(db) as src, sqlite3.connect(folder / "migrated.db") as dst:
         src.backup(dst)  # before any flow ran: nothing but the schema
     (folder / "ready").touch()
