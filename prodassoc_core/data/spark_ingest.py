@@ -208,9 +208,9 @@ def validate_transactions_spark(
     }
     names = c.TRANSACTIONS.polars_schema.names()
     ts = F.col(c.ORDERED_AT)
-    checked = frame.select(
-        *[F.nanvl(F.col(n), F.lit(None).cast("double")).alias(n) if n == c.UNIT_PRICE else F.col(n) for n in names],
-        # pandas (the local route) reads NaN as missing, and GE skips missing values: so does this
+    frame = frame.withColumn(c.UNIT_PRICE, F.nanvl(F.col(c.UNIT_PRICE), F.lit(None).cast("double")))
+    checked = frame.select(  # a NaN price is missing, as in the local route's conform
+        *names,
         F.to_date(ts).cast("string").alias(_ORDER_DATE),
         F.expr(f"timestampdiff(MICROSECOND, TIMESTAMP_NTZ'1970-01-01 00:00:00', {c.ORDERED_AT})").alias(_ORDERED_AT_US),
         c.PARTITION, c.SOURCE_FILE, c.SOURCE_ROW,

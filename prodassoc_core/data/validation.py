@@ -333,7 +333,8 @@ def _cast(name: str, src: pl.DataType, dst: pl.DataType) -> tuple[pl.Expr, pl.Ex
     """(value cast to ``dst`` or null, whether the source held a value) for one column."""
     col = pl.col(name)
     if src == dst or src == pl.Null:
-        return col.cast(dst), col.is_not_null()
+        same = col.cast(dst).fill_nan(None) if dst.is_float() else col.cast(dst)  # NaN: missing, as below
+        return same, col.is_not_null()
     if src.is_float():
         col = col.fill_nan(None)
     if _is_stringish(src):

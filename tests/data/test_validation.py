@@ -142,6 +142,19 @@ def test_wrong_types_are_cast_and_failures_named(gx):
     assert row1[c.ORDERED_AT] == datetime(2024, 1, 1, 8, 0)
 
 
+def test_a_nan_price_is_staged_as_missing_and_an_infinite_one_is_quarantined(gx):
+    """A float column already in the contract's type: NaN is a missing price (as in a column cast
+    from another type), never a NaN in the clean zone; +-inf fails the price range."""
+    nan, inf = float("nan"), float("inf")
+    df = _tx([("nan", "A", 1, nan, DAY), ("inf", "A", 1, inf, DAY), ("-inf", "A", 1, -inf, DAY),
+              ("ok", "A", 1, 2.5, DAY)])
+    assert conform(df, c.TRANSACTIONS)[c.UNIT_PRICE].to_list()[0] is None
+    out = validate_transactions(df, ["A"], CFG, gx=gx)
+    assert out.accepted[c.ORDER_ID].to_list() == ["nan", "ok"]
+    assert out.accepted[c.UNIT_PRICE].to_list() == [None, 2.5]
+    assert _reasons(out) == {"inf": "range:unit_price", "-inf": "range:unit_price"}
+
+
 def test_conform_is_idempotent_and_keeps_earlier_reasons():
     raw = _lineage(pl.DataFrame({c.ORDER_ID: ["1"], c.PRODUCT_ID: ["A"], c.QUANTITY: ["x"], c.UNIT_PRICE: [1.0],
                                  c.CUSTOMER_ID: ["c"], c.ORDERED_AT: [DAY]}))
