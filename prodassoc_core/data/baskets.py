@@ -1,8 +1,10 @@
 """From validated transaction lines to baskets: one basket per order.
 
 Basket rules (explicit, in this order; each is a BasketConfig setting):
-1. Cancelled orders are not baskets: every line of an order whose id starts with
-   ``cancellation_prefix`` ("C", as in Online Retail's ``C536379``) is dropped.
+1. Cancelled orders are not baskets: with ``drop_cancellations`` (off by default: a
+   retailer's order ids are its own), every line of an order whose id starts with
+   ``cancellation_prefix`` ("C", as in Online Retail's ``C536379``) is dropped. Online
+   Retail needs no such rule: its cancellations hold only negative lines (rule 2).
 2. Returns are not purchases: lines with quantity <= 0 are dropped.
 3. Lines with a known price <= 0 (free samples, write-offs) are dropped when
    ``require_positive_price``; a missing price (basket files carry none) is kept.

@@ -22,7 +22,9 @@ DEFAULT_NON_PRODUCT_PATTERN = r"(?i)^(gift_\d+_\d+|DCGS.*|SP1002)$"
 class BasketRules:
     """What ``data.baskets`` reads of a ``BasketConfig``, with its defaults (see data/baskets.py for the rules)."""
 
-    drop_cancellations: bool = True
+    # off: an order id prefix means nothing unless the retailer says so. Online Retail's cancellations
+    # (C536379) hold only negative lines, which the returns rule drops (all 9,288 lines in 2010-2011)
+    drop_cancellations: bool = False
     cancellation_prefix: str = "C"
     non_product_codes: tuple[str, ...] = DEFAULT_NON_PRODUCT_CODES
     non_product_pattern: str | None = DEFAULT_NON_PRODUCT_PATTERN

@@ -36,19 +36,22 @@ def test_basket_rules_drop_cancellations_returns_free_lines_and_non_products():
         ("1", "POST", 1, 18.0),  # postage: not a product
         ("2", "A", -1, 1.0),     # return line
         ("2", "C", 1, 0.0),      # free line
-        ("C3", "A", -2, 1.0),    # cancellation
+        ("C3", "A", -2, 1.0),    # a cancellation (Online Retail's C536379): negative lines, returns
         ("4", "gift_0001_10", 1, 10.0),
         ("5", "E", 1, None),     # unknown price is kept
+        ("CO-6", "K", 1, 2.0),   # an order id that starts with C is an order like any other
     ])
     out = baskets(frame, BasketConfig()).collect()
-    assert out["order_id"].to_list() == ["1", "5"]
-    assert out[ITEMS].to_list() == [["A", "K"], ["E"]]
+    assert out["order_id"].to_list() == ["1", "5", "CO-6"]
+    assert out[ITEMS].to_list() == [["A", "K"], ["E"], ["K"]]
 
 
 def test_rules_are_configurable():
     frame = lines([("C1", "A", 1, 1.0), ("2", "X", 1, 0.0)])
-    cfg = BasketConfig(drop_cancellations=False, require_positive_price=False)
-    assert product_lines(frame, cfg).collect().height == 2
+    assert product_lines(frame, BasketConfig(require_positive_price=False)).collect().height == 2
+    # a retailer whose cancelled orders carry an id prefix says so; their positive lines go too
+    cancelled = BasketConfig(drop_cancellations=True, cancellation_prefix="C")
+    assert product_lines(frame, cancelled).collect().height == 0
 
 
 # --- basket files, as `prodassoc rules` reads them --------------------------------------------
