@@ -357,6 +357,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if args.end is not None and args.end <= args.as_of:
         raise CliError(EXIT_USAGE, f"--end {args.end} must be after --as-of {args.as_of}")
     _check_as_of(settings, args.as_of, allow_stale=True)
+    newest = _landed_days(settings)[-1]
+    if newest < args.as_of:  # the test window [as_of, end) would hold no landed day
+        raise CliError(EXIT_NO_DATA, f"evaluate: as_of {args.as_of} leaves no test window: the newest landed day is "
+                                     f"{newest}; evaluate an earlier date (the test window starts at as_of)")
     _writable(settings)
     from flows.evaluate import evaluate
     from prodassoc_core.evaluation import markdown_table

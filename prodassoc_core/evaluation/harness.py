@@ -64,7 +64,7 @@ def prepare(settings: Settings, as_of: date, end: date | None = None) -> Split:
     """Ingest everything landed, then build training and test baskets around as_of."""
     end = end or landing_end(settings.landing_dir)
     if end <= as_of:
-        raise ValueError(f"no test window: the data ends {end}, not after as_of {as_of}")
+        raise ValueError(f"no test window: the landed data ends before {end}, not after as_of {as_of}")
     stages.ingest_landing(settings, end)
     train_path = stages.build_baskets(settings, as_of)
     test = baskets.baskets(ingest.read_staged_transactions(settings.staging_dir, as_of, end), settings.baskets)

@@ -71,6 +71,9 @@ CASES = {
     "run_on_a_missing_dir": (["--data-dir", "missing", "run", "--as-of", AS_OF], 5, "no landed transactions in missing"),
     "evaluate_unknown_method": (["--data-dir", "data", "evaluate", "--as-of", "2024-01-04", "--methods", "foo"],
                                 2, "unknown method(s) foo"),
+    "evaluate_without_a_test_window": (["--data-dir", "data", "evaluate", "--as-of", AS_OF], 5,
+                                       "evaluate: as_of 2024-01-07 leaves no test window: the newest landed day is "
+                                       "2024-01-06"),
     "top_on_a_missing_dir": (["--data-dir", "missing", "top"], 5, "no data directory at missing"),
     "top_on_an_empty_dir": (["--data-dir", "empty", "top"], 5, "nothing published in empty yet"),
     "top_negative_limit": (["top", "--limit", "-1"], 2, "--limit: must be at least 1, got -1"),
