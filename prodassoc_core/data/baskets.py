@@ -52,14 +52,67 @@ def is_non_product(cfg: BasketConfig | BasketRules) -> pl.Expr:
     return expr
 
 
+# The rules that drop lines, in order (the names ``dropped_by`` gives and the accounting counts).
+CANCELLED = "cancelled order"
+RETURN = "return (quantity <= 0)"
+FREE = "price <= 0"
+NON_PRODUCT = "non-product code"
+KEPT = "kept"
+RULE = "rule"
+LINES = "lines"
+
+
+def dropped_by(cfg: BasketConfig | BasketRules) -> pl.Expr:
+    """The first basket rule (1-4) a line fails, by name; null for a line that is kept."""
+    checks = [(pl.col(ORDER_ID).str.starts_with(cfg.cancellation_prefix), CANCELLED)] if cfg.drop_cancellations else []
+    checks.append((pl.col(QUANTITY).fill_null(0) <= 0, RETURN))
+    if cfg.require_positive_price:
+        checks.append((pl.col(UNIT_PRICE) <= 0, FREE))  # a missing price is kept
+    checks.append((is_non_product(cfg), NON_PRODUCT))
+    (first, name), rest = checks[0], checks[1:]
+    rule = pl.when(first).then(pl.lit(name))
+    for check, name in rest:
+        rule = rule.when(check).then(pl.lit(name))
+    return rule.otherwise(pl.lit(None, pl.String))
+
+
 def product_lines(lines: pl.LazyFrame, cfg: BasketConfig | BasketRules) -> pl.LazyFrame:
     """Apply basket rules 1-4 to canonical transaction lines."""
-    keep = (pl.col(QUANTITY) > 0) & ~is_non_product(cfg)
-    if cfg.drop_cancellations:
-        keep = keep & ~pl.col(ORDER_ID).str.starts_with(cfg.cancellation_prefix)
-    if cfg.require_positive_price:
-        keep = keep & (pl.col(UNIT_PRICE).is_null() | (pl.col(UNIT_PRICE) > 0))
-    return lines.filter(keep)
+    return lines.filter(dropped_by(cfg).is_null())
+
+
+def line_account(lines: pl.LazyFrame, cfg: BasketConfig | BasketRules) -> pl.LazyFrame:
+    """Every line counted once: ``rule`` (the first basket rule that drops it, or ``kept``),
+    ``product_id`` (for non-product codes only, else null) and ``lines``; the lines sum to
+    the input's. Sorted by rule order, then most lines first."""
+    rule = dropped_by(cfg).fill_null(KEPT)
+    counted = (
+        lines.select(rule.alias(RULE), pl.when(rule == NON_PRODUCT).then(pl.col(PRODUCT_ID)).alias(PRODUCT_ID))
+        .group_by(RULE, PRODUCT_ID)
+        .agg(pl.len().cast(pl.Int64).alias(LINES))
+    )
+    return sort_account(counted)
+
+
+def sort_account(counted: pl.LazyFrame) -> pl.LazyFrame:
+    """``line_account``'s rows in its order (rule order, then most lines, then product id)."""
+    order = [CANCELLED, RETURN, FREE, NON_PRODUCT, KEPT]
+    rank = pl.col(RULE).replace_strict(order, list(range(len(order))))
+    return counted.sort(rank, pl.col(LINES), pl.col(PRODUCT_ID), descending=[False, True, False], nulls_last=True)
+
+
+def describe_account(account: pl.DataFrame, n_baskets: int, top_codes: int = 5) -> str:
+    """One line for the log: the window's lines, the baskets, and what each rule dropped (the
+    non-product codes that dropped most by name, so a real product among them shows)."""
+    totals = dict(account.group_by(RULE, maintain_order=True).agg(pl.col(LINES).sum()).iter_rows())
+    dropped = [f"{n:,} {rule}" for rule, n in totals.items() if rule != KEPT]
+    codes = account.filter(pl.col(RULE) == NON_PRODUCT)
+    if codes.height:
+        shown = ", ".join(f"{p} {n:,}" for p, n in codes.head(top_codes).select(PRODUCT_ID, LINES).iter_rows())
+        more = f", {codes.height - top_codes:,} more" if codes.height > top_codes else ""
+        dropped[-1] += f" ({shown}{more})"
+    return (f"{sum(totals.values()):,} lines, {totals.get(KEPT, 0):,} kept in {n_baskets:,} baskets; dropped: "
+            f"{'; '.join(dropped) or 'none'}")
 
 
 def baskets(lines: pl.LazyFrame, cfg: BasketConfig | BasketRules) -> pl.LazyFrame:

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING
 
 import polars as pl
 
+from prodassoc_core.data import baskets as b
 from prodassoc_core.data.baskets import ITEMS, is_non_product
 from prodassoc_core.data.contracts import ORDER_ID, ORDERED_AT, PRODUCT_ID, QUANTITY, TRANSACTIONS, UNIT_PRICE
 from prodassoc_core.data.validation import quiet_pyspark_pandas_warning
@@ -154,6 +155,28 @@ def baskets(lines: "DataFrame", cfg: BasketConfig) -> "DataFrame":
         .orderBy(ORDERED_AT, ORDER_ID)
         .select(ORDER_ID, ORDERED_AT, ITEMS)
     )
+
+
+def line_account(lines: "DataFrame", cfg: BasketConfig) -> pl.DataFrame:
+    """``data.baskets.line_account`` of Spark lines (one job, and one for the distinct ids whose
+    non-product status the polars rule decides on the driver)."""
+    from pyspark.sql import functions as F
+
+    ids = [r[0] for r in lines.select(PRODUCT_ID).distinct().collect()]
+    checks = [(F.col(ORDER_ID).startswith(cfg.cancellation_prefix), b.CANCELLED)] if cfg.drop_cancellations else []
+    checks.append((F.coalesce(F.col(QUANTITY), F.lit(0)) <= 0, b.RETURN))
+    if cfg.require_positive_price:
+        checks.append((F.col(UNIT_PRICE) <= 0, b.FREE))
+    checks.append((F.col(PRODUCT_ID).isin(non_product_ids(ids, cfg)), b.NON_PRODUCT))
+    rule = F.lit(b.KEPT)
+    for check, name in reversed(checks):  # the first rule a line fails names it
+        rule = F.when(check, F.lit(name)).otherwise(rule)
+    counted = (
+        lines.select(rule.alias(b.RULE), F.when(rule == b.NON_PRODUCT, F.col(PRODUCT_ID)).alias(PRODUCT_ID))
+        .groupBy(b.RULE, PRODUCT_ID).agg(F.count(F.lit(1)).alias(b.LINES))
+    )
+    frame = pl.from_arrow(counted.toArrow()).cast({b.RULE: pl.String, PRODUCT_ID: pl.String, b.LINES: pl.Int64})
+    return b.sort_account(frame.lazy()).collect()
 
 
 def write_parquet(frame: "DataFrame", out: Path) -> int:

@@ -128,10 +128,11 @@ def build_baskets(settings: Settings, as_of: date) -> Path:
     window = Window.before(as_of, settings.lookback_days)
     out = run_dir(settings, as_of) / BASKETS_FILE
     if settings.engine == "spark":
-        n = _spark_baskets(settings, window, out)
+        n, account = _spark_baskets(settings, window, out)
     else:
         lines = ingest.read_staged_transactions(settings.staging_dir, window.start, window.end)
-        frame = baskets.baskets(lines, settings.baskets).collect()
+        frame, account = pl.collect_all([baskets.baskets(lines, settings.baskets),
+                                         baskets.line_account(lines, settings.baskets)])
         n = frame.height
         if n:
             warehouse.atomic_write_parquet(frame.to_arrow(), out, out.parent / warehouse.TMP_DIR)
@@ -139,8 +140,9 @@ def build_baskets(settings: Settings, as_of: date) -> Path:
         raise NoDataError(
             f"as_of {as_of}: no baskets in the training window [{window.start}, {window.end}) of "
             f"{settings.staging_dir}; nothing is published (is as_of outside the landed data?)"
+            + (f"; {baskets.describe_account(account, 0)}" if account.height else "")
         )
-    log.info("baskets: %d orders in [%s, %s)", n, window.start, window.end)
+    log.info("baskets: %d orders in [%s, %s); %s", n, window.start, window.end, baskets.describe_account(account, n))
     return out
 
 
@@ -149,17 +151,17 @@ def spark_session(settings: Settings):
     return spark.session(settings.spark)
 
 
-def _spark_baskets(settings: Settings, window: Window, out: Path) -> int:
+def _spark_baskets(settings: Settings, window: Window, out: Path) -> tuple[int, pl.DataFrame]:
     """The window's baskets as a Spark job, written as a Parquet dataset directory at ``out``;
-    returns their number (0: nothing written)."""
+    returns their number (0: nothing written) and the lines' account (``baskets.line_account``)."""
     session = spark_session(settings)
     lines = spark.read_staged_transactions(session, settings.staging_dir, window.start, window.end)
     if lines is None:
-        return 0
+        return 0, baskets.line_account(pl.LazyFrame(schema=TRANSACTIONS.polars_schema), settings.baskets).collect()
     n = spark.write_parquet(spark.baskets(lines, settings.baskets), out)
     if n == 0:
         spark.remove(out)
-    return n
+    return n, spark.line_account(lines, settings.baskets)
 
 
 def spark_baskets_between(settings: Settings):

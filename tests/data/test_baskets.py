@@ -7,6 +7,8 @@ import pytest
 from prodassoc_core.data.baskets import (
     ITEMS,
     baskets,
+    describe_account,
+    line_account,
     load_basket_codes,
     load_baskets_file,
     product_lines,
@@ -52,6 +54,32 @@ def test_rules_are_configurable():
     # a retailer whose cancelled orders carry an id prefix says so; their positive lines go too
     cancelled = BasketConfig(drop_cancellations=True, cancellation_prefix="C")
     assert product_lines(frame, cancelled).collect().height == 0
+
+
+def test_every_line_is_accounted_for_under_the_first_rule_that_drops_it():
+    frame = lines([
+        ("1", "A", 2, 1.0), ("1", "K", 1, 1.0), ("1", "A", 1, 1.0), ("1", "POST", 1, 18.0),
+        ("2", "A", -1, 1.0), ("2", "C", 1, 0.0), ("C3", "POST", -2, 0.0), ("4", "POST", 1, 1.0),
+        ("4", "gift_0001_10", 1, 10.0), ("5", "E", 1, None),
+    ])
+    cfg = BasketConfig(drop_cancellations=True)
+    account = line_account(frame, cfg).collect()
+    assert account.rows() == [
+        ("cancelled order", None, 1),  # C3 would fail three rules: counted once, under the first
+        ("return (quantity <= 0)", None, 1),
+        ("price <= 0", None, 1),
+        ("non-product code", "POST", 2),
+        ("non-product code", "gift_0001_10", 1),
+        ("kept", None, 4),
+    ]
+    assert account["lines"].sum() == 10 and product_lines(frame, cfg).collect().height == 4
+    n = baskets(frame, cfg).collect().height
+    assert describe_account(account, n, top_codes=1) == (
+        "10 lines, 4 kept in 2 baskets; dropped: 1 cancelled order; 1 return (quantity <= 0); 1 price <= 0; "
+        "3 non-product code (POST 2, 1 more)"
+    )
+    clean = lines([("1", "A", 1, 1.0)])
+    assert describe_account(line_account(clean, BasketConfig()).collect(), 1) == "1 lines, 1 kept in 1 baskets; dropped: none"
 
 
 # --- basket files, as `prodassoc rules` reads them --------------------------------------------

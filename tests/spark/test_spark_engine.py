@@ -88,6 +88,19 @@ def test_baskets_are_the_local_engines(retail):
     assert pl.from_arrow(on_spark.toArrow()).equals(local)
 
 
+@pytest.mark.parametrize("cancellations", [False, True])
+def test_the_lines_each_basket_rule_drops_are_the_local_engines(spark, retail_staging, cancellations):
+    cfg = BasketConfig(drop_cancellations=cancellations)
+    local = local_baskets.line_account(ingest.read_staged_transactions(retail_staging, SLICE_START, SLICE_END), cfg)
+    lines = spark_data.read_staged_transactions(spark, retail_staging, SLICE_START, SLICE_END)
+    on_spark = spark_data.line_account(lines, cfg)
+    assert on_spark.equals(local.collect())
+    rules = set(on_spark["rule"])
+    assert {local_baskets.RETURN, local_baskets.NON_PRODUCT, local_baskets.KEPT} <= rules
+    assert (local_baskets.CANCELLED in rules) == cancellations
+    assert on_spark["lines"].sum() == lines.count()
+
+
 # One counting pass per data set (spark_mining.count_itemsets) serves every threshold above it:
 # the nightly's confidence and lengths (2..4 items), rules of one item ({} => c), the bundles'
 # item sets (1..4 items) and a higher support read from the same levels. Unbounded lengths are
