@@ -134,7 +134,8 @@ def baskets(lines: pl.LazyFrame, cfg: BasketConfig | BasketRules) -> pl.LazyFram
 def read_transactions_file(path: Path) -> pl.LazyFrame:
     """The columns the basket rules read (``BASKET_COLUMNS``) of a canonical transactions Parquet file.
 
-    As ``TRANSACTIONS.conform``: ValueError naming the missing required columns; a column stored with
+    As ``TRANSACTIONS.conform``: ValueError naming the missing required columns, an absent optional
+    one (the price) read as missing; a column stored with
     another type is cast to the contract's with Arrow's (safe) cast. Only these columns are read.
     """
     import pyarrow as pa
@@ -144,9 +145,12 @@ def read_transactions_file(path: Path) -> pl.LazyFrame:
         missing = [c for c in TRANSACTIONS.required if c not in stored]
         if missing:
             raise ValueError(f"{TRANSACTIONS.name}: missing required column(s) {missing}")
-        frame = pl.read_parquet(path, columns=list(BASKET_COLUMNS))
+        frame = pl.read_parquet(path, columns=[c for c in BASKET_COLUMNS if c in stored])
     except pl.exceptions.PolarsError as exc:  # not Parquet, or unreadable: bad input, like Arrow's errors
         raise ValueError(f"{path}: not a readable transactions Parquet file: {exc}") from exc
+    absent = [c for c in BASKET_COLUMNS if c not in stored]  # optional ones (a price): missing
+    frame = frame.with_columns(pl.lit(None, TRANSACTIONS.polars_schema[c]).alias(c) for c in absent)
+    frame = frame.select(BASKET_COLUMNS)
     missing_values = [c for c in BASKET_COLUMNS if c in TRANSACTIONS.non_nullable and frame[c].null_count()]
     if missing_values:
         raise ValueError(f"{path}: {TRANSACTIONS.name} column(s) {missing_values} have missing values")

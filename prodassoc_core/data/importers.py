@@ -559,10 +559,10 @@ def canonical_transactions(
     """Transactions file(s) (Parquet, or CSV read as text) cast to the canonical schema.
 
     ``mapping`` (a ColumnMapping, ``{canonical: source}`` or ``"canon=source,..."``) names
-    source columns; unnamed canonical columns are read from same-named columns; store_id
-    may be absent. Text is stripped and empty text is missing. Text timestamps are parsed
-    with ``datetime_format`` (default: inferred from the first value); time-zone-aware
-    timestamps are converted to UTC. A value that cannot be cast, or a missing value in
+    source columns; unnamed canonical columns are read from same-named columns; unit_price,
+    customer_id and store_id may be absent. Text is stripped and empty text is missing. Text
+    timestamps are parsed with ``datetime_format`` (default: inferred from the first value);
+    time-zone-aware timestamps keep their wall-clock time (``_to_naive_us``). A value that cannot be cast, or a missing value in
     a required column, raises ValueError naming the file, column, count and an example.
     Files are concatenated in the order given; overlaps are not resolved.
     """

@@ -119,6 +119,9 @@ def test_a_transactions_file_is_checked_and_cast_as_the_contract_says(tmp_path):
                              order_id=pl.col("order_id").cast(pl.Int64), quantity=pl.col("quantity").cast(pl.Int32))
     assert read_transactions_file(path).collect_schema()["order_id"] == pl.String
     assert load_baskets_file(path) == [["A"], ["K"]]
+    lean = lines([("1", "A", 1, 1.0), ("1", "K", 1, 1.0)]).collect().drop("unit_price", "customer_id", "store_id")
+    lean.write_parquet(path)  # the optional columns absent: a missing price passes the price rule
+    assert load_baskets_file(path) == [["A", "K"]]
     # a missing required column, missing ids, a file that is not Parquet: ValueError naming the problem
     pl.DataFrame({"order_id": ["1"], "product_id": ["A"]}).write_parquet(path)
     with pytest.raises(ValueError, match=r"transactions: missing required column\(s\) \['quantity'"):

@@ -213,6 +213,19 @@ def test_missing_column_quarantines_whole_file(zone):
     assert_reconciles(zone)
 
 
+def test_a_file_without_prices_or_customers_is_ingested_with_them_missing(zone):
+    """Neither column is needed for baskets (a missing price passes the price rule): a grocer's
+    export without them lands as it is."""
+    zone.day("2024-01-02", good("2024-01-02").drop(c.UNIT_PRICE, c.CUSTOMER_ID), name="lean.parquet")
+    report = zone.ingest()
+    assert report.files_failed == 0 and not report.errors
+    staged = read_staged_transactions(zone.staging, date(2024, 1, 2), date(2024, 1, 3)).collect()
+    assert staged.height == 5 and staged.schema == c.TRANSACTIONS.polars_schema
+    assert staged[c.UNIT_PRICE].null_count() == staged[c.CUSTOMER_ID].null_count() == 5
+    assert zone.manifest_rows()["transactions/dt=2024-01-02/lean.parquet"]["status"] == "ingested"
+    assert_reconciles(zone)
+
+
 def test_unreadable_file_is_recorded_and_named(zone):
     bad = zone.landing / "transactions" / "dt=2024-01-02" / "corrupt.parquet"
     bad.parent.mkdir(parents=True)

@@ -71,6 +71,8 @@ def land_everything(zone: Zone) -> None:
     zone.day(ROWS_DAY, broken_rows_wrong_types(), name="wrong_types.parquet")
     zone.day(ROWS_DAY, broken_rows_contract_types(), name="contract_types.parquet")
     zone.day(ROWS_DAY, good(ROWS_DAY, n=20, prefix="g"), name="good.parquet")
+    lean = good(ROWS_DAY, n=4, prefix="lean").drop(c.UNIT_PRICE, c.CUSTOMER_ID)  # optional columns absent
+    zone.day(ROWS_DAY, lean, name="lean.parquet")
 
 
 def ingest(zone: Zone, **kw):
@@ -123,6 +125,7 @@ def test_spark_ingestion_writes_the_local_engines_outputs(spark, tmp_path, gx_di
             assert spark_out[path] == expected, f"staged file {path} differs"
         else:
             assert spark_out[path].equals(expected), path
+    assert any("/lean-" in path for path in spark_out)  # staged, its price and customer missing
     rows = pl.read_parquet(next((zones["spark"].quarantine / "transactions" / f"dt={ROWS_DAY}").glob(
         "contract_types-*.parquet")))
     reasons = dict(zip(rows[c.ORDER_ID].fill_null("<null>").to_list(), rows[c.REASON].to_list()))
