@@ -85,7 +85,7 @@ import polars as pl
 from prodassoc_core.data import contracts as c
 from prodassoc_core.data import spark_ingest
 from prodassoc_core.data.landing import Landed, current_snapshot, find_transactions, sha256
-from prodassoc_core.data.loading import REJECTED, UNREADABLE, Loaded, load, quarantine_rows
+from prodassoc_core.data.loading import REJECTED, UNREADABLE, Loaded, load, quarantine_rows, with_ignored
 from prodassoc_core.data.manifest import (
     DUPLICATE,
     FAILED,
@@ -240,8 +240,10 @@ class _CatalogStep:
             run.fail_now(refusal[1])
         accepted = outcome.accepted.sort(c.PRODUCT_ID)
         write_table(self.staged, contract_table(accepted, c.CATALOG, file, loaded.sha))
-        self.verdict(loaded, n_acc, n_q, INGESTED, f"{n_q} rows quarantined: {format_rules(rules)}" if n_q else None,
-                     rules)
+        self.verdict(loaded, n_acc, n_q, INGESTED,
+                     with_ignored(f"{n_q} rows quarantined: {format_rules(rules)}" if n_q else None, loaded), rules)
+        if loaded.ignored:
+            logger.warning("catalog: %s: %s", file.rel, with_ignored(None, loaded))
         self.ledger.write()
         logger.info("catalog: %s -> %d accepted, %d quarantined; staged %s", file.rel, n_acc, n_q, self.staged)
         return accepted[c.PRODUCT_ID]
@@ -283,6 +285,8 @@ class _TransactionsStep:
     def __init__(self, run: _Run, catalog_ids: pl.Series) -> None:
         self.run, self.report, self.ledger, self.outputs = run, run.report, run.ledger, run.outputs
         self.catalog_ids = catalog_ids
+        self.ignored: set[str] = set()  # columns not in the contract, of the new files
+        self.files_ignoring = 0  # new files with such columns
 
     def __call__(self) -> None:
         run, r = self.run, self.report
@@ -302,6 +306,9 @@ class _TransactionsStep:
             todo = self.process(todo, shas)
         if r.files_duplicate:  # recorded without a flush: persist them
             self.ledger.write()
+        if self.ignored:
+            logger.warning("transactions: %d file(s) have columns not in the contract, not read: %s (the manifest's "
+                           "detail names each file's)", self.files_ignoring, ", ".join(sorted(self.ignored)))
         logger.info(
             "transactions: %d files ingested, %d skipped (unchanged), %d failed",
             r.files_ingested - before[0], r.files_skipped - before[1], r.files_failed - before[2],
@@ -332,6 +339,8 @@ class _TransactionsStep:
             else:
                 claimed.add(sha)
                 loaded = (spark_ingest.probe if self.run.spark is not None else load)(file, c.TRANSACTIONS, sha)
+                self.ignored.update(loaded.ignored)
+                self.files_ignoring += bool(loaded.ignored)
                 batch.append(loaded)
                 batch_rows += loaded.rows
             last_of_partition = i + 1 == len(files) or files[i + 1].partition != file.partition

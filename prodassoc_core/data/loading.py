@@ -31,6 +31,20 @@ class Loaded:
     frame: pl.DataFrame | None = None  # conformed rows + lineage + _reason (status ok)
     quarantine: pl.DataFrame | None = None  # whole file (status rejected)
     detail: str | None = None
+    ignored: tuple[str, ...] = ()  # the file's columns that are not in the contract (not read)
+
+
+def ignored_columns(names, contract: TableContract) -> tuple[str, ...]:
+    """A landed file's columns that are not in ``contract``, in the file's order: never read."""
+    return tuple(n for n in names if n not in contract.polars_schema)
+
+
+def with_ignored(detail: str | None, loaded: Loaded) -> str | None:
+    """A manifest detail that also names the file's columns that were not read."""
+    if not loaded.ignored:
+        return detail
+    note = f"columns not in the contract, not read: {', '.join(loaded.ignored)}"
+    return note if detail is None else f"{detail}; {note}"
 
 
 def lineage(file: Landed) -> list[pl.Expr]:
@@ -73,7 +87,8 @@ def load(file: Landed, contract: TableContract, sha: str) -> Loaded:
         ]
         detail = f"{'; '.join(problems)}; all {whole.height} rows quarantined"
         return Loaded(file, sha, REJECTED, rows=whole.height, quarantine=whole, detail=detail)
-    return Loaded(file, sha, OK, rows=frame.height, frame=conform(frame, contract))
+    return Loaded(file, sha, OK, rows=frame.height, frame=conform(frame, contract),
+                  ignored=ignored_columns(schema.names(), contract))
 
 
 def quarantine_rows(file: Landed, contract: TableContract, reasons: pl.DataFrame) -> pl.DataFrame:

@@ -42,7 +42,7 @@ import pyarrow.parquet as pq
 
 from prodassoc_core.data import contracts as c
 from prodassoc_core.data.landing import Landed
-from prodassoc_core.data.loading import OK, Loaded, load
+from prodassoc_core.data.loading import OK, Loaded, ignored_columns, load
 from prodassoc_core.data.reconcile import check_validated_rows
 from prodassoc_core.data.validation import (
     _NO_AS_OF_US,
@@ -87,7 +87,7 @@ def probe(file: Landed, contract: c.TableContract, sha: str) -> Loaded:
     target = contract.polars_schema
     if missing_columns(schema, contract) or any(n in target and t != target[n] for n, t in schema.items()):
         return load(file, contract, sha)
-    return Loaded(file, sha, OK, rows=rows)
+    return Loaded(file, sha, OK, rows=rows, ignored=ignored_columns(schema, contract))
 
 
 def spark_schema(contract: c.TableContract):

@@ -17,7 +17,7 @@ from typing import Callable, NamedTuple
 import polars as pl
 
 from prodassoc_core.data import contracts as c
-from prodassoc_core.data.loading import OK, REJECTED, UNREADABLE, Loaded
+from prodassoc_core.data.loading import OK, REJECTED, UNREADABLE, Loaded, with_ignored
 from prodassoc_core.data.manifest import FAILED, INGESTED, PartitionStats
 from prodassoc_core.data.reconcile import check_validated_rows
 
@@ -121,7 +121,7 @@ class PartitionVerdict:
                 f"partition quarantined share {self.share:.1%} > max_failed_share "
                 f"{self.max_failed_share:.1%}; accepted rows not staged; rules: {file_rules}"
             )
-        return INGESTED, f"{q.height} rows quarantined: {file_rules}" if q.height else None
+        return INGESTED, with_ignored(f"{q.height} rows quarantined: {file_rules}" if q.height else None, b)
 
     def stats(self) -> PartitionStats:
         loads = [r.loaded for r in self.results]

@@ -226,6 +226,22 @@ def test_a_file_without_prices_or_customers_is_ingested_with_them_missing(zone):
     assert_reconciles(zone)
 
 
+def test_columns_outside_the_contract_are_named_not_silently_dropped(zone, caplog):
+    """An optional column under another name (a typo) lands missing: the manifest and the log
+    name the columns that were not read."""
+    day = good("2024-01-02").rename({c.UNIT_PRICE: "unit_prize"}).with_columns(country=pl.lit("UK"))
+    zone.day("2024-01-02", day, name="typo.parquet")
+    zone.day("2024-01-03", good("2024-01-03"))
+    with caplog.at_level("WARNING", logger="prodassoc.ingest"):
+        zone.ingest()
+    rows = zone.manifest_rows()
+    typo = rows["transactions/dt=2024-01-02/typo.parquet"]
+    assert typo["status"] == "ingested" and typo["rows_accepted"] == 5
+    assert typo["detail"] == "columns not in the contract, not read: unit_prize, country"
+    assert rows["transactions/dt=2024-01-03/part-0.parquet"]["detail"] is None
+    assert "1 file(s) have columns not in the contract, not read: country, unit_prize" in caplog.text
+
+
 def test_unreadable_file_is_recorded_and_named(zone):
     bad = zone.landing / "transactions" / "dt=2024-01-02" / "corrupt.parquet"
     bad.parent.mkdir(parents=True)
