@@ -607,6 +607,13 @@ def _find_product(con, text: str) -> tuple[str, str] | list[tuple[str, str]]:
     return found[0] if len(found) == 1 else found
 
 
+def _damage(day: date, tables: list[str]) -> str:
+    """What is wrong with a run whose published files went missing or changed, and how to redo it."""
+    paths = ", ".join(f"warehouse/{t}/run_date={day}/data.parquet" for t in tables)
+    files = "file is" if len(tables) == 1 else "files are"
+    return f"its {', '.join(tables)} {files} missing or changed ({paths}); redo it: prodassoc run --as-of {day}"
+
+
 def cmd_top(args: argparse.Namespace) -> int:
 
     from prodassoc_core.data import warehouse
@@ -616,8 +623,18 @@ def cmd_top(args: argparse.Namespace) -> int:
     if not settings.data_dir.is_dir():
         raise CliError(EXIT_NO_DATA, f"no data directory at {settings.data_dir}: import a source and run the nightly first")
     stages.adopt_legacy(settings)
-    if not warehouse.committed_dates(settings.warehouse_dir):
+    committed = warehouse.committed_dates(settings.warehouse_dir)
+    damaged = {day: _damage(day, tables) for day, tables in warehouse.damaged_dates(settings.warehouse_dir).items()}
+    if not committed and damaged:
+        raise CliError(EXIT_NO_DATA, f"no intact run in {settings.data_dir}: "
+                                     + "; ".join(f"run {day}: {why}" for day, why in damaged.items()))
+    if not committed:
         raise CliError(EXIT_NO_DATA, f"nothing published in {settings.data_dir} yet: run 'prodassoc run --as-of …' first")
+    if args.run_date in damaged:
+        raise CliError(EXIT_NO_DATA, f"run {args.run_date}: {damaged[args.run_date]}")
+    for day, why in damaged.items():
+        if args.run_date is None and day > max(committed):  # a newer run than the one shown
+            print(f"prodassoc: run {day} is not shown: {why}", file=sys.stderr)
     with stages.open_views(settings) as con:
         views = {r[0] for r in con.execute("SELECT view_name FROM duckdb_views() WHERE NOT internal").fetchall()}
         if "product_associations_named" not in views:

@@ -313,34 +313,60 @@ def _fsync_dir(directory: Path) -> None:
 def committed(warehouse_dir: Path, run_date: date) -> dict[str, dict] | None:
     """The tables ``run_date``'s commit lists ({table: {rows, bytes}}), when committed and every
     listed partition file is there with its recorded size; None otherwise."""
-    path = commit_path(warehouse_dir, run_date)
+    tables = _commit_tables(warehouse_dir, run_date)
+    return None if tables is None or damaged_tables(warehouse_dir, run_date, tables) else tables
+
+
+def _commit_tables(warehouse_dir: Path, run_date: date) -> dict[str, dict] | None:
     try:
-        tables = json.loads(path.read_text())["tables"]
+        return json.loads(commit_path(warehouse_dir, run_date).read_text())["tables"]
     except (OSError, ValueError, KeyError, TypeError):
         return None
+
+
+def damaged_tables(warehouse_dir: Path, run_date: date, tables: dict[str, dict]) -> list[str]:
+    """The tables of a commit whose partition file is missing or not the size it recorded."""
+    damaged = []
     for table, info in tables.items():
         data = partition_dir(warehouse_dir, table, run_date) / DATA_FILE
         try:
             if data.stat().st_size != info["bytes"]:
-                return None
+                damaged.append(table)
         except (OSError, KeyError, TypeError):
-            return None
-    return tables
+            damaged.append(table)
+    return damaged
+
+
+def damaged_dates(warehouse_dir: Path) -> dict[date, list[str]]:
+    """Run dates committed once whose files have since gone missing or changed (deleted or
+    edited by hand): {date: damaged tables}, oldest first. Such a run is no longer committed."""
+    out = {}
+    for day in _marked_dates(warehouse_dir):
+        tables = _commit_tables(warehouse_dir, day)
+        damaged = [] if tables is None else damaged_tables(warehouse_dir, day, tables)
+        if damaged:
+            out[day] = damaged
+    return out
+
+
+def _marked_dates(warehouse_dir: Path) -> list[date]:
+    """The run dates with a commit marker directory, oldest first."""
+    root = Path(warehouse_dir) / RUNS_DIR
+    days = []
+    for d in sorted(root.iterdir()) if root.is_dir() else []:
+        if not d.name.startswith("run_date="):
+            continue
+        try:
+            days.append(date.fromisoformat(d.name[len("run_date="):]))
+        except ValueError:
+            continue
+    return days
 
 
 def committed_dates(warehouse_dir: Path) -> dict[date, dict[str, dict]]:
     """Every committed run date with its tables, oldest first."""
-    root = Path(warehouse_dir) / RUNS_DIR
     out: dict[date, dict[str, dict]] = {}
-    if not root.is_dir():
-        return out
-    for d in sorted(root.iterdir()):
-        if not d.name.startswith("run_date="):
-            continue
-        try:
-            day = date.fromisoformat(d.name[len("run_date="):])
-        except ValueError:
-            continue
+    for day in _marked_dates(warehouse_dir):
         tables = committed(warehouse_dir, day)
         if tables is not None:
             out[day] = tables

@@ -459,18 +459,27 @@ def refresh_views(settings: Settings) -> list[str]:
         "quarantine_catalog": _glob_under(quarantine / "catalog", "*.parquet"),
         "manifest": [manifest],
     }
-    meta = {"data_dir": str(settings.data_dir.resolve())}
+    meta = {"data_dir": str(settings.data_dir.resolve()), "runs": _runs_key(runs)}
     empty = {"quarantine_transactions": quarantine_schema(TRANSACTIONS), "quarantine_catalog": quarantine_schema(CATALOG)}
     with locks.views_lock(settings.locks_dir, timeout=VIEWS_LOCK_TIMEOUT_S):
         return warehouse.refresh_views(settings.duckdb_path, sources, meta, empty)
 
 
+def _runs_key(runs: dict[date, dict]) -> str:
+    """The committed run dates a set of views was built over, as one string."""
+    return ",".join(day.isoformat() for day in sorted(runs))
+
+
 def open_views(settings: Settings):
     """A read-only DuckDB connection to the views, rebuilt first when they were built for
-    another data dir (the directory was moved or restored elsewhere) or predate run commits."""
+    another data dir (the directory was moved or restored elsewhere), predate run commits, or
+    list a run that is no longer committed (a published file deleted or changed by hand)."""
     meta = warehouse.views_meta(settings.duckdb_path) if settings.duckdb_path.is_file() else {}
     if meta.get("data_dir") != str(settings.data_dir.resolve()):
         log.info("views in %s were built for %s: rebuilding", settings.duckdb_path, meta.get("data_dir", "another layout"))
+        refresh_views(settings)
+    elif meta.get("runs") != _runs_key(warehouse.committed_dates(settings.warehouse_dir)):
+        log.info("views in %s list other runs than are committed now: rebuilding", settings.duckdb_path)
         refresh_views(settings)
     import duckdb
 

@@ -134,3 +134,30 @@ def test_top_says_what_to_do_when_nothing_is_published(tmp_path, capsys):
     assert main(["--data-dir", str(tmp_path), "top", "--product", "A1"]) == EXIT_NO_DATA
     err = capsys.readouterr().err
     assert "nothing published" in err and "prodassoc run --as-of" in err
+
+
+def test_a_run_whose_files_went_missing_is_named_and_the_views_skip_it(data_dir, tmp_path, capsys):
+    """A published file deleted or changed by hand: that run is no longer committed (a backfill
+    redoes it); the views are rebuilt without it, and `top` says which run it is not showing and
+    how to redo it. With no intact run left, it says that, not 'nothing published'."""
+    import shutil
+
+    from flows.cli import EXIT_NO_DATA
+
+    copy = tmp_path / "data"
+    shutil.copytree(data_dir, copy)
+    settings = Settings(data_dir=copy)
+    (warehouse.partition_dir(settings.warehouse_dir, "bundles", RUNS[1]) / warehouse.DATA_FILE).unlink()
+    assert main(["--data-dir", str(copy), "top", "--limit", "1"]) == 0
+    out, err = capsys.readouterr()
+    assert f"top associations of run {RUNS[0]}" in out
+    assert (f"run {RUNS[1]} is not shown: its bundles file is missing or changed "
+            f"(warehouse/bundles/run_date={RUNS[1]}/data.parquet); redo it: prodassoc run --as-of {RUNS[1]}") in err
+    with stages.open_views(settings) as con:
+        assert con.execute("SELECT max(run_date) FROM latest_product_associations").fetchone()[0] == RUNS[0]
+
+    partition = warehouse.partition_dir(settings.warehouse_dir, "association_rules", RUNS[0]) / warehouse.DATA_FILE
+    partition.write_bytes(partition.read_bytes() + b"x")  # changed: not the size its commit recorded
+    assert main(["--data-dir", str(copy), "top"]) == EXIT_NO_DATA
+    err = capsys.readouterr().err
+    assert "no intact run" in err and f"run {RUNS[0]}: its association_rules file is missing or changed" in err
