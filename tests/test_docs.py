@@ -14,14 +14,23 @@ from conftest import REPO
 
 PAGES = sorted([REPO / "README.md", *(REPO / "docs").glob("*.md"), REPO / "infra" / "README.md",
                 REPO / "deployments" / "README.md"])
-LINK = re.compile(r"\]\(([^)#\s]+)(?:#[^)]*)?\)")  # [text](target) or [text](target#anchor)
+LINK = re.compile(r"\]\(([^)#\s]*)(?:#([^)\s]*))?\)")  # [text](target), [text](target#anchor), [text](#anchor)
 TEST_PATH = re.compile(r"\btests/[\w/*]+\.py\b")
+
+
+def anchors(page: Path) -> set[str]:
+    """GitHub's ids for a page's headings (lower case, punctuation dropped, spaces as hyphens)."""
+    text = re.sub(r"```.*?```", "", page.read_text(), flags=re.S)  # a '# comment' in a code block is no heading
+    return {re.sub(r"[^\w\- ]", "", h.strip().lower()).replace(" ", "-") for h in re.findall(r"^#+\s+(.*)$", text, re.M)}
 
 
 @pytest.mark.parametrize("page", PAGES, ids=lambda p: p.relative_to(REPO).as_posix())
 def test_relative_links_and_test_paths_exist(page: Path):
     text = page.read_text()
-    links = [t for t in LINK.findall(text) if "://" not in t and not t.startswith("mailto:")]
-    broken = [t for t in links if not (page.parent / t).exists()]
+    links = [(t, a) for t, a in LINK.findall(text) if "://" not in t and not t.startswith("mailto:")]
+    broken = [t for t, _ in links if t and not (page.parent / t).exists()]
+    no_anchor = [f"{t}#{a}" for t, a in links if a and (page.parent / t if t else page).suffix == ".md"
+                 and (page.parent / t if t else page).exists() and a not in anchors(page.parent / t if t else page)]
     stale = [p for p in TEST_PATH.findall(text) if not glob.glob(str(REPO / p))]
-    assert not broken and not stale, f"{page.name}: broken links {broken}, missing test files {stale}"
+    assert not broken and not no_anchor and not stale, (
+        f"{page.name}: broken links {broken}, missing sections {no_anchor}, missing test files {stale}")
