@@ -115,6 +115,7 @@ from prodassoc_core.data.verdicts import (
     PartitionVerdict,
     by_partition,
     catalog_refusal,
+    catalog_shrink_refusal,
     format_rules,
     judge_partition,
     top_rules,
@@ -235,6 +236,10 @@ class _CatalogStep:
         else:
             quarantine_path.unlink(missing_ok=True)
         refusal = catalog_refusal(loaded, n_acc, n_q, rules, run.cfg.max_failed_share, quarantine_path)
+        if refusal is None and self.staged.exists():
+            staged_ids = read_staged_catalog(run.outputs.staging)[c.PRODUCT_ID]
+            refusal = catalog_shrink_refusal(file.rel, outcome.accepted[c.PRODUCT_ID], staged_ids,
+                                             run.cfg.max_catalog_shrink)
         if refusal is not None:
             self.verdict(loaded, n_acc, n_q, FAILED, refusal[0], rules)
             run.fail_now(refusal[1])

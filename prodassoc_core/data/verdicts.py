@@ -176,3 +176,21 @@ def catalog_refusal(
             f"(top rules: {format_rules(rules)}); staged catalog left unchanged; quarantine: {quarantine_path}",
         )
     return None
+
+
+def catalog_shrink_refusal(rel: str, new_ids: pl.Series, staged_ids: pl.Series, max_shrink: float) -> tuple[str, str] | None:
+    """(manifest detail, problem) when a snapshot lacks more than ``max_shrink`` of the staged
+    catalog's products (a partial export, or a delta taken for a snapshot); None if it may replace it."""
+    if staged_ids.is_empty():
+        return None
+    gone = staged_ids.n_unique() - staged_ids.unique().is_in(new_ids.implode()).sum()
+    share = gone / staged_ids.n_unique()
+    if share <= max_shrink:
+        return None
+    counts = (f"lists {new_ids.n_unique():,} products: {gone:,} of the staged catalog's {staged_ids.n_unique():,} "
+              f"({share:.1%}) are not in it, more than validation.max_catalog_shrink {max_shrink:.1%}")
+    return (
+        f"{counts}; not staged",
+        f"catalog snapshot {rel} {counts}. A snapshot lists every product; if the range really shrank, "
+        f"set PRODASSOC_VALIDATION__MAX_CATALOG_SHRINK=1 for one run; staged catalog left unchanged",
+    )

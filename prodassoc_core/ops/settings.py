@@ -32,6 +32,11 @@ class ValidationConfig(BaseModel):
     max_text_length: int = Field(
         1000, gt=0, description="ids and catalog text longer than this (characters) are quarantined"
     )
+    max_catalog_shrink: float = Field(
+        0.5, ge=0, le=1,
+        description="a new catalog snapshot that lacks a larger share of the staged catalog's products is refused "
+        "(a snapshot lists every product: a partial export or a delta must not replace it)",
+    )
 
 
 class BasketConfig(BaseModel):

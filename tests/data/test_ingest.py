@@ -242,6 +242,16 @@ def test_columns_outside_the_contract_are_named_not_silently_dropped(zone, caplo
     assert "1 file(s) have columns not in the contract, not read: country, unit_prize" in caplog.text
 
 
+def test_a_catalog_that_really_shrank_is_staged_when_the_setting_allows(zone):
+    zone.ingest()
+    zone.catalog(["A"], name="catalog-2024-01-02.parquet")  # two of three products delisted
+    with pytest.raises(IngestError, match="2 of the staged catalog's 3"):
+        zone.ingest()
+    zone.ingest(cfg=LENIENT.model_copy(update={"max_catalog_shrink": 1.0}))
+    assert read_staged_catalog(zone.staging)[c.PRODUCT_ID].to_list() == ["A"]
+    assert zone.manifest_rows()["catalog/catalog-2024-01-02.parquet"]["status"] == "ingested"
+
+
 def test_unreadable_file_is_recorded_and_named(zone):
     bad = zone.landing / "transactions" / "dt=2024-01-02" / "corrupt.parquet"
     bad.parent.mkdir(parents=True)

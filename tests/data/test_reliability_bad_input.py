@@ -173,6 +173,12 @@ def catalog_invalid_utf8(zone: Zone) -> str:
     return f"catalog/{NEW_CATALOG}"
 
 
+def partial_catalog(zone: Zone) -> str:
+    """A snapshot of 3 products where 303 are staged: a partial export, or a delta taken for a snapshot."""
+    zone.catalog(["A", "B", "C"], name=NEW_CATALOG)
+    return f"catalog/{NEW_CATALOG}"
+
+
 def catalog_dirty_titles(zone: Zone) -> str:
     """Control characters, a 1001-character title, Latin-1 bytes in a binary column, fine Unicode."""
     extra = {
@@ -292,6 +298,12 @@ CASES = {
         catalog_invalid_utf8,
         error=r"catalog snapshot catalog/catalog-2024-01-02\.parquet: unreadable Parquet: .*UTF-8",
         status="unreadable", counts=(0, 0, 0),
+    ),
+    "partial_catalog": Case(
+        partial_catalog,
+        error=r"catalog snapshot catalog/catalog-2024-01-02\.parquet lists 3 products: 300 of the staged catalog's 303 "
+        r"\(99\.0%\) are not in it, more than validation\.max_catalog_shrink 50\.0%.*staged catalog left unchanged",
+        status="failed", counts=(3, 3, 0),
     ),
     "catalog_control_chars_long_and_non_utf8_titles": Case(
         catalog_dirty_titles, status="ingested", counts=(309, 304, 5),
