@@ -58,8 +58,11 @@ class CliError(Exception):
 
 
 def _settings(args: argparse.Namespace):
-    from prodassoc_core.ops import Settings
+    from prodassoc_core.ops import Settings, unknown_environment
 
+    unknown = unknown_environment(os.environ)
+    if unknown:
+        raise CliError(EXIT_USAGE, f"unknown setting(s) in the environment: {'; '.join(unknown)}")
     settings = Settings(data_dir=args.data_dir) if args.data_dir else Settings()
     if settings.data_dir.exists() and not settings.data_dir.is_dir():
         raise CliError(EXIT_USAGE, f"data dir {settings.data_dir} is not a directory")

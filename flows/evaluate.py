@@ -10,7 +10,7 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.utilities.annotations import quote
 
 from prodassoc_core.evaluation import markdown_table
-from prodassoc_core.ops import Settings
+from prodassoc_core.ops import Settings, from_environment
 from tasks import evaluate as t
 
 
@@ -21,7 +21,7 @@ def evaluate(as_of: date, settings: Settings | None = None, end: date | None = N
     Returns the results table (one row per method), the report paths, the MLflow run ids and
     ``skipped``: the methods not evaluated -> why (a language-model stage with no usable model).
     """
-    settings = settings or Settings()
+    settings = settings or from_environment()
     logger = get_run_logger()
     split = t.prepare(settings, as_of, end)
     # quoted: Prefect would otherwise walk every basket of the split looking for futures, for each

@@ -12,7 +12,7 @@ from datetime import date
 
 from prefect import flow, get_run_logger
 
-from prodassoc_core.ops import Settings
+from prodassoc_core.ops import Settings, from_environment
 from prodassoc_core.pipeline import stages
 from tasks import nightly as t
 
@@ -35,7 +35,7 @@ def nightly(as_of: date, settings: Settings | None = None) -> dict:
         settings: leave empty: settings come from the worker's environment (PRODASSOC_* variables,
             README "Settings"); set only to override one run.
     """
-    settings = settings or Settings()
+    settings = settings or from_environment()
     logger = get_run_logger()
     result = stages.nightly_stages(settings, as_of, t.PrefectStages())
     for p in result.published:
@@ -64,7 +64,7 @@ def backfill(start: date, end: date, settings: Settings | None = None, force: bo
             README "Settings"); set only to override one run.
         force: rerun dates already published, replacing their partitions (default: skip them).
     """
-    settings = settings or Settings()
+    settings = settings or from_environment()
     logger = get_run_logger()
     to_run, skipped = stages.backfill_dates(settings, start, end, force)
     logger.info(

@@ -17,7 +17,7 @@ from datetime import date
 from prefect import flow, get_run_logger
 
 from flows.nightly import scheduled_date
-from prodassoc_core.ops import Settings
+from prodassoc_core.ops import Settings, from_environment
 from prodassoc_core.pipeline import train_summary
 from tasks import train as t
 
@@ -53,7 +53,7 @@ def train(
         progress: tqdm bars (a terminal); off in deployments, where progress is a log line.
         promote: off for a trial run: the serving gate decides and records, nothing is promoted.
     """
-    settings = settings or Settings()
+    settings = settings or from_environment()
     if seed is not None:
         settings = settings.model_copy(update={"training": settings.training.model_copy(update={"seed": seed})})
     as_of = as_of or scheduled_date(timezone)

@@ -31,6 +31,8 @@ NAMES = {
     "Settings": "settings",
     "TrainingConfig": "settings",
     "ValidationConfig": "settings",
+    "from_environment": "settings",
+    "unknown_environment": "settings",
 }
 
 __all__, __getattr__ = lazy_exports(__name__, MODULES, NAMES)

@@ -8,6 +8,8 @@ nested ones with a double underscore: ``PRODASSOC_MINING__MIN_SUPPORT=0.002``.
 
 from __future__ import annotations
 
+import difflib
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Literal
 
@@ -514,3 +516,49 @@ class Settings(BaseSettings):
     @property
     def reports_dir(self) -> Path:
         return self.data_dir / "reports"
+
+
+# PRODASSOC_ variables that are not settings: the deployment's options (deployments/production.py),
+# fault injection (data/warehouse.py), and the tests', scripts' and Compose file's own.
+NOT_SETTINGS = ("DEPLOY_", "FAULT", "PRODUCTION_TESTS", "BROWSER", "SHARED_DIR", "VENV", "IMAGE", "GPU_IMAGE",
+                "DATA_VOLUME", "GPU_CHECK_", "TEST_")
+
+
+def unknown_environment(environ: Mapping[str, str]) -> list[str]:
+    """The ``PRODASSOC_`` variables of ``environ`` that name no setting (pydantic-settings ignores
+    them, so a misspelt one would change nothing without a word), each with what was meant.
+
+    A variable names a setting when its ``__``-separated parts walk down the settings models to a
+    field; a field holding a model or a value may take the rest as JSON (``PRODASSOC_TRAINING``)."""
+    found = []
+    for key in sorted(environ):
+        name = key.upper().removeprefix("PRODASSOC_")
+        if not key.upper().startswith("PRODASSOC_") or name.startswith(NOT_SETTINGS):
+            continue
+        model: type[BaseModel] | None = Settings
+        path: list[str] = []
+        for part in name.lower().split("__"):
+            if model is None:  # a value's field: the rest is not ours to check
+                break
+            fields = model.model_fields
+            if part not in fields:
+                close = difflib.get_close_matches(part, list(fields), n=1)
+                meant = f"; did you mean {close[0]}?" if close else ""
+                found.append(f"{key} (no setting {'.'.join([*path, part])}{meant})")
+                break
+            path.append(part)
+            default = fields[part].get_default(call_default_factory=True)
+            model = type(default) if isinstance(default, BaseModel) else None
+    return found
+
+
+def from_environment() -> Settings:
+    """``Settings()`` from the environment, refusing ``PRODASSOC_`` variables that name no
+    setting (ValueError naming each, with what was meant): a flow run that would silently ignore
+    a misspelt setting does something other than its operator set."""
+    import os
+
+    unknown = unknown_environment(os.environ)
+    if unknown:
+        raise ValueError(f"unknown setting(s) in the environment: {'; '.join(unknown)}")
+    return Settings()

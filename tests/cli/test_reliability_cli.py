@@ -102,11 +102,19 @@ CASES = {
 }
 
 
+ENV_CASES = {  # (environment, arguments) -> exit code 2, text of the one line
+    "misspelt_setting": ({"PRODASSOC_MINING__MIN_SUPORT": "0.001"}, ["--data-dir", "data", "run", "--as-of", AS_OF],
+                         "unknown setting(s) in the environment: PRODASSOC_MINING__MIN_SUPORT (no setting "
+                         "mining.min_suport; did you mean min_support?)"),
+}
+CASES |= {name: (args, 2, text) for name, (_, args, text) in ENV_CASES.items()}
+
+
 @pytest.mark.parametrize("case", CASES)
 def test_expected_failures_are_one_line_before_prefect_starts(work, case):
     args, code, text = CASES[case]
     start = time.monotonic()
-    proc = cli(*args, cwd=work)
+    proc = cli(*args, cwd=work, env=ENV_CASES[case][0] if case in ENV_CASES else None)
     elapsed = time.monotonic() - start
     assert proc.returncode == code, proc.stderr[-3000:]
     lines = stderr_lines(proc)
