@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from prodassoc_core.ops.basket_rules import (  # noqa: F401 - the constants are this module's names too
@@ -475,6 +475,12 @@ class Settings(BaseSettings):
     ingest_lock_timeout_s: float = Field(
         3600, ge=0, description="seconds a run waits for another run's ingestion (data-dir-wide lock)"
     )
+
+    @field_validator("data_dir")
+    @classmethod
+    def _home(cls, value: Path) -> Path:
+        """``~/data`` (quoted, so no shell expanded it) is the home directory's, not a folder named ``~``."""
+        return value.expanduser()
 
     @property
     def landing_dir(self) -> Path:

@@ -46,3 +46,15 @@ def test_flows_refuse_a_misspelt_variable_too(monkeypatch):
     monkeypatch.setenv("PRODASSOC_ASSOCIATIONS__TOPK", "5")
     with pytest.raises(ValueError, match=r"PRODASSOC_ASSOCIATIONS__TOPK \(no setting associations.topk; did you mean top_k"):
         from_environment()
+
+
+def test_a_data_dir_under_home_is_the_home_directorys(monkeypatch, tmp_path):
+    from pathlib import Path
+
+    from prodassoc_core.ops.settings import Settings
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert Settings(data_dir="~/shop").data_dir == tmp_path / "shop"
+    monkeypatch.setenv("PRODASSOC_DATA_DIR", "~/shop2")
+    assert Settings().data_dir == tmp_path / "shop2"
+    assert Settings(data_dir=Path("rel")).data_dir == Path("rel")
