@@ -169,6 +169,10 @@ def select_on(
     on ``relevant`` from the fit baskets (all before ``cut``): the floor unless another beats it
     by ``cfg.min_gain``, the floor when fewer than ``cfg.min_products`` products can be scored."""
     configs = list(configs or candidates(base, cfg))
+    if fit.is_empty():
+        return Selection(configs[0], pl.DataFrame(schema={"label": pl.String, "ndcg": pl.Float64}), len(relevant),
+                         f"no baskets before the tail (from {cut.date()}) to score the candidates on: "
+                         f"{label(configs[0])}, the floor")
     if len(relevant) < cfg.min_products:
         return Selection(configs[0], pl.DataFrame(schema={"label": pl.String, "ndcg": pl.Float64}), len(relevant),
                          f"{len(relevant)} products scorable on the tail (< {cfg.min_products}): "

@@ -41,6 +41,15 @@ def _baskets(recency_shift: bool, anchors: int = 30) -> pl.DataFrame:
     return pl.DataFrame(rows).sort("ordered_at", "order_id")
 
 
+def test_without_baskets_before_the_tail_count_is_kept_saying_why():
+    """One day of history (a basket file imported with one date): the tail holds it all, and no
+    candidate can be scored."""
+    one_day = _baskets(recency_shift=True).with_columns(ordered_at=pl.lit(AS_OF - timedelta(days=1)))
+    found = selection.select_classic(one_day, AS_OF, AssociationConfig(), SelectionConfig())
+    assert found.chosen.method == "count" and found.scores.is_empty()
+    assert found.reason == "no baskets before the tail (from 2024-05-31) to score the candidates on: count, the floor"
+
+
 def test_count_is_the_floor_when_nothing_beats_it():
     found = selection.select_classic(_baskets(recency_shift=False), AS_OF, AssociationConfig(), SelectionConfig())
     assert found.chosen.method == "count" and found.n_products == 60  # P_i and N_i
