@@ -289,6 +289,7 @@ def cmd_import(args: argparse.Namespace) -> int:
         catalog_mapping=args.catalog_map,
         item_info=Path(args.item_info) if args.item_info else None,
         start=args.date,
+        spread=timedelta(days=args.spread_days) if args.spread_days else None,
     )
     print(
         f"imported {summary.rows:,} transaction lines in {summary.partitions} day partition(s) "
@@ -744,7 +745,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--item-info", metavar="FILE",
                    help="'basket-csv': CSV with labels,level2,level1 categories (default: none, titles are the items)")
     p.add_argument("--date", type=_date, default=date(2000, 1, 1), metavar="YYYY-MM-DD",
-                   help="'basket-csv': the order date given to every basket (default: %(default)s)")
+                   help="'basket-csv': the order date given to every basket, or the first day with --spread-days "
+                        "(default: %(default)s)")
+    p.add_argument("--spread-days", type=_positive_int, metavar="N",
+                   help="'basket-csv': lay the baskets, in file order, evenly over N days from --date (a basket file "
+                        "has no times; on one day the holdout, the classic method's choice and the serving gate have "
+                        "no past to learn from) (default: all on --date)")
     p.set_defaults(func=cmd_import)
 
     stale = ("run even when as_of lies more than stale_margin_days (setting, default 7) after the day "

@@ -493,7 +493,7 @@ def read_basket_csv(path: Path) -> list[list[str]]:
 
 
 def basket_csv_transactions(
-    path: Path, start: date | datetime, interval: timedelta = timedelta(0)
+    path: Path, start: date | datetime, interval: timedelta = timedelta(0), spread: timedelta | None = None,
 ) -> pl.LazyFrame:
     """A basket CSV as canonical transactions: one line per (basket, distinct item).
 
@@ -501,11 +501,15 @@ def basket_csv_transactions(
     product_id the item text, quantity 1, unit_price/customer_id/store_id null. Baskets
     have no time: basket k (0-based, in file order) is given ``start + k * interval``,
     so by default all sit at midnight of ``start``; pass e.g. ``interval=timedelta(minutes=1)``
-    to spread them out. Deterministic: same file and arguments, same frame.
+    to spread them out, or ``spread`` (the interval is then spread / number of baskets) to lay
+    them evenly over that span. Deterministic: same file and arguments, same frame.
     """
     t0 = start if isinstance(start, datetime) else datetime.combine(start, time())
     rows: dict[str, list] = {ORDER_ID: [], PRODUCT_ID: [], ORDERED_AT: []}
-    for k, (line, items) in enumerate(_basket_lines(path)):
+    baskets = list(_basket_lines(path))
+    if spread is not None:
+        interval = spread / max(len(baskets), 1)
+    for k, (line, items) in enumerate(baskets):
         at = t0 + k * interval
         for item in items:
             rows[ORDER_ID].append(str(line))
@@ -664,6 +668,7 @@ def import_source(
     item_info: Path | None = None,
     start: date | None = None,
     interval: timedelta = timedelta(0),
+    spread: timedelta | None = None,
     datetime_format: str | None = None,
 ) -> ImportSummary:
     """Import a source into the landing layout; the CLI's ``import`` command.
@@ -671,8 +676,8 @@ def import_source(
     kind (``-`` or ``_`` both accepted):
       * ``online_retail``: inputs = Online Retail Parquet file(s); catalog derived from
         the descriptions.
-      * ``basket_csv``: inputs = one basket CSV; ``start`` (required) and ``interval``
-        time the baskets; ``item_info`` optionally gives categories.
+      * ``basket_csv``: inputs = one basket CSV; ``start`` (required) and ``interval`` or
+        ``spread`` time the baskets; ``item_info`` optionally gives categories.
       * ``canonical``: inputs = transactions file(s) with optional ``mapping``;
         ``catalog`` file with optional ``catalog_mapping``; without a catalog file,
         every product is titled by its id.
@@ -700,7 +705,7 @@ def import_source(
             raise ValueError(f"basket_csv import takes one file, got {len(inputs)}")
         if start is None:
             raise ValueError("basket_csv import needs a start date for the baskets")
-        tx = basket_csv_transactions(inputs[0], start, interval).collect().lazy()  # parse once
+        tx = basket_csv_transactions(inputs[0], start, interval, spread).collect().lazy()  # parse once
         return write_landing(tx, basket_csv_catalog(tx, item_info), landing_dir)
     tx = canonical_transactions(inputs, mapping, datetime_format=datetime_format)
     cat = canonical_catalog(catalog, catalog_mapping) if catalog is not None else derive_catalog(tx, None)

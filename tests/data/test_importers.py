@@ -186,6 +186,24 @@ def test_basket_csv(tmp_path):
         im.import_source("basket_csv", [path], tmp_path / "land")
 
 
+def test_basket_csv_spread_over_days_gives_a_history_to_split(tmp_path):
+    """A basket file has no times: --spread-days lays its baskets, in file order, evenly over the
+    days from --date, so the temporal holdout, the classic choice and the gate have a past."""
+    from flows.cli import main
+
+    path = tmp_path / "baskets.csv"
+    path.write_text("".join(f"i{k % 5},i{(k + 1) % 5}\n" for k in range(20)))
+    args = ["--data-dir", str(tmp_path / "d"), "import", "basket-csv", str(path), "--date", "2024-01-01"]
+    assert main([*args, "--spread-days", "10"]) == 0
+    landed = pl.read_parquet(tmp_path / "d" / "landing" / "transactions" / "**" / "*.parquet")
+    days = landed.group_by(pl.col("ordered_at").dt.date()).agg(pl.col("order_id").n_unique()).sort("ordered_at")
+    assert days["ordered_at"].to_list() == [date(2024, 1, d) for d in range(1, 11)]
+    assert days["order_id"].to_list() == [2] * 10  # evenly, in file order
+    with pytest.raises(SystemExit) as refused:
+        main([*args, "--spread-days", "0"])
+    assert refused.value.code == 2
+
+
 # --- canonical files --------------------------------------------------------------------------------
 
 
