@@ -391,6 +391,10 @@ class TrainingConfig(BaseModel):
     """
 
     seed: int | None = Field(None, description="required to train: every stage derives its seeds from it")
+    min_products: int = Field(
+        50, ge=1, description="catalog products below which training refuses (the stages' held-out samples "
+        "and the serving gate need more); the nightly serves the classic method")
+    min_baskets: int = Field(200, ge=1, description="training baskets below which training refuses, as min_products")
     encoder: EncoderSpec = EncoderSpec()
     max_minutes: float | None = Field(
         None, gt=0, description="time budget of the whole chain, split across the stages by training.budget; "

@@ -87,10 +87,21 @@ class TrainReport:
 
 
 def training_data(settings: Settings, as_of: date) -> tuple[pl.DataFrame, pl.DataFrame]:
-    """(catalog, training baskets): ingest what landed before as_of, then build the window's baskets."""
+    """(catalog, training baskets): ingest what landed before as_of, then build the window's baskets.
+
+    Raises NoDataError when there is too little to train on (``training.min_products``,
+    ``training.min_baskets``): the stages would otherwise fail deep inside, on an empty held-out sample."""
     stages.ingest_landing(settings, as_of)
     baskets_path = stages.build_baskets(settings, as_of)
-    return ingest.read_staged_catalog(settings.staging_dir), stages.read_baskets_frame(baskets_path)
+    catalog, baskets = ingest.read_staged_catalog(settings.staging_dir), stages.read_baskets_frame(baskets_path)
+    cfg = settings.training
+    if catalog.height < cfg.min_products or baskets.height < cfg.min_baskets:
+        raise stages.NoDataError(
+            f"as_of {as_of}: too little to train the model chain on: {catalog.height:,} catalog products "
+            f"(training.min_products {cfg.min_products}) and {baskets.height:,} baskets (training.min_baskets "
+            f"{cfg.min_baskets}) before {as_of}; nothing was trained, the nightly serves the classic method"
+        )
+    return catalog, baskets
 
 
 def models_dir(settings: Settings, as_of: date) -> Path:

@@ -230,6 +230,23 @@ def test_cli_train_prints_versions_and_the_gate(promoted, capsys, monkeypatch):
     assert tracking.model_version(settings.tracking_uri, "prodassoc-student", "2").tags["prodassoc.gate"] == "trial"
 
 
+def test_too_little_data_to_train_on_is_refused_saying_what_there_is(tmp_path):
+    """A toy landing (conftest.land: 8 products, 71 baskets): the chain would fail deep inside (no
+    held-out texts for the MLM); instead training refuses with the counts and the settings."""
+    from conftest import land
+
+    from prodassoc_core.pipeline import retrain
+
+    settings = Settings(data_dir=tmp_path, training=chain.tiny_training_config(SEED))
+    land(settings.landing_dir)
+    with pytest.raises(stages.NoDataError, match=r"as_of 2024-01-07: too little to train the model chain on: "
+                       r"8 catalog products \(training.min_products 50\) and 71 baskets \(training.min_baskets 200\)"):
+        retrain.training_data(settings, date(2024, 1, 7))
+    small = settings.training.model_copy(update={"min_products": 5, "min_baskets": 50})
+    catalog, baskets = retrain.training_data(settings.model_copy(update={"training": small}), date(2024, 1, 7))
+    assert (catalog.height, baskets.height) == (8, 71)
+
+
 def test_cli_train_refuses_bad_options_and_a_missing_seed(tmp_path, capsys, prefect_harness, monkeypatch):
     monkeypatch.delenv("PRODASSOC_TRAINING__SEED", raising=False)
     data = ["--data-dir", str(tmp_path)]
