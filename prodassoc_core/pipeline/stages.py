@@ -51,6 +51,7 @@ import pyarrow.parquet as pq
 
 from prodassoc_core.data import (
     ALL_TABLES,
+    ASSOCIATED_PRODUCT_ID,
     ASSOCIATION_RULES,
     BUNDLES,
     CATALOG,
@@ -261,10 +262,27 @@ def associate(settings: Settings, baskets_path: Path, as_of: date) -> dict[str, 
         parts.append(hybrid_rows)
         staged[PRODUCT_EMBEDDINGS.name] = _stage(embeddings, PRODUCT_EMBEDDINGS.name, baskets_path)
     table = pl.concat([pl.from_arrow(PRODUCT_ASSOCIATIONS.conform(p.to_arrow())) for p in parts])
+    table = current_products_only(table, ingest.read_staged_catalog(settings.staging_dir)[PRODUCT_ID])
     table = PRODUCT_ASSOCIATIONS.conform(table.sort(PRODUCT_ID, "rank").to_arrow())
     staged[PRODUCT_ASSOCIATIONS.name] = _stage(table, PRODUCT_ASSOCIATIONS.name, baskets_path)
     serving.write_json(baskets_path.parent / SERVING_FILE, plan.as_json())
     return staged
+
+
+def current_products_only(table: pl.DataFrame, catalog_ids: pl.Series) -> pl.DataFrame:
+    """``product_associations`` rows whose two products are in the current catalog: a product a
+    newer snapshot delisted still counts in the window's statistics, but is not served. The other
+    products' lists close up (ranks 1, 2, ... in their order)."""
+    current = catalog_ids.implode()
+    keep = pl.col(PRODUCT_ID).is_in(current) & pl.col(ASSOCIATED_PRODUCT_ID).is_in(current)
+    gone = table.filter(~keep)
+    if gone.is_empty():
+        return table
+    names = sorted((set(gone[PRODUCT_ID]) | set(gone[ASSOCIATED_PRODUCT_ID])) - set(catalog_ids))
+    log.info("associate: %d rows name %d product(s) no longer in the catalog (%s%s): not published",
+             gone.height, len(names), ", ".join(names[:5]), ", ..." if len(names) > 5 else "")
+    return (table.filter(keep).sort(PRODUCT_ID, "rank")
+            .with_columns(pl.int_range(1, pl.len() + 1).over(PRODUCT_ID).cast(table.schema["rank"]).alias("rank")))
 
 
 def _hybrid_rows(settings: Settings, plan, train: pl.DataFrame, as_of: date, baskets_path: Path

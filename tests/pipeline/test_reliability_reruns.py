@@ -154,3 +154,24 @@ def test_flow_resumes_after_failing_at_mining_and_backfill_skips(settings, prefe
         with pytest.raises(locks.RunLockedError, match=r"as_of 2024-01-04 is in progress.*pid \d+"):
             nightly(as_of=as_of, settings=settings)
     assert published_bytes(settings) != {} and stages.is_published(settings, as_of)
+
+
+def test_a_product_delisted_by_a_new_snapshot_is_no_longer_associated(settings):
+    """Its past sales still count in the window's statistics (association_rules describe them), but
+    product_associations, what is served, names only products of the current catalog; the other
+    products' lists close up (ranks 1, 2, ... without a gap)."""
+    as_of = date(2024, 1, 7)
+    stages.run_nightly(settings, as_of)
+    path = warehouse.partition_dir(settings.warehouse_dir, "product_associations", as_of) / warehouse.DATA_FILE
+    before = pl.read_parquet(path)
+    delisted = before["associated_product_id"].value_counts(sort=True)["associated_product_id"][0]
+    kept = [p for p in PRODUCTS if p != delisted]
+    pl.DataFrame({c.PRODUCT_ID: kept, c.TITLE: [f"product {p}" for p in kept]}).write_parquet(
+        settings.landing_dir / "catalog" / "catalog-2024-01-06.parquet")  # sorts last: the current snapshot
+    stages.run_nightly(settings, as_of)  # a rerun replaces the date's tables
+    after = pl.read_parquet(path)
+    assert delisted not in set(after["product_id"]) | set(after["associated_product_id"])
+    assert after.height == before.filter(pl.col("product_id") != delisted,
+                                         pl.col("associated_product_id") != delisted).height
+    ranks = after.group_by("product_id").agg(pl.col("rank").sort())
+    assert all(r == list(range(1, len(r) + 1)) for r in ranks["rank"].to_list())
