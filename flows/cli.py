@@ -240,8 +240,7 @@ def _classify(exc: BaseException) -> tuple[int | None, str]:
     if isinstance(exc, NoDataError):
         return EXIT_NO_DATA, f"error: {exc}"
     if isinstance(exc, ValidationError):  # a setting or option out of range
-        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'value'}: {e['msg']}" for e in exc.errors())
-        return EXIT_USAGE, f"error: invalid setting: {problems}"
+        return EXIT_USAGE, f"error: invalid setting: {_problems(exc)}"
     if isinstance(exc, StorageError):  # one line naming the path and the bytes needed
         return EXIT_STORAGE, f"storage error: {exc.strerror}"
     if isinstance(exc, StoreError):  # an MLflow store it is not safe to repair automatically
@@ -609,6 +608,16 @@ def _find_product(con, text: str) -> tuple[str, str] | list[tuple[str, str]]:
         [text],
     ).fetchall()
     return found[0] if len(found) == 1 else found
+
+
+def _problems(exc) -> str:
+    """A pydantic ValidationError's problems on one line: ``field: message``, a check across
+    fields (no field) by its message alone, without pydantic's "Value error, " prefix."""
+    def one(e) -> str:
+        msg = e["msg"].removeprefix("Value error, ")
+        where = ".".join(map(str, e["loc"]))
+        return f"{where}: {msg}" if where else msg
+    return "; ".join(one(e) for e in exc.errors())
 
 
 def _damage(day: date, tables: list[str]) -> str:
