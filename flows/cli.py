@@ -64,6 +64,10 @@ def _settings(args: argparse.Namespace):
     if unknown:
         raise CliError(EXIT_USAGE, f"unknown setting(s) in the environment: {'; '.join(unknown)}")
     settings = Settings(data_dir=args.data_dir) if args.data_dir else Settings()
+    if settings.warehouse_url or settings.landing_url:
+        from prodassoc_core.data import storage
+
+        storage.object_store_locations(settings.warehouse_url, settings.landing_url)  # ValueError: not s3://…
     if settings.data_dir.exists() and not settings.data_dir.is_dir():
         raise CliError(EXIT_USAGE, f"data dir {settings.data_dir} is not a directory")
     return settings

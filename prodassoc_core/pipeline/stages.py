@@ -562,6 +562,7 @@ def nightly_stages(settings: Settings, as_of: date, run: StageRunner) -> Nightly
     files are skipped, later stages are recomputed and replaced.
     """
     start = perf_counter()
+    storage.object_store_locations(settings.warehouse_url, settings.landing_url)  # a bad URL fails now, not at publish
     with locks.run_lock(settings.locks_dir, as_of, timeout=settings.run_lock_timeout_s):
         warehouse.fault_point("run.locked")
         report = run.call("ingest", ingest_landing, settings, as_of)

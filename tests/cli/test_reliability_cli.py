@@ -110,6 +110,8 @@ ENV_CASES = {  # (environment, arguments) -> exit code 2, text of the one line
     "misspelt_setting": ({"PRODASSOC_MINING__MIN_SUPORT": "0.001"}, ["--data-dir", "data", "run", "--as-of", AS_OF],
                          "unknown setting(s) in the environment: PRODASSOC_MINING__MIN_SUPORT (no setting "
                          "mining.min_suport; did you mean min_support?)"),
+    "warehouse_url_not_s3": ({"PRODASSOC_WAREHOUSE_URL": "s3:/bucket/tables"}, ["--data-dir", "data", "run", "--as-of",
+                             AS_OF], "prodassoc: error: not an s3:// URL: 's3:/bucket/tables'"),
 }
 CASES |= {name: (args, 2, text) for name, (_, args, text) in ENV_CASES.items()}
 
