@@ -711,6 +711,13 @@ def cmd_top(args: argparse.Namespace) -> int:
     return 0
 
 
+def _text(text: str) -> str:
+    """Non-blank text (an audit trail's reason), stripped."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("must say something (it is recorded), got a blank")
+    return text.strip()
+
+
 def _positive_int(text: str) -> int:
     try:
         value = int(text)
@@ -835,7 +842,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--segments", default="warm,cold", metavar="warm,cold",
                    help="where its hybrid is served: warm, cold or warm,cold (default: warm,cold)")
     p.add_argument("--revoke", action="store_true", help="stop serving this version (rollback) instead (default: off)")
-    p.add_argument("--reason", required=True, metavar="TEXT",
+    p.add_argument("--reason", required=True, metavar="TEXT", type=_text,
                    help="why, recorded as a tag of every version touched (required)")
     p.set_defaults(func=cmd_promote)
 

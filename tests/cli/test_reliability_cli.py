@@ -84,6 +84,8 @@ CASES = {
                                      "r.parquet"], 2, "prodassoc: error: invalid setting: max_len 3 < min_len 5"),
     "train_budget_out_of_range": (["--data-dir", "data", "train", "--as-of", AS_OF, "--seed", "1", "--max-minutes", "-1"],
                                   2, "prodassoc: error: invalid setting: max_minutes: Input should be greater than 0"),
+    "promote_with_a_blank_reason": (["--data-dir", "data", "promote", "--version", "1", "--reason", " "], 2,
+                                    "--reason: must say something (it is recorded), got a blank"),
     "rules_input_is_a_directory": ([*RULES, "--input", "empty", "--output", "r.parquet"], 2, "--input empty is not a file"),
     "rules_output_is_a_directory": ([*RULES, "--input", "baskets.csv", "--output", "empty"], 2,
                                     "--output empty is a directory"),
