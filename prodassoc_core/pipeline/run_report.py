@@ -22,7 +22,7 @@ from datetime import date
 
 import polars as pl
 
-from prodassoc_core.data import ASSOCIATED_PRODUCT_ID, PRODUCT_ID
+from prodassoc_core.data import ASSOCIATED_PRODUCT_ID, PRODUCT_ID, baskets
 from prodassoc_core.pipeline.run_summary import served_model, top_quarantine_rules
 
 TOP_PAIRS = 15  # strongest rank-1 pairs shown
@@ -232,8 +232,10 @@ def served_section(served: Mapping) -> str:
             f"{_e(served['served'])}</p>" + _table(["", ""], [(_e(k), _e(v)) for k, v in rows]))
 
 
-def counts_section(ingest: Mapping, published: Sequence[Mapping]) -> str:
-    """Files and rows of this run's ingestion per table, the quarantine breakdown, the published partitions."""
+def counts_section(ingest: Mapping, published: Sequence[Mapping], basket_account: pl.DataFrame | None = None) -> str:
+    """Files and rows of this run's ingestion per table, the quarantine breakdown, where the
+    window's lines went (``basket_account``: baskets.line_account with the number of baskets), the
+    published partitions."""
     files = [("files seen", ingest.get("files_seen", 0)), ("ingested", ingest.get("files_ingested", 0)),
              ("skipped (already ingested)", ingest.get("files_skipped", 0)), ("failed", ingest.get("files_failed", 0)),
              ("duplicate", ingest.get("files_duplicate", 0)),
@@ -258,6 +260,10 @@ def counts_section(ingest: Mapping, published: Sequence[Mapping]) -> str:
         out.append(f"<p>{ingest['rows_quarantined']:,} rows quarantined (no rule breakdown recorded).</p>")
     else:
         out.append("<p>Nothing quarantined this run.</p>")
+    if basket_account is not None and basket_account.height:
+        n = int(basket_account["baskets"][0]) if "baskets" in basket_account.columns else 0
+        out.append(f"<h3>Baskets</h3><p>{_e(baskets.describe_account(basket_account, n))} (every line of the "
+                   "training window, under the first basket rule that dropped it).</p>")
     out.append("<h3>Published</h3>")
     out.append(_table(["table", "rows", "partition"],
                       [(_e(p["table"]), _num(int(p["rows"])), f"<code>{_e(p['path'])}</code>") for p in published]))
@@ -331,6 +337,7 @@ def render(
     bundles: pl.DataFrame | None,
     titles: Mapping[str, str],
     previous: tuple[date, pl.DataFrame] | None = None,
+    basket_account: pl.DataFrame | None = None,
 ) -> str:
     """The run's report as one HTML page.
 
@@ -345,7 +352,7 @@ def render(
     body = "".join([
         f"<h1>prodassoc nightly run, as_of {_e(day)}</h1>",
         served_section(served),
-        counts_section(ingest, published),
+        counts_section(ingest, published, basket_account),
         associations_section(associations, titles),
         bundles_section(bundles),
         f"<h2>Association network of the top {len(network_products(associations))} products</h2>",

@@ -75,6 +75,7 @@ log = logging.getLogger("prodassoc.pipeline")
 T = TypeVar("T")
 
 BASKETS_FILE = "baskets.parquet"
+BASKET_ACCOUNT_FILE = "basket_account.parquet"  # where the window's lines went (baskets.line_account)
 VIEWS_LOCK_TIMEOUT_S = 600.0  # a refresh takes well under a second; waiting longer means something hangs
 
 
@@ -144,6 +145,9 @@ def build_baskets(settings: Settings, as_of: date) -> Path:
             + (f"; {baskets.describe_account(account, 0)}" if account.height else "")
         )
     log.info("baskets: %d orders in [%s, %s); %s", n, window.start, window.end, baskets.describe_account(account, n))
+    account_path = out.parent / BASKET_ACCOUNT_FILE
+    warehouse.atomic_write_parquet(account.with_columns(baskets=pl.lit(n, pl.Int64)).to_arrow(), account_path,
+                                   out.parent / warehouse.TMP_DIR)
     return out
 
 
@@ -400,7 +404,10 @@ def write_run_report(
         titles = dict(zip(catalog[PRODUCT_ID].to_list(), catalog["title"].to_list()))
     except FileNotFoundError:
         titles = {}
-    page = run_report.render(as_of, served, ingest_report, published, associations, bundles, titles, previous)
+    account_path = run_dir(settings, as_of) / BASKET_ACCOUNT_FILE
+    account = pl.from_arrow(pq.read_table(account_path)) if account_path.is_file() else None  # a path, not a glob
+    page = run_report.render(as_of, served, ingest_report, published, associations, bundles, titles, previous,
+                             basket_account=account)
     path = run_report_path(settings, as_of)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")

@@ -163,6 +163,9 @@ def test_the_nightly_writes_the_report_and_links_it(nightly_run):
     assert f"Served: <code>{run_summary.served_model(_served(settings))}</code>" in page
     assert "<svg" in page and f"First run: no committed run before {AS_OF}" in page
     assert "PAPER CHAIN KIT 50&#x27;S CHRISTMAS" in page  # a title of the sample's top pairs, escaped
+    # where the window's lines went: each under the first basket rule that dropped it
+    assert re.search(r"<h3>Baskets</h3><p>[\d,]+ lines, [\d,]+ kept in [\d,]+ baskets; dropped: [\d,]+ return "
+                     r"\(quantity &lt;= 0\); [\d,]+ price &lt;= 0; [\d,]+ non-product code \(POST [\d,]+", page)
     assert not list(settings.reports_dir.glob(".*.tmp"))  # written atomically, nothing left over
 
     from prefect import get_client
