@@ -33,6 +33,7 @@ NAMES = {
     "DESCRIPTION": "contracts",
     "OPTIONAL_TABLES": "contracts",
     "ORDERED_AT": "contracts",
+    "ORDER_ID": "contracts",
     "PRODUCT_ASSOCIATIONS": "contracts",
     "PRODUCT_EMBEDDINGS": "contracts",
     "PRODUCT_ID": "contracts",

@@ -31,6 +31,7 @@ from prodassoc_core.data.contracts import (
     ORDERED_AT,
     PRODUCT_ID,
     QUANTITY,
+    STORE_ID,
     TRANSACTIONS,
     UNIT_PRICE,
 )
@@ -113,6 +114,31 @@ def describe_account(account: pl.DataFrame, n_baskets: int, top_codes: int = 5) 
         dropped[-1] += f" ({shown}{more})"
     return (f"{sum(totals.values()):,} lines, {totals.get(KEPT, 0):,} kept in {n_baskets:,} baskets; dropped: "
             f"{'; '.join(dropped) or 'none'}")
+
+
+def split_orders(lines: pl.LazyFrame) -> pl.LazyFrame:
+    """Orders whose lines fall on more than one day or in more than one store: ``order_id``,
+    ``days``, ``stores``, most days first. An order is one visit; receipt numbers that restart each
+    day or store would merge several visits into one basket."""
+    return (
+        lines.group_by(ORDER_ID)
+        .agg(days=pl.col(ORDERED_AT).dt.date().n_unique().cast(pl.Int64),
+             stores=pl.col(STORE_ID).drop_nulls().n_unique().cast(pl.Int64))
+        .filter((pl.col("days") > 1) | (pl.col("stores") > 1))
+        .sort(["days", "stores", ORDER_ID], descending=[True, True, False])
+    )
+
+
+def describe_split(split: pl.DataFrame, n_orders: int, examples: int = 3) -> str:
+    """One line for the log about ``split_orders``' rows, with the first few as examples."""
+    def plural(n: int, word: str) -> str:
+        return f"{n} {word}{'' if n == 1 else 's'}"
+
+    shown = "; ".join(f"order {o}: {plural(d, 'day')}, {plural(s, 'store')}"
+                      for o, d, s in split.head(examples).select(ORDER_ID, "days", "stores").iter_rows())
+    return (f"{split.height:,} of {n_orders:,} orders have lines on more than one day or in more than one store "
+            f"({shown}{'; ...' if split.height > examples else ''}): if order ids restart each day or store, "
+            "several visits became one basket; make them unique before landing (prefix the store and the date)")
 
 
 def baskets(lines: pl.LazyFrame, cfg: BasketConfig | BasketRules) -> pl.LazyFrame:

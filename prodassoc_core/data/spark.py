@@ -27,7 +27,9 @@ import polars as pl
 
 from prodassoc_core.data import baskets as b
 from prodassoc_core.data.baskets import ITEMS, is_non_product
-from prodassoc_core.data.contracts import ORDER_ID, ORDERED_AT, PRODUCT_ID, QUANTITY, TRANSACTIONS, UNIT_PRICE
+from prodassoc_core.data.contracts import (
+    ORDER_ID, ORDERED_AT, PRODUCT_ID, QUANTITY, STORE_ID, TRANSACTIONS, UNIT_PRICE,
+)
 from prodassoc_core.data.validation import quiet_pyspark_pandas_warning
 from prodassoc_core.ops import BasketConfig, SparkConfig
 
@@ -177,6 +179,18 @@ def line_account(lines: "DataFrame", cfg: BasketConfig) -> pl.DataFrame:
     )
     frame = pl.from_arrow(counted.toArrow()).cast({b.RULE: pl.String, PRODUCT_ID: pl.String, b.LINES: pl.Int64})
     return b.sort_account(frame.lazy()).collect()
+
+
+def split_orders(lines: "DataFrame") -> tuple[pl.DataFrame, int]:
+    """``data.baskets.split_orders`` of Spark lines, and the number of orders (two jobs)."""
+    from pyspark.sql import functions as F
+
+    per_order = lines.groupBy(ORDER_ID).agg(F.countDistinct(F.to_date(ORDERED_AT)).alias("days"),
+                                            F.countDistinct(STORE_ID).alias("stores"))
+    split = per_order.filter((F.col("days") > 1) | (F.col("stores") > 1))
+    frame = pl.from_arrow(split.toArrow()).cast({ORDER_ID: pl.String, "days": pl.Int64, "stores": pl.Int64})
+    frame = frame.sort(["days", "stores", ORDER_ID], descending=[True, True, False])
+    return frame, per_order.count()
 
 
 def write_parquet(frame: "DataFrame", out: Path) -> int:

@@ -56,6 +56,7 @@ from prodassoc_core.data import (
     BUNDLES,
     CATALOG,
     OPTIONAL_TABLES,
+    ORDER_ID,
     PRODUCT_ASSOCIATIONS,
     PRODUCT_EMBEDDINGS,
     PRODUCT_ID,
@@ -130,14 +131,18 @@ def build_baskets(settings: Settings, as_of: date) -> Path:
     window = Window.before(as_of, settings.lookback_days)
     out = run_dir(settings, as_of) / BASKETS_FILE
     if settings.engine == "spark":
-        n, account = _spark_baskets(settings, window, out)
+        n, account, split, orders = _spark_baskets(settings, window, out)
     else:
         lines = ingest.read_staged_transactions(settings.staging_dir, window.start, window.end)
-        frame, account = pl.collect_all([baskets.baskets(lines, settings.baskets),
-                                         baskets.line_account(lines, settings.baskets)])
-        n = frame.height
+        frame, account, split, orders = pl.collect_all([
+            baskets.baskets(lines, settings.baskets), baskets.line_account(lines, settings.baskets),
+            baskets.split_orders(lines), lines.select(pl.col(ORDER_ID).n_unique()),
+        ])
+        n, orders = frame.height, orders.item()
         if n:
             warehouse.atomic_write_parquet(frame.to_arrow(), out, out.parent / warehouse.TMP_DIR)
+    if split.height:
+        log.warning("baskets: %s", baskets.describe_split(split, orders))
     if n == 0:  # publishing empty tables would mark the date done (backfills skip it)
         raise NoDataError(
             f"as_of {as_of}: no baskets in the training window [{window.start}, {window.end}) of "
@@ -156,17 +161,19 @@ def spark_session(settings: Settings):
     return spark.session(settings.spark)
 
 
-def _spark_baskets(settings: Settings, window: Window, out: Path) -> tuple[int, pl.DataFrame]:
+def _spark_baskets(settings: Settings, window: Window, out: Path) -> tuple[int, pl.DataFrame, pl.DataFrame, int]:
     """The window's baskets as a Spark job, written as a Parquet dataset directory at ``out``;
-    returns their number (0: nothing written) and the lines' account (``baskets.line_account``)."""
+    returns their number (0: nothing written), the lines' account (``baskets.line_account``), the
+    orders split over days or stores (``baskets.split_orders``) and the number of orders."""
     session = spark_session(settings)
     lines = spark.read_staged_transactions(session, settings.staging_dir, window.start, window.end)
     if lines is None:
-        return 0, baskets.line_account(pl.LazyFrame(schema=TRANSACTIONS.polars_schema), settings.baskets).collect()
+        empty = pl.LazyFrame(schema=TRANSACTIONS.polars_schema)
+        return 0, baskets.line_account(empty, settings.baskets).collect(), baskets.split_orders(empty).collect(), 0
     n = spark.write_parquet(spark.baskets(lines, settings.baskets), out)
     if n == 0:
         spark.remove(out)
-    return n, spark.line_account(lines, settings.baskets)
+    return n, spark.line_account(lines, settings.baskets), *spark.split_orders(lines)
 
 
 def spark_baskets_between(settings: Settings):

@@ -8,11 +8,13 @@ from prodassoc_core.data.baskets import (
     ITEMS,
     baskets,
     describe_account,
+    describe_split,
     line_account,
     load_basket_codes,
     load_baskets_file,
     product_lines,
     read_transactions_file,
+    split_orders,
 )
 from prodassoc_core.data.contracts import TRANSACTIONS
 from prodassoc_core.ops.basket_rules import BasketRules
@@ -80,6 +82,24 @@ def test_every_line_is_accounted_for_under_the_first_rule_that_drops_it():
     )
     clean = lines([("1", "A", 1, 1.0)])
     assert describe_account(line_account(clean, BasketConfig()).collect(), 1) == "1 lines, 1 kept in 1 baskets; dropped: none"
+
+
+def test_orders_whose_lines_span_days_or_stores_are_named():
+    """An order is one visit: receipt numbers that restart each day or store merge visits into one
+    basket. Such orders are found and described (none in Online Retail: 0 of 25,900 invoices)."""
+    frame = lines([("1", "A", 1, 1.0), ("1", "K", 1, 1.0), ("2", "A", 1, 1.0), ("3", "K", 1, 1.0)]).collect()
+    frame = frame.with_columns(
+        ordered_at=pl.Series([datetime(2011, 1, 1, 10), datetime(2011, 1, 2, 9), datetime(2011, 1, 1, 11),
+                              datetime(2011, 1, 1, 12)]),
+        store_id=pl.Series(["s1", "s1", "s1", "s2"]),
+    ).vstack(lines([("3", "A", 1, 1.0)]).collect().with_columns(store_id=pl.lit("s1"))).lazy()
+    split = split_orders(frame).collect()
+    assert split.rows() == [("1", 2, 1), ("3", 1, 2)]  # (order_id, days, stores), most days first
+    assert describe_split(split, 3) == (
+        "2 of 3 orders have lines on more than one day or in more than one store (order 1: 2 days, 1 store; "
+        "order 3: 1 day, 2 stores): if order ids restart each day or store, several visits became one basket; "
+        "make them unique before landing (prefix the store and the date)")
+    assert split_orders(lines([("1", "A", 1, 1.0)])).collect().is_empty()
 
 
 # --- basket files, as `prodassoc rules` reads them --------------------------------------------

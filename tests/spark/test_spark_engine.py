@@ -101,6 +101,23 @@ def test_the_lines_each_basket_rule_drops_are_the_local_engines(spark, retail_st
     assert on_spark["lines"].sum() == lines.count()
 
 
+def test_orders_split_over_days_or_stores_are_the_local_engines(spark, retail_staging):
+    """None in Online Retail; so the slice's lines get some: order ids reused on a later day and
+    in a second store."""
+    lines = ingest.read_staged_transactions(retail_staging, SLICE_START, SLICE_END).collect()
+    first = lines.head(200)
+    reused = pl.concat([
+        lines.with_columns(store_id=pl.lit("s1")),
+        first.with_columns(pl.col("ordered_at") + timedelta(days=3), store_id=pl.lit("s1")),
+        first.tail(50).with_columns(store_id=pl.lit("s2")),
+    ])
+    local = local_baskets.split_orders(reused.lazy()).collect()
+    orders = reused["order_id"].n_unique()
+    on_spark, spark_orders = spark_data.split_orders(spark.createDataFrame(reused.to_arrow()))
+    assert on_spark.equals(local) and spark_orders == orders
+    assert local.height == first["order_id"].n_unique() and local["stores"].max() == 2
+
+
 # One counting pass per data set (spark_mining.count_itemsets) serves every threshold above it:
 # the nightly's confidence and lengths (2..4 items), rules of one item ({} => c), the bundles'
 # item sets (1..4 items) and a higher support read from the same levels. Unbounded lengths are
