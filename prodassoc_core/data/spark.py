@@ -134,23 +134,30 @@ def non_product_ids(product_ids: list[str], cfg: BasketConfig) -> list[str]:
     return frame.filter(is_non_product(cfg))[PRODUCT_ID].to_list()
 
 
-def baskets(lines: "DataFrame", cfg: BasketConfig) -> "DataFrame":
-    """One row per order (order_id, ordered_at: its first line, items: sorted, unique), by the
-    rules of ``data.baskets``; sorted by (ordered_at, order_id)."""
+def line_rule(lines: "DataFrame", cfg: BasketConfig):
+    """``data.baskets.dropped_by`` as a Spark column: the first basket rule a line fails, or
+    ``kept``. Rule 4's ids are decided on the driver by the polars rule (one job for the distinct ids)."""
     from pyspark.sql import functions as F
 
-    keep = F.col(QUANTITY) > 0
-    if cfg.drop_cancellations:
-        keep = keep & ~F.col(ORDER_ID).startswith(cfg.cancellation_prefix)
+    ids = [r[0] for r in lines.select(PRODUCT_ID).distinct().collect()]
+    checks = [(F.col(ORDER_ID).startswith(cfg.cancellation_prefix), b.CANCELLED)] if cfg.drop_cancellations else []
+    checks.append((F.coalesce(F.col(QUANTITY), F.lit(0)) <= 0, b.RETURN))
     if cfg.require_positive_price:
-        keep = keep & (F.col(UNIT_PRICE).isNull() | (F.col(UNIT_PRICE) > 0))
-    kept = lines.filter(keep)
-    ids = [r[0] for r in kept.select(PRODUCT_ID).distinct().collect()]
-    dropped = non_product_ids(ids, cfg)
-    if dropped:
-        spark = lines.sparkSession
-        codes = spark.createDataFrame([(p,) for p in dropped], f"{PRODUCT_ID} string")
-        kept = kept.join(F.broadcast(codes), PRODUCT_ID, "left_anti")
+        checks.append((F.col(UNIT_PRICE) <= 0, b.FREE))  # a missing price is kept
+    checks.append((F.col(PRODUCT_ID).isin(non_product_ids(ids, cfg)), b.NON_PRODUCT))
+    rule = F.lit(b.KEPT)
+    for check, name in reversed(checks):  # the first rule a line fails names it
+        rule = F.when(check, F.lit(name)).otherwise(rule)
+    return rule
+
+
+def baskets(lines: "DataFrame", cfg: BasketConfig, rule=None) -> "DataFrame":
+    """One row per order (order_id, ordered_at: its first line, items: sorted, unique), by the
+    rules of ``data.baskets``; sorted by (ordered_at, order_id). ``rule``: ``line_rule``'s column,
+    when the caller has it already."""
+    from pyspark.sql import functions as F
+
+    kept = lines.filter((line_rule(lines, cfg) if rule is None else rule) == b.KEPT)
     return (
         kept.groupBy(ORDER_ID)
         .agg(F.min(ORDERED_AT).alias(ORDERED_AT), F.array_sort(F.collect_set(PRODUCT_ID)).alias(ITEMS))
@@ -159,20 +166,11 @@ def baskets(lines: "DataFrame", cfg: BasketConfig) -> "DataFrame":
     )
 
 
-def line_account(lines: "DataFrame", cfg: BasketConfig) -> pl.DataFrame:
-    """``data.baskets.line_account`` of Spark lines (one job, and one for the distinct ids whose
-    non-product status the polars rule decides on the driver)."""
+def line_account(lines: "DataFrame", cfg: BasketConfig, rule=None) -> pl.DataFrame:
+    """``data.baskets.line_account`` of Spark lines (one job; ``rule`` as for ``baskets``)."""
     from pyspark.sql import functions as F
 
-    ids = [r[0] for r in lines.select(PRODUCT_ID).distinct().collect()]
-    checks = [(F.col(ORDER_ID).startswith(cfg.cancellation_prefix), b.CANCELLED)] if cfg.drop_cancellations else []
-    checks.append((F.coalesce(F.col(QUANTITY), F.lit(0)) <= 0, b.RETURN))
-    if cfg.require_positive_price:
-        checks.append((F.col(UNIT_PRICE) <= 0, b.FREE))
-    checks.append((F.col(PRODUCT_ID).isin(non_product_ids(ids, cfg)), b.NON_PRODUCT))
-    rule = F.lit(b.KEPT)
-    for check, name in reversed(checks):  # the first rule a line fails names it
-        rule = F.when(check, F.lit(name)).otherwise(rule)
+    rule = line_rule(lines, cfg) if rule is None else rule
     counted = (
         lines.select(rule.alias(b.RULE), F.when(rule == b.NON_PRODUCT, F.col(PRODUCT_ID)).alias(PRODUCT_ID))
         .groupBy(b.RULE, PRODUCT_ID).agg(F.count(F.lit(1)).alias(b.LINES))

@@ -170,10 +170,15 @@ def _spark_baskets(settings: Settings, window: Window, out: Path) -> tuple[int, 
     if lines is None:
         empty = pl.LazyFrame(schema=TRANSACTIONS.polars_schema)
         return 0, baskets.line_account(empty, settings.baskets).collect(), baskets.split_orders(empty).collect(), 0
-    n = spark.write_parquet(spark.baskets(lines, settings.baskets), out)
-    if n == 0:
-        spark.remove(out)
-    return n, spark.line_account(lines, settings.baskets), *spark.split_orders(lines)
+    lines = lines.persist()  # read once for the baskets, the account and the split orders
+    try:
+        rule = spark.line_rule(lines, settings.baskets)
+        n = spark.write_parquet(spark.baskets(lines, settings.baskets, rule), out)
+        if n == 0:
+            spark.remove(out)
+        return n, spark.line_account(lines, settings.baskets, rule), *spark.split_orders(lines)
+    finally:
+        lines.unpersist()
 
 
 def spark_baskets_between(settings: Settings):
