@@ -60,6 +60,7 @@ from prodassoc_core.models.training import (
     budget_note,
     is_main_process,
     recording,
+    remove_checkpoints,
 )
 from prodassoc_core.ops import HybridConfig, MlmConfig, SelectionConfig, TrainingConfig
 
@@ -301,6 +302,7 @@ def train_chain(
     def end(stage: str, t0: float, how_far: str) -> None:
         seconds[stage] = time.monotonic() - t0
         logger.info("chain: %s %s; %s", stage, how_far, budget_note(seconds[stage], budgets.get(stage)))
+        drop_finished_checkpoints(out_dir, stage, cfg)
 
     def close(run, stage: str, result: Any, **kw: Any) -> None:
         _end_stage_run(run, stage_record(stage, result, cfg, day, mlm_cfg=mlm_cfg, **kw), cfg, stage, day, mlm_cfg,
@@ -430,7 +432,7 @@ RESUMABLE = {
     "training.mlm_minutes", "training.teacher.max_minutes", "training.student.max_minutes", "training.gnn.max_minutes",
     "training.student.teacher_minutes", "training.teacher.checkpoint_every", "training.student.checkpoint_every",
     "training.teacher.eval_batch_size", "training.student.embed_batch_size", "training.schedule",
-    "training.experiment", "training.device",
+    "training.experiment", "training.device", "training.keep_finished_checkpoints",
 }
 
 
@@ -464,6 +466,21 @@ def _is_finished(out_dir: Path, stage: str) -> bool:
         return False
     results = mlm.RESULTS_FILE if stage == "mlm" else f"{stage}_results.json"
     return (out_dir / stage / results).is_file() and (out_dir / stage / MODEL_SUBDIR).is_dir()
+
+
+def drop_finished_checkpoints(out_dir: Path, stage: str, cfg: TrainingConfig) -> int:
+    """Remove a finished stage's checkpoints, unless ``training.keep_finished_checkpoints``: a
+    rerun reuses the stage from its model and results file (``_is_finished``), never from them,
+    and they hold the optimizer's state too (the demo's training left 720 MB of them beside 250 MB
+    of models). The GNN stage keeps its own: it resumes itself, and they are small. Returns the
+    bytes freed (rank 0 alone removes them)."""
+    if cfg.keep_finished_checkpoints or not is_main_process() or not _is_finished(out_dir, stage):
+        return 0
+    freed = remove_checkpoints(out_dir / stage / mlm.CHECKPOINTS)
+    if freed:
+        logger.info("chain: %s finished; its checkpoints removed (%.0f MB; training.keep_finished_checkpoints "
+                    "keeps them)", stage, freed / 1e6)
+    return freed
 
 
 def _finished(out_dir: Path, stage: str) -> StageResult | None:

@@ -98,7 +98,8 @@ def test_the_budget_is_split_by_shares_and_what_is_left_flows_to_later_stages():
 def test_a_tiny_budget_stops_every_stage_with_a_usable_model_and_the_chain_goes_on(data, tmp_path, caplog):
     catalog, frame = data
     budget_s = 8.0
-    cfg = endless(max_minutes=budget_s / 60)
+    # checkpoints kept: the model a stage saved at its deadline is checked against its last checkpoint
+    cfg = endless(max_minutes=budget_s / 60, keep_finished_checkpoints=True)
     caplog.set_level(logging.INFO, logger="prodassoc")
     started = time.monotonic()
     result = chain.train_chain(catalog, frame, AS_OF, cfg, device=CPU, out_dir=tmp_path, progress=False,

@@ -134,6 +134,10 @@ def test_chain_trains_every_stage_and_embeds_every_product(trained, data):
     assert sum(warm.as_dict().values()) == pytest.approx(1) and cold.cooc == 0
     assert result.weights == {"warm": warm.as_dict(), "cold": cold.as_dict()}
     assert result.teacher.steps == 20 and result.student.steps == 20
+    # finished stages keep their model, not their checkpoints (optimizer state too); the GNN resumes itself
+    for stage in ("mlm", "teacher", "student"):
+        assert not (out / stage / mlm.CHECKPOINTS).exists(), stage
+    assert (out / "gnn" / "checkpoints").is_dir()
     assert set(result.teacher.after) == {"val_auc", "val_loss", "val_pairs"}
     assert 0 <= result.student.after["val_ndcg"] <= 1
     assert result.student.extra["lists"] == 300
@@ -170,6 +174,20 @@ def test_rerunning_the_chain_reuses_finished_stages(trained, data, cfg):
     budget = cfg.model_copy(update={"mlm_minutes": 5.0})
     assert chain.train_chain(catalog, frame, AS_OF, budget, device=CPU, out_dir=out, progress=False,
                              hybrid_cfg=TEST_HYBRID).student.steps == 20
+
+
+@pytest.mark.parametrize("keep", [False, True])
+def test_a_finished_stages_checkpoints_go_unless_kept(tmp_path, cfg, keep):
+    stage = tmp_path / "teacher"
+    checkpoint = stage / mlm.CHECKPOINTS / "step-00000020"
+    checkpoint.mkdir(parents=True)
+    (checkpoint / "trainer_state.pt").write_bytes(b"x" * 1000)
+    cfg = cfg.model_copy(update={"keep_finished_checkpoints": keep})
+    assert chain.drop_finished_checkpoints(tmp_path, "teacher", cfg) == 0  # not finished: they resume it
+    (stage / training.MODEL_SUBDIR).mkdir()
+    (stage / "teacher_results.json").write_text("{}")
+    assert chain.drop_finished_checkpoints(tmp_path, "teacher", cfg) == (0 if keep else 1000)
+    assert checkpoint.is_dir() == keep
 
 
 def _weights(model_dir: Path) -> dict[str, torch.Tensor]:
