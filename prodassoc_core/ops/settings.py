@@ -476,6 +476,10 @@ class Settings(BaseSettings):
     training: TrainingConfig = TrainingConfig()
     hybrid: HybridConfig = HybridConfig()
     mlflow_tracking_uri: str | None = Field(None, description="default: sqlite database under data_dir")
+    keep_run_baskets: int = Field(
+        7, ge=1, description="committed run dates whose run folder keeps the window's baskets (the newest; "
+        "older folders keep their serving plan and line account): each night's baskets hold the whole "
+        "lookback window")
     run_lock_timeout_s: float = Field(
         0, ge=0, description="seconds a run waits while another run of the same as_of holds its lock; 0: fail at once"
     )

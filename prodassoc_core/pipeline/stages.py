@@ -461,6 +461,48 @@ def publish(settings: Settings, as_of: date, staged: dict[str, Path]) -> list[wa
     return results
 
 
+def tidy_run_folders(settings: Settings, as_of: date, staged: dict[str, Path]) -> int:
+    """After ``as_of`` committed: its run folder's copies of the published tables go (the
+    warehouse holds them; a rerun recomputes every stage), and so do the baskets of committed
+    dates other than the newest ``settings.keep_run_baskets`` (each night's baskets hold the
+    whole lookback window). A run folder keeps its serving plan and line account. ``as_of``'s
+    baskets stay (the flow still counts them; a backfilled date's go at a later night), and a
+    date whose run lock is held (a rerun in flight) is left alone. Returns the bytes freed."""
+    freed = sum(_remove(path) for path in staged.values())
+    runs = settings.data_dir / "runs"
+    holding = [day for day in sorted(warehouse.committed_dates(settings.warehouse_dir), reverse=True)
+               if (runs / f"as_of={day.isoformat()}" / BASKETS_FILE).exists()]
+    for day in holding[settings.keep_run_baskets:]:
+        baskets_path = runs / f"as_of={day.isoformat()}" / BASKETS_FILE
+        if day == as_of:
+            continue
+        try:
+            with locks.run_lock(settings.locks_dir, day):
+                freed += _remove(baskets_path)
+        except locks.RunLockedError:
+            log.info("run folder %s: baskets kept, a run for %s is in progress", baskets_path.parent, day)
+    if freed:
+        log.info("run folders: %.1f MB of work files removed (published tables, baskets beyond the newest %d dates)",
+                 freed / 1e6, settings.keep_run_baskets)
+    return freed
+
+
+def _remove(path: Path) -> int:
+    """Remove a file or a dataset directory; the bytes it held (0 if it is gone)."""
+    import shutil
+
+    if path.is_dir():
+        size = sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+        shutil.rmtree(path)
+        return size
+    try:
+        size = path.stat().st_size
+        path.unlink()
+    except FileNotFoundError:
+        return 0
+    return size
+
+
 def adopt_legacy(settings: Settings) -> list[date]:
     """Commit the dates a warehouse published before run commits existed (once; see warehouse.adopt_uncommitted)."""
     adopted = warehouse.adopt_uncommitted(settings.warehouse_dir, sorted(PUBLISHED_TABLES), sorted(OPTIONAL_TABLES))
@@ -600,6 +642,7 @@ def nightly_stages(settings: Settings, as_of: date, run: StageRunner) -> Nightly
         if PRODUCT_EMBEDDINGS.name not in staged:
             log.info("no student served for %s: product_embeddings not published", as_of)
         published = run.call("publish", publish, settings, as_of, staged)
+        tidy_run_folders(settings, as_of, staged)
     run.timings["total"] = perf_counter() - start
     log.info("nightly as_of %s: published %s", as_of, ", ".join(f"{p.table} ({p.rows} rows)" for p in published))
     page = run.call("run-report", write_run_report, settings, as_of, asdict(report), [asdict(p) for p in published],

@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import shutil
 from datetime import date
+from pathlib import Path
 
 import polars as pl
 import pytest
@@ -175,3 +176,35 @@ def test_a_product_delisted_by_a_new_snapshot_is_no_longer_associated(settings):
                                          pl.col("associated_product_id") != delisted).height
     ranks = after.group_by("product_id").agg(pl.col("rank").sort())
     assert all(r == list(range(1, len(r) + 1)) for r in ranks["rank"].to_list())
+
+
+def _run_files(settings: Settings, day: date) -> set[str]:
+    folder = settings.data_dir / "runs" / f"as_of={day.isoformat()}"
+    return {p.name for p in folder.iterdir() if p.name != warehouse.TMP_DIR}
+
+
+def test_run_folders_keep_no_copies_of_published_tables_and_recent_baskets_only(settings):
+    """A night's run folder held a copy of every table it published and the whole window's baskets,
+    night after night. Published copies go once committed; baskets stay for the newest dates."""
+    settings = settings.model_copy(update={"keep_run_baskets": 2})
+    days = [date(2024, 1, d) for d in (3, 4, 5, 6)]
+    for day in days:
+        result = stages.run_nightly(settings, day)
+        assert all(Path(p.path).is_file() and settings.warehouse_dir in Path(p.path).parents for p in result.published)
+    light = {stages.SERVING_FILE, stages.BASKET_ACCOUNT_FILE}
+    assert _run_files(settings, days[-1]) == _run_files(settings, days[-2]) == light | {stages.BASKETS_FILE}
+    assert _run_files(settings, days[0]) == _run_files(settings, days[1]) == light
+    # a backfill of an old date rebuilds what it needs and keeps its own baskets
+    again = stages.backfill(settings, days[0], days[0], force=True)
+    assert [r.as_of for r in again.ran] == [days[0]] and _run_files(settings, days[0]) == light | {stages.BASKETS_FILE}
+    assert _run_files(settings, days[-2]) == light | {stages.BASKETS_FILE}  # still one of the newest two
+
+
+def test_a_run_in_flight_keeps_its_baskets(settings):
+    settings = settings.model_copy(update={"keep_run_baskets": 1})
+    stages.run_nightly(settings, date(2024, 1, 4))
+    with locks.run_lock(settings.locks_dir, date(2024, 1, 4)):  # a rerun of that date holds its lock
+        stages.run_nightly(settings, date(2024, 1, 5))
+    assert stages.BASKETS_FILE in _run_files(settings, date(2024, 1, 4))
+    stages.run_nightly(settings, date(2024, 1, 6))
+    assert stages.BASKETS_FILE not in _run_files(settings, date(2024, 1, 4))
