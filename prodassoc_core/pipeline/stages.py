@@ -488,19 +488,23 @@ def tidy_run_folders(settings: Settings, as_of: date, staged: dict[str, Path]) -
 
 
 def _remove(path: Path) -> int:
-    """Remove a file or a dataset directory; the bytes it held (0 if it is gone)."""
+    """Remove a work file or dataset directory; the bytes it held. Best effort: the run is already
+    committed, so a file that cannot be removed is logged and left (0)."""
     import shutil
 
-    if path.is_dir():
-        size = sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
-        shutil.rmtree(path)
-        return size
     try:
+        if path.is_dir():
+            size = sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+            shutil.rmtree(path)
+            return size
         size = path.stat().st_size
         path.unlink()
+        return size
     except FileNotFoundError:
         return 0
-    return size
+    except OSError as exc:
+        log.warning("run folders: %s not removed (%s); it is a work file, safe to delete by hand", path, exc)
+        return 0
 
 
 def adopt_legacy(settings: Settings) -> list[date]:

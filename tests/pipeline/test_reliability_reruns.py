@@ -208,3 +208,18 @@ def test_a_run_in_flight_keeps_its_baskets(settings):
     assert stages.BASKETS_FILE in _run_files(settings, date(2024, 1, 4))
     stages.run_nightly(settings, date(2024, 1, 6))
     assert stages.BASKETS_FILE not in _run_files(settings, date(2024, 1, 4))
+
+
+def test_a_work_file_that_cannot_be_removed_does_not_fail_the_committed_run(settings, monkeypatch, caplog):
+    unlink = Path.unlink
+
+    def refuse(self, *args, **kwargs):  # the run folder's files only (a read-only folder; root ignores modes)
+        if self.parent.name.startswith("as_of=") and self.suffix == ".parquet":
+            raise PermissionError(13, "Permission denied", str(self))
+        return unlink(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "unlink", refuse)
+    result = stages.run_nightly(settings, date(2024, 1, 4))
+    assert stages.is_published(settings, date(2024, 1, 4)) and result.published
+    assert "not removed" in caplog.text and "safe to delete by hand" in caplog.text
+    assert "association_rules.parquet" in _run_files(settings, date(2024, 1, 4))
