@@ -190,6 +190,20 @@ def test_a_finished_stages_checkpoints_go_unless_kept(tmp_path, cfg, keep):
     assert checkpoint.is_dir() == keep
 
 
+def test_checkpoints_that_cannot_be_removed_do_not_fail_the_training(tmp_path, cfg, monkeypatch, caplog):
+    stage = tmp_path / "student"
+    (stage / mlm.CHECKPOINTS / "step-00000020").mkdir(parents=True)
+    (stage / training.MODEL_SUBDIR).mkdir()
+    (stage / "student_results.json").write_text("{}")
+
+    def refuse(path, *args, **kwargs):
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(training.shutil, "rmtree", refuse)
+    assert chain.drop_finished_checkpoints(tmp_path, "student", cfg) == 0
+    assert "student checkpoints not removed" in caplog.text and (stage / mlm.CHECKPOINTS).is_dir()
+
+
 def _weights(model_dir: Path) -> dict[str, torch.Tensor]:
     from safetensors.torch import load_file
 
