@@ -230,7 +230,7 @@ FILE_SECONDS = {
     "cli/test_reliability_cli.py": 40, "models/test_chain.py": 35, "production/test_production_prefect.py": 35,
     "evaluation/test_evaluate_models.py": 32, "models/test_budgets.py": 27, "models/test_ddp.py": 23,
     "models/test_reliability_mlflow_store.py": 23, "models/test_mlm.py": 20, "pipeline/test_reliability_faults.py": 20,
-    "pipeline/test_reliability_loss.py": 16, "pipeline/test_reliability_reruns.py": 15,
+    "pipeline/test_reliability_loss.py": 16, "pipeline/test_reliability_reruns.py": 20,
     "data/test_object_store.py": 16, "pipeline/test_nightly_flow.py": 14, "models/test_graph.py": 13,
     "pipeline/test_run_report.py": 12, "data/test_ingest.py": 11, "evaluation/test_evaluate_flow.py": 10,
     "pipeline/test_reliability_concurrency.py": 9, "data/test_reliability_types.py": 6, "models/test_hybrid.py": 6,
