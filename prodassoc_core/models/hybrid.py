@@ -364,19 +364,25 @@ def signals_for(catalog: pl.DataFrame, train: pl.DataFrame, as_of, model: Hybrid
     return Signals(ids, cooc, model.vectors(), scores)
 
 
+QUERY_CHUNK = 10_000  # products ranked at a time: their candidate pairs (up to 3 x candidates_k each) in memory
+
+
 def hybrid_associations(
     catalog: pl.DataFrame, train: pl.DataFrame, as_of, model: HybridModel, *, top_k: int, candidates_k: int,
-    decayed, queries: Sequence[str] | None = None, signals: Signals | None = None,
+    decayed, queries: Sequence[str] | None = None, signals: Signals | None = None, chunk: int = QUERY_CHUNK,
 ) -> pl.DataFrame:
     """The hybrid ranking of every catalog product (or ``queries``) from the window's baskets
     ``train`` (all before ``as_of``): features, score, rank, is_cold_start; no evidence yet.
-    ``signals``: ``signals_for`` these arguments, when the caller has them already."""
+    ``signals``: ``signals_for`` these arguments, when the caller has them already. Products are
+    ranked ``chunk`` at a time (each product's ranking is its own): at 50,000 products the pooled
+    candidates of all at once were the nightly's peak memory."""
     if signals is None:
         signals = signals_for(catalog, train, as_of, model, candidates_k, decayed)
     queries = list(queries) if queries is not None else signals.product_ids
-    frame = features(signals, candidates(signals, queries, candidates_k))
     sold = {i for b in train["items"].to_list() for i in b}
-    return rank(frame, model.warm, model.cold, sold, top_k).with_columns(method=pl.lit("hybrid"))
+    parts = [rank(features(signals, candidates(signals, queries[i:i + chunk], candidates_k)),
+                  model.warm, model.cold, sold, top_k) for i in range(0, max(len(queries), 1), chunk)]
+    return pl.concat(parts).sort(PRODUCT_ID, RANK).with_columns(method=pl.lit("hybrid"))
 
 
 def publishable_hybrid(ranked: pl.DataFrame, train: pl.DataFrame, catalog: pl.DataFrame):

@@ -50,6 +50,14 @@ def data():
     return catalog, frame, model, table
 
 
+def test_ranking_products_a_chunk_at_a_time_changes_nothing(data):
+    catalog, frame, model, _ = data
+    args = dict(top_k=10, candidates_k=30, decayed=DecayedConfig())
+    whole = hybrid.hybrid_associations(catalog, frame, AS_OF, model, chunk=len(catalog) + 1, **args)
+    assert whole.equals(hybrid.hybrid_associations(catalog, frame, AS_OF, model, chunk=97, **args))
+    assert whole["product_id"].n_unique() == catalog.height
+
+
 def test_every_catalog_product_gets_associations_cold_ones_flagged(data):
     catalog, frame, _, table = data
     assert set(table["product_id"]) == set(catalog["product_id"])
