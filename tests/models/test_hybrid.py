@@ -52,10 +52,12 @@ def data():
 
 def test_ranking_products_a_chunk_at_a_time_changes_nothing(data):
     catalog, frame, model, _ = data
-    args = dict(top_k=10, candidates_k=30, decayed=DecayedConfig())
-    whole = hybrid.hybrid_associations(catalog, frame, AS_OF, model, chunk=len(catalog) + 1, **args)
+    signals = hybrid.signals_for(catalog, frame, AS_OF, model, 30, DecayedConfig())
+    queries = catalog["product_id"].to_list()[::5]  # every fifth product: more than three chunks of 97
+    args = dict(top_k=10, candidates_k=30, decayed=DecayedConfig(), signals=signals, queries=queries)
+    whole = hybrid.hybrid_associations(catalog, frame, AS_OF, model, chunk=len(queries), **args)
     assert whole.equals(hybrid.hybrid_associations(catalog, frame, AS_OF, model, chunk=97, **args))
-    assert whole["product_id"].n_unique() == catalog.height
+    assert whole["product_id"].n_unique() == len(queries)
 
 
 def test_every_catalog_product_gets_associations_cold_ones_flagged(data):
