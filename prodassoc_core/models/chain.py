@@ -471,7 +471,7 @@ def _is_finished(out_dir: Path, stage: str) -> bool:
 def drop_finished_checkpoints(out_dir: Path, stage: str, cfg: TrainingConfig) -> int:
     """Remove a finished stage's checkpoints, unless ``training.keep_finished_checkpoints``: a
     rerun reuses the stage from its model and results file (``_is_finished``), never from them,
-    and they hold the optimizer's state too (the demo's training left 720 MB of them beside 250 MB
+    and they hold the optimizer's state too (the demo's training left 755 MB of them beside 250 MB
     of models). The GNN stage keeps its own: it resumes itself, and they are small. Returns the
     bytes freed (rank 0 alone removes them)."""
     if cfg.keep_finished_checkpoints or not is_main_process() or not _is_finished(out_dir, stage):

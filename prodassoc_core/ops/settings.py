@@ -417,7 +417,7 @@ class TrainingConfig(BaseModel):
     gnn_registered_model: str = "prodassoc-gnn"
     keep_finished_checkpoints: bool = Field(
         False, description="keep the MLM, teacher and student checkpoints once the stage has finished (a rerun "
-        "reuses the finished model, not them; they are ~3x the model: 720 MB per training of the demo)")
+        "reuses the finished model, not them; they are ~3x the model: 755 MB per training of the demo)")
     device: Literal["auto", "cpu", "cuda"] = "auto"
     experiment: str = "prodassoc-training"
     schedule: str = Field("0 3 * * 0", description="cron of the train deployment (Sundays 03:00)")
