@@ -482,7 +482,7 @@ def tidy_run_folders(settings: Settings, as_of: date, staged: dict[str, Path]) -
         except locks.RunLockedError:
             log.info("run folder %s: baskets kept, a run for %s is in progress", baskets_path.parent, day)
     if freed:
-        log.info("run folders: %.1f MB of work files removed (published tables, baskets beyond the newest %d dates)",
+        log.info("run folders: %.2f MB of work files removed (published tables, baskets beyond the newest %d dates)",
                  freed / 1e6, settings.keep_run_baskets)
     return freed
 
