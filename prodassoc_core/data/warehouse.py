@@ -156,6 +156,22 @@ def pid_alive(pid: int) -> bool:
     return True
 
 
+def remove_path(path: Path) -> int:
+    """Remove a work file or directory tree (a finished stage's checkpoints, a committed run's
+    staged tables); returns the bytes it held, 0 when it is not there. OSError when it cannot."""
+    path = Path(path)
+    if path.is_dir():
+        size = sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+        shutil.rmtree(path)
+        return size
+    try:
+        size = path.stat().st_size
+        path.unlink()
+    except FileNotFoundError:
+        return 0
+    return size
+
+
 def remove_stale_temp(directory: Path, pattern: str, pid_of) -> list[Path]:
     """Remove temporary files in ``directory`` matching ``pattern`` whose writer is gone.
 

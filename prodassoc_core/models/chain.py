@@ -49,7 +49,7 @@ import numpy as np
 import polars as pl
 import pyarrow as pa
 
-from prodassoc_core.data import PRODUCT_EMBEDDINGS, PRODUCT_ID
+from prodassoc_core.data import PRODUCT_EMBEDDINGS, PRODUCT_ID, warehouse
 from prodassoc_core.models import embeddings, mlm, pairs, student, teacher, tracking
 from prodassoc_core.models.encoders import resolve_pretrained
 from prodassoc_core.models.training import (
@@ -60,7 +60,6 @@ from prodassoc_core.models.training import (
     budget_note,
     is_main_process,
     recording,
-    remove_checkpoints,
 )
 from prodassoc_core.ops import HybridConfig, MlmConfig, SelectionConfig, TrainingConfig
 
@@ -477,7 +476,7 @@ def drop_finished_checkpoints(out_dir: Path, stage: str, cfg: TrainingConfig) ->
     if cfg.keep_finished_checkpoints or not is_main_process() or not _is_finished(out_dir, stage):
         return 0
     try:
-        freed = remove_checkpoints(out_dir / stage / mlm.CHECKPOINTS)
+        freed = warehouse.remove_path(out_dir / stage / mlm.CHECKPOINTS)
     except OSError as exc:  # the stage is finished and saved: a leftover folder must not fail the training
         logger.warning("chain: %s checkpoints not removed (%s); safe to delete by hand", stage, exc)
         return 0

@@ -534,17 +534,6 @@ def latest_checkpoint(root: Path) -> Path | None:
     return found[-1] if found else None
 
 
-def remove_checkpoints(root: Path) -> int:
-    """Remove the checkpoints folder ``root`` (complete checkpoints and any a killed writer left);
-    returns the bytes it held. For a finished stage: it is reused from its model and results file,
-    never from its checkpoints, which hold the optimizer's state too (about 3x the model)."""
-    if not root.is_dir():
-        return 0
-    size = sum(p.stat().st_size for p in root.rglob("*") if p.is_file())
-    shutil.rmtree(root)
-    return size
-
-
 def save_checkpoint(
     root: Path,
     *,

@@ -475,10 +475,10 @@ def tidy_run_folders(settings: Settings, as_of: date, staged: dict[str, Path]) -
     date whose run lock is held (a rerun in flight) is left alone. Returns the bytes freed."""
     freed = sum(_remove(path) for path in staged.values())
     runs = settings.data_dir / "runs"
-    holding = [day for day in sorted(warehouse.committed_dates(settings.warehouse_dir), reverse=True)
-               if (runs / f"as_of={day.isoformat()}" / BASKETS_FILE).exists()]
-    for day in holding[settings.keep_run_baskets:]:
-        baskets_path = runs / f"as_of={day.isoformat()}" / BASKETS_FILE
+    folders = ((day, runs / f"as_of={day.isoformat()}" / BASKETS_FILE)
+               for day in sorted(warehouse.committed_dates(settings.warehouse_dir), reverse=True))
+    holding = [(day, path) for day, path in folders if path.exists()]
+    for day, baskets_path in holding[settings.keep_run_baskets:]:
         if day == as_of:
             continue
         try:
@@ -493,20 +493,10 @@ def tidy_run_folders(settings: Settings, as_of: date, staged: dict[str, Path]) -
 
 
 def _remove(path: Path) -> int:
-    """Remove a work file or dataset directory; the bytes it held. Best effort: the run is already
-    committed, so a file that cannot be removed is logged and left (0)."""
-    import shutil
-
+    """``warehouse.remove_path``, best effort: the run is already committed, so a file that
+    cannot be removed is logged and left (0)."""
     try:
-        if path.is_dir():
-            size = sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
-            shutil.rmtree(path)
-            return size
-        size = path.stat().st_size
-        path.unlink()
-        return size
-    except FileNotFoundError:
-        return 0
+        return warehouse.remove_path(path)
     except OSError as exc:
         log.warning("run folders: %s not removed (%s); it is a work file, safe to delete by hand", path, exc)
         return 0

@@ -11,7 +11,7 @@ import polars as pl
 import pytest
 import torch
 
-from prodassoc_core.data import baskets, importers
+from prodassoc_core.data import baskets, importers, warehouse
 from prodassoc_core.models import chain, champions, embeddings, mlm, pairs, student, teacher, tracking, training
 from prodassoc_core.ops.settings import BasketConfig, Settings
 from prodassoc_core.pipeline import retrain
@@ -199,7 +199,7 @@ def test_checkpoints_that_cannot_be_removed_do_not_fail_the_training(tmp_path, c
     def refuse(path, *args, **kwargs):
         raise PermissionError(13, "Permission denied", str(path))
 
-    monkeypatch.setattr(training.shutil, "rmtree", refuse)
+    monkeypatch.setattr(warehouse.shutil, "rmtree", refuse)
     assert chain.drop_finished_checkpoints(tmp_path, "student", cfg) == 0
     assert "student checkpoints not removed" in caplog.text and (stage / mlm.CHECKPOINTS).is_dir()
 
