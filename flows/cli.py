@@ -458,7 +458,10 @@ def cmd_train(args: argparse.Namespace) -> int:
         retrain.train_rank(settings, args.as_of)
         return 0
     from flows.train import train
+    from prodassoc_core.ops import locks
 
+    with locks.training_lock(settings.locks_dir, args.as_of):  # another training of the date: fail before Prefect starts
+        pass
     _start_prefect()
     out = train(as_of=args.as_of, seed=args.seed, settings=settings, progress=sys.stderr.isatty(),
                 promote=not args.no_promote)

@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import errno
 import json
+import logging
 import os
 import re
 import shutil
@@ -170,6 +171,17 @@ def remove_path(path: Path) -> int:
     except FileNotFoundError:
         return 0
     return size
+
+
+def remove_work(path: Path, what: str) -> int:
+    """``remove_path`` for a work file whose loss costs nothing (its contents are kept elsewhere),
+    best effort: one that cannot be removed is logged under ``what`` and left (0 bytes freed)."""
+    try:
+        return remove_path(path)
+    except OSError as exc:
+        logging.getLogger("prodassoc").warning("%s: %s not removed (%s); it is a work file, safe to delete by hand",
+                                               what, path, exc)
+        return 0
 
 
 def remove_stale_temp(directory: Path, pattern: str, pid_of) -> list[Path]:

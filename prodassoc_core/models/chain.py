@@ -475,11 +475,8 @@ def drop_finished_checkpoints(out_dir: Path, stage: str, cfg: TrainingConfig) ->
     bytes freed (rank 0 alone removes them)."""
     if cfg.keep_finished_checkpoints or not is_main_process() or not _is_finished(out_dir, stage):
         return 0
-    try:
-        freed = warehouse.remove_path(out_dir / stage / mlm.CHECKPOINTS)
-    except OSError as exc:  # the stage is finished and saved: a leftover folder must not fail the training
-        logger.warning("chain: %s checkpoints not removed (%s); safe to delete by hand", stage, exc)
-        return 0
+    # the stage is finished and saved: a leftover folder must not fail the training
+    freed = warehouse.remove_work(out_dir / stage / mlm.CHECKPOINTS, f"chain: {stage} checkpoints")
     if freed:
         logger.info("chain: %s finished; its checkpoints removed (%.0f MB; training.keep_finished_checkpoints "
                     "keeps them)", stage, freed / 1e6)

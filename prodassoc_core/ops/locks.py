@@ -1,6 +1,6 @@
 """Exclusive locks between runs that share a data directory (POSIX ``flock``).
 
-Two locks guard the nightly chain, both files under ``<data_dir>/locks/``:
+Each lock is a file under ``<data_dir>/locks/``:
 
 * ``run-YYYY-MM-DD.lock``: the whole run for one ``as_of`` (ingest, baskets, mining,
   publish). A second run for the same date fails at once with ``RunLockedError``
@@ -10,6 +10,8 @@ Two locks guard the nightly chain, both files under ``<data_dir>/locks/``:
   are shared by all dates). A run waits for another run's ingestion, up to
   ``Settings.ingest_lock_timeout_s``, then fails with ``LockTimeoutError``.
 * ``views.lock``: refreshing the DuckDB views (one writer on the DuckDB file at a time).
+* ``train-YYYY-MM-DD.lock``: a training for one ``as_of`` (``prodassoc train``); a second
+  one for the same date fails at once with ``TrainingLockedError``.
 
 The kernel releases a ``flock`` when its holder exits, however it exits (a crash, a
 SIGKILL), so a dead run never leaves a stale lock. Lock files are never deleted (that
@@ -47,6 +49,10 @@ class LockBusyError(RuntimeError):
 
 class RunLockedError(LockBusyError):
     """Another run for the same as_of date holds the run lock."""
+
+
+class TrainingLockedError(LockBusyError):
+    """Another training for the same as_of date holds the training lock."""
 
 
 class LockTimeoutError(LockBusyError):
@@ -121,30 +127,42 @@ def exclusive(path: Path, *, timeout: float = 0, purpose: str) -> Iterator[Path]
         _release(fd)
 
 
-def run_lock_path(locks_dir: Path, as_of: date) -> Path:
+def _dated_path(locks_dir: Path, kind: str, as_of: date) -> Path:
     if not isinstance(as_of, date) or isinstance(as_of, datetime):
         raise ValueError(f"as_of must be a date, got {as_of!r}")
-    return Path(locks_dir) / f"run-{as_of.isoformat()}.lock"
+    return Path(locks_dir) / f"{kind}-{as_of.isoformat()}.lock"
+
+
+def run_lock_path(locks_dir: Path, as_of: date) -> Path:
+    return _dated_path(locks_dir, "run", as_of)
 
 
 @contextmanager
-def run_lock(locks_dir: Path, as_of: date, *, timeout: float = 0) -> Iterator[Path]:
-    """The per-date run lock; RunLockedError names the date and the holder's pid."""
-    path = run_lock_path(locks_dir, as_of)
+def _dated_lock(path: Path, timeout: float, what: str, busy: type[LockBusyError], rerun: str) -> Iterator[Path]:
+    """Hold ``path`` for the block; ``busy`` names ``what`` and the holder when another has it."""
     try:
-        fd = _acquire(path, timeout, f"nightly run for as_of {as_of.isoformat()}")
+        fd = _acquire(path, timeout, what)
     except LockBusyError as exc:
         waited = f" (waited {timeout:g} s)" if timeout > 0 else ""
-        raise RunLockedError(
-            f"another nightly run for as_of {as_of.isoformat()} is in progress: lock {path} is held by {exc.holder}"
-            f"{waited}; this run did nothing. Rerun once it has finished (reruns are safe).",
-            path,
-            exc.holder,
-        ) from None
+        raise busy(f"another {what} is in progress: lock {path} is held by {exc.holder}{waited}; "
+                   f"this one did nothing. {rerun}", path, exc.holder) from None
     try:
         yield path
     finally:
         _release(fd)
+
+
+def run_lock(locks_dir: Path, as_of: date, *, timeout: float = 0) -> AbstractContextManager[Path]:
+    """The per-date run lock; RunLockedError names the date and the holder's pid."""
+    return _dated_lock(run_lock_path(locks_dir, as_of), timeout, f"nightly run for as_of {as_of.isoformat()}",
+                       RunLockedError, "Rerun once it has finished (reruns are safe).")
+
+
+def training_lock(locks_dir: Path, as_of: date) -> AbstractContextManager[Path]:
+    """The per-date training lock (``train-YYYY-MM-DD.lock``): one training of a date at a time,
+    and the training folders of other dates are only removed while their lock is free."""
+    return _dated_lock(_dated_path(locks_dir, "train", as_of), 0, f"training for as_of {as_of.isoformat()}",
+                       TrainingLockedError, "Rerun once it has finished (a rerun resumes its stages).")
 
 
 def ingest_lock(locks_dir: Path, *, timeout: float) -> AbstractContextManager[Path]:

@@ -480,6 +480,9 @@ class Settings(BaseSettings):
         7, ge=1, description="committed run dates whose run folder keeps the window's baskets (the newest; "
         "older folders keep their serving plan and line account): each night's baskets hold the whole "
         "lookback window")
+    keep_trainings: int = Field(
+        2, ge=1, description="registered trainings whose folder under models/ is kept (the newest as_of dates): "
+        "a folder is a rerun's resume cache (about 250 MB on the demo); the registered models are in MLflow")
     run_lock_timeout_s: float = Field(
         0, ge=0, description="seconds a run waits while another run of the same as_of holds its lock; 0: fail at once"
     )

@@ -28,6 +28,7 @@ are tags of the student version.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from dataclasses import dataclass, field
 from datetime import date, datetime, time
@@ -36,10 +37,10 @@ from typing import Any
 
 import polars as pl
 
-from prodassoc_core.data import PRODUCT_ID, ingest
+from prodassoc_core.data import PRODUCT_ID, ingest, warehouse
 from prodassoc_core.mining import methods, protocol
 from prodassoc_core.models import AS_OF_TAG, Device, chain, device_of, embeddings, mlm, pairs, tracking
-from prodassoc_core.ops import Settings
+from prodassoc_core.ops import Settings, locks
 from prodassoc_core.pipeline import stages
 
 logger = logging.getLogger("prodassoc.retrain")
@@ -316,6 +317,48 @@ def train_rank(settings: Settings, as_of: date) -> chain.ChainResult:
     return train_chain_for(settings, *training_data(settings, as_of), as_of)
 
 
+REGISTERED_FILE = "registered.json"  # in a training's folder once its models are in the registry
+
+
+def mark_registered(out_dir: Path, as_of: date, registered: dict) -> None:
+    """Record in ``out_dir`` that its training registered its models (``tidy_trainings`` may then
+    remove the folder once newer trainings exist)."""
+    from prodassoc_core.models import training
+
+    training.write_json(out_dir / REGISTERED_FILE, {"as_of": as_of.isoformat(),
+                                                    "versions": {s: r.model_version for s, r in registered.items()}})
+
+
+def tidy_trainings(settings: Settings, as_of: date) -> int:
+    """After ``as_of``'s training registered: remove the folders of registered trainings other
+    than the newest ``settings.keep_trainings`` as_of dates (each is a rerun's resume cache of
+    about 250 MB on the demo; the models are in MLflow). ``as_of``'s own folder stays; so do
+    folders of trainings that did not register (a failed one's resume cache) and a date whose
+    training lock is held. Best effort; returns the bytes freed."""
+    by_date: dict[date, list[Path]] = {}
+    for marker in (settings.data_dir / "models").glob(f"as_of=*/cfg-*/{REGISTERED_FILE}"):
+        try:
+            day = date.fromisoformat(marker.parent.parent.name.removeprefix("as_of="))
+        except ValueError:
+            continue  # not a folder this code made
+        by_date.setdefault(day, []).append(marker.parent)
+    freed = 0
+    for day in sorted(by_date, reverse=True)[settings.keep_trainings:]:
+        if day == as_of:
+            continue
+        try:
+            with locks.training_lock(settings.locks_dir, day):
+                freed += sum(warehouse.remove_work(folder, "training folders") for folder in by_date[day])
+                with contextlib.suppress(OSError):  # the date's folder, once empty (a failed training's stays)
+                    by_date[day][0].parent.rmdir()
+        except locks.TrainingLockedError:
+            logger.info("training folders: as_of=%s kept, a training for it is in progress", day)
+    if freed:
+        logger.info("training folders: %.0f MB of older registered trainings removed (the newest %d dates kept: "
+                    "keep_trainings; their models are in MLflow)", freed / 1e6, settings.keep_trainings)
+    return freed
+
+
 def train_chain_for(settings: Settings, catalog: pl.DataFrame, train: pl.DataFrame, as_of: date, *,
                     progress: bool = False, tracker: tracking.TrainingRun | None = None) -> chain.ChainResult:
     """The chain for ``as_of`` on its training data (``training_data``), in ``models_dir``, with
@@ -328,10 +371,18 @@ def train_chain_for(settings: Settings, catalog: pl.DataFrame, train: pl.DataFra
 
 def train_models(settings: Settings, as_of: date, *, progress: bool = False, promote: bool = True) -> TrainReport:
     """The whole retraining run for ``as_of``: data, chain, registration, gate (``promote``
-    False: the gate decides and records, nothing is promoted)."""
-    cfg = settings.training
-    if cfg.seed is None:
+    False: the gate decides and records, nothing is promoted); then older trainings' folders
+    are tidied (``tidy_trainings``). One training of a date at a time (``locks.training_lock``)."""
+    if settings.training.seed is None:
         raise ValueError("training.seed is required to train (PRODASSOC_TRAINING__SEED or `prodassoc train --seed`)")
+    with locks.training_lock(settings.locks_dir, as_of):
+        report = _train(settings, as_of, progress, promote)
+        tidy_trainings(settings, as_of)
+    return report
+
+
+def _train(settings: Settings, as_of: date, progress: bool, promote: bool) -> TrainReport:
+    cfg = settings.training
     device = device_of(cfg)
     tags = {AS_OF_TAG: as_of.isoformat(), "prodassoc.seed": str(cfg.seed)}
     # One MLflow run for the whole training, open while it runs; each stage's run is its child.
@@ -343,6 +394,7 @@ def train_models(settings: Settings, as_of: date, *, progress: bool = False, pro
                                    "promote": promote})
         result = train_chain_for(settings, catalog, train, as_of, progress=progress, tracker=tracker)
         registered = register(settings, result, as_of)
+        mark_registered(out_dir, as_of, registered)
         decision = gate(settings, registered, result, catalog, train, as_of, device, out_dir / "gate", promote=promote)
         if decision.promoted:
             for reg in registered.values():

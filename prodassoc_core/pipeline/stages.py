@@ -493,13 +493,7 @@ def tidy_run_folders(settings: Settings, as_of: date, staged: dict[str, Path]) -
 
 
 def _remove(path: Path) -> int:
-    """``warehouse.remove_path``, best effort: the run is already committed, so a file that
-    cannot be removed is logged and left (0)."""
-    try:
-        return warehouse.remove_path(path)
-    except OSError as exc:
-        log.warning("run folders: %s not removed (%s); it is a work file, safe to delete by hand", path, exc)
-        return 0
+    return warehouse.remove_work(path, "run folders")  # the run is committed: never fails it
 
 
 def adopt_legacy(settings: Settings) -> list[date]:

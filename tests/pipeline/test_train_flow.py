@@ -106,6 +106,11 @@ def test_train_registers_every_stage_and_records_the_gate(trained):
     assert (_champion(settings) is not None) == out["promoted"]
     assert set(out["seconds"]) >= {"mlm", "teacher", "student", "gnn"}
     assert json.loads(json.dumps(out))  # plain values only: the flow's result is readable anywhere
+    # the training's folder says it registered (older registered ones may then be tidied away)
+    from prodassoc_core.pipeline import retrain
+
+    marker = json.loads((retrain.models_dir(settings, AS_OF) / retrain.REGISTERED_FILE).read_text())
+    assert marker == {"as_of": AS_OF.isoformat(), "versions": out["versions"]}
 
 
 def test_every_stage_is_logged_live_in_the_training_experiment(trained):
