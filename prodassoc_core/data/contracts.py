@@ -74,9 +74,7 @@ class TableContract:
 
         Raises ValueError naming the table and the missing columns.
         """
-        missing = [c for c in self.required if c not in table.column_names]
-        if missing:
-            raise ValueError(f"{self.name}: missing required column(s) {missing}")
+        self._check_required(table.column_names)
         columns = []
         for field in self.schema:
             if field.name in table.column_names:
@@ -84,6 +82,19 @@ class TableContract:
             else:
                 columns.append(pa.nulls(table.num_rows, field.type))
         return pa.Table.from_arrays(columns, schema=self.schema)
+
+    def conform_frame(self, frame: pl.DataFrame) -> pl.DataFrame:
+        """``conform`` in polars: a column that has its type already is not copied (``conform`` of
+        a polars frame's Arrow copies every string column), so frames can be aligned, appended
+        and sorted before the one ``conform`` that writing needs."""
+        self._check_required(frame.columns)
+        return frame.select([pl.col(name).cast(dtype) if name in frame.columns else pl.lit(None, dtype).alias(name)
+                             for name, dtype in self.polars_schema.items()])
+
+    def _check_required(self, columns: list[str]) -> None:
+        missing = [c for c in self.required if c not in columns]
+        if missing:
+            raise ValueError(f"{self.name}: missing required column(s) {missing}")
 
 
 def _field(name: str, type_: pa.DataType, nullable: bool = True) -> pa.Field:

@@ -178,6 +178,31 @@ def test_a_product_delisted_by_a_new_snapshot_is_no_longer_associated(settings):
     assert all(r == list(range(1, len(r) + 1)) for r in ranks["rank"].to_list())
 
 
+
+def test_the_published_order_is_checked_not_assumed():
+    """associate sorts the table only when it is out of order (a sort copies a million rows at
+    50,000 products): in order means by product, then strictly increasing rank."""
+    frame = pl.DataFrame({"product_id": ["a", "a", "b", "c", "c"], "rank": [1, 2, 1, 1, 2]})
+    assert stages.in_rank_order(frame) and stages.in_rank_order(frame.head(0))
+    assert not stages.in_rank_order(frame.reverse())
+    assert not stages.in_rank_order(frame.with_columns(rank=pl.Series([1, 2, 1, 2, 1])))  # a rank out of order
+    assert not stages.in_rank_order(frame.with_columns(rank=pl.Series([1, 1, 1, 1, 2])))  # a tie: sorted to be sure
+    assert not stages.in_rank_order(pl.concat([frame.slice(2), frame.slice(0, 2)]))  # segments appended out of order
+
+
+def test_a_frame_conformed_in_polars_is_the_arrow_conform():
+    """conform_frame aligns the nightly's segments before the one Arrow conform: the same table."""
+    contract = c.PRODUCT_ASSOCIATIONS
+    one = {pl.String: "a", pl.Boolean: True, pl.Date: date(2024, 1, 1)}
+    classic = pl.DataFrame({name: [one.get(dtype, 1)] for name, dtype in contract.polars_schema.items()
+                            if name in contract.required})  # integers where floats are due: cast
+    classic = classic.with_columns(extra=pl.lit(1))  # not in the contract: dropped
+    assert contract.conform(contract.conform_frame(classic).to_arrow()).equals(contract.conform(classic.to_arrow()))
+    assert contract.conform_frame(classic).schema == contract.polars_schema
+    with pytest.raises(ValueError, match=r"product_associations: missing required column\(s\) \['associated_product_id'\]"):
+        contract.conform_frame(classic.drop("associated_product_id"))
+
+
 def _run_files(settings: Settings, day: date) -> set[str]:
     folder = settings.data_dir / "runs" / f"as_of={day.isoformat()}"
     return {p.name for p in folder.iterdir() if p.name != warehouse.TMP_DIR}
