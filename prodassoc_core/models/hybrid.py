@@ -385,8 +385,10 @@ def hybrid_associations(
     return pl.concat(parts).sort(PRODUCT_ID, RANK).with_columns(method=pl.lit("hybrid"))
 
 
-def publishable_hybrid(ranked: pl.DataFrame, train: pl.DataFrame, catalog: pl.DataFrame):
-    """The ``product_associations`` table of a hybrid ranking: evidence, explanation, components."""
+def publishable_hybrid(ranked: pl.DataFrame, train: pl.DataFrame, catalog: pl.DataFrame) -> pl.DataFrame:
+    """The ``product_associations`` rows of a hybrid ranking (evidence, explanation, components),
+    in the contract's columns and types, still in polars: the nightly appends them to the other
+    segment's and converts the whole table to Arrow once (each conversion copies its strings)."""
     from prodassoc_core.data import PRODUCT_ASSOCIATIONS
 
     item_lists = train["items"].to_list()
@@ -396,7 +398,7 @@ def publishable_hybrid(ranked: pl.DataFrame, train: pl.DataFrame, catalog: pl.Da
     table = evidence.with_columns(
         cooc_score=pl.col("cooc"), text_score=pl.col("text"), gnn_score=pl.col("gnn")
     ).sort(PRODUCT_ID, RANK)
-    return PRODUCT_ASSOCIATIONS.conform(table.to_arrow())
+    return PRODUCT_ASSOCIATIONS.conform_frame(table)
 
 
 def tune_weights(

@@ -336,7 +336,7 @@ def _hybrid_rows(settings: Settings, plan, train: pl.DataFrame, as_of: date, bas
                                         queries=queries)
     log.info("associate: hybrid of %s for %d products (weights warm %s, cold %s)", models.describe(), len(queries),
              found.warm, found.cold)
-    rows = pl.from_arrow(hybrid.publishable_hybrid(ranked, train, catalog)).with_columns(
+    rows = hybrid.publishable_hybrid(ranked, train, catalog).with_columns(
         source=pl.lit(serving.HYBRID), student_model=pl.lit(models.student.uri),
         gnn_model=pl.lit(models.gnn.uri if models.gnn else None, dtype=pl.String),
         model_as_of=pl.lit(models.trained_as_of, dtype=pl.Date),

@@ -10,7 +10,7 @@ import numpy as np
 import polars as pl
 import pytest
 
-from prodassoc_core.data import baskets, importers
+from prodassoc_core.data import PRODUCT_ASSOCIATIONS, baskets, importers
 from prodassoc_core.mining.methods import DecayedConfig
 from prodassoc_core.models import hybrid
 from prodassoc_core.ops.settings import BasketConfig, PairConfig
@@ -46,7 +46,8 @@ def data():
                                warm=hybrid.Weights(0.7, 0.3, 0.0), cold=hybrid.Weights(0.0, 1.0, 0.0))
     ranked = hybrid.hybrid_associations(catalog, frame, AS_OF, model, top_k=10, candidates_k=30,
                                         decayed=DecayedConfig())
-    table = pl.from_arrow(hybrid.publishable_hybrid(ranked, frame, catalog))
+    table = hybrid.publishable_hybrid(ranked, frame, catalog)
+    assert table.schema == PRODUCT_ASSOCIATIONS.polars_schema
     return catalog, frame, model, table
 
 
