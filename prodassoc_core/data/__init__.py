@@ -37,6 +37,7 @@ NAMES = {
     "PRODUCT_ASSOCIATIONS": "contracts",
     "PRODUCT_EMBEDDINGS": "contracts",
     "PRODUCT_ID": "contracts",
+    "in_rank_order": "contracts",
     "PUBLISHED_TABLES": "contracts",
     "TITLE": "contracts",
     "TRANSACTIONS": "contracts",

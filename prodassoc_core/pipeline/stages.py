@@ -63,6 +63,7 @@ from prodassoc_core.data import (
     PUBLISHED_TABLES,
     TRANSACTIONS,
     baskets,
+    in_rank_order,
     ingest,
     quarantine_schema,
     spark,
@@ -289,13 +290,6 @@ def associate(settings: Settings, baskets_path: Path, as_of: date) -> dict[str, 
     staged[PRODUCT_ASSOCIATIONS.name] = _stage(table, PRODUCT_ASSOCIATIONS.name, baskets_path)
     serving.write_json(baskets_path.parent / SERVING_FILE, plan.as_json())
     return staged
-
-
-def in_rank_order(table: pl.DataFrame) -> bool:
-    """Whether the rows are sorted by product, then rank (what the published table is)."""
-    product, rank = pl.col(PRODUCT_ID), pl.col("rank")
-    after = (product > product.shift()) | ((product == product.shift()) & (rank > rank.shift()))
-    return table.is_empty() or table.select(after.fill_null(True).all()).item()
 
 
 def current_products_only(table: pl.DataFrame, catalog_ids: pl.Series) -> pl.DataFrame:

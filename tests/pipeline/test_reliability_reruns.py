@@ -183,11 +183,11 @@ def test_the_published_order_is_checked_not_assumed():
     """associate sorts the table only when it is out of order (a sort copies a million rows at
     50,000 products): in order means by product, then strictly increasing rank."""
     frame = pl.DataFrame({"product_id": ["a", "a", "b", "c", "c"], "rank": [1, 2, 1, 1, 2]})
-    assert stages.in_rank_order(frame) and stages.in_rank_order(frame.head(0))
-    assert not stages.in_rank_order(frame.reverse())
-    assert not stages.in_rank_order(frame.with_columns(rank=pl.Series([1, 2, 1, 2, 1])))  # a rank out of order
-    assert not stages.in_rank_order(frame.with_columns(rank=pl.Series([1, 1, 1, 1, 2])))  # a tie: sorted to be sure
-    assert not stages.in_rank_order(pl.concat([frame.slice(2), frame.slice(0, 2)]))  # segments appended out of order
+    assert c.in_rank_order(frame) and c.in_rank_order(frame.head(0))
+    assert not c.in_rank_order(frame.reverse())
+    assert not c.in_rank_order(frame.with_columns(rank=pl.Series([1, 2, 1, 2, 1])))  # a rank out of order
+    assert not c.in_rank_order(frame.with_columns(rank=pl.Series([1, 1, 1, 1, 2])))  # a tie: sorted to be sure
+    assert not c.in_rank_order(pl.concat([frame.slice(2), frame.slice(0, 2)]))  # segments appended out of order
 
 
 def test_a_frame_conformed_in_polars_is_the_arrow_conform():
