@@ -97,13 +97,13 @@ class TableContract:
             raise ValueError(f"{self.name}: missing required column(s) {missing}")
 
 
-
 def in_rank_order(table: pl.DataFrame) -> bool:
     """Whether the rows are sorted by product, then strictly increasing rank (the published order
     of product_associations): a sort of a table already in order is a copy of it for nothing."""
     product, rank = pl.col(PRODUCT_ID), pl.col("rank")
     after = (product > product.shift()) | ((product == product.shift()) & (rank > rank.shift()))
     return table.is_empty() or table.select(after.fill_null(True).all()).item()
+
 
 def _field(name: str, type_: pa.DataType, nullable: bool = True) -> pa.Field:
     return pa.field(name, type_, nullable=nullable)
