@@ -202,6 +202,16 @@ def test_chunked_runs_map_rows_back(gx):
     assert whole.quarantined[c.ORDER_ID].to_list() == ["o0", "o3", "o6", "o9"]
 
 
+
+def test_no_validated_rows_are_kept_after_a_run(gx):
+    """GE's execution engine keeps each asset's last batch (the whole validated frame) until that
+    asset's next run; the run drops it, so a nightly's later stages do not carry the rows."""
+    validate_transactions(_tx([(f"k{i}", "A", 1, 1.0, DAY) for i in range(50)]), ["A"], CFG, gx=gx)
+    engine = gx._ctx.data_sources.get("prodassoc").execution_engine
+    assert engine.batch_manager.batch_data_cache == {}
+    assert engine.batch_manager.active_batch is None
+
+
 def test_many_partitions_in_one_run(gx):
     a = _tx([("a1", "A", 1, 1.0, DAY)])
     b = _lineage(
