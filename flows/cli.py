@@ -124,6 +124,15 @@ def _check_as_of(settings, as_of: date, *, allow_stale: bool, window: bool = Tru
         )
 
 
+def _check_retention(settings, first: date, last: date) -> None:
+    """Refuse, before Prefect starts, dates the warehouse's retention would remove again (exit 2)."""
+    if settings.keep_published_days is None:
+        return
+    from prodassoc_core.pipeline import stages
+
+    stages.check_retention(settings, first, last)
+
+
 def _check_run_locks(settings, dates: list[date]) -> None:
     """Fail now, before Prefect starts, when another run holds one of these dates (lock free: nothing held)."""
     from prodassoc_core.ops import locks
@@ -305,6 +314,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     settings = _settings(args)
     _check_as_of(settings, args.as_of, allow_stale=args.allow_stale)  # reads only: a mistyped dir is not created
     _writable(settings)
+    _check_retention(settings, args.as_of, args.as_of)
     _check_run_locks(settings, [args.as_of])
     from flows.nightly import nightly
 
@@ -335,6 +345,10 @@ def cmd_backfill(args: argparse.Namespace) -> int:
     _check_as_of(settings, args.end, allow_stale=args.allow_stale, window=False)
     _writable(settings)
     days = [args.start + timedelta(days=i) for i in range((args.end - args.start).days + 1)]
+    if settings.keep_published_days is not None:
+        from prodassoc_core.pipeline import stages
+
+        stages.backfill_dates(settings, args.start, args.end, args.force)  # RetentionError: exit 2
     _check_run_locks(settings, days)
     from flows.nightly import backfill
 

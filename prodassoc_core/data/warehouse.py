@@ -379,9 +379,13 @@ def damaged_dates(warehouse_dir: Path) -> dict[date, list[str]]:
 
 def _marked_dates(warehouse_dir: Path) -> list[date]:
     """The run dates with a commit marker directory, oldest first."""
-    root = Path(warehouse_dir) / RUNS_DIR
+    return _partition_dates(Path(warehouse_dir) / RUNS_DIR)
+
+
+def _partition_dates(directory: Path) -> list[date]:
+    """The dates of the ``run_date=YYYY-MM-DD`` folders in ``directory``, oldest first."""
     days = []
-    for d in sorted(root.iterdir()) if root.is_dir() else []:
+    for d in sorted(directory.iterdir()) if directory.is_dir() else []:
         if not d.name.startswith("run_date="):
             continue
         try:
@@ -389,6 +393,30 @@ def _marked_dates(warehouse_dir: Path) -> list[date]:
         except ValueError:
             continue
     return days
+
+
+def run_dates(warehouse_dir: Path, tables: Sequence[str]) -> list[date]:
+    """Every run date with a commit marker folder or a partition of one of ``tables``, committed
+    or not (a run that stopped part way), oldest first."""
+    root = Path(warehouse_dir)
+    days = set(_marked_dates(root))
+    for table in tables:
+        days.update(_partition_dates(root / check_identifier(table)))
+    return sorted(days)
+
+
+def remove_run_date(warehouse_dir: Path, run_date: date, tables: Sequence[str]) -> int:
+    """Remove ``run_date`` from the warehouse: its commit first (readers stop seeing it), then its
+    marker folder and its partition of each of ``tables``. Returns the bytes freed.
+
+    Raises StorageError when the commit cannot be withdrawn (nothing is removed then). After
+    that, removal is best effort: a partition that cannot be removed is logged and left
+    uncommitted, and the next call removes it."""
+    uncommit(warehouse_dir, run_date)
+    freed = remove_work(partition_dir(warehouse_dir, RUNS_DIR, run_date), "warehouse retention")
+    for table in tables:
+        freed += remove_work(partition_dir(warehouse_dir, table, run_date), "warehouse retention")
+    return freed
 
 
 def committed_dates(warehouse_dir: Path) -> dict[date, dict[str, dict]]:

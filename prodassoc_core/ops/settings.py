@@ -480,6 +480,11 @@ class Settings(BaseSettings):
         7, ge=1, description="committed run dates whose run folder keeps the window's baskets (the newest; "
         "older folders keep their serving plan and line account): each night's baskets hold the whole "
         "lookback window")
+    keep_published_days: int | None = Field(
+        None, ge=1, description="days of published history the warehouse keeps, counted back from the newest "
+        "published run date (itself included); older run dates' tables, commit markers, run folders and report "
+        "pages are removed after each run commits. None: every date is kept (the object store is not touched: "
+        "its lifecycle rules expire its copies)")
     keep_trainings: int = Field(
         2, ge=1, description="registered trainings whose folder under models/ is kept (the newest as_of dates): "
         "a folder is a rerun's resume cache (about 250 MB on the demo); the registered models are in MLflow")

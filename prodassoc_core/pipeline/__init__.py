@@ -15,6 +15,7 @@ from prodassoc_core._exports import lazy_exports
 MODULES = ("retrain", "run_report", "run_summary", "stages", "train_summary")
 NAMES = {
     "NoDataError": "stages",
+    "RetentionError": "stages",
 }
 
 __all__, __getattr__ = lazy_exports(__name__, MODULES, NAMES)

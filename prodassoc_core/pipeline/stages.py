@@ -85,6 +85,11 @@ class NoDataError(RuntimeError):
     """The run's training window holds no baskets: nothing to publish for that date."""
 
 
+class RetentionError(ValueError):
+    """A run date older than the published history the warehouse keeps (``keep_published_days``):
+    publishing it would be undone by the run that commits next."""
+
+
 @dataclass(frozen=True)
 class Window:
     """The training window [start, end): everything before as_of, bounded by the lookback."""
@@ -498,6 +503,61 @@ def _remove(path: Path) -> int:
     return warehouse.remove_work(path, "run folders")  # the run is committed: never fails it
 
 
+def retention_cutoff(settings: Settings, through: date) -> date | None:
+    """The newest run date the warehouse no longer keeps once ``through`` is published: dates on
+    or before it expire (``keep_published_days`` back from the newest published date or
+    ``through``, whichever is later). None: every date is kept."""
+    if settings.keep_published_days is None:
+        return None
+    newest = max([through, *warehouse.committed_dates(settings.warehouse_dir)])
+    return newest - timedelta(days=settings.keep_published_days)
+
+
+def check_retention(settings: Settings, first: date, last: date) -> None:
+    """Refuse runs for [first, last] whose first date would expire once they are published
+    (RetentionError naming the setting, the newest date and the oldest date kept)."""
+    cutoff = retention_cutoff(settings, last)
+    if cutoff is not None and first <= cutoff:
+        raise RetentionError(
+            f"as_of {first} is outside the published history the warehouse keeps: keep_published_days="
+            f"{settings.keep_published_days} keeps run dates after {cutoff} (the newest being "
+            f"{cutoff + timedelta(days=settings.keep_published_days)}), so the next run would remove it again; "
+            "nothing was run (raise keep_published_days to publish older dates)"
+        )
+
+
+def expire_published(settings: Settings, as_of: date) -> list[date]:
+    """After ``as_of`` committed: remove the run dates older than ``keep_published_days`` (see
+    ``retention_cutoff``): their tables and commit markers (``warehouse.remove_run_date``; the
+    object store's copies are left to its lifecycle rules), run folders and report pages, then
+    refresh the views. ``as_of`` itself is never removed, nor a date whose run lock is held.
+    Partitions of dates that never committed are removed too. Returns the dates removed."""
+    cutoff = retention_cutoff(settings, as_of)
+    if cutoff is None:
+        return []
+    expired, freed = [], 0
+    for day in warehouse.run_dates(settings.warehouse_dir, sorted(ALL_TABLES)):
+        if day > cutoff or day == as_of:
+            continue
+        try:
+            with locks.run_lock(settings.locks_dir, day):
+                freed += warehouse.remove_run_date(settings.warehouse_dir, day, sorted(ALL_TABLES))
+                freed += _remove(settings.data_dir / "runs" / f"as_of={day.isoformat()}")
+                freed += _remove(run_report_path(settings, day))
+        except locks.RunLockedError:
+            log.info("warehouse retention: %s kept, a run for it is in progress", day)
+            continue
+        except warehouse.StorageError as exc:
+            log.warning("warehouse retention: %s kept, its commit could not be withdrawn: %s", day, exc)
+            continue
+        expired.append(day)
+    if expired:
+        refresh_views(settings)
+        log.info("warehouse retention (keep_published_days=%d): removed %d run date(s) up to %s, %.2f MB",
+                 settings.keep_published_days, len(expired), expired[-1], freed / 1e6)
+    return expired
+
+
 def adopt_legacy(settings: Settings) -> list[date]:
     """Commit the dates a warehouse published before run commits existed (once; see warehouse.adopt_uncommitted)."""
     adopted = warehouse.adopt_uncommitted(settings.warehouse_dir, sorted(PUBLISHED_TABLES), sorted(OPTIONAL_TABLES))
@@ -611,7 +671,8 @@ def timing_key(stage: str) -> str:
 
 def nightly_stages(settings: Settings, as_of: date, run: StageRunner) -> NightlyResult:
     """The nightly for ``as_of``, stage by stage, under that date's run lock: ingest, baskets, rules and
-    associations (side by side), bundles, publish, then the run's report page.
+    associations (side by side), bundles, publish, then the run's report page and the warehouse's
+    retention (``expire_published``).
 
     Raises locks.RunLockedError (having done nothing) when another run for ``as_of`` holds the lock
     beyond ``settings.run_lock_timeout_s``. A run that failed part way resumes on rerun: ingested
@@ -619,6 +680,7 @@ def nightly_stages(settings: Settings, as_of: date, run: StageRunner) -> Nightly
     """
     start = perf_counter()
     storage.object_store_locations(settings.warehouse_url, settings.landing_url)  # a bad URL fails now, not at publish
+    check_retention(settings, as_of, as_of)
     with locks.run_lock(settings.locks_dir, as_of, timeout=settings.run_lock_timeout_s):
         warehouse.fault_point("run.locked")
         report = run.call("ingest", ingest_landing, settings, as_of)
@@ -642,6 +704,7 @@ def nightly_stages(settings: Settings, as_of: date, run: StageRunner) -> Nightly
     log.info("nightly as_of %s: published %s", as_of, ", ".join(f"{p.table} ({p.rows} rows)" for p in published))
     page = run.call("run-report", write_run_report, settings, as_of, asdict(report), [asdict(p) for p in published],
                     served)
+    expire_published(settings, as_of)  # after the report, which compares with the previous committed run
     return NightlyResult(as_of, report, published, served, page, baskets_path, dict(run.timings))
 
 
@@ -657,13 +720,17 @@ def run_nightly(settings: Settings, as_of: date) -> NightlyResult:
 def backfill_dates(settings: Settings, start: date, end: date, force: bool = False) -> tuple[list[date], list[date]]:
     """(dates to run, dates skipped) for a backfill over [start, end], both ends included.
 
-    A date whose tables are all published is skipped unless ``force``.
+    A date whose tables are all published is skipped unless ``force``. RetentionError when the
+    first date to run is older than the published history kept (``check_retention``).
     """
     if end < start:
         raise ValueError(f"backfill: end {end} is before start {start}")
     days = [start + timedelta(days=i) for i in range((end - start).days + 1)]
     skipped = [] if force else [d for d in days if is_published(settings, d)]
-    return [d for d in days if d not in skipped], skipped
+    to_run = [d for d in days if d not in skipped]
+    if to_run:
+        check_retention(settings, to_run[0], end)
+    return to_run, skipped
 
 
 @dataclass(frozen=True)
