@@ -648,6 +648,16 @@ def _damage(day: date, tables: list[str]) -> str:
     return f"its {', '.join(tables)} {files} missing or changed ({paths}); redo it: prodassoc run --as-of {day}"
 
 
+def cmd_status(args: argparse.Namespace) -> int:
+    from prodassoc_core.pipeline import status
+
+    settings = _settings(args)
+    if not settings.data_dir.is_dir():
+        raise CliError(EXIT_NO_DATA, f"no data directory at {settings.data_dir}: import a source first (prodassoc import …)")
+    print("\n".join(status.describe(status.data_status(settings), settings)))
+    return 0
+
+
 def cmd_top(args: argparse.Namespace) -> int:
 
     from prodassoc_core.data import warehouse
@@ -902,6 +912,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="which published run to read (default: the newest)")
     p.add_argument("--limit", type=_positive_int, default=10, metavar="N", help="rows to print (default: %(default)s)")
     p.set_defaults(func=cmd_top)
+
+    p = sub.add_parser(
+        "status", help="what the data directory holds: landed days, ingested files, published dates, what is served",
+        description="Reads files only (no Prefect, no MLflow): the landed transaction days, the manifest's account of "
+        "every landed file, the published run dates with their gaps and any damaged ones, the newest run's tables "
+        "and what it served, and what the data directory keeps.",
+    )
+    p.set_defaults(func=cmd_status)
     return parser
 
 

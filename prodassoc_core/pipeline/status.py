@@ -1,0 +1,90 @@
+"""What a data directory holds, for ``prodassoc status``: the landed days, the manifest's account
+of every landed file, the published run dates (gaps, damaged ones), what the newest run served,
+and what is kept. Reads files only: no Prefect, no MLflow, no clock."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import date, timedelta
+
+from prodassoc_core.data import landing, manifest, warehouse
+from prodassoc_core.ops import Settings
+from prodassoc_core.pipeline import stages
+
+
+@dataclass(frozen=True)
+class DataStatus:
+    landed_days: list[date]  # transaction partitions in the landing zone
+    files: dict[str, int]  # manifest status -> landed files
+    rows: dict[str, int]  # read, accepted, quarantined (the manifest's sums)
+    committed: dict[date, dict[str, dict]]  # run date -> {table: {rows, bytes}}
+    damaged: dict[date, list[str]]  # committed once, files since missing or changed
+    served: dict | None  # the newest committed run's serving plan (ServingPlan.as_json)
+
+    @property
+    def gaps(self) -> list[date]:
+        """Days between the first and the newest committed run date that have no committed run."""
+        if not self.committed:
+            return []
+        first, last = min(self.committed), max(self.committed)
+        return [d for d in (first + timedelta(days=i) for i in range((last - first).days + 1)) if d not in self.committed]
+
+
+def data_status(settings: Settings) -> DataStatus:
+    """The status of ``settings.data_dir`` (which must exist)."""
+    account = manifest.read_manifest(settings.manifest_path)
+    files = dict(account.group_by("status").len().sort("status").iter_rows())
+    rows = {k: int(account[f"rows_{k}"].sum()) for k in ("read", "accepted", "quarantined")}
+    committed = warehouse.committed_dates(settings.warehouse_dir)
+    served = None
+    if committed:
+        plan = settings.data_dir / "runs" / f"as_of={max(committed).isoformat()}" / stages.SERVING_FILE
+        served = json.loads(plan.read_text()) if plan.is_file() else None
+    return DataStatus(
+        landed_days=[d for d, _ in landing.partition_dirs(settings.landing_dir / "transactions")],
+        files=files, rows=rows, committed=committed,
+        damaged=warehouse.damaged_dates(settings.warehouse_dir), served=served,
+    )
+
+
+def _span(days: list[date]) -> str:
+    return f"{days[0]} .. {days[-1]} ({len(days)} day{'s' if len(days) != 1 else ''})"
+
+
+def _dates(days: list[date], most: int = 5) -> str:
+    shown = ", ".join(map(str, days[:most]))
+    return shown + (f" and {len(days) - most} more" if len(days) > most else "")
+
+
+def describe(status: DataStatus, settings: Settings) -> list[str]:
+    """The status as the lines ``prodassoc status`` prints."""
+    out = [f"data dir: {settings.data_dir}"]
+    out.append(f"landed: transactions {_span(status.landed_days)}" if status.landed_days
+               else f"landed: no transactions in {settings.landing_dir} (prodassoc import …)")
+    if status.files:
+        counts = ", ".join(f"{n} {s}" for s, n in status.files.items())
+        r = status.rows
+        out.append(f"manifest: {sum(status.files.values())} files ({counts}); rows {r['read']:,} read = "
+                   f"{r['accepted']:,} accepted + {r['quarantined']:,} quarantined")
+    else:
+        out.append("manifest: nothing ingested yet")
+    if status.committed:
+        days = sorted(status.committed)
+        gaps = f"; {len(status.gaps)} day(s) without a run: {_dates(status.gaps)}" if status.gaps else ""
+        out.append(f"published: {len(days)} run date(s), {days[0]} .. {days[-1]}{gaps}")
+        newest = status.committed[days[-1]]
+        out.append(f"newest run {days[-1]}: " + ", ".join(f"{t} {v['rows']:,} rows" for t, v in sorted(newest.items())))
+        if status.served is not None:
+            out.append(f"served on {days[-1]}: {status.served['served']}")
+    else:
+        out.append("published: nothing yet (prodassoc run --as-of YYYY-MM-DD)")
+    for day, tables in status.damaged.items():
+        out.append(f"damaged: run {day}: {', '.join(tables)} missing or changed since it committed (not in the "
+                   f"views; rerun it: prodassoc run --as-of {day})")
+    keep = settings.keep_published_days
+    out.append(f"kept: {'every published date' if keep is None else f'the newest {keep} days of published dates'} "
+               f"(keep_published_days); run baskets of the newest {settings.keep_run_baskets} dates; "
+               f"training folders of the newest {settings.keep_trainings} trainings")
+    return out
+

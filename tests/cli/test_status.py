@@ -1,0 +1,55 @@
+"""`prodassoc status`: what a data directory holds, read from its files (no Prefect, no MLflow)."""
+
+from __future__ import annotations
+
+from datetime import date, datetime
+
+import polars as pl
+
+from flows.cli import main
+from prodassoc_core.data import warehouse
+from prodassoc_core.data.contracts import BUNDLES
+from prodassoc_core.ops.settings import Settings
+from prodassoc_core.pipeline import stages
+
+from conftest import land
+
+
+def _status(settings: Settings, capsys) -> list[str]:
+    assert main(["--data-dir", str(settings.data_dir), "status"]) == 0
+    return capsys.readouterr().out.splitlines()
+
+
+def test_status_of_landed_published_and_damaged_dates(tmp_path, capsys):
+    settings = Settings(data_dir=tmp_path / "data")
+    land(settings.landing_dir)  # 2024-01-01 .. 2024-01-06: 6 files and a catalog
+    bad = settings.landing_dir / "transactions" / "dt=2024-01-02" / "till-7.parquet"
+    pl.DataFrame({"order_id": ["t1", "t2"], "product_id": ["A", "Z"], "quantity": [1, 1], "unit_price": [1.0, 1.0],
+                  "customer_id": ["c", "c"], "ordered_at": [datetime(2024, 1, 2, 10)] * 2},
+                 schema_overrides={"ordered_at": pl.Datetime("us")}).write_parquet(bad)  # Z: not in the catalog
+    lines = _status(settings, capsys)
+    assert lines[1:4] == ["landed: transactions 2024-01-01 .. 2024-01-06 (6 days)", "manifest: nothing ingested yet",
+                          "published: nothing yet (prodassoc run --as-of YYYY-MM-DD)"]
+
+    for day in (date(2024, 1, 3), date(2024, 1, 6), date(2024, 1, 7)):
+        result = stages.run_nightly(settings, day)
+    rows = {p.table: p.rows for p in result.published}
+    # a published file deleted by hand: that run is no longer committed
+    (warehouse.partition_dir(settings.warehouse_dir, BUNDLES.name, date(2024, 1, 6)) / warehouse.DATA_FILE).unlink()
+    lines = _status(settings, capsys)
+    assert lines[0] == f"data dir: {settings.data_dir}"
+    landed = sum(pl.read_parquet(p).height for p in settings.landing_dir.rglob("*.parquet"))  # catalog too
+    assert lines[2] == f"manifest: 8 files (8 ingested); rows {landed} read = {landed - 1} accepted + 1 quarantined"
+    assert lines[3] == "published: 2 run date(s), 2024-01-03 .. 2024-01-07; 3 day(s) without a run: 2024-01-04, " \
+                       "2024-01-05, 2024-01-06"
+    assert lines[4] == "newest run 2024-01-07: " + ", ".join(f"{t} {n:,} rows" for t, n in sorted(rows.items()))
+    assert lines[5] == f"served on 2024-01-07: {result.served['served']}"
+    assert lines[6] == ("damaged: run 2024-01-06: bundles missing or changed since it committed (not in the views; "
+                        "rerun it: prodassoc run --as-of 2024-01-06)")
+    assert lines[7].startswith("kept: every published date (keep_published_days); run baskets of the newest 7 dates")
+
+
+def test_status_without_a_data_dir_says_so(tmp_path, capsys):
+    assert main(["--data-dir", str(tmp_path / "nowhere"), "status"]) == 5
+    assert "no data directory at" in capsys.readouterr().err
+    assert not (tmp_path / "nowhere").exists()
