@@ -69,6 +69,7 @@ def main(data_dir: str, as_of: str) -> None:
     print(f"  serving plan:  {data / 'runs' / f'as_of={as_of}' / 'serving.json'}")
     print(f"  MLflow UI:     .venv/bin/mlflow ui --backend-store-uri sqlite:///{(data / 'mlflow.db').resolve()}")
     print("  Prefect UI:    .venv/bin/prefect server start  (runs of `prodassoc deploy`ed flows; see README)")
+    print(f"  in one look:   .venv/bin/prodassoc --data-dir {data} status")
 
 
 if __name__ == "__main__":

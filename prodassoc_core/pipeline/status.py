@@ -48,8 +48,10 @@ def data_status(settings: Settings) -> DataStatus:
     )
 
 
-def _span(days: list[date]) -> str:
-    return f"{days[0]} .. {days[-1]} ({len(days)} day{'s' if len(days) != 1 else ''})"
+def _span(days: list[date], what: str) -> str:
+    """``3 landed days, 2024-01-01 .. 2024-01-06`` (the count, then the first and last)."""
+    count = f"{len(days)} {what} day{'s' if len(days) != 1 else ''}"
+    return f"{count}, {days[0]}" + (f" .. {days[-1]}" if len(days) > 1 else "")
 
 
 def _dates(days: list[date], most: int = 5) -> str:
@@ -60,7 +62,7 @@ def _dates(days: list[date], most: int = 5) -> str:
 def describe(status: DataStatus, settings: Settings) -> list[str]:
     """The status as the lines ``prodassoc status`` prints."""
     out = [f"data dir: {settings.data_dir}"]
-    out.append(f"landed: transactions {_span(status.landed_days)}" if status.landed_days
+    out.append(f"landed: transactions of {_span(status.landed_days, 'landed')}" if status.landed_days
                else f"landed: no transactions in {settings.landing_dir} (prodassoc import …)")
     if status.files:
         counts = ", ".join(f"{n} {s}" for s, n in status.files.items())
@@ -72,7 +74,7 @@ def describe(status: DataStatus, settings: Settings) -> list[str]:
     if status.committed:
         days = sorted(status.committed)
         gaps = f"; {len(status.gaps)} day(s) without a run: {_dates(status.gaps)}" if status.gaps else ""
-        out.append(f"published: {len(days)} run date(s), {days[0]} .. {days[-1]}{gaps}")
+        out.append(f"published: {_span(days, 'run')}{gaps}")
         newest = status.committed[days[-1]]
         out.append(f"newest run {days[-1]}: " + ", ".join(f"{t} {v['rows']:,} rows" for t, v in sorted(newest.items())))
         if status.served is not None:

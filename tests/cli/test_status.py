@@ -28,7 +28,7 @@ def test_status_of_landed_published_and_damaged_dates(tmp_path, capsys):
                   "customer_id": ["c", "c"], "ordered_at": [datetime(2024, 1, 2, 10)] * 2},
                  schema_overrides={"ordered_at": pl.Datetime("us")}).write_parquet(bad)  # Z: not in the catalog
     lines = _status(settings, capsys)
-    assert lines[1:4] == ["landed: transactions 2024-01-01 .. 2024-01-06 (6 days)", "manifest: nothing ingested yet",
+    assert lines[1:4] == ["landed: transactions of 6 landed days, 2024-01-01 .. 2024-01-06", "manifest: nothing ingested yet",
                           "published: nothing yet (prodassoc run --as-of YYYY-MM-DD)"]
 
     for day in (date(2024, 1, 3), date(2024, 1, 6), date(2024, 1, 7)):
@@ -40,7 +40,7 @@ def test_status_of_landed_published_and_damaged_dates(tmp_path, capsys):
     assert lines[0] == f"data dir: {settings.data_dir}"
     landed = sum(pl.read_parquet(p).height for p in settings.landing_dir.rglob("*.parquet"))  # catalog too
     assert lines[2] == f"manifest: 8 files (8 ingested); rows {landed} read = {landed - 1} accepted + 1 quarantined"
-    assert lines[3] == "published: 2 run date(s), 2024-01-03 .. 2024-01-07; 3 day(s) without a run: 2024-01-04, " \
+    assert lines[3] == "published: 2 run days, 2024-01-03 .. 2024-01-07; 3 day(s) without a run: 2024-01-04, " \
                        "2024-01-05, 2024-01-06"
     assert lines[4] == "newest run 2024-01-07: " + ", ".join(f"{t} {n:,} rows" for t, n in sorted(rows.items()))
     assert lines[5] == f"served on 2024-01-07: {result.served['served']}"
