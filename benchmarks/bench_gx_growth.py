@@ -5,7 +5,8 @@ on a 500-row frame, then builds the Data Docs, once per "night", and prints at e
 mean seconds of a checkpoint run and of a Data Docs build (whose index lists every stored result)
 over the nights since the previous step, and the disk each result and its page take.
 
-    python benchmarks/bench_gx_growth.py --results 10,100,300,600
+    python benchmarks/bench_gx_growth.py --results 10,100,300,600                    # the index: newest 200
+    python benchmarks/bench_gx_growth.py --results 10,100,300,600 --index-results 0  # every result
 """
 
 from __future__ import annotations
@@ -29,11 +30,22 @@ def _kb(path: Path) -> int:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--results", default="10,100,300,600", help="result counts to report at (ascending)")
+    parser.add_argument("--index-results", type=int, default=validation.DOCS_INDEX_RESULTS,
+                        help="results the Data Docs index lists (validation.docs_index_results; 0: all, as "
+                             "before the limit) (default: %(default)s)")
     args = parser.parse_args()
     steps = sorted(int(n) for n in args.results.split(","))
     root = Path(tempfile.mkdtemp(prefix="bench-gx-"))
     try:
         gx = validation.GxSuites(root / "gx")
+        if args.index_results:
+            gx.limit_docs_index(args.index_results)
+        else:  # every stored result on the index: GE's default
+            sites = gx.context.variables.data_docs_sites
+            for site in sites.values():
+                site["site_index_builder"].pop("validation_results_limit", None)
+            gx.context.variables.data_docs_sites = sites
+            gx.context.variables.save()
         n = 500
         frame = pd.DataFrame({"product_id": [f"P{i}" for i in range(n)], "title": [f"product {i}" for i in range(n)],
                               "description": ["a product"] * n, "category": ["home"] * n, "brand": [None] * n})

@@ -163,7 +163,7 @@ class _Run:
     @property
     def gx(self) -> GxSuites:
         if self._gx is None:  # GE import + context set-up only when something is validated
-            self._gx = gx_suites(self.gx_dir)
+            self._gx = gx_suites(self.gx_dir, self.cfg.docs_index_results)
         return self._gx
 
     def remove_stale(self, file: Landed, sha: str) -> None:

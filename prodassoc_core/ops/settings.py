@@ -39,6 +39,9 @@ class ValidationConfig(BaseModel):
         description="a new catalog snapshot that lacks a larger share of the staged catalog's products is refused "
         "(a snapshot lists every product: a partial export or a delta must not replace it)",
     )
+    docs_index_results: int = Field(
+        200, ge=1, description="validation results the Great Expectations Data Docs index lists, the newest "
+        "(older results and their pages stay on disk): each night's Data Docs build reads every result it lists")
 
 
 class BasketConfig(BaseModel):

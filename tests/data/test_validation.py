@@ -245,6 +245,21 @@ def test_data_docs_are_built_where_documented(gx):
     assert (gx.gx_dir / "checkpoints" / "catalog.json").exists()
 
 
+def test_the_data_docs_index_lists_only_the_newest_results(tmp_path):
+    """A Data Docs build reads every result its index lists: the index keeps the newest
+    ``docs_index_results``, so a year of nights does not slow each build; older pages stay."""
+    gx = gx_suites(tmp_path / "gx", docs_index_results=2)
+    for night in ("night-1", "night-2", "night-3"):
+        validate_transactions(_tx([("o", "A", 1, 1.0, DAY)]), ["A"], CFG, gx=gx, run_name=night)
+        gx.build_docs()
+    index = data_docs_index(gx.gx_dir).read_text()
+    assert "night-1" not in index and "night-2" in index and "night-3" in index
+    assert len(list((gx.gx_dir / "uncommitted" / "data_docs" / "local_site" / "validations").rglob("*.html"))) == 3
+    assert gx_suites(tmp_path / "gx", docs_index_results=5) is gx  # a new limit is saved with the context
+    site = gx.context.variables.data_docs_sites["local_site"]
+    assert site["site_index_builder"]["validation_results_limit"] == 5
+
+
 def test_ge_exception_info_is_detected():
     assert _raised({"raised_exception": False, "exception_message": None}) is None
     nested = {"MetricConfigurationID(...)": {"raised_exception": True, "exception_message": "boom"}}
