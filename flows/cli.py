@@ -649,12 +649,18 @@ def _damage(day: date, tables: list[str]) -> str:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
+    import json
+
     from prodassoc_core.pipeline import status
 
     settings = _settings(args)
     if not settings.data_dir.is_dir():
         raise CliError(EXIT_NO_DATA, f"no data directory at {settings.data_dir}: import a source first (prodassoc import …)")
-    print("\n".join(status.describe(status.data_status(settings), settings)))
+    found = status.data_status(settings)
+    if args.json:
+        print(json.dumps(found.as_json(settings), indent=1))
+    else:
+        print("\n".join(status.describe(found, settings)))
     return 0
 
 
@@ -919,6 +925,8 @@ def build_parser() -> argparse.ArgumentParser:
         "every landed file, the published run dates with their gaps and any damaged ones, the newest run's tables "
         "and what it served, and what the data directory keeps.",
     )
+    p.add_argument("--json", action="store_true", help="print the status as one JSON object, for monitoring scripts "
+                   "(default: lines of text)")
     p.set_defaults(func=cmd_status)
     return parser
 

@@ -31,6 +31,25 @@ class DataStatus:
         return [d for d in (first + timedelta(days=i) for i in range((last - first).days + 1)) if d not in self.committed]
 
 
+    def as_json(self, settings: Settings) -> dict:
+        """The status as plain values (``prodassoc status --json``), for monitoring scripts."""
+        newest = max(self.committed) if self.committed else None
+        return {
+            "data_dir": str(settings.data_dir),
+            "landed_days": [d.isoformat() for d in self.landed_days],
+            "manifest": {"files": self.files, "rows": self.rows},
+            "published": [d.isoformat() for d in sorted(self.committed)],
+            "days_without_a_run": [d.isoformat() for d in self.gaps],
+            "newest": None if newest is None else {
+                "run_date": newest.isoformat(), "tables": {t: v["rows"] for t, v in sorted(self.committed[newest].items())},
+                "served": None if self.served is None else {k: self.served.get(k) for k in ("segments", "served")},
+            },
+            "damaged": {d.isoformat(): tables for d, tables in self.damaged.items()},
+            "kept": {"keep_published_days": settings.keep_published_days, "keep_run_baskets": settings.keep_run_baskets,
+                     "keep_trainings": settings.keep_trainings},
+        }
+
+
 def data_status(settings: Settings) -> DataStatus:
     """The status of ``settings.data_dir`` (which must exist)."""
     account = manifest.read_manifest(settings.manifest_path)

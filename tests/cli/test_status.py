@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import date, datetime
 
 import polars as pl
@@ -47,6 +48,17 @@ def test_status_of_landed_published_and_damaged_dates(tmp_path, capsys):
     assert lines[6] == ("damaged: run 2024-01-06: bundles missing or changed since it committed (not in the views; "
                         "rerun it: prodassoc run --as-of 2024-01-06)")
     assert lines[7].startswith("kept: every published date (keep_published_days); run baskets of the newest 7 dates")
+
+    # the same, as JSON for monitoring scripts
+    assert main(["--data-dir", str(settings.data_dir), "status", "--json"]) == 0
+    found = json.loads(capsys.readouterr().out)
+    assert found["published"] == ["2024-01-03", "2024-01-07"]
+    assert found["days_without_a_run"] == ["2024-01-04", "2024-01-05", "2024-01-06"]
+    assert found["newest"]["run_date"] == "2024-01-07" and found["newest"]["tables"] == rows
+    assert found["newest"]["served"]["segments"] == result.served["segments"]
+    assert found["damaged"] == {"2024-01-06": ["bundles"]}
+    assert found["manifest"] == {"files": {"ingested": 8}, "rows": {"read": landed, "accepted": landed - 1, "quarantined": 1}}
+    assert found["kept"]["keep_published_days"] is None and len(found["landed_days"]) == 6
 
 
 def test_status_without_a_data_dir_says_so(tmp_path, capsys):
