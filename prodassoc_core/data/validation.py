@@ -785,7 +785,7 @@ def _raised(info: Any) -> str | None:
     return None
 
 
-DOCS_INDEX_RESULTS = 200  # validation results the Data Docs index lists by default (ValidationConfig.docs_index_results)
+DOCS_INDEX_RESULTS: int = ValidationConfig.model_fields["docs_index_results"].default  # the setting's default
 _CONTEXTS: dict[Path | None, GxSuites] = {}
 _CONTEXTS_LOCK = threading.Lock()
 

@@ -102,8 +102,14 @@ class Window:
         return cls(as_of - timedelta(days=lookback_days), as_of)
 
 
+def run_folder(settings: Settings, as_of: date) -> Path:
+    """``<data>/runs/as_of=YYYY-MM-DD``: a run's work files (not created here)."""
+    return settings.data_dir / "runs" / f"as_of={as_of.isoformat()}"
+
+
 def run_dir(settings: Settings, as_of: date) -> Path:
-    path = settings.data_dir / "runs" / f"as_of={as_of.isoformat()}"
+    """``run_folder``, created."""
+    path = run_folder(settings, as_of)
     path.mkdir(parents=True, exist_ok=True)
     return path
 
@@ -481,8 +487,7 @@ def tidy_run_folders(settings: Settings, as_of: date, staged: dict[str, Path]) -
     baskets stay (the flow still counts them; a backfilled date's go at a later night), and a
     date whose run lock is held (a rerun in flight) is left alone. Returns the bytes freed."""
     freed = sum(_remove(path) for path in staged.values())
-    runs = settings.data_dir / "runs"
-    folders = ((day, runs / f"as_of={day.isoformat()}" / BASKETS_FILE)
+    folders = ((day, run_folder(settings, day) / BASKETS_FILE)
                for day in sorted(warehouse.committed_dates(settings.warehouse_dir), reverse=True))
     holding = [(day, path) for day, path in folders if path.exists()]
     for day, baskets_path in holding[settings.keep_run_baskets:]:
@@ -542,7 +547,7 @@ def expire_published(settings: Settings, as_of: date) -> list[date]:
         try:
             with locks.run_lock(settings.locks_dir, day):
                 freed += warehouse.remove_run_date(settings.warehouse_dir, day, sorted(ALL_TABLES))
-                freed += _remove(settings.data_dir / "runs" / f"as_of={day.isoformat()}")
+                freed += _remove(run_folder(settings, day))
                 freed += _remove(run_report_path(settings, day))
         except locks.RunLockedError:
             log.info("warehouse retention: %s kept, a run for it is in progress", day)

@@ -30,7 +30,6 @@ class DataStatus:
         first, last = min(self.committed), max(self.committed)
         return [d for d in (first + timedelta(days=i) for i in range((last - first).days + 1)) if d not in self.committed]
 
-
     def as_json(self, settings: Settings) -> dict:
         """The status as plain values (``prodassoc status --json``), for monitoring scripts."""
         newest = max(self.committed) if self.committed else None
@@ -58,7 +57,7 @@ def data_status(settings: Settings) -> DataStatus:
     committed = warehouse.committed_dates(settings.warehouse_dir)
     served = None
     if committed:
-        plan = settings.data_dir / "runs" / f"as_of={max(committed).isoformat()}" / stages.SERVING_FILE
+        plan = stages.run_folder(settings, max(committed)) / stages.SERVING_FILE
         served = json.loads(plan.read_text()) if plan.is_file() else None
     return DataStatus(
         landed_days=[d for d, _ in landing.partition_dirs(settings.landing_dir / "transactions")],
