@@ -53,6 +53,15 @@ TEST_GRIDS = {
 for _name, _value in TEST_GRIDS.items():
     os.environ.setdefault(_name, _value)
 
+# --- the Data Docs: rendered only by the tests about them -----------------------------------------
+# Rendering a run's validation results into Great Expectations' HTML Data Docs is about 0.3 s of
+# CPU a run, most of a toy ingestion's cost after the checkpoint runs themselves; the suite ingests a
+# few hundred times. The tests default to validation.data_docs=false (results still stored, the
+# quarantine the same); the tests of the Data Docs turn it on (``DATA_DOCS``), and the shipped
+# default (on) is what `make demo` and a user get.
+DATA_DOCS_ENV = "PRODASSOC_VALIDATION__DATA_DOCS"
+os.environ.setdefault(DATA_DOCS_ENV, "false")
+
 
 # --- a small synthetic landing zone (reliability tests) ------------------------------------------
 

@@ -179,9 +179,13 @@ class _Run:
         raise IngestError(f"ingest as_of {self.as_of}: {message}", self.report)
 
     def data_docs(self, *, failing: bool = False) -> Path | None:
-        """The Data Docs index, with this run's validation results rendered (once per run).
-        ``failing``: the run is stopping on an error, which a failed build must not replace
+        """The Data Docs index, with this run's validation results rendered (once per run); None
+        with ``validation.data_docs`` off. ``failing``: the run is stopping on an error, which a failed build must not replace
         (it is logged instead)."""
+        if not self.cfg.data_docs:  # validation.data_docs off: results stored, not rendered
+            if self._gx is not None:
+                self._gx.skip_docs()
+            return None
         if self._gx is not None:
             try:
                 self._gx.build_docs()

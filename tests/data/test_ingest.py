@@ -23,8 +23,13 @@ from prodassoc_core.data.validation import data_docs_index, gx_suites
 from prodassoc_core.ops.settings import ValidationConfig
 
 AS_OF = date(2024, 1, 4)
-LENIENT = ValidationConfig(max_failed_share=1.0)
-STRICT = ValidationConfig(max_failed_share=0.2)
+# the Data Docs are rendered by the tests about them only (conftest.DATA_DOCS_ENV)
+LENIENT = ValidationConfig(max_failed_share=1.0, data_docs=False)
+STRICT = ValidationConfig(max_failed_share=0.2, data_docs=False)
+
+
+def with_docs(cfg: ValidationConfig) -> ValidationConfig:
+    return cfg.model_copy(update={"data_docs": True})
 
 
 @pytest.fixture(scope="module")
@@ -132,7 +137,7 @@ def test_broken_rows_land_in_quarantine_with_reasons(zone, caplog):
     zone.day("2024-01-03", good("2024-01-03"))
     zone.day("2024-01-04", good("2024-01-04"))  # on as_of: not complete yet, deferred
     with caplog.at_level(logging.INFO, logger="prodassoc.ingest"):
-        report = zone.ingest()
+        report = zone.ingest(with_docs(LENIENT))
 
     q = zone.quarantined("2024-01-02")
     reasons = dict(zip(q[c.ORDER_ID].fill_null("<null>").to_list(), q[c.REASON].to_list()))
@@ -385,14 +390,15 @@ def test_every_stored_validation_has_its_data_docs_page_after_a_failed_ingestion
     (here: a partition over max_failed_share) still shows what it validated."""
     zone.day("2024-01-02", orders("2024-01-02", [("o1", "A", 1), ("o2", "Z", 1), ("o3", "Z", 1)]))
     zone.day("2024-01-03", good("2024-01-03"))
+    validations = zone.gx_dir / "uncommitted" / "validations"
+    before = set(validations.rglob("*.json"))  # the module's earlier runs (most without the Data Docs)
     with pytest.raises(IngestError, match="dt=2024-01-02") as err:
-        zone.ingest(STRICT)
+        zone.ingest(with_docs(STRICT))
     site = data_docs_index(zone.gx_dir).parent
     assert err.value.report.data_docs == site / "index.html"
-    stored = {p.relative_to(zone.gx_dir / "uncommitted" / "validations").with_suffix("")
-              for p in (zone.gx_dir / "uncommitted" / "validations").rglob("*.json")}
+    stored = {p.relative_to(validations).with_suffix("") for p in set(validations.rglob("*.json")) - before}
     pages = {p.relative_to(site / "validations").with_suffix("") for p in (site / "validations").rglob("*.html")}
-    assert stored and stored == pages
+    assert stored and stored <= pages
     assert any("ingest-2024-01-04" in str(p) for p in stored)
 
 
@@ -405,8 +411,29 @@ def test_a_data_docs_failure_never_hides_the_error_that_stopped_the_run(zone, mo
     monkeypatch.setattr(GxSuites, "build_docs", full_disk)
     zone.day("2024-01-02", orders("2024-01-02", [("o1", "A", 1), ("o2", "Z", 1), ("o3", "Z", 1)]))
     with pytest.raises(IngestError, match="dt=2024-01-02"):
-        zone.ingest(STRICT)
+        zone.ingest(with_docs(STRICT))
     assert "Data Docs not rebuilt for the failed run (OSError" in caplog.text
     zone.day("2024-01-03", good("2024-01-03"))
     with pytest.raises(OSError, match="No space left"):  # a run that succeeds reports the failed build
-        zone.ingest()
+        zone.ingest(with_docs(LENIENT))
+
+
+def test_without_data_docs_results_are_stored_and_no_page_is_rendered(tmp_path):
+    """validation.data_docs=false: the same verdicts and stored results, no HTML for them; the next
+    run with the Data Docs on renders its own results (the index lists the earlier ones too)."""
+    zone = Zone(tmp_path, tmp_path / "gx")  # its own GE context: nothing stored or rendered before
+    zone.catalog(["A", "B", "C"])
+    zone.day("2024-01-02", orders("2024-01-02", [("o1", "A", 1), ("o2", "Z", 1)]))
+    report = zone.ingest(LENIENT, as_of=date(2024, 1, 3))
+    assert report.data_docs is None and (report.rows_accepted, report.rows_quarantined) == (4, 1)  # 3 catalog rows, o1; o2
+    validations = zone.gx_dir / "uncommitted" / "validations"
+    stored = {p.relative_to(validations).with_suffix("") for p in validations.rglob("*.json")}
+    assert len(stored) == 2  # the catalog's and the transactions'
+    site = data_docs_index(zone.gx_dir).parent
+    assert not site.exists()
+    zone.day("2024-01-03", good("2024-01-03"))
+    report = zone.ingest(with_docs(LENIENT), as_of=date(2024, 1, 4))
+    assert report.data_docs == site / "index.html" and report.data_docs.exists()
+    now = {p.relative_to(validations).with_suffix("") for p in validations.rglob("*.json")} - stored
+    pages = {p.relative_to(site / "validations").with_suffix("") for p in (site / "validations").rglob("*.html")}
+    assert now and pages == now  # only the results of the run that had the Data Docs on

@@ -234,6 +234,23 @@ def test_empty_frame_and_missing_lineage(gx):
         validate_transactions(_tx([]).drop(c.PARTITION), ["A"], CFG, gx=gx)
 
 
+def test_the_context_reads_no_config_variables_file(tmp_path):
+    """GE re-reads and re-parses uncommitted/config_variables.yml on every access to its config;
+    prodassoc substitutes nothing from it, so its context has no such file to read, a context made
+    by GE's defaults (or an older prodassoc) included."""
+    import great_expectations as gx
+    from great_expectations.core.config_provider import _ConfigurationVariablesConfigurationProvider as FromFile
+
+    made_by_ge = gx.get_context(mode="file", context_root_dir=str(tmp_path / "gx"))
+    assert made_by_ge.config_provider.get_provider(FromFile) is not None
+    suites = gx_suites(tmp_path / "gx")
+    assert suites.context.config_provider.get_provider(FromFile) is None
+    reopened = gx.get_context(mode="file", context_root_dir=str(tmp_path / "gx"))  # as a later process opens it
+    assert reopened.variables.config_variables_file_path is None
+    assert reopened.config_provider.get_provider(FromFile) is None
+    assert reopened.suites.get("transactions").expectations  # the suites are there as before
+
+
 def test_data_docs_are_built_where_documented(gx):
     validate_transactions(_tx([("o", "A", 1, 1.0, DAY)]), ["A"], CFG, gx=gx, run_name="docs")
     index = data_docs_index(gx.gx_dir)
