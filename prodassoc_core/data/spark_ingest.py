@@ -45,6 +45,7 @@ from prodassoc_core.data.landing import Landed
 from prodassoc_core.data.loading import OK, Loaded, ignored_columns, load
 from prodassoc_core.data.reconcile import check_validated_rows
 from prodassoc_core.data.validation import (
+    _IN_CATALOG,
     _NO_AS_OF_US,
     _ORDER_DATE,
     _ORDERED_AT_US,
@@ -54,6 +55,7 @@ from prodassoc_core.data.validation import (
     ValidationOutcome,
     _epoch_us,
     _split,
+    catalog_id_list,
     gx_suites,
     missing_columns,
     validate_transactions,
@@ -197,9 +199,7 @@ def validate_transactions_spark(
     from pyspark.sql import functions as F
 
     gx = gx or gx_suites(None)
-    ids_series = catalog_ids if isinstance(catalog_ids, pl.Series) else pl.Series(list(catalog_ids))
     parameters = {
-        "catalog_ids": sorted(set(ids_series.cast(pl.String).drop_nulls().to_list())),
         "min_quantity": -cfg.max_quantity,
         "max_quantity": cfg.max_quantity,
         "max_unit_price": cfg.max_unit_price,
@@ -213,6 +213,8 @@ def validate_transactions_spark(
         *names,
         F.to_date(ts).cast("string").alias(_ORDER_DATE),
         F.expr(f"timestampdiff(MICROSECOND, TIMESTAMP_NTZ'1970-01-01 00:00:00', {c.ORDERED_AT})").alias(_ORDERED_AT_US),
+        F.when(F.col(c.PRODUCT_ID).isNull(), F.lit(None))  # as validation.in_catalog
+        .otherwise(F.col(c.PRODUCT_ID).isin(catalog_id_list(catalog_ids))).alias(_IN_CATALOG),
         c.PARTITION, c.SOURCE_FILE, c.SOURCE_ROW,
     )
     success, failures = gx.run_spark(c.TRANSACTIONS.name, checked, parameters, run_name)
