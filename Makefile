@@ -27,7 +27,7 @@ export OMP_NUM_THREADS ?= 1
 ## demo: the whole product on the shipped sample: import (with bad rows), train, gate, nightly, what was served (DEMO_DIR)
 ## test: the whole test suite on every core, TEST_WORKERS = cores + 1 (installs first; tiers in tests/conftest.py; production tests need CI=true)
 ## test-fast: the unit tier only (not slow, production, spark or gpu), for the edit loop
-## bench: rule mining against pyfim and mlxtend (benchmarks/bench_mining.py), nearest products against numpy (bench_top_k.py), then bench-scale
+## bench: rule mining against pyfim and mlxtend (benchmarks/bench_mining.py), nearest products against numpy (bench_top_k.py), validation against catalog size (bench_validation_catalog.py), then bench-scale
 ## bench-scale: the nightly, local vs spark engine, at BENCH_SCALE_SIZES x Online Retail (benchmarks/bench_scale.py; 1x: ~15 min)
 ## clean: remove .venv, .prodassoc and the pytest cache
 
@@ -91,6 +91,7 @@ test-fast: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_mining.py
 	$(BIN)/python benchmarks/bench_top_k.py
+	$(BIN)/python benchmarks/bench_validation_catalog.py
 	$(MAKE) bench-scale
 
 # docs/spark.md's table: --sizes 1,10 (an hour or more on 2 cores). Runs past BENCH_SCALE_CAP_GIB of RSS are stopped.
