@@ -180,8 +180,8 @@ class _Run:
 
     def data_docs(self, *, failing: bool = False) -> Path | None:
         """The Data Docs index, with this run's validation results rendered (once per run); None
-        with ``validation.data_docs`` off. ``failing``: the run is stopping on an error, which a failed build must not replace
-        (it is logged instead)."""
+        with ``validation.data_docs`` off. ``failing``: the run is stopping on an error, which a
+        failed build must not replace (it is logged instead)."""
         if not self.cfg.data_docs:  # validation.data_docs off: results stored, not rendered
             if self._gx is not None:
                 self._gx.skip_docs()
