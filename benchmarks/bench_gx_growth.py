@@ -38,14 +38,7 @@ def main() -> None:
     root = Path(tempfile.mkdtemp(prefix="bench-gx-"))
     try:
         gx = validation.GxSuites(root / "gx")
-        if args.index_results:
-            gx.limit_docs_index(args.index_results)
-        else:  # every stored result on the index: GE's default
-            sites = gx.context.variables.data_docs_sites
-            for site in sites.values():
-                site["site_index_builder"].pop("validation_results_limit", None)
-            gx.context.variables.data_docs_sites = sites
-            gx.context.variables.save()
+        gx.limit_docs_index(args.index_results or None)  # 0: every stored result, GE's default
         n = 500
         frame = pd.DataFrame({"product_id": [f"P{i}" for i in range(n)], "title": [f"product {i}" for i in range(n)],
                               "description": ["a product"] * n, "category": ["home"] * n, "brand": [None] * n})

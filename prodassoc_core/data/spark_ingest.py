@@ -55,7 +55,7 @@ from prodassoc_core.data.validation import (
     ValidationOutcome,
     _epoch_us,
     _split,
-    catalog_id_list,
+    catalog_id_series,
     gx_suites,
     missing_columns,
     validate_transactions,
@@ -214,7 +214,7 @@ def validate_transactions_spark(
     # as validation.in_catalog, by a broadcast join with the ids (Column.isin of 50k literals takes
     # PySpark 38 s to build, one py4j call a literal)
     catalog = F.broadcast(frame.sparkSession.createDataFrame(
-        pd.DataFrame({_CATALOG_ID: catalog_id_list(catalog_ids)}, dtype=object), schema=f"{_CATALOG_ID} string"))
+        pd.DataFrame({_CATALOG_ID: catalog_id_series(catalog_ids).to_list()}, dtype=object), schema=f"{_CATALOG_ID} string"))
     joined = frame.join(catalog, F.col(c.PRODUCT_ID) == F.col(_CATALOG_ID), "left")
     checked = joined.select(  # a NaN price is missing, as in the local route's conform
         *names,

@@ -645,18 +645,21 @@ class GxSuites:
             suite = ctx.suites.add_or_update(gx.ExpectationSuite(name=table, expectations=expectations))
             self._checkpoints[table] = self._add_checkpoint(source, table, table, suite, {"result_format": "COMPLETE"})
 
-    def limit_docs_index(self, results: int) -> None:
+    def limit_docs_index(self, results: int | None) -> None:
         """List only the newest ``results`` validation results on the Data Docs index (GE's
         ``site_index_builder.validation_results_limit``; older results and their pages stay on
-        disk). A build reads every result it lists, so an unbounded index makes each night's
-        build slower than the last (benchmarks/bench_gx_growth.py: 0.23 s with 10 stored results,
-        1.33 s with 300 to 600)."""
+        disk; None: every result, GE's default). A build reads every result it lists, so an
+        unbounded index makes each night's build slower than the last
+        (benchmarks/bench_gx_growth.py: 0.23 s with 10 stored results, 1.33 s with 300 to 600)."""
         sites = self._ctx.variables.data_docs_sites or {}
         changed = False
         for site in sites.values():
             index = site.setdefault("site_index_builder", {"class_name": "DefaultSiteIndexBuilder"})
             if index.get("validation_results_limit") != results:
-                index["validation_results_limit"] = results
+                if results is None:
+                    index.pop("validation_results_limit", None)
+                else:
+                    index["validation_results_limit"] = results
                 changed = True
         if changed:
             self._ctx.variables.data_docs_sites = sites
@@ -945,16 +948,16 @@ def validate_transactions(
     return ValidationOutcome(accepted, quarantined, stats, counts, success and quarantined.is_empty())
 
 
-def catalog_id_list(catalog_ids: pl.Series | Iterable[str]) -> list[str]:
+def catalog_id_series(catalog_ids: pl.Series | Iterable[str]) -> pl.Series:
     """The distinct accepted catalog ids, as strings, in first-seen order."""
     ids = catalog_ids if isinstance(catalog_ids, pl.Series) else pl.Series(list(catalog_ids), dtype=pl.String)
-    return ids.cast(pl.String).drop_nulls().unique(maintain_order=True).to_list()
+    return ids.cast(pl.String).drop_nulls().unique(maintain_order=True)
 
 
 def in_catalog(product_id: pl.Expr, catalog_ids: pl.Series | Iterable[str]) -> pl.Expr:
     """Whether ``product_id`` is an accepted catalog id; null where it is null (GE's set rules skip nulls)."""
-    ids = pl.Series(catalog_id_list(catalog_ids), dtype=pl.String)
-    return pl.when(product_id.is_null()).then(None).otherwise(product_id.is_in(ids.implode()))
+    ids = catalog_id_series(catalog_ids).implode()
+    return pl.when(product_id.is_null()).then(None).otherwise(product_id.is_in(ids))
 
 
 def _epoch_us(day: date) -> int:
