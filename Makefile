@@ -18,6 +18,10 @@ export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 export MLFLOW_DISABLE_TELEMETRY ?= true
 export DO_NOT_TRACK ?= 1
 export OMP_NUM_THREADS ?= 1
+# Python's bytecode cache on, whatever the shell says: with PYTHONDONTWRITEBYTECODE set (as on these
+# machines) each test worker compiles every test file again to rewrite its asserts (collection took
+# 11 s of CPU per worker, 8 s with the cache) and each subprocess recompiles the project
+unexport PYTHONDONTWRITEBYTECODE
 
 .PHONY: help install browser demo test test-fast bench bench-scale clean
 

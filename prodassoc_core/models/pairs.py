@@ -96,10 +96,14 @@ class PairSpace:
         popular = np.array([index[p] for p in popular_products(fit_items, cfg.popular_pool) if p in index], dtype=np.int64)
         return cls(ids, index, bought, _groups(catalog), popular)
 
+    def bought_with(self, a: int) -> np.ndarray:
+        """The products sharing a fit basket with ``a``: its row of ``bought``, read from the CSR
+        arrays (scipy's row indexing builds a new matrix per call, most of the cost of sampling)."""
+        return self.bought.indices[self.bought.indptr[a]: self.bought.indptr[a + 1]]
+
     def co_bought(self, a: int, b: np.ndarray) -> np.ndarray:
         """Whether ``a`` shares a fit basket with each of ``b`` (or is it)."""
-        row = self.bought[a]
-        return np.isin(b, row.indices) | (b == a)
+        return np.isin(b, self.bought_with(a)) | (b == a)
 
     def negatives(self, anchor: int, cfg: PairConfig, rng: np.random.Generator) -> list[int]:
         """``hard + popular + random`` products never bought with ``anchor`` (fewer if none exist).
@@ -117,11 +121,12 @@ class PairSpace:
             picked += rng.choice(eligible, size=take, replace=False).tolist() if take else []
             missing += n - take
         want = cfg.random_negatives + missing
+        bought = set(self.bought_with(anchor).tolist()) | {anchor}
         for _ in range(want * 20):
             if want == 0:
                 break
             c = int(rng.integers(len(self.product_ids)))
-            if c not in picked and not self.co_bought(anchor, np.array([c]))[0]:
+            if c not in picked and c not in bought:
                 picked.append(c)
                 want -= 1
         return picked

@@ -169,11 +169,16 @@ def test_a_read_only_data_dir_is_one_line(work):
 # --- 7. an ingestion error through the whole flow: no Prefect traceback before the message -------
 
 
-def test_prefect_tracebacks_do_not_precede_the_cli_message(work, migrated_prefect_home):
+def test_prefect_tracebacks_do_not_precede_the_cli_message(work, prefect_harness):
+    """Against the run's Prefect API (PREFECT_API_URL, as on a machine with a server): the flow's
+    failure is what is under test, not starting a temporary server (the next-but-one test)."""
+    from prefect.settings import PREFECT_API_URL
+
     pl.DataFrame({"order_id": ["x"], "product_id": ["A"]}).write_parquet(
         work / "data" / "landing" / "transactions" / "dt=2024-01-03" / "broken.parquet"
     )
-    proc = cli("--data-dir", "data", "run", "--as-of", AS_OF, cwd=work)
+    proc = cli("--data-dir", "data", "run", "--as-of", AS_OF, cwd=work, env={"PREFECT_API_URL": PREFECT_API_URL.value()})
+    assert PREFECT_STARTED not in proc.stderr  # the flow ran on that API
     assert proc.returncode == 1, proc.stderr[-3000:]
     assert "Traceback" not in proc.stderr
     assert "Warning" not in proc.stderr  # e.g. pyspark's about pandas 3, raised when GE imports it
