@@ -69,6 +69,7 @@ do not change when the config or the catalog does.
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import threading
@@ -164,6 +165,12 @@ def data_docs_index(gx_dir: Path) -> Path:
     ``local_site`` writes to ``uncommitted/data_docs/local_site/`` below it.
     """
     return Path(gx_dir) / "uncommitted" / "data_docs" / "local_site" / "index.html"
+
+
+def skipped_docs_path(gx_dir: Path) -> Path:
+    """The validation results stored while ``validation.data_docs`` was off, and not yet rendered
+    (``GxSuites.skip_docs``): the first build after the Data Docs are turned back on renders them."""
+    return Path(gx_dir) / "uncommitted" / "skipped_data_docs.json"
 
 
 # --- Data Docs readable offline ---------------------------------------------------------------
@@ -639,6 +646,7 @@ class GxSuites:
         self._lock = threading.Lock()  # one checkpoint run at a time on this context
         self._checkpoints: dict[str, Any] = {}
         self._undocumented: list[Any] = []  # identifiers of results and suites not yet in the Data Docs
+        self._index_limit: int | None = None  # limit_docs_index's: how many results the index lists
         for table, build in _SUITES.items():
             expectations = build(gxe)
             _RULE_ORDER[table] = [e.meta["rule"] for e in expectations]
@@ -651,6 +659,7 @@ class GxSuites:
         disk; None: every result, GE's default). A build reads every result it lists, so an
         unbounded index makes each night's build slower than the last
         (benchmarks/bench_gx_growth.py: 0.23 s with 10 stored results, 1.33 s with 300 to 600)."""
+        self._index_limit = results
         sites = self._ctx.variables.data_docs_sites or {}
         changed = False
         for site in sites.values():
@@ -716,20 +725,67 @@ class GxSuites:
                 engine.batch_manager.reset_batch_cache()
 
     def skip_docs(self) -> None:
-        """Forget the results run since the last ``build_docs`` (stored, never rendered)."""
+        """Leave the results run since the last ``build_docs`` unrendered (``validation.data_docs``
+        off; they are stored all the same). They are recorded in ``skipped_docs_path``, the newest
+        as many as the index lists, for the first ``build_docs`` after the Data Docs are turned
+        back on, so that no page the index links to is missing."""
+        from great_expectations.data_context.types.resource_identifiers import ValidationResultIdentifier
+
         with self._lock:
+            results = [list(i.to_fixed_length_tuple()) for i in dict.fromkeys(self._undocumented)
+                       if isinstance(i, ValidationResultIdentifier)]
             self._undocumented = []
+            if self.gx_dir is None or not results:
+                return
+            skipped = [*self._read_skipped(), *results]
+            if self._index_limit is not None:
+                skipped = skipped[-self._index_limit:]
+            path = skipped_docs_path(self.gx_dir)
+            tmp = path.with_name(f".{path.name}.tmp")
+            tmp.write_text(json.dumps(skipped))
+            tmp.replace(path)
+
+    def _read_skipped(self) -> list[list[str]]:
+        """The skipped results on record (an unreadable record is logged and counts as none)."""
+        path = skipped_docs_path(self.gx_dir)
+        if not path.is_file():
+            return []
+        try:
+            skipped = [list(t) for t in json.loads(path.read_text())]
+            if not all(len(t) == 4 and all(isinstance(v, str) for v in t) for t in skipped):
+                raise ValueError("not a list of [suite, run name, run time, batch] entries")
+            return skipped
+        except (ValueError, TypeError) as exc:
+            logger.warning("Data Docs: %s unreadable (%s); results validated while they were off stay unrendered",
+                           path, exc)
+            return []
+
+    def _skipped_identifiers(self) -> list[Any]:
+        """The skipped results still stored, each followed by its suite (pages to render)."""
+        from great_expectations.data_context.types.resource_identifiers import (
+            ExpectationSuiteIdentifier,
+            ValidationResultIdentifier,
+        )
+
+        out: list[Any] = []
+        for t in self._read_skipped():
+            identifier = ValidationResultIdentifier.from_fixed_length_tuple(t)
+            if self._ctx.validation_results_store.has_key(identifier):
+                out += [identifier, ExpectationSuiteIdentifier(name=t[0])]
+        return out
 
     def build_docs(self) -> Path | None:
-        """Render the results run since the last call into the Data Docs (the index lists every
-        stored result), readable offline; returns the index page (None without a ``gx_dir``)."""
+        """Render the results run since the last call, and any skipped while the Data Docs were
+        off (``skip_docs``), into the Data Docs (the index lists the newest stored results),
+        readable offline; returns the index page (None without a ``gx_dir``)."""
         if self.gx_dir is None:
             return None
         with self._lock:
-            if self._undocumented:
-                pending = list(dict.fromkeys(self._undocumented))  # each suite once, in run order
-                self._ctx.build_data_docs(resource_identifiers=pending)
+            pending = [*self._skipped_identifiers(), *self._undocumented]
+            if pending:
+                self._ctx.build_data_docs(resource_identifiers=list(dict.fromkeys(pending)))  # each suite once
                 self._undocumented = []
+                skipped_docs_path(self.gx_dir).unlink(missing_ok=True)
                 make_data_docs_offline(data_docs_index(self.gx_dir).parent)
         return self.data_docs
 

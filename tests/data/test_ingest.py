@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass
 from datetime import date, datetime
@@ -19,7 +20,7 @@ from prodassoc_core.data.ingest import (
     read_staged_catalog,
     read_staged_transactions,
 )
-from prodassoc_core.data.validation import data_docs_index, gx_suites
+from prodassoc_core.data.validation import data_docs_index, gx_suites, skipped_docs_path
 from prodassoc_core.ops.settings import ValidationConfig
 
 AS_OF = date(2024, 1, 4)
@@ -420,7 +421,7 @@ def test_a_data_docs_failure_never_hides_the_error_that_stopped_the_run(zone, mo
 
 def test_without_data_docs_results_are_stored_and_no_page_is_rendered(tmp_path):
     """validation.data_docs=false: the same verdicts and stored results, no HTML for them; the next
-    run with the Data Docs on renders its own results (the index lists the earlier ones too)."""
+    run with the Data Docs on renders its own results and those skipped (the index lists them all)."""
     zone = Zone(tmp_path, tmp_path / "gx")  # its own GE context: nothing stored or rendered before
     zone.catalog(["A", "B", "C"])
     zone.day("2024-01-02", orders("2024-01-02", [("o1", "A", 1), ("o2", "Z", 1)]))
@@ -431,9 +432,26 @@ def test_without_data_docs_results_are_stored_and_no_page_is_rendered(tmp_path):
     assert len(stored) == 2  # the catalog's and the transactions'
     site = data_docs_index(zone.gx_dir).parent
     assert not site.exists()
+    skipped = json.loads(skipped_docs_path(zone.gx_dir).read_text())  # recorded for when they are back on
+    assert {Path(*t) for t in skipped} == stored
     zone.day("2024-01-03", good("2024-01-03"))
     report = zone.ingest(with_docs(LENIENT), as_of=date(2024, 1, 4))
     assert report.data_docs == site / "index.html" and report.data_docs.exists()
     now = {p.relative_to(validations).with_suffix("") for p in validations.rglob("*.json")} - stored
     pages = {p.relative_to(site / "validations").with_suffix("") for p in (site / "validations").rglob("*.html")}
-    assert now and pages == now  # only the results of the run that had the Data Docs on
+    assert now and pages == now | stored  # this run's results and those validated while the Data Docs were off
+    assert not skipped_docs_path(zone.gx_dir).exists()
+    index = report.data_docs.read_text()
+    assert all(f"{p.as_posix()}.html" in index for p in pages)  # every page the index lists is there
+
+
+def test_an_unreadable_record_of_skipped_pages_is_logged_and_the_run_goes_on(tmp_path, caplog):
+    zone = Zone(tmp_path, tmp_path / "gx")
+    zone.catalog(["A", "B", "C"])
+    zone.day("2024-01-02", orders("2024-01-02", [("o1", "A", 1)]))
+    zone.ingest(LENIENT, as_of=date(2024, 1, 3))
+    skipped_docs_path(zone.gx_dir).write_text('[["half a record"]')  # e.g. a disk that filled mid-write
+    zone.day("2024-01-03", good("2024-01-03"))
+    report = zone.ingest(with_docs(LENIENT), as_of=date(2024, 1, 4))
+    assert report.data_docs.exists() and "skipped_data_docs.json unreadable" in caplog.text
+    assert not skipped_docs_path(zone.gx_dir).exists()  # rendered what it could; the record is gone
