@@ -45,8 +45,8 @@ class ValidationConfig(BaseModel):
     data_docs: bool = Field(
         True, description="render each ingestion's validation results into the Great Expectations Data Docs "
         "(HTML, about 0.3 s a run); false: the results are still stored under gx/uncommitted/validations and "
-        "the quarantine is the same, but no page is rendered for them (the index, when rendered again, lists them "
-        "without a page)")
+        "the quarantine is the same, but no page is rendered for them until it is turned back on (the next run "
+        "then renders them, the newest docs_index_results, with its own)")
 
 
 class BasketConfig(BaseModel):
