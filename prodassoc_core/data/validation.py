@@ -69,6 +69,7 @@ do not change when the config or the catalog does.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import re
@@ -742,8 +743,14 @@ class GxSuites:
                 skipped = skipped[-self._index_limit:]
             path = skipped_docs_path(self.gx_dir)
             tmp = path.with_name(f".{path.name}.tmp")
-            tmp.write_text(json.dumps(skipped))
-            tmp.replace(path)
+            try:  # a hint for later pages: never what fails (or hides why) a run, e.g. on a full disk
+                tmp.write_text(json.dumps(skipped))
+                tmp.replace(path)
+            except OSError as exc:
+                with contextlib.suppress(OSError):
+                    tmp.unlink(missing_ok=True)
+                logger.warning("Data Docs: could not record the skipped results in %s (%s); their pages will not "
+                               "be rendered when the Data Docs are turned back on", path, exc)
 
     def _read_skipped(self) -> list[list[str]]:
         """The skipped results on record (an unreadable record is logged and counts as none)."""

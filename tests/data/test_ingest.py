@@ -445,6 +445,16 @@ def test_without_data_docs_results_are_stored_and_no_page_is_rendered(tmp_path):
     assert all(f"{p.as_posix()}.html" in index for p in pages)  # every page the index lists is there
 
 
+def test_a_record_of_skipped_pages_that_cannot_be_written_never_fails_the_run(tmp_path, caplog):
+    zone = Zone(tmp_path, tmp_path / "gx")
+    zone.catalog(["A", "B", "C"])
+    zone.day("2024-01-02", orders("2024-01-02", [("o1", "A", 1)]))
+    skipped_docs_path(zone.gx_dir).mkdir(parents=True)  # the record cannot be put in place
+    report = zone.ingest(LENIENT, as_of=date(2024, 1, 3))
+    assert report.rows_accepted == 4 and report.data_docs is None
+    assert "could not record the skipped results" in caplog.text
+
+
 def test_an_unreadable_record_of_skipped_pages_is_logged_and_the_run_goes_on(tmp_path, caplog):
     zone = Zone(tmp_path, tmp_path / "gx")
     zone.catalog(["A", "B", "C"])
