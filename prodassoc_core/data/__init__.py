@@ -47,6 +47,7 @@ NAMES = {
     "StorageError": "warehouse",
     "fault_point": "warehouse",
     "remove_stale_temp": "warehouse",
+    "write_json": "warehouse",
 }
 
 __all__, __getattr__ = lazy_exports(__name__, MODULES, NAMES)

@@ -69,7 +69,6 @@ do not change when the config or the catalog does.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import re
@@ -741,14 +740,12 @@ class GxSuites:
             skipped = [*self._read_skipped(), *results]
             if self._index_limit is not None:
                 skipped = skipped[-self._index_limit:]
+            from prodassoc_core.data.warehouse import write_json
+
             path = skipped_docs_path(self.gx_dir)
-            tmp = path.with_name(f".{path.name}.tmp")
             try:  # a hint for later pages: never what fails (or hides why) a run, e.g. on a full disk
-                tmp.write_text(json.dumps(skipped))
-                tmp.replace(path)
+                write_json(path, skipped)
             except OSError as exc:
-                with contextlib.suppress(OSError):
-                    tmp.unlink(missing_ok=True)
                 logger.warning("Data Docs: could not record the skipped results in %s (%s); their pages will not "
                                "be rendered when the Data Docs are turned back on", path, exc)
 

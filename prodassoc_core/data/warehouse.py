@@ -206,6 +206,18 @@ def _tmp_pid(name: str) -> int | None:
     return int(head) if head.isdigit() else None
 
 
+def write_json(path: Path, payload: object) -> None:
+    """``payload`` as JSON at ``path``, replaced atomically (a temporary file beside it, renamed over
+    it): a reader sees the old file or the new one, never part of one. Values JSON cannot hold are
+    written as ``str``."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_text(json.dumps(payload, indent=2, sort_keys=True, default=str))
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 def atomic_write_parquet(table: pa.Table, path: Path, tmp_dir: Path) -> None:
     """Write ``table`` to ``path`` so that readers never see a partial file.
 

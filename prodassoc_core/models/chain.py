@@ -448,7 +448,8 @@ def chain_key(cfg: TrainingConfig, catalog: pl.DataFrame, train: pl.DataFrame, a
 def _claim(out_dir: Path, cfg: TrainingConfig, catalog: pl.DataFrame, train: pl.DataFrame, as_of: datetime) -> None:
     """Record what ``out_dir`` is trained from, or refuse a directory trained from something else
     (finished stages are reused, so a silent mismatch would mix two runs)."""
-    from prodassoc_core.models.training import check_resumable, write_json
+    from prodassoc_core.data import write_json
+    from prodassoc_core.models.training import check_resumable
 
     key = chain_key(cfg, catalog, train, as_of)
     path = out_dir / CHAIN_CONFIG

@@ -78,6 +78,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch_geometric.nn import SAGEConv
 
+from prodassoc_core.data import write_json
 from prodassoc_core.mining import protocol
 from prodassoc_core.models import embeddings
 from prodassoc_core.models.graph import COPURCHASE, EDGE_TYPES, TEXT, ProductGraph
@@ -98,7 +99,6 @@ from prodassoc_core.models.training import (
     set_seed,
     throughput,
     time_reserve,
-    write_json,
 )
 from prodassoc_core.ops import GnnConfig
 

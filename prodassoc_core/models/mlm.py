@@ -22,10 +22,8 @@ tokens; perplexity = exp(loss).
 
 from __future__ import annotations
 
-import json
 import logging
 import math
-import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -36,7 +34,7 @@ import polars as pl
 import torch
 import torch.nn.functional as F
 
-from prodassoc_core.data import BRAND, CATEGORY, DESCRIPTION, PRODUCT_ID, TITLE
+from prodassoc_core.data import BRAND, CATEGORY, DESCRIPTION, PRODUCT_ID, TITLE, write_json
 from prodassoc_core.models.encoders import load_encoder_for_mlm
 from prodassoc_core.models.tracking import RegisteredRun, log_model_run
 from prodassoc_core.models.training import (
@@ -497,7 +495,7 @@ def train_mlm(
         world_size=world_size(),
     )
     if is_main_process():
-        _write_json(out_dir / RESULTS_FILE, result.summary())
+        write_json(out_dir / RESULTS_FILE, result.summary())
     wait_for_everyone()
     logger.info(
         "mlm: held-out loss %.4f -> %.4f (perplexity %.2f -> %.2f), %d/%d steps (%s), %.1f examples/s, %s",
@@ -505,12 +503,6 @@ def train_mlm(
         result.stop_reason, result.examples_per_s, budget_note(result.seconds, result.budget_seconds),
     )
     return result
-
-
-def _write_json(path: Path, payload: dict[str, Any]) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(payload, indent=2, sort_keys=True))
-    os.replace(tmp, path)
 
 
 def run_mlm(

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import polars as pl
 
+from prodassoc_core.data import write_json
 from prodassoc_core.models import tracking
 from prodassoc_core.ops import AssociationConfig, Settings
 
@@ -190,15 +191,6 @@ def classic_choice(settings: Settings, as_of: date, baskets_between=None) -> tup
     write_json(path, record)
     log.info("classic method for %s: %s", anchor, found.reason)
     return found.chosen, found.reason + f" (chosen on the tail before {anchor})"
-
-
-def write_json(path: Path, data: dict) -> None:
-    """``data`` as JSON at ``path``, replaced atomically (a temp file renamed over it)."""
-    import os
-
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True))
-    os.replace(tmp, path)
 
 
 def plan(settings: Settings, as_of: date, baskets_between=None) -> ServingPlan:

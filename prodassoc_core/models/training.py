@@ -52,6 +52,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from prodassoc_core.data import write_json
+
 logger = logging.getLogger("prodassoc.training")
 
 CHECKPOINT_PREFIX = "step-"
@@ -928,13 +930,6 @@ def check_resumable(saved: Mapping[str, Any], current: Mapping[str, Any], checkp
             f"{checkpoint} was written by a different run ({', '.join(diff)} differ); "
             "use a new output directory or remove the checkpoints"
         )
-
-
-def write_json(path: Path, payload: Mapping[str, Any]) -> None:
-    """Write JSON atomically (temporary file, then rename)."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(payload, indent=2, sort_keys=True, default=str))
-    os.replace(tmp, path)
 
 
 @dataclass

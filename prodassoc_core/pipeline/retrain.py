@@ -323,9 +323,7 @@ REGISTERED_FILE = "registered.json"  # in a training's folder once its models ar
 def mark_registered(out_dir: Path, as_of: date, registered: dict) -> None:
     """Record in ``out_dir`` that its training registered its models (``tidy_trainings`` may then
     remove the folder once newer trainings exist)."""
-    from prodassoc_core.models import training
-
-    training.write_json(out_dir / REGISTERED_FILE, {"as_of": as_of.isoformat(),
+    warehouse.write_json(out_dir / REGISTERED_FILE, {"as_of": as_of.isoformat(),
                                                     "versions": {s: r.model_version for s, r in registered.items()}})
 
 

@@ -299,7 +299,7 @@ def associate(settings: Settings, baskets_path: Path, as_of: date) -> dict[str, 
         table = table.sort(PRODUCT_ID, "rank")
     table = PRODUCT_ASSOCIATIONS.conform(table.to_arrow())
     staged[PRODUCT_ASSOCIATIONS.name] = _stage(table, PRODUCT_ASSOCIATIONS.name, baskets_path)
-    serving.write_json(baskets_path.parent / SERVING_FILE, plan.as_json())
+    warehouse.write_json(baskets_path.parent / SERVING_FILE, plan.as_json())
     return staged
 
 
