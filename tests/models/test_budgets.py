@@ -109,9 +109,11 @@ def test_a_tiny_budget_stops_every_stage_with_a_usable_model_and_the_chain_goes_
     assert result.budget_seconds == pytest.approx(budget_s)
     assert set(result.budgets) == {"mlm", "teacher", "student", "gnn"}
     # the stages share one budget: none is given time beyond what the chain has left when it starts
+    # (nothing, once the stages before it have overrun it: a stage ends at its next step after its
+    # deadline, then validates and saves, which a loaded machine slows; the wall check above bounds that)
     elapsed = 0.0
     for stage in ("mlm", "teacher", "student", "gnn"):
-        assert elapsed + result.budgets[stage] <= budget_s + 0.5, stage
+        assert result.budgets[stage] <= max(budget_s - elapsed, 0.0) + 0.5, stage
         elapsed += result.seconds[stage]
 
     for stage in ("mlm", "teacher", "student"):
