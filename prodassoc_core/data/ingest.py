@@ -92,6 +92,7 @@ from prodassoc_core.data.manifest import (
     INGESTED,
     IngestReport,
     Ledger,
+    ManifestError,
     PartitionStats,
     read_manifest,
 )
@@ -126,7 +127,7 @@ from prodassoc_core.ops import ValidationConfig
 
 __all__ = [  # the entry point, and what a caller reads of its results (defined in the step modules)
     "CATALOG_FILE", "DEFAULT_BATCH_ROWS", "DUPLICATE", "FAILED", "INGESTED", "REJECTED", "UNREADABLE",
-    "IngestError", "IngestReport", "PartitionStats", "ingest", "read_manifest", "read_staged_catalog",
+    "IngestError", "IngestReport", "ManifestError", "PartitionStats", "ingest", "read_manifest", "read_staged_catalog",
     "read_staged_transactions", "remove_stale_temp_files",
 ]
 

@@ -4,6 +4,11 @@ The manifest (contracts.MANIFEST, one row per landed file, sorted by (table, fil
 became of each file: ``ingested``, ``failed``, ``unreadable`` or ``duplicate``, with its sha256
 and row counts. ``Ledger`` holds its rows as a run updates them, together with the run's
 ``IngestReport``; ``Ledger.write`` replaces the manifest atomically.
+
+A manifest damaged outside prodassoc (a bad disk, a bad restore, an edit: prodassoc's own writes
+are atomic) is not a dead end. ``read_manifest`` raises ``ManifestError`` naming it; the next
+ingestion moves it aside (its bytes kept, beside it) and rebuilds it by validating every landed
+file again, as it would for a data dir whose manifest was deleted.
 """
 
 from __future__ import annotations
@@ -12,7 +17,11 @@ from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
 
+import logging
+import os
+
 import polars as pl
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from prodassoc_core.data import contracts as c
@@ -22,6 +31,12 @@ from prodassoc_core.data.reconcile import check_file_counts
 from prodassoc_core.data.staging import write_table
 
 INGESTED, FAILED, DUPLICATE = "ingested", "failed", "duplicate"
+
+logger = logging.getLogger(__name__)
+
+
+class ManifestError(ValueError):
+    """The manifest file exists but cannot be read as contracts.MANIFEST."""
 
 
 @dataclass(frozen=True)
@@ -61,14 +76,34 @@ class IngestReport:
     catalog_file: str | None = None
     data_docs: Path | None = None
     errors: list[str] = field(default_factory=list)
+    manifest_rebuilt: str | None = None  # the manifest was unreadable: where it went, what was done
+
+
+def empty_manifest() -> pl.DataFrame:
+    return pl.DataFrame(schema=c.MANIFEST.polars_schema)
 
 
 def read_manifest(manifest_path: Path) -> pl.DataFrame:
     """The manifest (contracts.MANIFEST); empty when the file does not exist yet."""
-    schema = c.MANIFEST.polars_schema
     if not Path(manifest_path).exists():
-        return pl.DataFrame(schema=schema)
-    return pl.from_arrow(c.MANIFEST.conform(pq.read_table(manifest_path)))
+        return empty_manifest()
+    try:
+        return pl.from_arrow(c.MANIFEST.conform(pq.read_table(manifest_path)))
+    except (OSError, pa.ArrowException, ValueError) as exc:  # not Parquet, torn, or not the contract's columns
+        raise ManifestError(f"manifest {manifest_path} is unreadable ({type(exc).__name__}: {exc})") from exc
+
+
+def set_aside(manifest_path: Path, as_of: date) -> Path:
+    """Move an unreadable manifest to ``<name>.unreadable-as_of=<as_of>`` beside it (``-2``, ``-3``, ...
+    when that name is taken) and return where it went."""
+    path = Path(manifest_path)
+    base = path.with_name(f"{path.name}.unreadable-as_of={as_of.isoformat()}")
+    target, n = base, 1
+    while target.exists():
+        n += 1
+        target = base.with_name(f"{base.name}-{n}")
+    os.replace(path, target)
+    return target
 
 
 def write_manifest(manifest_path: Path, rows: dict[tuple[str, str], dict]) -> None:
@@ -101,7 +136,15 @@ class Ledger:
     def __init__(self, manifest_path: Path, as_of: date) -> None:
         self.path, self.as_of = Path(manifest_path), as_of
         self.report = IngestReport(as_of=as_of)
-        self.rows = {(r["table"], r["file"]): r for r in read_manifest(self.path).iter_rows(named=True)}
+        try:
+            account = read_manifest(self.path)
+        except ManifestError as exc:
+            aside = set_aside(self.path, as_of)
+            self.report.manifest_rebuilt = (f"{exc}; moved to {aside} and rebuilt: every landed file was validated "
+                                            f"again")
+            logger.warning("%s", self.report.manifest_rebuilt)
+            account = empty_manifest()
+        self.rows = {(r["table"], r["file"]): r for r in account.iter_rows(named=True)}
 
     def previous(self, file: Landed) -> dict | None:
         """The manifest's row for ``file`` before this run recorded it (or as recorded so far)."""

@@ -243,6 +243,8 @@ def counts_section(ingest: Mapping, published: Sequence[Mapping], basket_account
     out = ["<h2>Counts</h2><p>What this run ingested (files ingested by earlier runs are skipped), what it "
            "quarantined and what it published.</p>",
            "<p>" + "; ".join(f"{_e(k)}: {v:,}" for k, v in files) + ".</p>"]
+    if ingest.get("manifest_rebuilt"):
+        out.append(f"<p class=\"warning\"><strong>Manifest rebuilt:</strong> {_e(ingest['manifest_rebuilt'])}.</p>")
     tables = sorted({p["table"] for p in ingest.get("partitions", ())})
     rows = []
     for table in tables:

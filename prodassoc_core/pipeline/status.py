@@ -21,6 +21,7 @@ class DataStatus:
     committed: dict[date, dict[str, dict]]  # run date -> {table: {rows, bytes}}
     damaged: dict[date, list[str]]  # committed once, files since missing or changed
     served: dict | None  # the newest committed run's serving plan (ServingPlan.as_json)
+    manifest_error: str | None = None  # the manifest is unreadable (the next run sets it aside and rebuilds it)
 
     @property
     def gaps(self) -> list[date]:
@@ -36,7 +37,8 @@ class DataStatus:
         return {
             "data_dir": str(settings.data_dir),
             "landed_days": [d.isoformat() for d in self.landed_days],
-            "manifest": {"files": self.files, "rows": self.rows},
+            "manifest": {"files": self.files, "rows": self.rows} if self.manifest_error is None
+            else {"error": self.manifest_error},
             "published": [d.isoformat() for d in sorted(self.committed)],
             "days_without_a_run": [d.isoformat() for d in self.gaps],
             "newest": None if newest is None else {
@@ -51,7 +53,10 @@ class DataStatus:
 
 def data_status(settings: Settings) -> DataStatus:
     """The status of ``settings.data_dir`` (which must exist)."""
-    account = manifest.read_manifest(settings.manifest_path)
+    try:
+        account, error = manifest.read_manifest(settings.manifest_path), None
+    except manifest.ManifestError as exc:
+        account, error = manifest.empty_manifest(), str(exc)
     files = dict(account.group_by("status").len().sort("status").iter_rows())
     rows = {k: int(account[f"rows_{k}"].sum()) for k in ("read", "accepted", "quarantined")}
     committed = warehouse.committed_dates(settings.warehouse_dir)
@@ -62,7 +67,7 @@ def data_status(settings: Settings) -> DataStatus:
     return DataStatus(
         landed_days=[d for d, _ in landing.partition_dirs(settings.landing_dir / "transactions")],
         files=files, rows=rows, committed=committed,
-        damaged=warehouse.damaged_dates(settings.warehouse_dir), served=served,
+        damaged=warehouse.damaged_dates(settings.warehouse_dir), served=served, manifest_error=error,
     )
 
 
@@ -82,7 +87,10 @@ def describe(status: DataStatus, settings: Settings) -> list[str]:
     out = [f"data dir: {settings.data_dir}"]
     out.append(f"landed: transactions of {_span(status.landed_days, 'landed')}" if status.landed_days
                else f"landed: no transactions in {settings.landing_dir} (prodassoc import …)")
-    if status.files:
+    if status.manifest_error is not None:
+        out.append(f"manifest: unreadable: {status.manifest_error}; the next run moves it aside and rebuilds it by "
+                   f"validating every landed file again")
+    elif status.files:
         counts = ", ".join(f"{n} {s}" for s, n in status.files.items())
         r = status.rows
         out.append(f"manifest: {sum(status.files.values())} files ({counts}); rows {r['read']:,} read = "

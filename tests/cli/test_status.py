@@ -65,3 +65,17 @@ def test_status_without_a_data_dir_says_so(tmp_path, capsys):
     assert main(["--data-dir", str(tmp_path / "nowhere"), "status"]) == 5
     assert "no data directory at" in capsys.readouterr().err
     assert not (tmp_path / "nowhere").exists()
+
+
+def test_status_of_an_unreadable_manifest_says_so_and_what_the_next_run_does(tmp_path, capsys):
+    settings = Settings(data_dir=tmp_path / "data")
+    land(settings.landing_dir)
+    stages.run_nightly(settings, date(2024, 1, 3))
+    settings.manifest_path.write_bytes(b"not parquet")
+    lines = _status(settings, capsys)
+    assert lines[2].startswith(f"manifest: unreadable: manifest {settings.manifest_path} is unreadable")
+    assert lines[2].endswith("the next run moves it aside and rebuilds it by validating every landed file again")
+    assert lines[3] == "published: 1 run day, 2024-01-03"  # the rest of the status still reads
+    assert main(["--data-dir", str(settings.data_dir), "status", "--json"]) == 0
+    found = json.loads(capsys.readouterr().out)
+    assert "is unreadable" in found["manifest"]["error"] and found["published"] == ["2024-01-03"]

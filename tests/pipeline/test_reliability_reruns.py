@@ -248,3 +248,38 @@ def test_a_work_file_that_cannot_be_removed_does_not_fail_the_committed_run(sett
     assert stages.is_published(settings, date(2024, 1, 4)) and result.published
     assert "not removed" in caplog.text and "safe to delete by hand" in caplog.text
     assert "association_rules.parquet" in _run_files(settings, date(2024, 1, 4))
+
+
+@pytest.mark.parametrize("damage", ["truncated", "not_the_contract"])
+def test_an_unreadable_manifest_is_set_aside_and_rebuilt_from_the_landing_zone(settings, damage):
+    """A manifest damaged outside prodassoc (a bad disk, a bad restore, an edit) bricks nothing:
+    the next run moves it aside, keeping its bytes, and rebuilds it by validating every landed
+    file again, which gives the same account and the same tables."""
+    as_of = date(2024, 1, 5)
+    stages.run_nightly(settings, as_of)
+    account = ingest.read_manifest(settings.manifest_path).drop("run_as_of")
+    tables = published_bytes(settings)
+    good = settings.manifest_path.read_bytes()
+    if damage == "truncated":
+        settings.manifest_path.write_bytes(good[: len(good) // 2])
+    else:
+        pl.DataFrame({"file": ["x"], "rows": [1]}).write_parquet(settings.manifest_path)
+    damaged = settings.manifest_path.read_bytes()
+    with pytest.raises(ingest.ManifestError, match=f"manifest {settings.manifest_path} is unreadable"):
+        ingest.read_manifest(settings.manifest_path)
+
+    again = stages.run_nightly(settings, as_of)
+    aside = settings.manifest_path.with_name(f"{settings.manifest_path.name}.unreadable-as_of={as_of}")
+    assert aside.read_bytes() == damaged  # kept, not deleted
+    note = again.ingest.manifest_rebuilt
+    assert note is not None and str(aside) in note and "every landed file was validated again" in note
+    assert "Manifest rebuilt:" in again.report.read_text()  # the run's report says so too
+    assert (again.ingest.files_ingested, again.ingest.files_skipped) == (5, 0)
+    assert ingest.read_manifest(settings.manifest_path).drop("run_as_of").equals(account)
+    assert published_bytes(settings) == tables
+    assert_no_duplicates(settings)
+
+    stages.run_nightly(settings, as_of)  # damaged again the same day: a second file beside the first
+    settings.manifest_path.write_bytes(damaged)
+    third = stages.run_nightly(settings, as_of)
+    assert aside.with_name(f"{aside.name}-2").read_bytes() == damaged and third.ingest.manifest_rebuilt
