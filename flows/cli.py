@@ -322,8 +322,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     result = nightly(as_of=args.as_of, settings=settings)
     ing = result["ingest"]
     print(f"as_of {result['as_of']}: ingested {ing['files_ingested']} file(s), skipped {ing['files_skipped']} already ingested")
-    if ing.get("manifest_rebuilt"):
-        print(f"  {ing['manifest_rebuilt']}")
+    for note in filter(None, [ing.get("manifest_rebuilt"), *ing.get("restaged", ())]):
+        print(f"  {note}")
     for table in ("catalog", "transactions"):
         parts = [p for p in ing["partitions"] if p["table"] == table]
         read, accepted, quarantined = (sum(p[k] for p in parts) for k in ("rows_read", "rows_accepted", "rows_quarantined"))
@@ -359,8 +359,8 @@ def cmd_backfill(args: argparse.Namespace) -> int:
     for run in result["runs"]:
         rows = ", ".join(f"{p['table']} {p['rows']:,}" for p in run["published"])
         print(f"as_of {run['as_of']}: published {rows}; report {run['report']}")
-        if run["ingest"].get("manifest_rebuilt"):
-            print(f"  {run['ingest']['manifest_rebuilt']}")
+        for note in filter(None, [run["ingest"].get("manifest_rebuilt"), *run["ingest"].get("restaged", ())]):
+            print(f"  {note}")
     if result["skipped"]:
         print(f"skipped (already published): {', '.join(result['skipped'])}")
     return 0

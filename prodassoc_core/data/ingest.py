@@ -101,9 +101,11 @@ from prodassoc_core.data.staging import (
     CATALOG_FILE,
     Outputs,
     contract_table,
+    footer_rows,
     read_staged_catalog,
     read_staged_transactions,
     remove_stale_temp_files,
+    set_aside,
     staged_catalog_path,
     staged_sha,
     tmp_pid,
@@ -211,6 +213,7 @@ class _CatalogStep:
     def __call__(self) -> pl.Series:
         """Ingest the current catalog snapshot if new; return the accepted product ids."""
         run = self.run
+        self.check_staged()
         file = current_snapshot(run.landing)
         if file is None:
             if self.staged.exists():
@@ -225,6 +228,15 @@ class _CatalogStep:
             logger.info("catalog: %s unchanged (sha %s); reusing staged catalog", file.rel, sha[:8])
             return read_staged_catalog(run.outputs.staging)[c.PRODUCT_ID]
         return self.ingest(file, sha)
+
+    def check_staged(self) -> None:
+        """A staged catalog that cannot be read (damaged outside prodassoc) is set aside; the
+        current snapshot is then ingested again from the landing zone."""
+        if self.staged.exists() and footer_rows(self.staged) is None:
+            aside = set_aside(self.staged, f"damaged-as_of={self.run.as_of.isoformat()}")
+            note = f"{self.staged.name}: the staged catalog is unreadable (moved to {aside}); ingested again from the landing zone"
+            self.report.restaged.append(note)
+            logger.warning("catalog: %s", note)
 
     def ingest(self, file: Landed, sha: str) -> pl.Series:
         """Load, validate and stage a new snapshot; fail the run if it may not replace the staged one."""
@@ -300,6 +312,7 @@ class _TransactionsStep:
 
     def __call__(self) -> None:
         run, r = self.run, self.report
+        forgotten = self.check_staged()
         found = find_transactions(run.landing, run.as_of)
         r.errors.extend(found.misplaced)
         r.files_deferred += found.deferred
@@ -314,7 +327,7 @@ class _TransactionsStep:
         todo = files
         while todo:  # a file held back (same bytes as another new file) waits for that file's verdict
             todo = self.process(todo, shas)
-        if r.files_duplicate:  # recorded without a flush: persist them
+        if r.files_duplicate or forgotten:  # recorded without a flush: persist them
             self.ledger.write()
         if self.ignored:
             logger.warning("transactions: %d file(s) have columns not in the contract, not read: %s (the manifest's "
@@ -323,6 +336,38 @@ class _TransactionsStep:
             "transactions: %d files ingested, %d skipped (unchanged), %d failed",
             r.files_ingested - before[0], r.files_skipped - before[1], r.files_failed - before[2],
         )
+
+    def check_staged(self) -> int:
+        """Staged files the manifest counts that are missing, unreadable, or hold other than the
+        accepted rows it recorded (removed or damaged outside prodassoc), for days before as_of:
+        a damaged one is set aside, and the landed file is ingested again in this run. With the
+        landed file gone too, the run fails saying which rows left the window (once: the manifest
+        then stops counting them). Reads each staged file's footer (~0.1 ms a file). Returns how
+        many manifest rows it dropped."""
+        run, forgotten = self.run, 0
+        for row in self.ledger.staged(c.TRANSACTIONS.name):
+            if row["partition"] >= run.as_of.isoformat():
+                continue
+            file = Landed(row["table"], run.landing / row["file"], row["file"], row["partition"])
+            path, accepted = self.outputs.staged_path(file, row["sha256"]), row["rows_accepted"]
+            found = footer_rows(path)
+            if found == accepted:
+                continue
+            problem = "missing" if not path.exists() else "unreadable" if found is None else \
+                f"{found:,} rows, not the {accepted:,} accepted"
+            if path.exists():
+                problem += f" (moved to {set_aside(path, f'damaged-as_of={run.as_of.isoformat()}')})"
+            self.ledger.forget(file)
+            forgotten += 1
+            if file.path.is_file():
+                note = f"{file.rel}: its staged rows are {problem}; ingested again from the landing zone"
+                self.report.restaged.append(note)
+                logger.warning("transactions: %s", note)
+            else:
+                self.report.errors.append(
+                    f"{file.rel}: its staged rows are {problem} and the landed file is gone: {accepted:,} accepted "
+                    f"rows left the staging zone; land the file again and rerun to restore them")
+        return forgotten
 
     def process(self, files: list[Landed], shas: dict[str, str]) -> list[Landed]:
         """Validate and stage ``files`` (in partition order); returns the files held back.

@@ -18,7 +18,6 @@ from datetime import date
 from pathlib import Path
 
 import logging
-import os
 
 import polars as pl
 import pyarrow as pa
@@ -28,7 +27,7 @@ from prodassoc_core.data import contracts as c
 from prodassoc_core.data.landing import Landed
 from prodassoc_core.data.loading import Loaded
 from prodassoc_core.data.reconcile import check_file_counts
-from prodassoc_core.data.staging import write_table
+from prodassoc_core.data.staging import set_aside, write_table
 
 INGESTED, FAILED, DUPLICATE = "ingested", "failed", "duplicate"
 
@@ -77,6 +76,7 @@ class IngestReport:
     data_docs: Path | None = None
     errors: list[str] = field(default_factory=list)
     manifest_rebuilt: str | None = None  # the manifest was unreadable: where it went, what was done
+    restaged: list[str] = field(default_factory=list)  # staged outputs found missing or damaged, ingested again
 
 
 def empty_manifest() -> pl.DataFrame:
@@ -91,19 +91,6 @@ def read_manifest(manifest_path: Path) -> pl.DataFrame:
         return pl.from_arrow(c.MANIFEST.conform(pq.read_table(manifest_path)))
     except (OSError, pa.ArrowException, ValueError) as exc:  # not Parquet, torn, or not the contract's columns
         raise ManifestError(f"manifest {manifest_path} is unreadable ({type(exc).__name__}: {exc})") from exc
-
-
-def set_aside(manifest_path: Path, as_of: date) -> Path:
-    """Move an unreadable manifest to ``<name>.unreadable-as_of=<as_of>`` beside it (``-2``, ``-3``, ...
-    when that name is taken) and return where it went."""
-    path = Path(manifest_path)
-    base = path.with_name(f"{path.name}.unreadable-as_of={as_of.isoformat()}")
-    target, n = base, 1
-    while target.exists():
-        n += 1
-        target = base.with_name(f"{base.name}-{n}")
-    os.replace(path, target)
-    return target
 
 
 def write_manifest(manifest_path: Path, rows: dict[tuple[str, str], dict]) -> None:
@@ -139,7 +126,7 @@ class Ledger:
         try:
             account = read_manifest(self.path)
         except ManifestError as exc:
-            aside = set_aside(self.path, as_of)
+            aside = set_aside(self.path, f"unreadable-as_of={as_of.isoformat()}")
             self.report.manifest_rebuilt = (f"{exc}; moved to {aside} and rebuilt: every landed file was validated "
                                             f"again")
             logger.warning("%s", self.report.manifest_rebuilt)
@@ -161,6 +148,15 @@ class Ledger:
             if row["table"] == table and row["status"] == INGESTED and row["rows_accepted"]:
                 by_sha.setdefault(row["sha256"], []).append(row)
         return by_sha
+
+    def staged(self, table: str) -> list[dict]:
+        """The rows of ``table``'s files whose accepted rows should be staged (ingested, with rows)."""
+        return [r for r in self.rows.values()
+                if r["table"] == table and r["status"] == INGESTED and r["rows_accepted"]]
+
+    def forget(self, file: Landed) -> None:
+        """Drop ``file``'s row: the run treats the file as new."""
+        self.rows.pop((file.table, file.rel), None)
 
     def record(self, loaded: Loaded, accepted: int, quarantined: int, status: str, detail: str | None) -> None:
         """The verdict on a processed file: its manifest row and the report's counts."""

@@ -96,12 +96,34 @@ def staged_catalog_path(staging_dir: Path) -> Path:
 
 
 def staged_sha(path: Path) -> str | None:
-    """The sha256 of the landed file a staged file was built from (its metadata); None if none."""
-    if not path.exists():
+    """The sha256 of the landed file a staged file was built from (its metadata); None if none
+    (no file, or one that cannot be read)."""
+    try:
+        meta = pq.read_schema(path).metadata or {}
+    except (OSError, pa.ArrowException):
         return None
-    meta = pq.read_schema(path).metadata or {}
     value = meta.get(META_SHA)
     return value.decode() if value else None
+
+
+def footer_rows(path: Path) -> int | None:
+    """The rows a Parquet file's footer records; None when the file is missing or unreadable."""
+    try:
+        return pq.read_metadata(path).num_rows
+    except (OSError, pa.ArrowException):
+        return None
+
+
+def set_aside(path: Path, label: str) -> Path:
+    """Move a damaged file to ``<name>.<label>`` beside it (``-2``, ``-3``, ... when taken), out of
+    every reader's glob, its bytes kept; returns where it went."""
+    base = path.with_name(f"{path.name}.{label}")
+    target, n = base, 1
+    while target.exists():
+        n += 1
+        target = base.with_name(f"{base.name}-{n}")
+    os.replace(path, target)
+    return target
 
 
 @dataclass(frozen=True)

@@ -245,6 +245,9 @@ def counts_section(ingest: Mapping, published: Sequence[Mapping], basket_account
            "<p>" + "; ".join(f"{_e(k)}: {v:,}" for k, v in files) + ".</p>"]
     if ingest.get("manifest_rebuilt"):
         out.append(f"<p class=\"warning\"><strong>Manifest rebuilt:</strong> {_e(ingest['manifest_rebuilt'])}.</p>")
+    if ingest.get("restaged"):
+        out.append("<p class=\"warning\"><strong>Re-ingested</strong> (staged files missing or damaged):</p><ul>"
+                   + "".join(f"<li>{_e(note)}</li>" for note in ingest["restaged"]) + "</ul>")
     tables = sorted({p["table"] for p in ingest.get("partitions", ())})
     rows = []
     for table in tables:

@@ -253,3 +253,53 @@ def test_glob_characters_in_the_data_dir_are_only_characters(tmp_path, name):
     shutil.move(settings.data_dir, moved.data_dir)
     with stages.open_views(moved) as con:  # rebuilt for the new location on open
         assert _view_counts(con) == counts
+
+
+def _published(settings: Settings) -> dict[str, bytes]:
+    return {p.relative_to(settings.warehouse_dir).as_posix(): p.read_bytes()
+            for p in sorted(settings.warehouse_dir.rglob("data.parquet"))}
+
+
+def _staged_file(settings: Settings, day: str):
+    (path,) = (settings.staging_dir / "transactions" / f"dt={day}").glob("*.parquet")
+    return path
+
+
+def test_staged_rows_deleted_or_damaged_by_hand_are_staged_again_from_the_landing_zone(tmp_path):
+    """The staging zone is prodassoc's, but a disk or an operator tidying up can still remove or
+    damage a file in it. Its rows must not silently leave the window: every run checks the staged
+    files against the manifest (present, readable, the accepted rows it recorded) and ingests the
+    landed file again where they differ; damaged files are kept beside, renamed."""
+    settings = _settings(tmp_path)
+    as_of = AS_OF
+    stages.run_nightly(settings, as_of)
+    tables = _published(settings)
+    gone, torn, short = (_staged_file(settings, d) for d in ("2024-01-02", "2024-01-03", "2024-01-04"))
+    gone.unlink()
+    torn_bytes = torn.read_bytes()[:200]
+    torn.write_bytes(torn_bytes)
+    pl.read_parquet(short).head(1).write_parquet(short)  # a valid file, one row where there were more
+    catalog = settings.staging_dir / "catalog" / ingest.CATALOG_FILE
+    catalog.write_bytes(catalog.read_bytes()[:100])
+
+    again = stages.run_nightly(settings, as_of)
+    assert again.ingest.files_ingested == 4  # the three days and the catalog, from their landed files
+    notes = again.ingest.restaged
+    assert len(notes) == 4 and all("ingested again from the landing zone" in n for n in notes)
+    for day, problem in (("2024-01-02", "missing"), ("2024-01-03", "unreadable"), ("2024-01-04", "1 rows, not ")):
+        assert any(f"transactions/dt={day}/part-0.parquet" in n and problem in n for n in notes), (day, notes)
+    assert _published(settings) == tables  # the same rows as before the damage
+    aside = torn.with_name(f"{torn.name}.damaged-as_of={as_of}")
+    assert aside.read_bytes() == torn_bytes  # kept, out of the staging glob
+    assert catalog.with_name(f"{catalog.name}.damaged-as_of={as_of}").is_file()
+    assert_landed_rows_reconcile(settings)
+    assert "Re-ingested" in again.report.read_text()
+
+    # staged rows gone with their landed file: the run fails, saying which rows left the window
+    (settings.landing_dir / "transactions" / "dt=2024-01-02" / "part-0.parquet").unlink()
+    _staged_file(settings, "2024-01-02").unlink()
+    with pytest.raises(ingest.IngestError, match=r"transactions/dt=2024-01-02/part-0.parquet: its staged rows are "
+                                                 r"missing and the landed file is gone: \d+ accepted rows"):
+        stages.run_nightly(settings, as_of)
+    rerun = stages.run_nightly(settings, as_of)  # said once; the manifest no longer counts them
+    assert rerun.ingest.restaged == [] and not rerun.ingest.errors
