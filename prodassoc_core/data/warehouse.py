@@ -82,6 +82,10 @@ class InjectedFault(RuntimeError):
     """Raised at a fault point whose action is ``raise``."""
 
 
+class ViewsError(ValueError):
+    """The DuckDB views cannot be built over the files they list (one is damaged)."""
+
+
 class StorageError(OSError):
     """A write failed for lack of space or permission; the message names the path and the bytes needed."""
 
@@ -557,7 +561,12 @@ def refresh_views(
                     continue
                 listed = "[" + ", ".join(_quote_literal(f) for f in files) + "]"
                 scan = f"read_parquet({listed}, hive_partitioning = true, union_by_name = true)"
-                con.execute(f"CREATE OR REPLACE VIEW {view} AS SELECT *{_renames(name)} FROM {scan}")
+                try:
+                    con.execute(f"CREATE OR REPLACE VIEW {view} AS SELECT *{_renames(name)} FROM {scan}")
+                except duckdb.Error as exc:  # a file under it damaged outside prodassoc (DuckDB names it)
+                    raise ViewsError(f"DuckDB view {name} could not be built: {str(exc).splitlines()[0]}; the next "
+                                     f"nightly run sets a damaged staged file aside and stages its landed file "
+                                     f"again (docs/operations.md)") from exc
                 made.append(name)
                 if partitioned:
                     con.execute(

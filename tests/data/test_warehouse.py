@@ -2,10 +2,13 @@ from datetime import date
 
 import duckdb
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from prodassoc_core.data.contracts import PRODUCT_ASSOCIATIONS
-from prodassoc_core.data.warehouse import TMP_DIR, read_partition, refresh_views, warehouse_sources, write_partition
+from prodassoc_core.data.warehouse import (
+    TMP_DIR, ViewsError, read_partition, refresh_views, warehouse_sources, write_partition,
+)
 from prodassoc_core.mining.associations import product_associations
 from prodassoc_core.ops.settings import AssociationConfig
 
@@ -52,3 +55,14 @@ def test_refresh_while_an_analyst_holds_the_duckdb_file_open(tmp_path):
     fresh = duckdb.connect(str(db), read_only=True)
     assert fresh.execute("SELECT max(run_date) FROM latest_product_associations").fetchone()[0] == date(2024, 1, 2)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["w.duckdb", "wh"]
+
+
+def test_a_damaged_file_under_a_view_is_one_clear_error_naming_it(tmp_path):
+    good, bad = tmp_path / "staging" / "a.parquet", tmp_path / "staging" / "b.parquet"
+    good.parent.mkdir()
+    pq.write_table(pa.table({"x": [1, 2]}), good)
+    bad.write_bytes(good.read_bytes()[:40])  # cut short outside prodassoc
+    db = tmp_path / "views.duckdb"
+    with pytest.raises(ViewsError, match=rf"DuckDB view staged could not be built: .*{bad.name}.*the next nightly run"):
+        refresh_views(db, {"staged": f"{good.parent}/*.parquet"})
+    assert not db.exists() and not list(tmp_path.glob(".views.duckdb.*"))  # nothing half-built left behind
