@@ -10,12 +10,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pyarrow as pa
-import pyarrow.parquet as pq
-
 from prodassoc_core.data.landing import Landed, sha256
 from prodassoc_core.data.loading import UNREADABLE, Loaded
-from prodassoc_core.data.staging import output_dir, output_name
+from prodassoc_core.data.staging import footer_rows, output_dir, output_name
 
 
 def check_validated_rows(outcome, n_rows: int) -> None:
@@ -61,11 +58,9 @@ def covering(
 
 
 def landed_rows(path: Path) -> int:
-    """Rows of a landed Parquet file, from its footer."""
-    try:
-        return pq.read_metadata(path).num_rows
-    except (OSError, pa.ArrowException):  # the bytes are those of a readable file; cannot happen
-        return 0
+    """Rows of a landed Parquet file, from its footer (0 if unreadable: the bytes are those of a
+    readable file, so it cannot happen)."""
+    return footer_rows(path) or 0
 
 
 def duplicate_detail(sha: str, rows: int, original: str) -> str:
