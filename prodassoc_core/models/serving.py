@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import date, datetime, time, timedelta
 from pathlib import Path
 
@@ -67,6 +67,11 @@ class ServingPlan:
     @property
     def serves_hybrid(self) -> bool:
         return HYBRID in self.segments.values()
+
+    def without_models(self, why: str) -> "ServingPlan":
+        """This plan with the classic method for every segment: its models could not be loaded."""
+        return replace(self, segments={s: CLASSIC for s in SEGMENTS},
+                       reason=f"{why}; the classic method is served instead, until they load again")
 
     def describe(self) -> str:
         """One line: what each segment gets, e.g. ``warm: classic count; cold: hybrid of models:/…``."""

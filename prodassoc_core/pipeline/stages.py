@@ -265,10 +265,14 @@ def associate(settings: Settings, baskets_path: Path, as_of: date) -> dict[str, 
     warehouse.fault_point("associate")
     on_spark = settings.engine == "spark"
     plan = serving.plan(settings, as_of, spark_baskets_between(settings) if on_spark else None)
+    train: pl.DataFrame | None = None
+    served = None
+    if plan.serves_hybrid:
+        train = read_baskets_frame(baskets_path)
+        served, plan = _load_served(settings, plan, train, baskets_path)
     log.info("associate: %s", plan.describe())
     staged: dict[str, Path] = {}
     parts = []
-    train: pl.DataFrame | None = None
     if plan.source("warm") == serving.CLASSIC:  # the classic ranking only where it is served
         if on_spark and plan.classic.method in spark_mining.PAIR_METHODS:
             lines = spark.read_parquet(spark_session(settings), baskets_path)
@@ -285,8 +289,7 @@ def associate(settings: Settings, baskets_path: Path, as_of: date) -> dict[str, 
             classic = pl.from_arrow(methods.publishable(ranking, train[baskets.ITEMS].to_list()))
         parts.append(classic.with_columns(source=pl.lit(serving.CLASSIC), is_cold_start=pl.lit(False)))
     if plan.serves_hybrid:
-        train = read_baskets_frame(baskets_path) if train is None else train
-        rows, embeddings = _hybrid_rows(settings, plan, train, as_of, baskets_path)
+        rows, embeddings = _hybrid_rows(settings, plan, served, train, as_of)
         parts.append(rows)
         staged[PRODUCT_EMBEDDINGS.name] = _stage(embeddings, PRODUCT_EMBEDDINGS.name, baskets_path)
         del rows, embeddings  # else held until the function returns, while the table is copied below
@@ -319,19 +322,39 @@ def current_products_only(table: pl.DataFrame, catalog_ids: pl.Series) -> pl.Dat
             .with_columns(pl.int_range(1, pl.len() + 1).over(PRODUCT_ID).cast(table.schema["rank"]).alias("rank")))
 
 
-def _hybrid_rows(settings: Settings, plan, train: pl.DataFrame, as_of: date, baskets_path: Path
-                 ) -> tuple[pl.DataFrame, pa.Table]:
-    """The hybrid rows of the segments that serve it, and the student's embeddings of the catalog
-    (embedded once, for both)."""
-    from prodassoc_core.models import chain, champions, device_of, hybrid, serving
-
-    models = plan.models
-    # non-product codes (postage, discounts, samples: the basket rules) are never associated products
-    catalog = ingest.read_staged_catalog(settings.staging_dir).filter(
+def _associable_catalog(settings: Settings) -> pl.DataFrame:
+    """The staged catalog without the non-product codes (postage, discounts, samples: the basket
+    rules), which are never associated products."""
+    return ingest.read_staged_catalog(settings.staging_dir).filter(
         ~baskets.is_non_product(settings.baskets)).sort(PRODUCT_ID)
-    with tempfile.TemporaryDirectory(prefix=".champions-", dir=baskets_path.parent) as work:
-        found = champions.download(settings, models, Path(work))
-        model = champions.hybrid_model(settings, found, catalog, train, device_of(settings.training))
+
+
+def _load_served(settings: Settings, plan, train: pl.DataFrame, baskets_path: Path):
+    """``((champion set, hybrid model), plan)`` for a plan that serves the hybrid; when its models
+    cannot be downloaded or loaded (the artifact store lost their files, or is unreachable), the
+    nightly still publishes: ``(None, the plan with the classic method everywhere)``, saying why."""
+    from prodassoc_core.models import champions, device_of
+
+    try:
+        with tempfile.TemporaryDirectory(prefix=".champions-", dir=baskets_path.parent) as work:
+            found = champions.download(settings, plan.models, Path(work))
+            model = champions.hybrid_model(settings, found, _associable_catalog(settings), train,
+                                           device_of(settings.training))
+    except Exception as exc:  # noqa: BLE001 - whatever stops the models loading, the classic method serves
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        why = f"the served models {plan.models.describe()} could not be loaded ({type(exc).__name__}: {first})"
+        log.warning("associate: %s: serving the classic method", why, exc_info=True)
+        return None, plan.without_models(why)
+    return (found, model), plan
+
+
+def _hybrid_rows(settings: Settings, plan, served, train: pl.DataFrame, as_of: date) -> tuple[pl.DataFrame, pa.Table]:
+    """The hybrid rows of the segments that serve it, and the student's embeddings of the catalog
+    (embedded once, for both); ``served``: ``_load_served``'s champion set and hybrid model."""
+    from prodassoc_core.models import chain, hybrid, serving
+
+    models, (found, model) = plan.models, served
+    catalog = _associable_catalog(settings)
     a = settings.associations
     sold = {i for b in train[baskets.ITEMS].to_list() for i in b}
     queries = [p for p in catalog[PRODUCT_ID].to_list()

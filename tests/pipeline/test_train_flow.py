@@ -360,3 +360,26 @@ def test_a_backfill_never_serves_a_model_trained_after_its_date(trained, nightly
             "SELECT DISTINCT run_date FROM product_associations WHERE source = 'hybrid'"
         ).fetchall()
     assert late == 0 and [str(d) for (d,) in hybrid_days] == [AS_OF.isoformat()]
+
+
+def test_served_models_that_cannot_be_loaded_leave_the_classic_method_serving(trained, nightly_with_champion):
+    """The artifact store lost the served models' files (a deleted folder, an unreachable bucket):
+    the nightly still publishes, serving the classic method to every segment, and its record says
+    why; once the files are back, the hybrid is served again."""
+    settings, _, _ = trained
+    day = date(2011, 11, 9)
+    artifacts = settings.data_dir / "mlartifacts"
+    moved = artifacts.with_name("mlartifacts-away")
+    artifacts.rename(moved)
+    try:
+        result = stages.run_nightly(settings, day)
+    finally:
+        moved.rename(artifacts)
+    table = pl.read_parquet(settings.warehouse_dir / "product_associations" / f"run_date={day}" / "data.parquet")
+    assert table["source"].unique().to_list() == ["classic"] and table.height > 0
+    assert PRODUCT_EMBEDDINGS.name not in {p.table for p in result.published}
+    served = json.loads((stages.run_dir(settings, day) / stages.SERVING_FILE).read_text())
+    assert served["segments"] == {"warm": "classic", "cold": "classic"}
+    assert "models:/prodassoc-student/1" in served["reason"] and "could not be loaded" in served["reason"]
+    again = stages.run_nightly(settings, day)
+    assert again.served["segments"] == {"warm": "hybrid", "cold": "hybrid"}
