@@ -334,6 +334,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(line)
     for p in result["published"]:
         print(f"published {p['table']}: {p['rows']:,} rows -> {p['path']}")
+    if result.get("served"):
+        print(f"served: {result['served']['served']}\n  why: {result['served']['reason']}")
     print(f"DuckDB views: {settings.duckdb_path}")
     print(f"report: {result['report']}")
     return 0

@@ -46,7 +46,7 @@ def nightly(as_of: date, settings: Settings | None = None) -> dict:
                               result.report)
     return {
         "as_of": as_of.isoformat(), "ingest": ingest_report, "published": published, "mlflow_run": mlflow_run,
-        "report": str(result.report),
+        "report": str(result.report), "served": result.served,
     }
 
 

@@ -528,9 +528,12 @@ def registered_model_dir(tracking_uri: str, model_uri: str, dst: Path) -> Path:
     previous = mlflow.get_tracking_uri()
     mlflow.set_tracking_uri(tracking_uri)
     try:
-        return Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=str(dst)))
+        found = Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=str(dst)))
     finally:
         mlflow.set_tracking_uri(previous)
+    if not any(found.iterdir()):  # MLflow copies nothing, without an error, from a local store whose files are gone
+        raise FileNotFoundError(f"{model_uri}: the artifact store has no files for it (removed from the store?)")
+    return found
 
 
 # --- aliases: the champion gate's state ---------------------------------------------------------

@@ -158,6 +158,8 @@ def _served(settings: Settings) -> dict:
 def test_the_nightly_writes_the_report_and_links_it(nightly_run):
     settings, printed, report = nightly_run
     assert "transactions:" in printed and "published product_associations" in printed
+    served = _served(settings)
+    assert f"served: {served['served']}\n  why: {served['reason']}\n" in printed  # what it served, and why
     assert report == settings.reports_dir / f"nightly_as_of={AS_OF}.html" and report.is_file()
     page = report.read_text()
     assert f"Served: <code>{run_summary.served_model(_served(settings))}</code>" in page

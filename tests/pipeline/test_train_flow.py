@@ -381,5 +381,6 @@ def test_served_models_that_cannot_be_loaded_leave_the_classic_method_serving(tr
     served = json.loads((stages.run_dir(settings, day) / stages.SERVING_FILE).read_text())
     assert served["segments"] == {"warm": "classic", "cold": "classic"}
     assert "models:/prodassoc-student/1" in served["reason"] and "could not be loaded" in served["reason"]
+    assert "FileNotFoundError: models:/prodassoc-student/1: the artifact store has no files" in served["reason"]
     again = stages.run_nightly(settings, day)
     assert again.served["segments"] == {"warm": "hybrid", "cold": "hybrid"}
