@@ -338,36 +338,49 @@ class _TransactionsStep:
         )
 
     def check_staged(self) -> int:
-        """Staged files the manifest counts that are missing, unreadable, or hold other than the
-        accepted rows it recorded (removed or damaged outside prodassoc), for days before as_of:
-        a damaged one is set aside, and the landed file is ingested again in this run. With the
-        landed file gone too, the run fails saying which rows left the window (once: the manifest
-        then stops counting them). Reads each staged file's footer (~0.1 ms a file). Returns how
-        many manifest rows it dropped."""
+        """Outputs the manifest counts that are missing, unreadable, or hold other than the rows it
+        recorded (removed or damaged outside prodassoc), for days before as_of: staged (accepted)
+        and quarantined rows alike. A damaged file is set aside, and the landed file is ingested
+        again in this run. With the landed file gone too, the run fails saying which rows left
+        (once: the manifest then stops counting them). Reads each output's footer (~0.1 ms a
+        file). Returns how many manifest rows it dropped."""
         run, forgotten = self.run, 0
-        for row in self.ledger.staged(c.TRANSACTIONS.name):
+        for row in self.ledger.with_outputs(c.TRANSACTIONS.name):
             if row["partition"] >= run.as_of.isoformat():
                 continue
             file = Landed(row["table"], run.landing / row["file"], row["file"], row["partition"])
-            path, accepted = self.outputs.staged_path(file, row["sha256"]), row["rows_accepted"]
-            found = footer_rows(path)
-            if found == accepted:
+            outputs = (("staged", "accepted", self.outputs.staged_path(file, row["sha256"]), row["rows_accepted"]),
+                       ("quarantined", "quarantined", self.outputs.quarantine_path(file, row["sha256"]),
+                        row["rows_quarantined"]))
+            problems = [self.damaged(kind, what, path, expected) for kind, what, path, expected in outputs if expected]
+            problems = [p for p in problems if p is not None]
+            if not problems:
                 continue
-            problem = "missing" if not path.exists() else "unreadable" if found is None else \
-                f"{found:,} rows, not the {accepted:,} accepted"
-            if path.exists():
-                problem += f" (moved to {set_aside(path, f'damaged-as_of={run.as_of.isoformat()}')})"
             self.ledger.forget(file)
             forgotten += 1
+            problem = "; ".join(problems)
             if file.path.is_file():
-                note = f"{file.rel}: its staged rows are {problem}; ingested again from the landing zone"
+                note = f"{file.rel}: {problem}; ingested again from the landing zone"
                 self.report.restaged.append(note)
                 logger.warning("transactions: %s", note)
             else:
                 self.report.errors.append(
-                    f"{file.rel}: its staged rows are {problem} and the landed file is gone: {accepted:,} accepted "
-                    f"rows left the staging zone; land the file again and rerun to restore them")
+                    f"{file.rel}: {problem}, and the landed file is gone: {row['rows_accepted']:,} accepted and "
+                    f"{row['rows_quarantined']:,} quarantined rows left the data dir; land the file again and rerun "
+                    f"to restore them")
         return forgotten
+
+    def damaged(self, kind: str, what: str, path: Path, expected: int) -> str | None:
+        """What is wrong with an output that should hold ``expected`` rows (set aside if it is
+        there); None when it holds them."""
+        found = footer_rows(path)
+        if found == expected:
+            return None
+        problem = "missing" if not path.exists() else "unreadable" if found is None else \
+            f"{found:,} rows, not the {expected:,} {what}"
+        if path.exists():
+            problem += f" (moved to {set_aside(path, f'damaged-as_of={self.run.as_of.isoformat()}')})"
+        return f"its {kind} rows are {problem}"
 
     def process(self, files: list[Landed], shas: dict[str, str]) -> list[Landed]:
         """Validate and stage ``files`` (in partition order); returns the files held back.

@@ -149,10 +149,11 @@ class Ledger:
                 by_sha.setdefault(row["sha256"], []).append(row)
         return by_sha
 
-    def staged(self, table: str) -> list[dict]:
-        """The rows of ``table``'s files whose accepted rows should be staged (ingested, with rows)."""
+    def with_outputs(self, table: str) -> list[dict]:
+        """The rows of ``table``'s ingested files that have outputs: accepted rows in staging,
+        quarantined rows in the quarantine."""
         return [r for r in self.rows.values()
-                if r["table"] == table and r["status"] == INGESTED and r["rows_accepted"]]
+                if r["table"] == table and r["status"] == INGESTED and (r["rows_accepted"] or r["rows_quarantined"])]
 
     def forget(self, file: Landed) -> None:
         """Drop ``file``'s row: the run treats the file as new."""

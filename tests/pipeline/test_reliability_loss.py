@@ -266,15 +266,20 @@ def _staged_file(settings: Settings, day: str):
 
 
 def test_staged_rows_deleted_or_damaged_by_hand_are_staged_again_from_the_landing_zone(tmp_path):
-    """The staging zone is prodassoc's, but a disk or an operator tidying up can still remove or
-    damage a file in it. Its rows must not silently leave the window: every run checks the staged
-    files against the manifest (present, readable, the accepted rows it recorded) and ingests the
-    landed file again where they differ; damaged files are kept beside, renamed."""
+    """Staging and quarantine are prodassoc's, but a disk or an operator tidying up can still remove
+    or damage a file in them. Their rows must not silently leave: every run checks the outputs
+    against the manifest (present, readable, the accepted and quarantined rows it recorded) and
+    ingests the landed file again where they differ; damaged files are kept beside, renamed."""
     settings = _settings(tmp_path)
     as_of = AS_OF
+    day5 = settings.landing_dir / "transactions" / "dt=2024-01-05" / "part-0.parquet"
+    lines = pl.read_parquet(day5)
+    pl.concat([lines, lines.head(1).with_columns(pl.lit("Z").alias(c.PRODUCT_ID))]).write_parquet(day5)  # quarantined
     stages.run_nightly(settings, as_of)
     tables = _published(settings)
     gone, torn, short = (_staged_file(settings, d) for d in ("2024-01-02", "2024-01-03", "2024-01-04"))
+    (quarantined,) = (settings.quarantine_dir / "transactions" / "dt=2024-01-05").glob("*.parquet")
+    quarantined.write_bytes(b"PAR1")
     gone.unlink()
     torn_bytes = torn.read_bytes()[:200]
     torn.write_bytes(torn_bytes)
@@ -283,11 +288,13 @@ def test_staged_rows_deleted_or_damaged_by_hand_are_staged_again_from_the_landin
     catalog.write_bytes(catalog.read_bytes()[:100])
 
     again = stages.run_nightly(settings, as_of)
-    assert again.ingest.files_ingested == 4  # the three days and the catalog, from their landed files
+    assert again.ingest.files_ingested == 5  # the four days and the catalog, from their landed files
     notes = again.ingest.restaged
-    assert len(notes) == 4 and all("ingested again from the landing zone" in n for n in notes)
-    for day, problem in (("2024-01-02", "missing"), ("2024-01-03", "unreadable"), ("2024-01-04", "1 rows, not ")):
-        assert any(f"transactions/dt={day}/part-0.parquet" in n and problem in n for n in notes), (day, notes)
+    assert len(notes) == 5 and all("ingested again from the landing zone" in n for n in notes)
+    for day, problem in (("2024-01-02", "staged rows are missing"), ("2024-01-03", "staged rows are unreadable"),
+                         ("2024-01-04", "staged rows are 1 rows, not "), ("2024-01-05", "quarantined rows are unreadable")):
+        assert any(f"transactions/dt={day}/part-0.parquet: its {problem}" in n for n in notes), (day, notes)
+    assert pl.read_parquet(quarantined)[c.PRODUCT_ID].to_list() == ["Z"]  # the quarantine holds its row again
     assert _published(settings) == tables  # the same rows as before the damage
     aside = torn.with_name(f"{torn.name}.damaged-as_of={as_of}")
     assert aside.read_bytes() == torn_bytes  # kept, out of the staging glob
@@ -299,7 +306,8 @@ def test_staged_rows_deleted_or_damaged_by_hand_are_staged_again_from_the_landin
     (settings.landing_dir / "transactions" / "dt=2024-01-02" / "part-0.parquet").unlink()
     _staged_file(settings, "2024-01-02").unlink()
     with pytest.raises(ingest.IngestError, match=r"transactions/dt=2024-01-02/part-0.parquet: its staged rows are "
-                                                 r"missing and the landed file is gone: \d+ accepted rows"):
+                                                 r"missing, and the landed file is gone: \d+ accepted and 0 "
+                                                 r"quarantined rows left the data dir"):
         stages.run_nightly(settings, as_of)
     rerun = stages.run_nightly(settings, as_of)  # said once; the manifest no longer counts them
     assert rerun.ingest.restaged == [] and not rerun.ingest.errors
