@@ -25,6 +25,7 @@ import gc
 import importlib
 import logging
 import os
+import re
 import subprocess
 import sys
 import traceback
@@ -43,6 +44,7 @@ os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # no dow
 log = logging.getLogger("prodassoc")
 
 EXIT_INGEST, EXIT_USAGE, EXIT_LOCKED, EXIT_STORAGE, EXIT_NO_DATA = 1, 2, 3, 4, 5
+SETTINGS_ENV_PREFIX = "PRODASSOC_"  # prodassoc_core.ops.settings.Settings reads PRODASSOC_* (not imported here: start-up)
 PREFECT_STARTUP_TIMEOUT_S = 120
 MINING_MAX_LEN = 4  # the nightly's default (settings.MiningConfig.max_len)
 DEFAULT_MAX_RULES = 5_000_000  # Prefect's default (20 s) is missed on a busy machine
@@ -254,6 +256,11 @@ def _classify(exc: BaseException) -> tuple[int | None, str]:
         return EXIT_NO_DATA, f"error: {exc}"
     if isinstance(exc, ValidationError):  # a setting or option out of range
         return EXIT_USAGE, f"error: invalid setting: {_problems(exc)}"
+    if type(exc).__name__ == "SettingsError" and (field := re.search(r'field "(\w+)"', str(exc))):
+        # pydantic-settings' message names neither the variable nor what is wrong with its value
+        cause = f": {type(exc.__cause__).__name__}: {exc.__cause__}" if exc.__cause__ else ""
+        return EXIT_USAGE, (f"error: invalid setting: ${SETTINGS_ENV_PREFIX}{field.group(1).upper()} cannot be read "
+                            f"(a nested setting is JSON, e.g. '{{\"seed\": 1}}'){cause}")
     if isinstance(exc, StorageError):  # one line naming the path and the bytes needed
         return EXIT_STORAGE, f"storage error: {exc.strerror}"
     if isinstance(exc, StoreError):  # an MLflow store it is not safe to repair automatically

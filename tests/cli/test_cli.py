@@ -7,6 +7,7 @@ import polars as pl
 import pytest
 
 from flows.cli import main
+from prodassoc_core.ops.settings import Settings
 
 from conftest import SAMPLE
 
@@ -54,3 +55,14 @@ def test_bad_input_is_a_clear_error(tmp_path, capsys):
                "--min-confidence", "0.5", "--output", str(tmp_path / "r.parquet")])
     assert rc == 2
     assert "missing.csv" in capsys.readouterr().err
+
+
+def test_a_nested_setting_that_is_not_json_is_one_line_naming_the_variable(tmp_path, capsys, monkeypatch):
+    from flows import cli
+
+    assert Settings.model_config["env_prefix"] == cli.SETTINGS_ENV_PREFIX
+    monkeypatch.setenv("PRODASSOC_TRAINING", "{bad")
+    assert cli.main(["--data-dir", str(tmp_path), "status"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("prodassoc: error: invalid setting: $PRODASSOC_TRAINING cannot be read")
+    assert "JSONDecodeError" in err[0]
