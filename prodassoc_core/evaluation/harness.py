@@ -94,7 +94,12 @@ def publish_method(settings: Settings, split: Split, method: str) -> Path | str:
     Language-model methods (``MODEL_METHODS``) rank by their encoder instead; when the
     method's model is not available (see ``model_dir``), the reason it is skipped (a str)."""
     if method in MODEL_METHODS:
-        table = model_associations(settings, split, method)
+        try:
+            table = model_associations(settings, split, method)
+        except Exception as exc:  # noqa: BLE001 - e.g. its files gone from the artifact store: the others are scored
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            table = f"{method} could not be run ({type(exc).__name__}: {first})"
+            log.warning("evaluation: %s skipped: %s", method, table, exc_info=True)
         if isinstance(table, str):
             return table
         out = method_dir(settings, split.as_of, method) / warehouse.DATA_FILE

@@ -72,3 +72,20 @@ def test_a_model_trained_after_as_of_is_never_scored(trained):
         assert isinstance(harness.publish_method(settings, earlier, method), str), method  # the reason
     reason = harness.model_dir(settings, earlier, "student")
     assert isinstance(reason, str) and "has seen the test window" in reason
+
+
+def test_a_model_method_whose_files_are_gone_is_skipped_with_the_reason_and_the_rest_is_scored(trained):
+    import shutil
+
+    settings = trained
+    split = harness.prepare(settings, AS_OF)
+    shutil.rmtree(settings.data_dir / "evaluation" / "models", ignore_errors=True)  # no earlier download
+    artifacts = settings.data_dir / "mlartifacts"
+    artifacts.rename(artifacts.with_name("mlartifacts-away"))
+    try:
+        reason = harness.publish_method(settings, split, "student")
+        count = harness.publish_method(settings, split, "count")
+    finally:
+        artifacts.with_name("mlartifacts-away").rename(artifacts)
+    assert isinstance(reason, str) and reason.startswith("student could not be run (FileNotFoundError: models:/")
+    assert not isinstance(count, str) and count.is_file()
