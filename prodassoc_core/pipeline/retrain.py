@@ -245,13 +245,24 @@ def gate(
     elif isinstance(current, str):
         promoted, reason = True, f"no model is served for {as_of}; the hybrid beats the classic method where it serves"
     else:
-        found = champions.download(settings, current, work_dir / "champion")
-        champ_pp = _hybrid_per_product(settings, found, catalog, data, device, k)
-        scores["champion"] = segment_means(champ_pp) | {"served": served_mean(classic_pp, champ_pp, current.segments)}
-        promoted = scores["candidate"]["served"] > scores["champion"]["served"]
-        verdict = "beats" if promoted else "does not beat"
-        reason = (f"served NDCG@{k} {scores['candidate']['served']:.4f} {verdict} the served {current.student.uri} "
-                  f"({scores['champion']['served']:.4f})")
+        try:
+            found = champions.download(settings, current, work_dir / "champion")
+            champ_pp = _hybrid_per_product(settings, found, catalog, data, device, k)
+        except Exception as exc:  # noqa: BLE001 - e.g. its files gone from the artifact store
+            # a candidate not shown to beat the served model is not promoted; the training is kept
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            logger.warning("gate: the served %s could not be scored", current.student.uri, exc_info=True)
+            promoted, reason = False, (
+                f"the served {current.student.uri} could not be scored ({type(exc).__name__}: {first}), so the "
+                f"candidate is not shown to beat it. Restore its files, or revoke it (prodassoc promote --version "
+                f"{current.student.version} --revoke --reason ...) so that the gate compares with the classic method "
+                f"only; or promote this version by hand")
+        else:
+            scores["champion"] = segment_means(champ_pp) | {"served": served_mean(classic_pp, champ_pp, current.segments)}
+            promoted = scores["candidate"]["served"] > scores["champion"]["served"]
+            verdict = "beats" if promoted else "does not beat"
+            reason = (f"served NDCG@{k} {scores['candidate']['served']:.4f} {verdict} the served {current.student.uri} "
+                      f"({scores['champion']['served']:.4f})")
     decision = GateDecision(promoted and promote, segments, scores, n, selection.label(classic), champion_version, reason,
                             trial=not promote)
     _tag_decision(settings, registered, decision, promoted)

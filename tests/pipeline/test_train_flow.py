@@ -9,7 +9,9 @@ trained data directory is shared by the module's tests; about a minute on 2 CPU 
 from __future__ import annotations
 
 import json
+import shutil
 from datetime import date
+from pathlib import Path
 
 import duckdb
 import numpy as np
@@ -384,3 +386,33 @@ def test_served_models_that_cannot_be_loaded_leave_the_classic_method_serving(tr
     assert "FileNotFoundError: models:/prodassoc-student/1: the artifact store has no files" in served["reason"]
     again = stages.run_nightly(settings, day)
     assert again.served["segments"] == {"warm": "hybrid", "cold": "hybrid"}
+
+
+def test_a_served_model_that_cannot_be_scored_keeps_the_gate_from_promoting(promoted):
+    """The gate re-scores the served model; with its files gone from the artifact store it cannot,
+    so the new training is registered but not promoted, and the decision says what to do."""
+    from urllib.parse import urlparse
+
+    from mlflow.tracking import MlflowClient
+
+    from prodassoc_core.pipeline import retrain
+
+    # a margin no ranking misses (below the setting's range: model_copy does not validate), so that
+    # the gate goes on to score the served model
+    settings = promoted.model_copy(update={"selection": promoted.selection.model_copy(update={"gate_margin": -1.0})})
+    source = MlflowClient(tracking_uri=settings.tracking_uri).get_model_version("prodassoc-student", "1").source
+    files = Path(urlparse(source).path)
+    files.rename(files.with_name("model-away"))
+    for copy in settings.data_dir.glob("models/*/*/gate/champion"):  # an earlier gate's download of it
+        shutil.rmtree(copy)
+    try:
+        report = retrain.train_models(settings, AS_OF)
+    finally:
+        files.with_name("model-away").rename(files)
+    decision = report.decision
+    assert not decision.promoted and "champion" not in decision.scores
+    assert decision.reason.startswith("the served models:/prodassoc-student/1 could not be scored (FileNotFoundError")
+    assert "prodassoc promote --version 1 --revoke" in decision.reason
+    assert _champion(settings).version == "1"  # still served
+    new = tracking.model_version(settings.tracking_uri, "prodassoc-student", report.versions["student"])
+    assert new.tags["prodassoc.gate"] == "candidate"
