@@ -97,8 +97,7 @@ def publish_method(settings: Settings, split: Split, method: str) -> Path | str:
         try:
             table = model_associations(settings, split, method)
         except Exception as exc:  # noqa: BLE001 - e.g. its files gone from the artifact store: the others are scored
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-            table = f"{method} could not be run ({type(exc).__name__}: {first})"
+            table = f"{method} could not be run ({stages.error_line(exc)})"
             log.warning("evaluation: %s skipped: %s", method, table, exc_info=True)
         if isinstance(table, str):
             return table

@@ -250,10 +250,9 @@ def gate(
             champ_pp = _hybrid_per_product(settings, found, catalog, data, device, k)
         except Exception as exc:  # noqa: BLE001 - e.g. its files gone from the artifact store
             # a candidate not shown to beat the served model is not promoted; the training is kept
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
             logger.warning("gate: the served %s could not be scored", current.student.uri, exc_info=True)
             promoted, reason = False, (
-                f"the served {current.student.uri} could not be scored ({type(exc).__name__}: {first}), so the "
+                f"the served {current.student.uri} could not be scored ({stages.error_line(exc)}), so the "
                 f"candidate is not shown to beat it. Restore its files, or revoke it (prodassoc promote --version "
                 f"{current.student.version} --revoke --reason ...) so that the gate compares with the classic method "
                 f"only; or promote this version by hand")

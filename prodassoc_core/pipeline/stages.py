@@ -322,6 +322,13 @@ def current_products_only(table: pl.DataFrame, catalog_ids: pl.Series) -> pl.Dat
             .with_columns(pl.int_range(1, pl.len() + 1).over(PRODUCT_ID).cast(table.schema["rank"]).alias("rank")))
 
 
+def error_line(exc: BaseException) -> str:
+    """``Type: first line of the message``: an error quoted in a record (a serving plan, a gate
+    decision, a skipped method) that goes on without it; the log keeps the traceback."""
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text.splitlines()[0] if text else ''}"
+
+
 def _associable_catalog(settings: Settings) -> pl.DataFrame:
     """The staged catalog without the non-product codes (postage, discounts, samples: the basket
     rules), which are never associated products."""
@@ -341,8 +348,7 @@ def _load_served(settings: Settings, plan, train: pl.DataFrame, baskets_path: Pa
             model = champions.hybrid_model(settings, found, _associable_catalog(settings), train,
                                            device_of(settings.training))
     except Exception as exc:  # noqa: BLE001 - whatever stops the models loading, the classic method serves
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-        why = f"the served models {plan.models.describe()} could not be loaded ({type(exc).__name__}: {first})"
+        why = f"the served models {plan.models.describe()} could not be loaded ({error_line(exc)})"
         log.warning("associate: %s: serving the classic method", why, exc_info=True)
         return None, plan.without_models(why)
     return (found, model), plan
