@@ -22,6 +22,7 @@ class DataStatus:
     damaged: dict[date, list[str]]  # committed once, files since missing or changed
     served: dict | None  # the newest committed run's serving plan (ServingPlan.as_json)
     manifest_error: str | None = None  # the manifest is unreadable (the next run sets it aside and rebuilds it)
+    served_error: str | None = None  # the newest run's serving plan is unreadable
 
     @property
     def gaps(self) -> list[date]:
@@ -44,6 +45,7 @@ class DataStatus:
             "newest": None if newest is None else {
                 "run_date": newest.isoformat(), "tables": {t: v["rows"] for t, v in sorted(self.committed[newest].items())},
                 "served": None if self.served is None else {k: self.served.get(k) for k in ("segments", "served")},
+                **({"served_error": self.served_error} if self.served_error else {}),
             },
             "damaged": {d.isoformat(): tables for d, tables in self.damaged.items()},
             "kept": {"keep_published_days": settings.keep_published_days, "keep_run_baskets": settings.keep_run_baskets,
@@ -60,14 +62,18 @@ def data_status(settings: Settings) -> DataStatus:
     files = dict(account.group_by("status").len().sort("status").iter_rows())
     rows = {k: int(account[f"rows_{k}"].sum()) for k in ("read", "accepted", "quarantined")}
     committed = warehouse.committed_dates(settings.warehouse_dir)
-    served = None
+    served = served_error = None
     if committed:
         plan = stages.run_folder(settings, max(committed)) / stages.SERVING_FILE
-        served = json.loads(plan.read_text()) if plan.is_file() else None
+        try:
+            served = json.loads(plan.read_text()) if plan.is_file() else None
+        except (OSError, ValueError) as exc:  # damaged outside prodassoc (written atomically)
+            served_error = f"{plan} is unreadable ({stages.error_line(exc)}); a rerun of that date rewrites it"
     return DataStatus(
         landed_days=[d for d, _ in landing.partition_dirs(settings.landing_dir / "transactions")],
         files=files, rows=rows, committed=committed,
         damaged=warehouse.damaged_dates(settings.warehouse_dir), served=served, manifest_error=error,
+        served_error=served_error,
     )
 
 
@@ -105,6 +111,8 @@ def describe(status: DataStatus, settings: Settings) -> list[str]:
         out.append(f"newest run {days[-1]}: " + ", ".join(f"{t} {v['rows']:,} rows" for t, v in sorted(newest.items())))
         if status.served is not None:
             out.append(f"served on {days[-1]}: {status.served['served']}")
+        elif status.served_error is not None:
+            out.append(f"served on {days[-1]}: unknown: {status.served_error}")
     else:
         out.append("published: nothing yet (prodassoc run --as-of YYYY-MM-DD)")
     for day, tables in status.damaged.items():

@@ -79,3 +79,9 @@ def test_status_of_an_unreadable_manifest_says_so_and_what_the_next_run_does(tmp
     assert main(["--data-dir", str(settings.data_dir), "status", "--json"]) == 0
     found = json.loads(capsys.readouterr().out)
     assert "is unreadable" in found["manifest"]["error"] and found["published"] == ["2024-01-03"]
+
+    plan = stages.run_folder(settings, date(2024, 1, 3)) / stages.SERVING_FILE
+    plan.write_text('{"trunc')  # the newest run's serving plan, damaged
+    lines = _status(settings, capsys)
+    assert lines[5] == (f"served on 2024-01-03: unknown: {plan} is unreadable (JSONDecodeError: Unterminated string "
+                        f"starting at: line 1 column 2 (char 1)); a rerun of that date rewrites it")
