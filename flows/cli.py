@@ -329,8 +329,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     result = nightly(as_of=args.as_of, settings=settings)
     ing = result["ingest"]
     print(f"as_of {result['as_of']}: ingested {ing['files_ingested']} file(s), skipped {ing['files_skipped']} already ingested")
-    for note in filter(None, [ing.get("manifest_rebuilt"), *ing.get("restaged", ())]):
-        print(f"  {note}")
+    _print_repairs(ing)
     for table in ("catalog", "transactions"):
         parts = [p for p in ing["partitions"] if p["table"] == table]
         read, accepted, quarantined = (sum(p[k] for p in parts) for k in ("rows_read", "rows_accepted", "rows_quarantined"))
@@ -346,6 +345,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     print(f"DuckDB views: {settings.duckdb_path}")
     print(f"report: {result['report']}")
     return 0
+
+
+def _print_repairs(ingest: dict) -> None:
+    """What an ingestion rebuilt from the landing zone (an unreadable manifest, damaged outputs)."""
+    for note in filter(None, [ingest.get("manifest_rebuilt"), *ingest.get("restaged", ())]):
+        print(f"  {note}")
 
 
 def cmd_backfill(args: argparse.Namespace) -> int:
@@ -368,8 +373,7 @@ def cmd_backfill(args: argparse.Namespace) -> int:
     for run in result["runs"]:
         rows = ", ".join(f"{p['table']} {p['rows']:,}" for p in run["published"])
         print(f"as_of {run['as_of']}: published {rows}; report {run['report']}")
-        for note in filter(None, [run["ingest"].get("manifest_rebuilt"), *run["ingest"].get("restaged", ())]):
-            print(f"  {note}")
+        _print_repairs(run["ingest"])
     if result["skipped"]:
         print(f"skipped (already published): {', '.join(result['skipped'])}")
     return 0

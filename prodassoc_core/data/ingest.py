@@ -175,6 +175,10 @@ class _Run:
         if prev is not None and prev["sha256"] != sha:
             self.outputs.remove(file, prev["sha256"])
 
+    def set_aside(self, path: Path) -> Path:
+        """Move a damaged output aside (``<name>.damaged-as_of=<as_of>``, bytes kept); where it went."""
+        return set_aside(path, f"damaged-as_of={self.as_of.isoformat()}")
+
     def fail_now(self, message: str) -> None:
         """Stop the run on ``message``: the manifest is written, the error carries the report."""
         self.ledger.write()
@@ -233,7 +237,7 @@ class _CatalogStep:
         """A staged catalog that cannot be read (damaged outside prodassoc) is set aside; the
         current snapshot is then ingested again from the landing zone."""
         if self.staged.exists() and footer_rows(self.staged) is None:
-            aside = set_aside(self.staged, f"damaged-as_of={self.run.as_of.isoformat()}")
+            aside = self.run.set_aside(self.staged)
             note = f"{self.staged.name}: the staged catalog is unreadable (moved to {aside}); ingested again from the landing zone"
             self.report.restaged.append(note)
             logger.warning("catalog: %s", note)
@@ -379,7 +383,7 @@ class _TransactionsStep:
         problem = "missing" if not path.exists() else "unreadable" if found is None else \
             f"{found:,} rows, not the {expected:,} {what}"
         if path.exists():
-            problem += f" (moved to {set_aside(path, f'damaged-as_of={self.run.as_of.isoformat()}')})"
+            problem += f" (moved to {self.run.set_aside(path)})"
         return f"its {kind} rows are {problem}"
 
     def process(self, files: list[Landed], shas: dict[str, str]) -> list[Landed]:

@@ -13,11 +13,10 @@ file again, as it would for a data dir whose manifest was deleted.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
-
-import logging
 
 import polars as pl
 import pyarrow as pa

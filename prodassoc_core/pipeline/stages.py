@@ -266,10 +266,10 @@ def associate(settings: Settings, baskets_path: Path, as_of: date) -> dict[str, 
     on_spark = settings.engine == "spark"
     plan = serving.plan(settings, as_of, spark_baskets_between(settings) if on_spark else None)
     train: pl.DataFrame | None = None
-    served = None
+    served = catalog = None
     if plan.serves_hybrid:
-        train = read_baskets_frame(baskets_path)
-        served, plan = _load_served(settings, plan, train, baskets_path)
+        train, catalog = read_baskets_frame(baskets_path), _associable_catalog(settings)
+        served, plan = _load_served(settings, plan, catalog, train, baskets_path)
     log.info("associate: %s", plan.describe())
     staged: dict[str, Path] = {}
     parts = []
@@ -289,7 +289,7 @@ def associate(settings: Settings, baskets_path: Path, as_of: date) -> dict[str, 
             classic = pl.from_arrow(methods.publishable(ranking, train[baskets.ITEMS].to_list()))
         parts.append(classic.with_columns(source=pl.lit(serving.CLASSIC), is_cold_start=pl.lit(False)))
     if plan.serves_hybrid:
-        rows, embeddings = _hybrid_rows(settings, plan, served, train, as_of)
+        rows, embeddings = _hybrid_rows(settings, plan, served, catalog, train, as_of)
         parts.append(rows)
         staged[PRODUCT_EMBEDDINGS.name] = _stage(embeddings, PRODUCT_EMBEDDINGS.name, baskets_path)
         del rows, embeddings  # else held until the function returns, while the table is copied below
@@ -336,7 +336,7 @@ def _associable_catalog(settings: Settings) -> pl.DataFrame:
         ~baskets.is_non_product(settings.baskets)).sort(PRODUCT_ID)
 
 
-def _load_served(settings: Settings, plan, train: pl.DataFrame, baskets_path: Path):
+def _load_served(settings: Settings, plan, catalog: pl.DataFrame, train: pl.DataFrame, baskets_path: Path):
     """``((champion set, hybrid model), plan)`` for a plan that serves the hybrid; when its models
     cannot be downloaded or loaded (the artifact store lost their files, or is unreachable), the
     nightly still publishes: ``(None, the plan with the classic method everywhere)``, saying why."""
@@ -345,8 +345,7 @@ def _load_served(settings: Settings, plan, train: pl.DataFrame, baskets_path: Pa
     try:
         with tempfile.TemporaryDirectory(prefix=".champions-", dir=baskets_path.parent) as work:
             found = champions.download(settings, plan.models, Path(work))
-            model = champions.hybrid_model(settings, found, _associable_catalog(settings), train,
-                                           device_of(settings.training))
+            model = champions.hybrid_model(settings, found, catalog, train, device_of(settings.training))
     except Exception as exc:  # noqa: BLE001 - whatever stops the models loading, the classic method serves
         why = f"the served models {plan.models.describe()} could not be loaded ({error_line(exc)})"
         log.warning("associate: %s: serving the classic method", why, exc_info=True)
@@ -354,13 +353,14 @@ def _load_served(settings: Settings, plan, train: pl.DataFrame, baskets_path: Pa
     return (found, model), plan
 
 
-def _hybrid_rows(settings: Settings, plan, served, train: pl.DataFrame, as_of: date) -> tuple[pl.DataFrame, pa.Table]:
-    """The hybrid rows of the segments that serve it, and the student's embeddings of the catalog
-    (embedded once, for both); ``served``: ``_load_served``'s champion set and hybrid model."""
+def _hybrid_rows(settings: Settings, plan, served, catalog: pl.DataFrame, train: pl.DataFrame, as_of: date
+                 ) -> tuple[pl.DataFrame, pa.Table]:
+    """The hybrid rows of the segments that serve it, and the student's embeddings of ``catalog``
+    (``_associable_catalog``; embedded once, for both); ``served``: ``_load_served``'s champion set
+    and hybrid model."""
     from prodassoc_core.models import chain, hybrid, serving
 
     models, (found, model) = plan.models, served
-    catalog = _associable_catalog(settings)
     a = settings.associations
     sold = {i for b in train[baskets.ITEMS].to_list() for i in b}
     queries = [p for p in catalog[PRODUCT_ID].to_list()
