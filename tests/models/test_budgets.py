@@ -25,7 +25,7 @@ from prodassoc_core.data import baskets, importers
 from prodassoc_core.models import chain, champions, mlm, pairs, student, teacher, training
 from prodassoc_core.ops.settings import BasketConfig, Settings
 
-from conftest import SAMPLE, TEST_HYBRID, TEST_SELECTION
+from conftest import TEST_HYBRID, TEST_SELECTION
 
 AS_OF = datetime(2011, 11, 8)
 CPU = training.choose_device("cpu")
@@ -37,8 +37,8 @@ SLACK_S = 45.0
 
 
 @pytest.fixture(scope="module")
-def data():
-    lines = importers.online_retail_lines([SAMPLE])
+def data(model_sample):
+    lines = importers.online_retail_lines([model_sample])
     return importers.derive_catalog(lines), baskets.baskets(lines, BasketConfig()).collect()
 
 

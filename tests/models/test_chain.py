@@ -16,7 +16,7 @@ from prodassoc_core.models import chain, champions, embeddings, mlm, pairs, stud
 from prodassoc_core.ops.settings import BasketConfig, Settings
 from prodassoc_core.pipeline import retrain
 
-from conftest import SAMPLE, TEST_HYBRID, TEST_SELECTION
+from conftest import TEST_HYBRID, TEST_SELECTION
 
 AS_OF = datetime(2011, 11, 8)
 CPU = training.choose_device("cpu")
@@ -25,8 +25,8 @@ CPU = training.choose_device("cpu")
 
 
 @pytest.fixture(scope="module")
-def data():
-    lines = importers.online_retail_lines([SAMPLE])
+def data(model_sample):
+    lines = importers.online_retail_lines([model_sample])
     catalog = importers.derive_catalog(lines)
     frame = baskets.baskets(lines, BasketConfig()).collect()
     return catalog, frame

@@ -26,8 +26,6 @@ from prodassoc_core.models import chain, tracking
 from prodassoc_core.ops.settings import Settings
 from prodassoc_core.pipeline import run_summary, stages
 
-from conftest import SAMPLE
-
 AS_OF = date(2011, 11, 8)  # the sample's last landed day is 2011-11-07
 SEED = 7
 STAGE_MODELS = {
@@ -56,12 +54,12 @@ def _champion(settings: Settings, name: str = "prodassoc-student"):
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory, prefect_harness):
+def trained(tmp_path_factory, prefect_harness, model_sample):
     """The sample imported and the train flow run once: (settings, flow run id, the flow's summary)."""
     from flows.train import train
 
     settings = Settings(data_dir=tmp_path_factory.mktemp("trained"), training=chain.tiny_training_config(SEED))
-    importers.import_source(kind="online-retail", inputs=[SAMPLE], landing_dir=settings.landing_dir)
+    importers.import_source(kind="online-retail", inputs=[model_sample], landing_dir=settings.landing_dir)
     state = train(as_of=AS_OF, settings=settings, return_state=True)
     assert state.is_completed(), state
     return settings, state.state_details.flow_run_id, state.result()
@@ -132,25 +130,30 @@ def test_every_stage_is_logged_live_in_the_training_experiment(trained):
     assert parent.data.tags["prodassoc.as_of"] == AS_OF.isoformat()
     validation = {"mlm": "heldout_loss", "teacher": "val_auc", "student": "val_ndcg", "gnn": "val_ndcg"}
     previous_end = parent.info.start_time
+    long_stages = 0
     for stage, run in runs.items():
         info, tags = run.info, run.data.tags
         assert info.experiment_id == experiment, stage
         assert info.status == "FINISHED"
         assert tags["stage"] == stage and tags["prodassoc.as_of"] == AS_OF.isoformat()
         assert tags["prodassoc.seed"] == str(SEED) and tags["stop_reason"] == out["chain"][stage]["stop_reason"]
-        wall = out["seconds"][stage]
-        assert wall > 1.0  # the tiny stages take seconds, not the ~100 ms of a run logged afterwards
+        wall, lasted = out["seconds"][stage], (info.end_time - info.start_time) / 1000
         assert info.start_time < info.end_time
-        # the run spans the stage (a run logged afterwards lasts ~0.1 s); its end may trail the
-        # stage's clock by the writer's last flush, longer on a loaded machine
-        assert wall - 0.5 <= (info.end_time - info.start_time) / 1000 <= 1.25 * wall + 1.5, stage
+        # the run spans the stage (a run logged afterwards lasts ~0.1 s: told apart where the stage
+        # took over a second); its end may trail the stage's clock by the writer's last flush,
+        # longer on a loaded machine
+        assert (wall <= 1.0 or wall - 0.5 <= lasted) and lasted <= 1.25 * wall + 1.5, (stage, wall, lasted)
+        long_stages += wall > 1.0
         assert previous_end <= info.start_time and info.end_time <= parent.info.end_time  # in order, inside
         previous_end = info.end_time
         losses = client.get_metric_history(info.run_id, "train_loss")
-        assert len({m.step for m in losses}) > 1, stage
-        assert info.start_time <= min(m.timestamp for m in losses) < max(m.timestamp for m in losses) <= info.end_time
+        first, last = min(m.timestamp for m in losses), max(m.timestamp for m in losses)
+        assert info.start_time <= first <= last <= info.end_time, stage
+        if wall > 1.0:  # a point at most every training.RECORD_EVERY_S: several in a stage of seconds
+            assert len({m.step for m in losses}) > 1 and first < last, stage
         assert len(client.get_metric_history(info.run_id, "learning_rate")) == len(losses)
         assert len(client.get_metric_history(info.run_id, validation[stage])) >= 2, stage  # before, after (gnn: each eval)
+    assert long_stages >= 2  # the span check above told live runs from runs logged afterwards
     assert runs["mlm"].data.tags["encoder"] == "scratch"
     assert runs["mlm"].data.metrics["heldout_loss_after"] == pytest.approx(out["chain"]["mlm"]["loss_after"])
 
