@@ -166,11 +166,12 @@ def _start_prefect() -> None:
     leave it running. Start-up waits ``PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS`` when
     set, else PREFECT_STARTUP_TIMEOUT_S, and is retried once, with twice that, on a timeout.
     """
-    from prefect.server.api import server as srv
     from prefect.settings import PREFECT_API_URL
 
     if PREFECT_API_URL.value():
         return
+    from prefect.server.api import server as srv  # Prefect's server app: about 2 s to import
+
     cls = srv.SubprocessASGIServer
     if not getattr(cls, "_prodassoc_deathsig", False):
         original = cls._run_uvicorn_command

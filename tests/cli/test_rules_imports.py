@@ -95,3 +95,16 @@ def test_the_rules_options_are_refused_exactly_when_mining_config_refuses_them(s
     else:
         got = _rule_thresholds(argparse.Namespace(**values))
         assert {k: getattr(got, k) for k in values} == expected.model_dump()
+
+
+def test_a_run_on_a_prefect_server_does_not_load_the_server_itself():
+    """With PREFECT_API_URL set (a deployment's worker, an operator's shell), `prodassoc run` and
+    `backfill` use that server: Prefect's own server app (about 2 s of start-up to import) is
+    loaded only to start a temporary one."""
+    child = ("import sys\nfrom flows import cli\ncli._start_prefect()\n"
+             "print('server loaded:', 'prefect.server.api.server' in sys.modules)")
+    env = {**os.environ, "PYTHONPATH": str(REPO), "PREFECT_API_URL": "http://127.0.0.1:9/api"}
+    proc = subprocess.run([sys.executable, "-c", child], cwd=REPO, env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "server loaded: False" in proc.stdout, proc.stdout
