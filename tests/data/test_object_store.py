@@ -24,7 +24,7 @@ from prodassoc_core.data.contracts import ALL_TABLES, PRODUCT_ASSOCIATIONS, PUBL
 from prodassoc_core.ops.settings import Settings
 from prodassoc_core.pipeline import stages
 
-from conftest import SAMPLE, free_port, land, log_tail, start_process, stop_process, wait_http
+from conftest import free_port, land, log_tail, start_process, stop_process, wait_http
 
 AS_OF = date(2011, 11, 1)
 RUN_DATE = date(2024, 1, 5)
@@ -196,9 +196,9 @@ def sha(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def test_nightly_run_syncs_s3_landing_and_publishes_to_s3_and_locally(bucket, monkeypatch, tmp_path):
+def test_nightly_run_syncs_s3_landing_and_publishes_to_s3_and_locally(bucket, monkeypatch, tmp_path, model_sample):
     source = tmp_path / "source"
-    importers.import_source(kind="online-retail", inputs=[SAMPLE], landing_dir=source)
+    importers.import_source(kind="online-retail", inputs=[model_sample], landing_dir=source)
     upload_dir(source, bucket, "landing")
     monkeypatch.setenv(storage.LANDING_URL_ENV, f"s3://{bucket}/landing")
     monkeypatch.setenv(storage.WAREHOUSE_URL_ENV, f"s3://{bucket}/warehouse")

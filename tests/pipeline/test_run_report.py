@@ -1,7 +1,7 @@
 """The nightly run report (issue 14, item 6): one self-contained HTML page per run.
 
 Unit tests of prodassoc_core/pipeline/run_report.py on tiny frames (escaping, the network picture, the diff
-of two runs, first run), then one nightly on three weeks of the shipped sample (no models trained) that writes the page,
+of two runs, first run), then one nightly on three weeks of the shipped sample (conftest's ``model_sample`` cut; no models trained) that writes the page,
 links it from the artifact and returns it; rendered in headless Chromium, network off, where one
 is installed (skipped otherwise, saying so). The same run is what a nightly without a champion
 publishes (the classic method, no embeddings).
@@ -25,7 +25,7 @@ from prodassoc_core.models import tracking
 from prodassoc_core.ops.settings import Settings
 from prodassoc_core.pipeline import run_report, run_summary, stages
 
-from conftest import SAMPLE, dom, find_browser
+from conftest import dom, find_browser
 
 DAY = date(2024, 3, 2)
 AS_OF = date(2011, 10, 22)  # the end-to-end run: a Saturday, three weeks into the sample
@@ -132,7 +132,7 @@ def test_network_is_a_circle_of_the_top_products_with_their_associations():
 
 
 @pytest.fixture(scope="module")
-def nightly_run(tmp_path_factory, prefect_harness):
+def nightly_run(tmp_path_factory, prefect_harness, model_sample):
     """``prodassoc import`` of the sample, then ``prodassoc run`` on three weeks of it, in-process:
     (settings, what the run printed, the report's path).
 
@@ -141,7 +141,7 @@ def nightly_run(tmp_path_factory, prefect_harness):
 
     settings = Settings(data_dir=tmp_path_factory.mktemp("report"))
     with contextlib.redirect_stdout(io.StringIO()):
-        assert main(["--data-dir", str(settings.data_dir), "import", "online-retail", str(SAMPLE)]) == 0
+        assert main(["--data-dir", str(settings.data_dir), "import", "online-retail", str(model_sample)]) == 0
     assert list(settings.landing_dir.glob("transactions/dt=*/*.parquet"))
     printed = io.StringIO()
     with contextlib.redirect_stdout(printed):
