@@ -41,27 +41,27 @@ SAMPLE = REPO / "data" / "sample" / "online_retail_sample.parquet"
 # ranking every product, the gate scoring them; the nightly's ingestion and mining grow with the
 # lines. What the tests of the chain, the training flow and the nightly check (what each stage
 # does, records and serves) does not need the sample's 2,919 products. They import the lines of its
-# MODEL_BEST_SELLERS best-selling stock codes (by lines) and of every stock code first sold on or
-# after MODEL_NEW_SINCE: the products the held-out windows of the tests' dates (2011-10-25,
+# CUT_BEST_SELLERS best-selling stock codes (by lines) and of every stock code first sold on or
+# after CUT_NEW_SINCE: the products the held-out windows of the tests' dates (2011-10-25,
 # 2011-11-08) see for the first time, so cold starts are still scored. That is 983 products and
 # 54,944 of the 76,126 lines: the four model test files took 40 % less CPU than on the whole
 # sample, the four nightly and evaluation flow files 18 % less.
-MODEL_BEST_SELLERS = 800
-MODEL_NEW_SINCE = datetime(2011, 10, 25)
+CUT_BEST_SELLERS = 800
+CUT_NEW_SINCE = datetime(2011, 10, 25)
 
 
 @pytest.fixture(scope="session")
-def model_sample(tmp_path_factory) -> Path:
+def sample_cut(tmp_path_factory) -> Path:
     """The shipped sample cut as above, in the source's format (the real importer reads it)."""
     import polars as pl
 
     lines = pl.read_parquet(SAMPLE)
     code = pl.col("StockCode").str.to_uppercase()  # the importer's product id
     per_code = lines.group_by(code).agg(n=pl.len(), first=pl.col("InvoiceDate").min())
-    best = per_code.sort(["n", "StockCode"], descending=[True, False]).head(MODEL_BEST_SELLERS)
-    new = per_code.filter(pl.col("first") >= MODEL_NEW_SINCE)
+    best = per_code.sort(["n", "StockCode"], descending=[True, False]).head(CUT_BEST_SELLERS)
+    new = per_code.filter(pl.col("first") >= CUT_NEW_SINCE)
     kept = pl.concat([best["StockCode"], new["StockCode"]]).unique()
-    path = tmp_path_factory.mktemp("model-sample") / "online_retail_model_sample.parquet"
+    path = tmp_path_factory.mktemp("sample-cut") / "online_retail_sample_cut.parquet"
     lines.filter(code.is_in(kept.implode())).write_parquet(path)
     return path
 

@@ -577,10 +577,10 @@ def budget_lines(chain_summary: dict[str, Any]) -> list[str]:
 def tiny_training_config(seed: int, **overrides: Any) -> TrainingConfig:
     """The tests' chain: the 2-layer hidden-64 scratch BERT (mlm.TINY_ENCODER), a few dozen
     steps per stage (MLM one and a half epochs of the catalog's texts, about 45 steps on the
-    model tests' thousand products, 20 teacher and 20 student steps, 4 GNN epochs), a 7-day
-    held-out tail (the shipped sample spans 32 days). What the tests
-    check is what each stage does and records, not how well so few steps train: the stages'
-    learning is tested on their own (tests/models/test_mlm.py, test_graph.py)."""
+    tests' thousand-product cut of the sample, 20 teacher and 20 student steps, 4 GNN epochs),
+    a 7-day held-out tail (the shipped sample spans 32 days). What the tests check is what each
+    stage does and records, not how well so few steps train: the stages' learning is tested on
+    their own (tests/models/test_mlm.py, test_graph.py)."""
     base = TrainingConfig(seed=seed)
     values: dict[str, Any] = dict(
         encoder=mlm.TINY_ENCODER, mlm_epochs=1.5, mlm_learning_rate=5e-3,

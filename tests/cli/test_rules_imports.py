@@ -27,10 +27,14 @@ sys.exit(code)
 """
 
 
+def run_child(code: str, *args: str, **env: str) -> subprocess.CompletedProcess:
+    """``code`` in a fresh interpreter (nothing another test imported is loaded), ``env`` added."""
+    return subprocess.run([sys.executable, "-c", code, *args], cwd=REPO, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "PYTHONPATH": str(REPO), **env})
+
+
 def run_rules(*args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    return subprocess.run([sys.executable, "-c", CHILD, "rules", *args], cwd=REPO, env=env, capture_output=True,
-                          text=True, timeout=300)
+    return run_child(CHILD, "rules", *args)
 
 
 @pytest.fixture(scope="module")
@@ -103,8 +107,6 @@ def test_a_run_on_a_prefect_server_does_not_load_the_server_itself():
     loaded only to start a temporary one."""
     child = ("import sys\nfrom flows import cli\ncli._start_prefect()\n"
              "print('server loaded:', 'prefect.server.api.server' in sys.modules)")
-    env = {**os.environ, "PYTHONPATH": str(REPO), "PREFECT_API_URL": "http://127.0.0.1:9/api"}
-    proc = subprocess.run([sys.executable, "-c", child], cwd=REPO, env=env, capture_output=True, text=True,
-                          timeout=300)
+    proc = run_child(child, PREFECT_API_URL="http://127.0.0.1:9/api")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "server loaded: False" in proc.stdout, proc.stdout

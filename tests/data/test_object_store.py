@@ -196,9 +196,9 @@ def sha(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def test_nightly_run_syncs_s3_landing_and_publishes_to_s3_and_locally(bucket, monkeypatch, tmp_path, model_sample):
+def test_nightly_run_syncs_s3_landing_and_publishes_to_s3_and_locally(bucket, monkeypatch, tmp_path, sample_cut):
     source = tmp_path / "source"
-    importers.import_source(kind="online-retail", inputs=[model_sample], landing_dir=source)
+    importers.import_source(kind="online-retail", inputs=[sample_cut], landing_dir=source)
     upload_dir(source, bucket, "landing")
     monkeypatch.setenv(storage.LANDING_URL_ENV, f"s3://{bucket}/landing")
     monkeypatch.setenv(storage.WAREHOUSE_URL_ENV, f"s3://{bucket}/warehouse")

@@ -1,4 +1,5 @@
-"""The evaluation flow on the shipped sample (conftest's ``model_sample`` cut of it): methods published, scored, logged to MLflow, reported."""
+"""The evaluation flow on the shipped sample (conftest's ``sample_cut`` of it): methods published,
+scored, logged to MLflow, reported."""
 
 from __future__ import annotations
 
@@ -18,14 +19,14 @@ AS_OF = date(2011, 10, 25)
 
 
 @pytest.fixture(scope="module")
-def evaluated(tmp_path_factory, prefect_harness, model_sample):
+def evaluated(tmp_path_factory, prefect_harness, sample_cut):
     from flows.evaluate import evaluate
 
     settings = Settings(
         data_dir=tmp_path_factory.mktemp("eval"),
         evaluation=EvaluationConfig(methods=("popularity", "count", "decayed_damped")),
     )
-    importers.import_source(kind="online-retail", inputs=[model_sample], landing_dir=settings.landing_dir)
+    importers.import_source(kind="online-retail", inputs=[sample_cut], landing_dir=settings.landing_dir)
     with _prefect_visits() as visits:
         out = evaluate(as_of=AS_OF, settings=settings)
     return settings, out | {"prefect_visits": visits}

@@ -21,7 +21,7 @@ MODEL_METHODS = ("mlm", "student", "teacher", "gnn", "hybrid")
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory, model_sample):
+def trained(tmp_path_factory, sample_cut):
     """The tiny chain trained before AS_OF, registered and served by hand (the harness scores
     champions; whether the gate would serve it is tests/models/test_chain.py's business)."""
     from prodassoc_core.models import serving
@@ -31,7 +31,7 @@ def trained(tmp_path_factory, model_sample):
         training=chain.tiny_training_config(3),
         evaluation=EvaluationConfig(methods=("count", "auto", "served", *MODEL_METHODS), rerank_depth=10),
     )
-    importers.import_source(kind="online-retail", inputs=[model_sample], landing_dir=settings.landing_dir)
+    importers.import_source(kind="online-retail", inputs=[sample_cut], landing_dir=settings.landing_dir)
     result = retrain.train_chain_for(settings, *retrain.training_data(settings, AS_OF), AS_OF)
     registered = retrain.register(settings, result, AS_OF)
     serving.promote(settings, registered["student"].model_version, {"warm": "hybrid", "cold": "hybrid"}, "test")

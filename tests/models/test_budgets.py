@@ -37,8 +37,8 @@ SLACK_S = 45.0
 
 
 @pytest.fixture(scope="module")
-def data(model_sample):
-    lines = importers.online_retail_lines([model_sample])
+def data(sample_cut):
+    lines = importers.online_retail_lines([sample_cut])
     return importers.derive_catalog(lines), baskets.baskets(lines, BasketConfig()).collect()
 
 

@@ -25,8 +25,8 @@ CPU = training.choose_device("cpu")
 
 
 @pytest.fixture(scope="module")
-def data(model_sample):
-    lines = importers.online_retail_lines([model_sample])
+def data(sample_cut):
+    lines = importers.online_retail_lines([sample_cut])
     catalog = importers.derive_catalog(lines)
     frame = baskets.baskets(lines, BasketConfig()).collect()
     return catalog, frame

@@ -33,8 +33,8 @@ def word_vectors(titles: list[str], dim: int = 512) -> np.ndarray:
 
 
 @pytest.fixture(scope="module")
-def data(model_sample):
-    lines = importers.online_retail_lines([model_sample])
+def data(sample_cut):
+    lines = importers.online_retail_lines([sample_cut])
     catalog = importers.derive_catalog(lines)
     # two products that are in the catalog but never sold in the window (cold start)
     catalog = pl.concat([catalog, pl.DataFrame({"product_id": ["NEW1", "NEW2"],

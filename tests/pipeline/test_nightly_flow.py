@@ -1,4 +1,4 @@
-"""The nightly flow end to end on the shipped Online Retail sample (conftest's ``model_sample`` cut of
+"""The nightly flow end to end on the shipped Online Retail sample (conftest's ``sample_cut`` of
 it), under Prefect's ephemeral API: what it publishes, reruns, its Prefect run and log, and the counts
 and timings each run leaves as a Prefect Markdown artifact and an MLflow run (one run of the flow,
 asserted by every test here)."""
@@ -22,13 +22,13 @@ AS_OF = date(2011, 11, 1)
 
 
 @pytest.fixture(scope="module")
-def demo(tmp_path_factory, prefect_harness, model_sample):
+def demo(tmp_path_factory, prefect_harness, sample_cut):
     from flows.nightly import nightly
 
     settings = Settings(
         data_dir=tmp_path_factory.mktemp("data"), mining=MiningConfig(min_support=0.01, min_confidence=0.5)
     )
-    importers.import_source(kind="online-retail", inputs=[model_sample], landing_dir=settings.landing_dir)
+    importers.import_source(kind="online-retail", inputs=[sample_cut], landing_dir=settings.landing_dir)
     first = nightly(as_of=AS_OF, settings=settings)
     return settings, first
 

@@ -1,10 +1,10 @@
 """The nightly run report (issue 14, item 6): one self-contained HTML page per run.
 
 Unit tests of prodassoc_core/pipeline/run_report.py on tiny frames (escaping, the network picture, the diff
-of two runs, first run), then one nightly on three weeks of the shipped sample (conftest's ``model_sample`` cut; no models trained) that writes the page,
-links it from the artifact and returns it; rendered in headless Chromium, network off, where one
-is installed (skipped otherwise, saying so). The same run is what a nightly without a champion
-publishes (the classic method, no embeddings).
+of two runs, first run), then one nightly on three weeks of the shipped sample (conftest's ``sample_cut``;
+no models trained) that writes the page, links it from the artifact and returns it; rendered in headless
+Chromium, network off, where one is installed (skipped otherwise, saying so). The same run is what a nightly
+without a champion publishes (the classic method, no embeddings).
 """
 
 from __future__ import annotations
@@ -132,7 +132,7 @@ def test_network_is_a_circle_of_the_top_products_with_their_associations():
 
 
 @pytest.fixture(scope="module")
-def nightly_run(tmp_path_factory, prefect_harness, model_sample):
+def nightly_run(tmp_path_factory, prefect_harness, sample_cut):
     """``prodassoc import`` of the sample, then ``prodassoc run`` on three weeks of it, in-process:
     (settings, what the run printed, the report's path).
 
@@ -141,7 +141,7 @@ def nightly_run(tmp_path_factory, prefect_harness, model_sample):
 
     settings = Settings(data_dir=tmp_path_factory.mktemp("report"))
     with contextlib.redirect_stdout(io.StringIO()):
-        assert main(["--data-dir", str(settings.data_dir), "import", "online-retail", str(model_sample)]) == 0
+        assert main(["--data-dir", str(settings.data_dir), "import", "online-retail", str(sample_cut)]) == 0
     assert list(settings.landing_dir.glob("transactions/dt=*/*.parquet"))
     printed = io.StringIO()
     with contextlib.redirect_stdout(printed):

@@ -54,12 +54,12 @@ def _champion(settings: Settings, name: str = "prodassoc-student"):
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory, prefect_harness, model_sample):
+def trained(tmp_path_factory, prefect_harness, sample_cut):
     """The sample imported and the train flow run once: (settings, flow run id, the flow's summary)."""
     from flows.train import train
 
     settings = Settings(data_dir=tmp_path_factory.mktemp("trained"), training=chain.tiny_training_config(SEED))
-    importers.import_source(kind="online-retail", inputs=[model_sample], landing_dir=settings.landing_dir)
+    importers.import_source(kind="online-retail", inputs=[sample_cut], landing_dir=settings.landing_dir)
     state = train(as_of=AS_OF, settings=settings, return_state=True)
     assert state.is_completed(), state
     return settings, state.state_details.flow_run_id, state.result()

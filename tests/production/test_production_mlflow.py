@@ -47,7 +47,7 @@ def mlflow_server(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def landed(mlflow_server, tmp_path_factory, model_sample) -> Settings:
+def landed(mlflow_server, tmp_path_factory, sample_cut) -> Settings:
     """One data dir for the module's flows (the sample ingested once), logging to the server."""
     settings = Settings(
         data_dir=tmp_path_factory.mktemp("mlflow-data"),
@@ -55,7 +55,7 @@ def landed(mlflow_server, tmp_path_factory, model_sample) -> Settings:
         evaluation=EvaluationConfig(methods=METHODS),
         training=chain.tiny_training_config(3),
     )
-    importers.import_source(kind="online-retail", inputs=[model_sample], landing_dir=settings.landing_dir)
+    importers.import_source(kind="online-retail", inputs=[sample_cut], landing_dir=settings.landing_dir)
     return settings
 
 
