@@ -23,7 +23,7 @@ from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from deployments.commands import CPU_POOL, GPU_POOL, torchrun_train
-from prodassoc_core.ops import TrainingConfig
+from prodassoc_core.ops import TrainingConfig, check_spark_master
 
 NIGHTLY = "prodassoc-scheduled-nightly/nightly"
 BACKFILL = "prodassoc-backfill/backfill"
@@ -69,6 +69,11 @@ class DeployConfig(BaseSettings):
     @classmethod
     def _valid_cron(cls, value: str) -> str:
         return check_cron(value)
+
+    @field_validator("spark_master")
+    @classmethod
+    def _master_url(cls, value: str | None) -> str | None:
+        return None if value is None else check_spark_master(value)
 
 
 def check_cron(value: str, setting: str = "") -> str:

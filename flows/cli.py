@@ -3,8 +3,8 @@ ad hoc, show results.
 
 Heavy libraries (Prefect, Great Expectations) are imported only by the commands
 that need them, so `prodassoc rules` and `prodassoc top` start fast. Arguments, the data
-directory, the dates and the run lock are checked before Prefect starts: a mistake costs a
-second, not a server start-up.
+directory, the dates, the run lock and the engine's Java are checked before Prefect starts: a
+mistake costs a second, not a server start-up.
 
 Expected failures print one line on stderr (an ingestion failure lists each problem) and
 exit with a documented code; ``-v`` also prints the traceback:
@@ -15,6 +15,7 @@ exit with a documented code; ``-v`` also prints the traceback:
     3  another run holds the lock for this date (or the ingestion)
     4  storage: disk full, read-only or not writable (the path and the bytes needed are named)
     5  no data: nothing landed or published yet, or as_of outside the landed data
+    6  the engine cannot start: engine spark without pyspark or Java, or its master does not answer
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # no dow
 
 log = logging.getLogger("prodassoc")
 
-EXIT_INGEST, EXIT_USAGE, EXIT_LOCKED, EXIT_STORAGE, EXIT_NO_DATA = 1, 2, 3, 4, 5
+EXIT_INGEST, EXIT_USAGE, EXIT_LOCKED, EXIT_STORAGE, EXIT_NO_DATA, EXIT_ENGINE = 1, 2, 3, 4, 5, 6
 SETTINGS_ENV_PREFIX = "PRODASSOC_"  # prodassoc_core.ops.settings.Settings reads PRODASSOC_* (not imported here: start-up)
 PREFECT_STARTUP_TIMEOUT_S = 120
 MINING_MAX_LEN = 4  # the nightly's default (settings.MiningConfig.max_len)
@@ -146,6 +147,15 @@ def _check_run_locks(settings, dates: list[date]) -> None:
             pass
 
 
+def _check_engine(settings) -> None:
+    """``engine: spark``: fail now, before Prefect starts, without pyspark or Java (exit 6). A master
+    that does not answer is found when the session starts, and fails the run the same way."""
+    if settings.engine == "spark":
+        from prodassoc_core.data import check_spark_available
+
+        check_spark_available()
+
+
 def _die_with_parent(parent: int) -> None:
     """In a child process (before exec): be killed when the parent dies (Linux prctl PR_SET_PDEATHSIG)."""
     import ctypes
@@ -245,6 +255,7 @@ def _classify(exc: BaseException) -> tuple[int | None, str]:
     StorageError = _loaded_class("prodassoc_core.data", "StorageError")
     StoreError = _loaded_class("prodassoc_core.models", "StoreError")
     LockBusyError = _loaded_class("prodassoc_core.ops", "LockBusyError")
+    SparkUnavailableError = _loaded_class("prodassoc_core.data", "SparkUnavailableError")
     NoDataError = _loaded_class("prodassoc_core.pipeline", "NoDataError")
 
     if isinstance(exc, CliError):
@@ -255,6 +266,8 @@ def _classify(exc: BaseException) -> tuple[int | None, str]:
         return EXIT_LOCKED, str(exc)
     if isinstance(exc, NoDataError):
         return EXIT_NO_DATA, f"error: {exc}"
+    if isinstance(exc, SparkUnavailableError):  # engine: spark without pyspark or Java, or its master down
+        return EXIT_ENGINE, f"error: {exc}"
     if isinstance(exc, ValidationError):  # a setting or option out of range
         return EXIT_USAGE, f"error: invalid setting: {_problems(exc)}"
     if type(exc).__name__ == "SettingsError" and (field := re.search(r'field "(\w+)"', str(exc))):
@@ -326,6 +339,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     _check_run_locks(settings, [args.as_of])
     from flows.nightly import nightly
 
+    _check_engine(settings)
     _start_prefect()
     result = nightly(as_of=args.as_of, settings=settings)
     ing = result["ingest"]
@@ -369,6 +383,7 @@ def cmd_backfill(args: argparse.Namespace) -> int:
     _check_run_locks(settings, days)
     from flows.nightly import backfill
 
+    _check_engine(settings)
     _start_prefect()
     result = backfill(start=args.start, end=args.end, settings=settings, force=args.force)
     for run in result["runs"]:
@@ -404,6 +419,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from flows.evaluate import evaluate
     from prodassoc_core.evaluation import markdown_table
 
+    _check_engine(settings)
     _start_prefect()
     out = evaluate(as_of=args.as_of, settings=settings, end=args.end)
     results = out["results"]
@@ -494,6 +510,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     with locks.training_lock(settings.locks_dir, args.as_of):  # another training of the date: fail before Prefect starts
         pass
+    _check_engine(settings)
     _start_prefect()
     out = train(as_of=args.as_of, seed=args.seed, settings=settings, progress=sys.stderr.isatty(),
                 promote=not args.no_promote)

@@ -447,13 +447,13 @@ def wait_http(url: str, proc: subprocess.Popen, log: Path, timeout_s: float = 90
 def spark():
     """A ``local[2]`` Spark session shared by the whole run (starting one costs ~15 s); skips,
     saying why, without pyspark or Java."""
-    import shutil
-
-    pytest.importorskip("pyspark", reason="pyspark is not installed (pip install 'prodassoc[spark]')")
-    if shutil.which("java") is None and not os.environ.get("JAVA_HOME"):
-        pytest.skip("java is not on PATH: the spark engine needs Java 17")
     from prodassoc_core.data import spark as spark_data
     from prodassoc_core.ops import SparkConfig
+
+    try:
+        spark_data.check_spark_available()
+    except spark_data.SparkUnavailableError as exc:
+        pytest.skip(str(exc))
 
     session = spark_data.session(SparkConfig(master="local[2]", shuffle_partitions=1, driver_memory="1g", small_data=True))
     yield session

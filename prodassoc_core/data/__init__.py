@@ -43,6 +43,8 @@ NAMES = {
     "TRANSACTIONS": "contracts",
     "quarantine_schema": "contracts",
     "read_basket_csv": "importers",
+    "SparkUnavailableError": "spark",
+    "check_spark_available": "spark",
     "IngestError": "ingest",
     "StorageError": "warehouse",
     "fault_point": "warehouse",

@@ -51,8 +51,35 @@ SMALL_DATA_CONF = {
 }
 
 
+NO_PYSPARK = "engine 'spark' needs pyspark: pip install 'prodassoc[spark]' (and Java 17)"
+
+
 class SparkUnavailableError(RuntimeError):
-    """``engine: spark`` without pyspark or without Java."""
+    """``engine: spark`` without pyspark or Java, or a Spark session that did not start."""
+
+
+def check_spark_available() -> None:
+    """SparkUnavailableError unless pyspark is installed and Java can be found (what this process
+    needs to start a session): cheap, so a command can check before it starts anything else."""
+    import importlib.util
+
+    if importlib.util.find_spec("pyspark") is None:
+        raise SparkUnavailableError(NO_PYSPARK)
+    if os.environ.get("PYSPARK_GATEWAY_PORT"):  # spark-submit, Databricks: their JVM is already running
+        return
+    java_home = os.environ.get("JAVA_HOME")
+    if java_home:  # what Spark's launcher runs: $JAVA_HOME/bin/java, else java on PATH
+        if not os.access(Path(java_home) / "bin" / "java", os.X_OK):
+            raise SparkUnavailableError(f"engine 'spark' needs Java 17: JAVA_HOME={java_home} has no bin/java")
+    elif shutil.which("java") is None:
+        raise SparkUnavailableError("engine 'spark' needs Java 17 (java is not on PATH and JAVA_HOME is unset)")
+
+
+def _start_error(exc: BaseException) -> str:
+    """The line of a failed session start that says why: the Java exception's, else the first."""
+    lines = [line.strip().removeprefix(": ") for line in str(exc).splitlines() if line.strip()]
+    java = [line for line in lines if re.match(r"(java|org|scala)\.[\w.$]+(Exception|Error)\b", line)]
+    return (java or lines or [type(exc).__name__])[0].rstrip(".")
 
 
 def session(cfg: SparkConfig) -> "SparkSession":
@@ -64,8 +91,7 @@ def session(cfg: SparkConfig) -> "SparkSession":
         try:
             from pyspark.sql import SparkSession
         except ImportError as exc:
-            raise SparkUnavailableError(
-                "engine 'spark' needs pyspark: pip install 'prodassoc[spark]' (and Java 17)") from exc
+            raise SparkUnavailableError(NO_PYSPARK) from exc
         active = SparkSession.getActiveSession()
         if active is not None:
             return active
@@ -73,8 +99,7 @@ def session(cfg: SparkConfig) -> "SparkSession":
             spark = SparkSession.builder.appName(cfg.app_name).getOrCreate()
             log.info("spark %s session of spark-submit on %s", spark.version, spark.sparkContext.master)
             return spark
-        if shutil.which("java") is None and not os.environ.get("JAVA_HOME"):
-            raise SparkUnavailableError("engine 'spark' needs Java 17 (java is not on PATH and JAVA_HOME is unset)")
+        check_spark_available()
         conf = {
             "spark.driver.memory": cfg.driver_memory,
             "spark.sql.shuffle.partitions": str(cfg.shuffle_partitions),
@@ -89,7 +114,13 @@ def session(cfg: SparkConfig) -> "SparkSession":
         builder = SparkSession.builder.master(cfg.master).appName(cfg.app_name)
         for key, value in conf.items():
             builder = builder.config(key, value)
-        spark = builder.getOrCreate()
+        try:
+            spark = builder.getOrCreate()
+        except Exception as exc:  # noqa: BLE001 - py4j's and pyspark's errors: one message naming the master
+            raise SparkUnavailableError(
+                f"Spark did not start on master {cfg.master!r} (setting spark.master): {_start_error(exc)}; "
+                "check that the master is up and reachable from here and that Java 17 runs (Spark's log above says more)"
+            ) from exc
         spark.sparkContext.setLogLevel(cfg.log_level)
         log.info("spark %s session on %s", spark.version, spark.sparkContext.master)
         return spark

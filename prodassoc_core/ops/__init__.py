@@ -28,6 +28,7 @@ NAMES = {
     "PairConfig": "settings",
     "SelectionConfig": "settings",
     "SparkConfig": "settings",
+    "check_spark_master": "settings",
     "Settings": "settings",
     "TrainingConfig": "settings",
     "ValidationConfig": "settings",

@@ -9,6 +9,7 @@ nested ones with a double underscore: ``PRODASSOC_MINING__MIN_SUPPORT=0.002``.
 from __future__ import annotations
 
 import difflib
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Literal
@@ -433,6 +434,20 @@ class TrainingConfig(BaseModel):
 
 
 ENGINES = ("local", "spark")
+# the master URLs Spark 4 accepts (its "Master URLs" table; Mesos was removed in 4.0)
+SPARK_MASTER = re.compile(
+    r"local(\[(\*|[1-9]\d*)(,\d+)?\])?|local-cluster\[\d+,\d+,\d+\]"
+    r"|spark://[^/\s,:]+:\d+(,[^/\s,:]+:\d+)*|yarn|k8s://(https?://)?[^/\s]+"
+)
+SPARK_MASTER_FORMS = "local, local[N], local[*], spark://host:port[,host:port...], yarn, k8s://https://host:port"
+
+
+def check_spark_master(value: str) -> str:
+    """``value`` stripped if Spark accepts it as a master URL; ValueError naming the forms otherwise
+    (a mistyped master fails when the settings are read, not as a JVM stack trace minutes later)."""
+    if not SPARK_MASTER.fullmatch(value.strip()):
+        raise ValueError(f"{value!r} is not a Spark master URL ({SPARK_MASTER_FORMS})")
+    return value.strip()
 
 
 class SparkConfig(BaseModel):
@@ -456,6 +471,11 @@ class SparkConfig(BaseModel):
         "query execution off (a lazily checkpointed level is computed by its own job only); not for big jobs")
     conf: dict[str, str] = Field(
         default_factory=dict, description="further spark.* settings, e.g. {'spark.executor.memory': '8g'}")
+
+    @field_validator("master")
+    @classmethod
+    def _master_url(cls, value: str) -> str:
+        return check_spark_master(value)
 
 
 class Settings(BaseSettings):

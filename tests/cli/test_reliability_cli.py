@@ -114,6 +114,10 @@ ENV_CASES = {  # (environment, arguments) -> exit code 2, text of the one line
                          "mining.min_suport; did you mean min_support?)"),
     "warehouse_url_not_s3": ({"PRODASSOC_WAREHOUSE_URL": "s3:/bucket/tables"}, ["--data-dir", "data", "run", "--as-of",
                              AS_OF], "prodassoc: error: not an s3:// URL: 's3:/bucket/tables'"),
+    "spark_master_mistyped": ({"PRODASSOC_ENGINE": "spark", "PRODASSOC_SPARK__MASTER": "spark//host:7077"},
+                              ["--data-dir", "data", "backfill", "--start", "2024-01-05", "--end", "2024-01-06"],
+                              "prodassoc: error: invalid setting: spark.master: 'spark//host:7077' is not a Spark "
+                              "master URL"),
 }
 CASES |= {name: (args, 2, text) for name, (_, args, text) in ENV_CASES.items()}
 
@@ -132,6 +136,25 @@ def test_expected_failures_are_one_line_before_prefect_starts(work, case):
     assert elapsed < 30, f"{elapsed:.0f} s"  # no server start-up (seconds, not minutes, even on a busy machine)
     assert not (work / "data" / "warehouse").exists()  # nothing published
     assert not (work / "missing").exists()  # a mistyped data dir is not created
+
+
+SPARK_CASES = {  # engine: spark on a machine where Spark cannot start: exit 6, before Prefect starts
+    "java_home_without_java": ({"JAVA_HOME": "empty"}, "engine 'spark' needs Java 17: JAVA_HOME=empty has no bin/java"),
+    "no_java_on_path": ({"JAVA_HOME": "", "PATH": "empty"},
+                        "engine 'spark' needs Java 17 (java is not on PATH and JAVA_HOME is unset)"),
+}
+
+
+@pytest.mark.parametrize("case", SPARK_CASES)
+@pytest.mark.parametrize("command", [["run", "--as-of", AS_OF], ["train", "--as-of", AS_OF, "--seed", "1"]])
+def test_the_spark_engine_without_java_is_one_line_before_prefect_starts(work, case, command):
+    pytest.importorskip("pyspark", reason="pyspark is not installed: the engine says so instead (NO_PYSPARK)")
+    env, text = SPARK_CASES[case]
+    proc = cli("--data-dir", "data", *command, cwd=work, env={"PRODASSOC_ENGINE": "spark", **env})
+    assert proc.returncode == 6, proc.stderr[-3000:]
+    assert stderr_lines(proc) == [f"prodassoc: error: {text}"], proc.stderr
+    assert "Traceback" not in proc.stderr and PREFECT_STARTED not in proc.stderr
+    assert not (work / "data" / "staging").exists()  # nothing ingested
 
 
 def test_verbose_shows_the_traceback(work):

@@ -3,6 +3,8 @@ typo, and must not be ignored without a word (pydantic-settings ignores it)."""
 
 from __future__ import annotations
 
+import pytest
+
 from prodassoc_core.ops.settings import unknown_environment
 
 
@@ -58,3 +60,17 @@ def test_a_data_dir_under_home_is_the_home_directorys(monkeypatch, tmp_path):
     monkeypatch.setenv("PRODASSOC_DATA_DIR", "~/shop2")
     assert Settings().data_dir == tmp_path / "shop2"
     assert Settings(data_dir=Path("rel")).data_dir == Path("rel")
+
+
+def test_the_spark_master_is_one_spark_accepts():
+    from pydantic import ValidationError
+
+    from prodassoc_core.ops.settings import SparkConfig
+
+    for master in ("local", "local[2]", "local[*]", "local[4,2]", "local-cluster[2,1,1024]", "spark://h:7077",
+                   "spark://a:7077,b:7077", "yarn", "k8s://https://k8s.example:443", " yarn "):
+        assert SparkConfig(master=master).master == master.strip()
+    for master in ("spark//h:7077", "spark://h", "spark://h:7077/", "lokal[2]", "local[0]", "local[x]", "mesos://h:5050",
+                   "yarn-cluster", ""):
+        with pytest.raises(ValidationError, match="is not a Spark master URL"):
+            SparkConfig(master=master)
