@@ -279,6 +279,10 @@ def _classify(exc: BaseException) -> tuple[int | None, str]:
         return EXIT_STORAGE, f"storage error: {exc.strerror}"
     if isinstance(exc, StoreError):  # an MLflow store it is not safe to repair automatically
         return EXIT_STORAGE, f"storage error: {exc}"
+    spark = sys.modules.get("prodassoc_core.data.spark")  # loaded if a Spark job ran
+    if spark is not None and (code := spark.spark_storage_errno(exc)) is not None:  # a shuffle, a checkpoint
+        return EXIT_STORAGE, (f"storage error: a Spark job could not write: {os.strerror(code).lower()}, in the data "
+                              "directory or in Spark's local directory (spark.local.dir, /tmp unless set)")
     if isinstance(exc, OSError) and exc.errno in _STORAGE_ERRNOS and not isinstance(exc, FileNotFoundError):
         where = f"cannot write {exc.filename}: {exc.strerror}" if exc.filename and exc.strerror else str(exc)
         return EXIT_STORAGE, f"storage error: {where}"

@@ -45,6 +45,7 @@ NAMES = {
     "read_basket_csv": "importers",
     "SparkUnavailableError": "spark",
     "check_spark_available": "spark",
+    "spark_storage_errno": "spark",
     "IngestError": "ingest",
     "StorageError": "warehouse",
     "fault_point": "warehouse",

@@ -14,6 +14,7 @@ Java's and Rust's regex dialects differ at the edges (``$`` before a final newli
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import re
@@ -31,6 +32,7 @@ from prodassoc_core.data.contracts import (
     ORDER_ID, ORDERED_AT, PRODUCT_ID, QUANTITY, STORE_ID, TRANSACTIONS, UNIT_PRICE,
 )
 from prodassoc_core.data.validation import quiet_pyspark_pandas_warning
+from prodassoc_core.data.warehouse import storage_error
 from prodassoc_core.ops import BasketConfig, SparkConfig
 
 if TYPE_CHECKING:
@@ -230,7 +232,14 @@ def write_parquet(frame: "DataFrame", out: Path) -> int:
     old = out.with_name(f".{out.name}.{os.getpid()}.old")
     for p in (tmp, old):
         remove(p)
-    frame.write.mode("overwrite").parquet(str(tmp.resolve()))
+    try:
+        frame.write.mode("overwrite").parquet(str(tmp.resolve()))
+    except Exception as exc:
+        code = spark_storage_errno(exc)
+        if code is None:
+            raise
+        remove(tmp)  # the part files written so far
+        raise storage_error(OSError(code, os.strerror(code)), out, None) from exc
     if out.exists():
         os.replace(out, old)
     os.replace(tmp, out)
@@ -238,6 +247,21 @@ def write_parquet(frame: "DataFrame", out: Path) -> int:
     import pyarrow.dataset as ds  # the rows from the part files' footers: no Spark job
 
     return ds.dataset(str(out), format="parquet").count_rows()
+
+
+# what Java says where the C library's errno would say ENOSPC, EDQUOT, EROFS (as in IOException messages)
+_JAVA_STORAGE_ERRORS = {"No space left on device": errno.ENOSPC, "Disk quota exceeded": errno.EDQUOT,
+                        "Read-only file system": errno.EROFS}
+
+
+def spark_storage_errno(exc: BaseException) -> int | None:
+    """The errno of a Spark job's failure to write for lack of space or on a read-only file system
+    (a py4j or pyspark error whose Java cause says so: the data directory, or Spark's own local
+    directory for shuffles and checkpoints), else None."""
+    if type(exc).__module__.split(".")[0] not in ("py4j", "pyspark"):
+        return None
+    text = str(exc)
+    return next((code for message, code in _JAVA_STORAGE_ERRORS.items() if message in text), None)
 
 
 def remove(path: Path) -> None:

@@ -74,6 +74,7 @@ import logging
 import re
 import threading
 import warnings
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from datetime import date, datetime, time, timedelta
 from pathlib import Path
@@ -83,6 +84,7 @@ import polars as pl
 
 from prodassoc_core.data import contracts as c
 from prodassoc_core.data.contracts import TableContract
+from prodassoc_core.data.warehouse import storage_errors
 from prodassoc_core.ops import ValidationConfig
 
 if TYPE_CHECKING:  # GE costs ~4 s to import: only when a context is built.
@@ -699,7 +701,8 @@ class GxSuites:
         from great_expectations.core.run_identifier import RunIdentifier
         from great_expectations.data_context.types.resource_identifiers import ExpectationSuiteIdentifier
 
-        with self._lock:
+        stored = storage_errors(self.gx_dir) if self.gx_dir is not None else nullcontext()  # the results store
+        with self._lock, stored:
             result = self._checkpoints[name].run(
                 batch_parameters={"dataframe": frame},
                 expectation_parameters=parameters,
@@ -729,25 +732,29 @@ class GxSuites:
         off; they are stored all the same). They are recorded in ``skipped_docs_path``, the newest
         as many as the index lists, for the first ``build_docs`` after the Data Docs are turned
         back on, so that no page the index links to is missing."""
+        with self._lock:
+            self._record_skipped()
+
+    def _record_skipped(self) -> None:
+        """``skip_docs`` with the lock held."""
         from great_expectations.data_context.types.resource_identifiers import ValidationResultIdentifier
 
-        with self._lock:
-            results = [list(i.to_fixed_length_tuple()) for i in dict.fromkeys(self._undocumented)
-                       if isinstance(i, ValidationResultIdentifier)]
-            self._undocumented = []
-            if self.gx_dir is None or not results:
-                return
-            skipped = [*self._read_skipped(), *results]
-            if self._index_limit is not None:
-                skipped = skipped[-self._index_limit:]
-            from prodassoc_core.data.warehouse import write_json
+        results = [list(i.to_fixed_length_tuple()) for i in dict.fromkeys(self._undocumented)
+                   if isinstance(i, ValidationResultIdentifier)]
+        self._undocumented = []
+        if self.gx_dir is None or not results:
+            return
+        skipped = [*self._read_skipped(), *results]
+        if self._index_limit is not None:
+            skipped = skipped[-self._index_limit:]
+        from prodassoc_core.data.warehouse import write_json
 
-            path = skipped_docs_path(self.gx_dir)
-            try:  # a hint for later pages: never what fails (or hides why) a run, e.g. on a full disk
-                write_json(path, skipped)
-            except OSError as exc:
-                logger.warning("Data Docs: could not record the skipped results in %s (%s); their pages will not "
-                               "be rendered when the Data Docs are turned back on", path, exc)
+        path = skipped_docs_path(self.gx_dir)
+        try:  # a hint for later pages: never what fails (or hides why) a run, e.g. on a full disk
+            write_json(path, skipped)
+        except OSError as exc:
+            logger.warning("Data Docs: could not record the skipped results in %s (%s); their pages will not "
+                           "be rendered by the next build", path, exc)
 
     def _read_skipped(self) -> list[list[str]]:
         """The skipped results on record (an unreadable record is logged and counts as none)."""
@@ -780,14 +787,23 @@ class GxSuites:
 
     def build_docs(self) -> Path | None:
         """Render the results run since the last call, and any skipped while the Data Docs were
-        off (``skip_docs``), into the Data Docs (the index lists the newest stored results),
-        readable offline; returns the index page (None without a ``gx_dir``)."""
+        off or by a build that failed (``skip_docs``), into the Data Docs (the index lists the
+        newest stored results), readable offline; without an index page, every stored result.
+        Returns the index page (None without a ``gx_dir``)."""
         if self.gx_dir is None:
             return None
+        index = data_docs_index(self.gx_dir)
         with self._lock:
             pending = [*self._skipped_identifiers(), *self._undocumented]
-            if pending:
-                self._ctx.build_data_docs(resource_identifiers=list(dict.fromkeys(pending)))  # each suite once
+            if pending or not index.exists():
+                try:
+                    with storage_errors(index.parent):
+                        # no index (never built, removed, or a build that failed part way): every stored result
+                        self._ctx.build_data_docs(
+                            resource_identifiers=list(dict.fromkeys(pending)) if index.exists() else None)
+                except Exception:
+                    self._record_skipped()  # for the next build, if the disk lets the record be written
+                    raise
                 self._undocumented = []
                 skipped_docs_path(self.gx_dir).unlink(missing_ok=True)
                 make_data_docs_offline(data_docs_index(self.gx_dir).parent)

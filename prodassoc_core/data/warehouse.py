@@ -48,7 +48,8 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import date, datetime
 from pathlib import Path
@@ -104,6 +105,19 @@ def storage_error(exc: OSError, path: Path, needed: int | None) -> StorageError:
     need = f"; {needed:,} bytes needed" if needed is not None else ""
     have = f", {free:,} free" if free is not None and exc.errno in (errno.ENOSPC, errno.EDQUOT) else ""
     return StorageError(exc.errno, f"cannot write {path}: {what}{need}{have}")
+
+
+@contextmanager
+def storage_errors(path: Path, needed: int | None = None) -> Iterator[None]:
+    """A full disk, a quota or a read-only zone inside the block as a StorageError naming ``path``:
+    for the writes of libraries (Great Expectations' stores and Data Docs), which raise them
+    without a file name."""
+    try:
+        yield
+    except OSError as exc:
+        if isinstance(exc, StorageError) or exc.errno not in _STORAGE_ERRNOS:
+            raise
+        raise storage_error(exc, path, needed) from exc
 
 
 def _existing_parent(path: Path) -> Path:

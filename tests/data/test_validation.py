@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import shutil
 from datetime import datetime
 
 import polars as pl
@@ -14,6 +16,7 @@ from prodassoc_core.data.validation import (
     data_docs_index,
     gx_suites,
     missing_columns,
+    skipped_docs_path,
     stringify_mismatched,
     validate_catalog,
     validate_transactions,
@@ -275,6 +278,44 @@ def test_the_data_docs_index_lists_only_the_newest_results(tmp_path):
     assert gx_suites(tmp_path / "gx", docs_index_results=5) is gx  # a new limit is saved with the context
     site = gx.context.variables.data_docs_sites["local_site"]
     assert site["site_index_builder"]["validation_results_limit"] == 5
+
+
+def _pages(site) -> list[str]:
+    return sorted(p.relative_to(site / "validations").parts[1] for p in (site / "validations").rglob("*.html"))
+
+
+def test_a_data_docs_build_that_failed_is_redone_by_the_next(tmp_path):
+    """A build that fails (a full disk; here the site's static assets cannot be copied: a file
+    is in the way) records the results it did not render; the next build renders them."""
+    gx = gx_suites(tmp_path / "gx")
+    site = data_docs_index(gx.gx_dir).parent
+    validate_transactions(_tx([("o", "A", 1, 1.0, DAY)]), ["A"], CFG, gx=gx, run_name="night-1")
+    gx.build_docs()
+    validate_transactions(_tx([("o", "A", 1, 1.0, DAY)]), ["A"], CFG, gx=gx, run_name="night-2")
+    shutil.move(site / "static", tmp_path / "static")
+    (site / "static").write_text("in the way")
+    with pytest.raises(OSError):
+        gx.build_docs()
+    (site / "static").unlink()
+    record = skipped_docs_path(gx.gx_dir)  # what a new process (the next night's) renders first
+    assert [run for _, run, _, _ in json.loads(record.read_text())] == ["night-2"]
+    gx.build_docs()
+    assert not record.exists() and (site / "static").is_dir()
+    assert _pages(site) == ["night-1", "night-2"] and "night-2" in data_docs_index(gx.gx_dir).read_text()
+
+
+def test_data_docs_without_an_index_are_rebuilt_from_every_stored_result(tmp_path):
+    """The Data Docs folder removed (or a first build that failed before the index): the next
+    build renders every stored result, not only the newest run's."""
+    gx = gx_suites(tmp_path / "gx")
+    site = data_docs_index(gx.gx_dir).parent
+    for night in ("night-1", "night-2"):
+        validate_transactions(_tx([("o", "A", 1, 1.0, DAY)]), ["A"], CFG, gx=gx, run_name=night)
+        gx.build_docs()
+    shutil.rmtree(site.parent)
+    assert gx.build_docs() == data_docs_index(gx.gx_dir)  # nothing validated since: rebuilt all the same
+    assert _pages(site) == ["night-1", "night-2"]
+    assert "night-1" in data_docs_index(gx.gx_dir).read_text()
 
 
 def test_ge_exception_info_is_detected():

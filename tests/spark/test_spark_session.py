@@ -7,6 +7,7 @@ The session is started in a fresh interpreter: in this one the run's shared sess
 
 from __future__ import annotations
 
+import errno
 import os
 import subprocess
 import sys
@@ -52,3 +53,38 @@ def test_the_reason_is_the_java_exception_line():
     assert spark_data._start_error(RuntimeError("[JAVA_GATEWAY_EXITED] Java gateway process exited.")) == (
         "[JAVA_GATEWAY_EXITED] Java gateway process exited")
     assert spark_data._start_error(RuntimeError("")) == "RuntimeError"
+
+
+# How Hadoop's local file system fails a task on a full disk (seen on a 40 MB tmpfs: docs/operations.md,
+# "What happens when"); the job here fails with that message, raised by the task itself.
+FULL = "org.apache.hadoop.fs.FSError: java.io.IOException: No space left on device"
+
+
+def _failing(spark, message: str):
+    from pyspark.sql import functions as F
+
+    return spark.range(3).select(F.raise_error(F.lit(message)).cast("long").alias("x"))
+
+
+def test_a_spark_write_that_runs_out_of_space_is_a_storage_error_naming_the_path(spark, tmp_path):
+    from prodassoc_core.data import StorageError
+
+    out = tmp_path / "runs" / "baskets.parquet"
+    out.parent.mkdir()
+    with pytest.raises(StorageError, match=r"] cannot write .*/runs/baskets\.parquet: no space left on device"):
+        spark_data.write_parquet(_failing(spark, FULL), out)
+    assert list(out.parent.iterdir()) == []  # neither the dataset nor its temporary part files
+
+
+def test_a_spark_job_out_of_space_elsewhere_is_a_storage_error_of_the_cli(spark):
+    """A shuffle or checkpoint in Spark's local directory: the CLI's one line (exit 4)."""
+    from flows.cli import EXIT_STORAGE, _classify
+
+    with pytest.raises(Exception) as full:
+        _failing(spark, FULL).toArrow()
+    assert spark_data.spark_storage_errno(full.value) == errno.ENOSPC
+    code, message = _classify(full.value)
+    assert code == EXIT_STORAGE and message.startswith("storage error: a Spark job could not write: no space left")
+    with pytest.raises(Exception) as other:
+        _failing(spark, "some other failure").toArrow()
+    assert spark_data.spark_storage_errno(other.value) is None and _classify(other.value)[0] is None
