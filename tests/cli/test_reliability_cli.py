@@ -139,17 +139,17 @@ def test_expected_failures_are_one_line_before_prefect_starts(work, case):
 
 
 SPARK_CASES = {  # engine: spark on a machine where Spark cannot start: exit 6, before Prefect starts
-    "java_home_without_java": ({"JAVA_HOME": "empty"}, "engine 'spark' needs Java 17: JAVA_HOME=empty has no bin/java"),
-    "no_java_on_path": ({"JAVA_HOME": "", "PATH": "empty"},
+    "java_home_without_java": (["run", "--as-of", AS_OF], {"JAVA_HOME": "empty"},
+                               "engine 'spark' needs Java 17: JAVA_HOME=empty has no bin/java"),
+    "no_java_on_path": (["train", "--as-of", AS_OF, "--seed", "1"], {"JAVA_HOME": "", "PATH": "empty"},
                         "engine 'spark' needs Java 17 (java is not on PATH and JAVA_HOME is unset)"),
 }
 
 
 @pytest.mark.parametrize("case", SPARK_CASES)
-@pytest.mark.parametrize("command", [["run", "--as-of", AS_OF], ["train", "--as-of", AS_OF, "--seed", "1"]])
-def test_the_spark_engine_without_java_is_one_line_before_prefect_starts(work, case, command):
+def test_the_spark_engine_without_java_is_one_line_before_prefect_starts(work, case):
     pytest.importorskip("pyspark", reason="pyspark is not installed: the engine says so instead (NO_PYSPARK)")
-    env, text = SPARK_CASES[case]
+    command, env, text = SPARK_CASES[case]
     proc = cli("--data-dir", "data", *command, cwd=work, env={"PRODASSOC_ENGINE": "spark", **env})
     assert proc.returncode == 6, proc.stderr[-3000:]
     assert stderr_lines(proc) == [f"prodassoc: error: {text}"], proc.stderr
