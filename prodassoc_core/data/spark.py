@@ -119,9 +119,12 @@ def session(cfg: SparkConfig) -> "SparkSession":
         try:
             spark = builder.getOrCreate()
         except Exception as exc:  # noqa: BLE001 - py4j's and pyspark's errors: one message naming the master
+            check = ("that Java 17 runs and the driver's settings (spark.driver_memory, spark.conf)"
+                     if cfg.master.startswith("local") else
+                     "that the master (setting spark.master) is up and reachable from here, and that Java 17 runs")
             raise SparkUnavailableError(
-                f"Spark did not start on master {cfg.master!r} (setting spark.master): {_start_error(exc)}; "
-                "check that the master is up and reachable from here and that Java 17 runs (Spark's log above says more)"
+                f"Spark did not start on master {cfg.master!r}: {_start_error(exc)}; check {check} "
+                "(Java's and Spark's own messages above say more)"
             ) from exc
         spark.sparkContext.setLogLevel(cfg.log_level)
         log.info("spark %s session on %s", spark.version, spark.sparkContext.master)

@@ -460,7 +460,8 @@ class SparkConfig(BaseModel):
 
     master: str = Field("local[2]", description="spark.master of a session this process starts")
     app_name: str = "prodassoc"
-    driver_memory: str = Field("2g", description="spark.driver.memory of a session this process starts")
+    driver_memory: str = Field(
+        "2g", description="spark.driver.memory of a session this process starts, a JVM size: 512m, 2g (not 2gb)")
     shuffle_partitions: int = Field(
         4, ge=1, description="spark.sql.shuffle.partitions: small for local mode; raise it with the cluster")
     ui: bool = Field(False, description="spark.ui.enabled (off in tests and on shared machines)")
@@ -476,6 +477,14 @@ class SparkConfig(BaseModel):
     @classmethod
     def _master_url(cls, value: str) -> str:
         return check_spark_master(value)
+
+    @field_validator("driver_memory")
+    @classmethod
+    def _jvm_size(cls, value: str) -> str:
+        """Spark passes it to the JVM as -Xmx<value>: '2gb' would stop the JVM before Spark starts."""
+        if not re.fullmatch(r"[1-9]\d*[kmgt]", value.strip(), re.IGNORECASE):
+            raise ValueError(f"{value!r} is not a JVM memory size (a number and k, m, g or t: 512m, 2g)")
+        return value.strip()
 
 
 class Settings(BaseSettings):

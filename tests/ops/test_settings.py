@@ -74,3 +74,16 @@ def test_the_spark_master_is_one_spark_accepts():
                    "yarn-cluster", ""):
         with pytest.raises(ValidationError, match="is not a Spark master URL"):
             SparkConfig(master=master)
+
+
+def test_the_spark_driver_memory_is_a_jvm_size():
+    """Spark hands it to the JVM as -Xmx: '2gb' is refused here, not by a JVM that never starts."""
+    from pydantic import ValidationError
+
+    from prodassoc_core.ops.settings import SparkConfig
+
+    assert [SparkConfig(driver_memory=m).driver_memory for m in ("512m", "2g", "2G", "1t", " 8g")] == [
+        "512m", "2g", "2G", "1t", "8g"]
+    for memory in ("2gb", "2", "0g", "g", "2 g", "-1g"):
+        with pytest.raises(ValidationError, match="is not a JVM memory size"):
+            SparkConfig(driver_memory=memory)

@@ -39,8 +39,8 @@ def test_a_java_that_does_not_start_is_one_error_naming_the_master(tmp_path):
     proc = subprocess.run([sys.executable, "-c", START], env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 6, proc.stderr[-3000:]
     (message,) = proc.stdout.splitlines()
-    assert message.startswith("Spark did not start on master 'local[1]' (setting spark.master): ")
-    assert "JAVA_GATEWAY_EXITED" in message
+    assert message.startswith("Spark did not start on master 'local[1]': [JAVA_GATEWAY_EXITED]")
+    assert "check that Java 17 runs and the driver's settings (spark.driver_memory, spark.conf)" in message
 
 
 def test_the_reason_is_the_java_exception_line():
