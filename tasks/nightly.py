@@ -68,7 +68,8 @@ def record_run(
     embedding_model = stages.embedding_model(embedded[0]) if embedded else None
     metrics = run_summary.nightly_metrics(ingest_report, published, stages.basket_count(baskets_path), timings)
     params = run_summary.nightly_params(
-        as_of, served, settings.lookback_days, settings.mining, settings.associations, embedding_model
+        as_of, served, settings.lookback_days, settings.mining, settings.associations, embedding_model,
+        engine=settings.engine,
     )
     key = run_summary.artifact_key(as_of)
     tags = {"model": model, "prefect_flow_run_id": str(flow_run.id or ""), "prefect_artifact": key}

@@ -59,12 +59,14 @@ def redact_uri(uri: str) -> str:
 
 def nightly_params(
     as_of: date, served: Mapping, lookback_days: int, mining: MiningConfig, associations: AssociationConfig,
-    embedding_model: str | None = None,
+    embedding_model: str | None = None, engine: str = "local",
 ) -> dict[str, object]:
     """The settings that decide a run's output, as MLflow params (``embedding_model``: the
-    registered model version behind product_embeddings, only when the run published them)."""
+    registered model version behind product_embeddings, only when the run published them;
+    ``engine``: which engine ran the data stages, local or spark, same tables either way)."""
     params: dict[str, object] = {
         "as_of": as_of.isoformat(),
+        "engine": engine,
         "model": served_model(served),
         "classic": served["classic"],
         "serve_warm": served["segments"]["warm"],

@@ -174,7 +174,7 @@ def test_mlflow_run_has_the_counts_timings_and_model(demo):
     served = json.loads((stages.run_dir(settings, AS_OF) / stages.SERVING_FILE).read_text())
     assert run.data.params["model"] == run.data.tags["model"] == f"classic:{served['classic']}"
     assert run.data.params["serve_cold"] == "classic" and run.data.params["student_model"] == ""
-    assert run.data.params["as_of"] == AS_OF.isoformat()
+    assert run.data.params["as_of"] == AS_OF.isoformat() and run.data.params["engine"] == "local"
     assert run.data.tags["prefect_artifact"] == "nightly-2011-11-01"
     assert run.data.tags["prefect_flow_run_id"]
 
