@@ -84,7 +84,7 @@ import polars as pl
 
 from prodassoc_core.data import contracts as c
 from prodassoc_core.data.contracts import TableContract
-from prodassoc_core.data.warehouse import storage_errors
+from prodassoc_core.data.warehouse import storage_errors, write_json
 from prodassoc_core.ops import ValidationConfig
 
 if TYPE_CHECKING:  # GE costs ~4 s to import: only when a context is built.
@@ -747,8 +747,6 @@ class GxSuites:
         skipped = [*self._read_skipped(), *results]
         if self._index_limit is not None:
             skipped = skipped[-self._index_limit:]
-        from prodassoc_core.data.warehouse import write_json
-
         path = skipped_docs_path(self.gx_dir)
         try:  # a hint for later pages: never what fails (or hides why) a run, e.g. on a full disk
             write_json(path, skipped)
