@@ -169,6 +169,18 @@ def data_docs_index(gx_dir: Path) -> Path:
     return Path(gx_dir) / "uncommitted" / "data_docs" / "local_site" / "index.html"
 
 
+def _unrendered(site: Path, identifiers: Iterable[Any]) -> list[Any]:
+    """The validation results among ``identifiers`` without a page in the Data Docs ``site`` (a
+    result's page mirrors its path in the results store: suite/run name/run time/batch)."""
+    from great_expectations.data_context.types.resource_identifiers import ValidationResultIdentifier
+
+    def page(key: tuple[str, ...]) -> Path:
+        return Path(site, "validations", *key[:-1], f"{key[-1]}.html")
+
+    return [i for i in dict.fromkeys(identifiers)
+            if isinstance(i, ValidationResultIdentifier) and not page(i.to_fixed_length_tuple()).exists()]
+
+
 def skipped_docs_path(gx_dir: Path) -> Path:
     """The validation results stored while ``validation.data_docs`` was off, and not yet rendered
     (``GxSuites.skip_docs``): the first build after the Data Docs are turned back on renders them."""
@@ -802,9 +814,13 @@ class GxSuites:
                 except Exception:
                     self._record_skipped()  # for the next build, if the disk lets the record be written
                     raise
-                self._undocumented = []
                 skipped_docs_path(self.gx_dir).unlink(missing_ok=True)
-                make_data_docs_offline(data_docs_index(self.gx_dir).parent)
+                self._undocumented = _unrendered(index.parent, pending)
+                if self._undocumented:  # GE logs a page it could not write (a full disk) and goes on
+                    logger.warning("Data Docs: %d result page(s) not rendered (Great Expectations logged why); "
+                                   "the next build renders them", len(self._undocumented))
+                    self._record_skipped()
+                make_data_docs_offline(index.parent)
         return self.data_docs
 
     @property

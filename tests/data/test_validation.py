@@ -304,6 +304,26 @@ def test_a_data_docs_build_that_failed_is_redone_by_the_next(tmp_path):
     assert _pages(site) == ["night-1", "night-2"] and "night-2" in data_docs_index(gx.gx_dir).read_text()
 
 
+def test_a_result_page_that_could_not_be_written_is_rendered_by_the_next_build(tmp_path):
+    """Great Expectations logs a page it cannot write (a full disk; here the pages' folder is a
+    file) and finishes the build: the result is recorded, and the next build renders it."""
+    gx = gx_suites(tmp_path / "gx")
+    site = data_docs_index(gx.gx_dir).parent
+    validate_transactions(_tx([("o", "A", 1, 1.0, DAY)]), ["A"], CFG, gx=gx, run_name="night-1")
+    gx.build_docs()
+    validate_transactions(_tx([("o", "A", 1, 1.0, DAY)]), ["A"], CFG, gx=gx, run_name="night-2")
+    shutil.move(site / "validations", tmp_path / "pages")
+    (site / "validations").write_text("in the way")
+    gx.build_docs()  # no error: GE logged the page's
+    (site / "validations").unlink()
+    shutil.move(tmp_path / "pages", site / "validations")
+    record = skipped_docs_path(gx.gx_dir)
+    assert [run for _, run, _, _ in json.loads(record.read_text())] == ["night-2"]
+    assert _pages(site) == ["night-1"]
+    gx.build_docs()
+    assert not record.exists() and _pages(site) == ["night-1", "night-2"]
+
+
 def test_data_docs_without_an_index_are_rebuilt_from_every_stored_result(tmp_path):
     """The Data Docs folder removed (or a first build that failed before the index): the next
     build renders every stored result, not only the newest run's."""
