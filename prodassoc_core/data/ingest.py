@@ -112,7 +112,9 @@ from prodassoc_core.data.staging import (
     write_frame,
     write_table,
 )
-from prodassoc_core.data.validation import GxSuites, data_docs_index, gx_suites, validate_catalog, validate_transactions
+from prodassoc_core.data.validation import (
+    GxSuites, data_docs_index, gx_suites, stored_results, validate_catalog, validate_transactions,
+)
 from prodassoc_core.data.verdicts import (
     FileResult,
     PartitionVerdict,
@@ -193,14 +195,17 @@ class _Run:
             if self._gx is not None:
                 self._gx.skip_docs()
             return None
-        if self._gx is not None:
+        index = data_docs_index(self.gx_dir)
+        gx = self._gx
+        if gx is None and not index.exists() and stored_results(self.gx_dir):
+            gx = self.gx  # nothing validated this run, but the site lost its index (a build that failed)
+        if gx is not None:
             try:
-                self._gx.build_docs()
+                gx.build_docs()
             except Exception as exc:
                 if not failing:
                     raise
                 logger.warning("Data Docs not rebuilt for the failed run (%s: %s)", type(exc).__name__, exc)
-        index = data_docs_index(self.gx_dir)
         return index if index.exists() else None
 
 

@@ -169,6 +169,13 @@ def data_docs_index(gx_dir: Path) -> Path:
     return Path(gx_dir) / "uncommitted" / "data_docs" / "local_site" / "index.html"
 
 
+def stored_results(gx_dir: Path) -> bool:
+    """Whether the results store under ``gx_dir`` (the file context's ``uncommitted/validations``)
+    holds a validation result."""
+    root = Path(gx_dir) / "uncommitted" / "validations"
+    return root.is_dir() and next(root.rglob("*.json"), None) is not None
+
+
 def _unrendered(site: Path, identifiers: Iterable[Any]) -> list[Any]:
     """The validation results among ``identifiers`` without a page in the Data Docs ``site`` (a
     result's page mirrors its path in the results store: suite/run name/run time/batch)."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 from dataclasses import dataclass
 from datetime import date, datetime
 from pathlib import Path
@@ -401,6 +402,20 @@ def test_every_stored_validation_has_its_data_docs_page_after_a_failed_ingestion
     pages = {p.relative_to(site / "validations").with_suffix("") for p in (site / "validations").rglob("*.html")}
     assert stored and stored <= pages
     assert any("ingest-2024-01-04" in str(p) for p in stored)
+
+
+def test_a_run_with_nothing_new_rebuilds_data_docs_that_lost_their_index(tmp_path):
+    """A build that failed (a full disk) can leave the site without its index page; the next run
+    rebuilds it even when it validates nothing (every file already ingested)."""
+    zone = Zone(tmp_path, tmp_path / "gx")
+    zone.catalog(["A", "B", "C"])
+    zone.day("2024-01-02", good("2024-01-02"))
+    first = zone.ingest(with_docs(LENIENT))
+    shutil.rmtree(data_docs_index(zone.gx_dir).parent)
+    again = zone.ingest(with_docs(LENIENT))
+    assert again.files_ingested == 0 and first.files_ingested == 2
+    assert again.data_docs == data_docs_index(zone.gx_dir) and again.data_docs.exists()
+    assert len(list(again.data_docs.parent.joinpath("validations").rglob("*.html"))) == 2  # catalog, the day
 
 
 def test_a_data_docs_failure_never_hides_the_error_that_stopped_the_run(zone, monkeypatch, caplog):
