@@ -284,44 +284,47 @@ def _pages(site) -> list[str]:
     return sorted(p.relative_to(site / "validations").parts[1] for p in (site / "validations").rglob("*.html"))
 
 
-def test_a_data_docs_build_that_failed_is_redone_by_the_next(tmp_path):
-    """A build that fails (a full disk; here the site's static assets cannot be copied: a file
-    is in the way) records the results it did not render; the next build renders them."""
+def _night_2_with_a_file_in_the_way(tmp_path, folder: str):
+    """A context whose Data Docs show night-1, night-2 validated since, and the site's ``folder``
+    moved aside with a file in its place (what a full disk does to GE's writes there)."""
     gx = gx_suites(tmp_path / "gx")
     site = data_docs_index(gx.gx_dir).parent
     validate_transactions(_tx([("o", "A", 1, 1.0, DAY)]), ["A"], CFG, gx=gx, run_name="night-1")
     gx.build_docs()
     validate_transactions(_tx([("o", "A", 1, 1.0, DAY)]), ["A"], CFG, gx=gx, run_name="night-2")
-    shutil.move(site / "static", tmp_path / "static")
-    (site / "static").write_text("in the way")
+    shutil.move(site / folder, tmp_path / folder)
+    (site / folder).write_text("in the way")
+    return gx, site
+
+
+def _recorded_runs(gx) -> list[str]:
+    """The runs recorded for the next build (what a new process, the next night's, renders first)."""
+    return [run for _, run, _, _ in json.loads(skipped_docs_path(gx.gx_dir).read_text())]
+
+
+def test_a_data_docs_build_that_failed_is_redone_by_the_next(tmp_path):
+    """A build that fails (the site's static assets cannot be copied) records the results it did
+    not render; the next build renders them."""
+    gx, site = _night_2_with_a_file_in_the_way(tmp_path, "static")
     with pytest.raises(OSError):
         gx.build_docs()
     (site / "static").unlink()
-    record = skipped_docs_path(gx.gx_dir)  # what a new process (the next night's) renders first
-    assert [run for _, run, _, _ in json.loads(record.read_text())] == ["night-2"]
+    assert _recorded_runs(gx) == ["night-2"]
     gx.build_docs()
-    assert not record.exists() and (site / "static").is_dir()
+    assert not skipped_docs_path(gx.gx_dir).exists() and (site / "static").is_dir()
     assert _pages(site) == ["night-1", "night-2"] and "night-2" in data_docs_index(gx.gx_dir).read_text()
 
 
 def test_a_result_page_that_could_not_be_written_is_rendered_by_the_next_build(tmp_path):
-    """Great Expectations logs a page it cannot write (a full disk; here the pages' folder is a
-    file) and finishes the build: the result is recorded, and the next build renders it."""
-    gx = gx_suites(tmp_path / "gx")
-    site = data_docs_index(gx.gx_dir).parent
-    validate_transactions(_tx([("o", "A", 1, 1.0, DAY)]), ["A"], CFG, gx=gx, run_name="night-1")
-    gx.build_docs()
-    validate_transactions(_tx([("o", "A", 1, 1.0, DAY)]), ["A"], CFG, gx=gx, run_name="night-2")
-    shutil.move(site / "validations", tmp_path / "pages")
-    (site / "validations").write_text("in the way")
+    """Great Expectations logs a page it cannot write and finishes the build: the result is
+    recorded, and the next build renders it."""
+    gx, site = _night_2_with_a_file_in_the_way(tmp_path, "validations")
     gx.build_docs()  # no error: GE logged the page's
     (site / "validations").unlink()
-    shutil.move(tmp_path / "pages", site / "validations")
-    record = skipped_docs_path(gx.gx_dir)
-    assert [run for _, run, _, _ in json.loads(record.read_text())] == ["night-2"]
-    assert _pages(site) == ["night-1"]
+    shutil.move(tmp_path / "validations", site / "validations")
+    assert _recorded_runs(gx) == ["night-2"] and _pages(site) == ["night-1"]
     gx.build_docs()
-    assert not record.exists() and _pages(site) == ["night-1", "night-2"]
+    assert not skipped_docs_path(gx.gx_dir).exists() and _pages(site) == ["night-1", "night-2"]
 
 
 def test_data_docs_without_an_index_are_rebuilt_from_every_stored_result(tmp_path):
