@@ -341,9 +341,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     _writable(settings)
     _check_retention(settings, args.as_of, args.as_of)
     _check_run_locks(settings, [args.as_of])
+    _check_engine(settings)
     from flows.nightly import nightly
 
-    _check_engine(settings)
     _start_prefect()
     result = nightly(as_of=args.as_of, settings=settings)
     ing = result["ingest"]
@@ -385,9 +385,9 @@ def cmd_backfill(args: argparse.Namespace) -> int:
 
         stages.backfill_dates(settings, args.start, args.end, args.force)  # RetentionError: exit 2
     _check_run_locks(settings, days)
+    _check_engine(settings)
     from flows.nightly import backfill
 
-    _check_engine(settings)
     _start_prefect()
     result = backfill(start=args.start, end=args.end, settings=settings, force=args.force)
     for run in result["runs"]:
@@ -420,10 +420,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         raise CliError(EXIT_NO_DATA, f"evaluate: as_of {args.as_of} leaves no test window: the newest landed day is "
                                      f"{newest}; evaluate an earlier date (the test window starts at as_of)")
     _writable(settings)
+    _check_engine(settings)
     from flows.evaluate import evaluate
     from prodassoc_core.evaluation import markdown_table
 
-    _check_engine(settings)
     _start_prefect()
     out = evaluate(as_of=args.as_of, settings=settings, end=args.end)
     results = out["results"]
@@ -509,12 +509,12 @@ def cmd_train(args: argparse.Namespace) -> int:
             settings = settings.model_copy(update={"training": settings.training.model_copy(update={"seed": args.seed})})
         retrain.train_rank(settings, args.as_of)
         return 0
+    _check_engine(settings)
     from flows.train import train
     from prodassoc_core.ops import locks
 
     with locks.training_lock(settings.locks_dir, args.as_of):  # another training of the date: fail before Prefect starts
         pass
-    _check_engine(settings)
     _start_prefect()
     out = train(as_of=args.as_of, seed=args.seed, settings=settings, progress=sys.stderr.isatty(),
                 promote=not args.no_promote)

@@ -23,7 +23,7 @@ import pyarrow.parquet as pq
 from prodassoc_core.data import contracts as c
 from prodassoc_core.data.contracts import TableContract
 from prodassoc_core.data.landing import Landed, partition_dirs, visible_parquet
-from prodassoc_core.data.warehouse import _STORAGE_ERRNOS, StorageError, remove_stale_temp, storage_error
+from prodassoc_core.data.warehouse import remove_stale_temp, storage_errors
 
 CATALOG_FILE = "catalog.parquet"
 META_SOURCE = b"prodassoc.source_file"
@@ -53,13 +53,10 @@ def write_atomic(path: Path, write) -> None:
     """Call ``write(tmp)`` for a temporary file next to ``path``, then rename it into place."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        write(tmp)
-        os.replace(tmp, path)
-    except OSError as exc:  # a full disk or a read-only zone: one line naming the file
-        if isinstance(exc, StorageError) or exc.errno not in _STORAGE_ERRNOS:
-            raise
-        raise storage_error(exc, path, None) from exc
+        with storage_errors(path):  # a full disk or a read-only zone: one line naming the file
+            path.parent.mkdir(parents=True, exist_ok=True)
+            write(tmp)
+            os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
 

@@ -109,9 +109,9 @@ def storage_error(exc: OSError, path: Path, needed: int | None) -> StorageError:
 
 @contextmanager
 def storage_errors(path: Path, needed: int | None = None) -> Iterator[None]:
-    """A full disk, a quota or a read-only zone inside the block as a StorageError naming ``path``:
-    for the writes of libraries (Great Expectations' stores and Data Docs), which raise them
-    without a file name."""
+    """A full disk, a quota or a read-only zone inside the block as a StorageError naming ``path``
+    (and the ``needed`` bytes): one line for the operator, also for the writes of libraries (Great
+    Expectations' stores and Data Docs), which raise them without a file name."""
     try:
         yield
     except OSError as exc:
@@ -316,12 +316,8 @@ def commit_path(warehouse_dir: Path, run_date: date) -> Path:
 def uncommit(warehouse_dir: Path, run_date: date) -> None:
     """Withdraw ``run_date``'s commit before its tables are replaced (a partial rewrite is never committed)."""
     path = commit_path(warehouse_dir, run_date)
-    try:
+    with storage_errors(path):
         path.unlink(missing_ok=True)
-    except OSError as exc:
-        if exc.errno in _STORAGE_ERRNOS:
-            raise storage_error(exc, path, None) from exc
-        raise
     _fsync_dir(path.parent)
 
 
@@ -339,18 +335,17 @@ def commit(warehouse_dir: Path, run_date: date, results: Sequence[WriteResult]) 
     body = json.dumps({"run_date": run_date.isoformat(), "tables": tables}, indent=1, sort_keys=True) + "\n"
     tmp = path.with_name(f".{COMMIT_FILE}.{os.getpid()}.tmp")
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fault_point("commit.before")
-        with open(tmp, "w") as f:
-            f.write(body)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        _fsync_dir(path.parent)
-    except OSError as exc:
+        with storage_errors(path, len(body)):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fault_point("commit.before")
+            with open(tmp, "w") as f:
+                f.write(body)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+            _fsync_dir(path.parent)
+    except OSError:
         tmp.unlink(missing_ok=True)
-        if exc.errno in _STORAGE_ERRNOS and not isinstance(exc, StorageError):
-            raise storage_error(exc, path, len(body)) from exc
         raise
     return path
 
